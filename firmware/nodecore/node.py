@@ -1,0 +1,206 @@
+"""The node core: numbers messages, samples metrics, and delivers them through a flaky link.
+
+Interfaces it needs (one implementation on the ESP32, one in the simulator):
+
+- hal.sample(now_ms) -> dict with cpu_pct, queue_depth, queue_capacity, load_factor and,
+  when known, free_heap and rssi;
+- hal.rand() -> float in [0, 1) (backoff jitter);
+- transport.send(msg: dict) -> bool: hand one message to the link; False if the link is
+  down now (the message stays buffered).
+
+The caller drives it: ``tick(now_ms)`` often (every 10-50 ms), ``on_ack(boot_id, seq)`` for
+every ack entry the relay sends back. ``now_ms`` is a non-wrapping millisecond clock.
+
+Delivery: every message goes into a bounded ring and stays there until acked. The link is
+UP (send at once), DOWN (wait a backoff with full jitter), or PROBING (the oldest buffered
+message was sent as a probe; its ack brings the link UP and everything else follows in
+order). An ack that does not arrive within ack_timeout_ms takes the link DOWN; everything
+unacked is sent again on the next UP. The relay de-duplicates, so a repeat costs nothing.
+Heartbeats are not buffered while DOWN (stale proof of life is worthless); telemetry is.
+"""
+
+from .backoff import Backoff
+from .ring import Ring
+
+PROTOCOL_VERSION = 1
+
+UP = "up"
+DOWN = "down"
+PROBING = "probing"
+
+DEFAULTS = {
+    "telemetry_interval_ms": 1000,
+    "heartbeat_interval_ms": 250,
+    "ring_capacity": 512,
+    "ack_timeout_ms": 1500,
+    "backoff_min_ms": 100,
+    "backoff_max_ms": 5000,
+    "fw": "shoal-node/0.1",
+}
+
+
+class NodeCore:
+    def __init__(self, node_id, boot_id, hal, transport, settings=None, now_ms=0):
+        cfg = dict(DEFAULTS)
+        if settings:
+            cfg.update(settings)
+        self.cfg = cfg
+        self.node_id = node_id
+        self.boot_id = boot_id
+        self.hal = hal
+        self.transport = transport
+        self.seq = 0
+        self.ring = Ring(cfg["ring_capacity"])
+        self.backoff = Backoff(cfg["backoff_min_ms"], cfg["backoff_max_ms"], hal.rand)
+        self.state = DOWN
+        self.next_attempt_ms = now_ms  # the first probe goes out at once
+        self.probe_seq = -1
+        self.probe_sent_ms = 0
+        self.next_telemetry_ms = now_ms
+        self.last_sent_ms = now_ms
+        self.stats = {
+            "sent": 0,
+            "resent": 0,
+            "acked": 0,
+            "reconnects": 0,
+            "disconnects": 0,
+            "heartbeats_skipped": 0,
+        }
+        # The first message of every boot is its hello; later reconnects send another.
+        self.hello(now_ms)
+        self.hello_due = False
+
+    # --- messages -----------------------------------------------------------------------
+
+    def _message(self, kind, now_ms):
+        msg = {
+            "v": PROTOCOL_VERSION,
+            "kind": kind,
+            "node_id": self.node_id,
+            "boot_id": self.boot_id,
+            "seq": self.seq,
+            "ts_ms": now_ms,
+        }
+        self.seq += 1
+        return msg
+
+    def _enqueue(self, msg):
+        self.ring.push(msg["seq"], msg)
+
+    def hello(self, now_ms):
+        msg = self._message("hello", now_ms)
+        msg["fw"] = self.cfg["fw"]
+        msg["hb_interval_ms"] = self.cfg["heartbeat_interval_ms"]
+        sample = self.hal.sample(now_ms)
+        msg["queue_capacity"] = sample["queue_capacity"]
+        self._enqueue(msg)
+
+    def telemetry(self, now_ms):
+        msg = self._message("telemetry", now_ms)
+        sample = self.hal.sample(now_ms)
+        msg["cpu_pct"] = round(sample["cpu_pct"], 2)
+        msg["queue_depth"] = sample["queue_depth"]
+        msg["queue_capacity"] = sample["queue_capacity"]
+        msg["load_factor"] = round(sample["load_factor"], 4)
+        for key in ("free_heap", "rssi"):
+            if sample.get(key) is not None:
+                msg[key] = sample[key]
+        msg["fw"] = self.cfg["fw"]
+        self._enqueue(msg)
+
+    def goodbye(self, now_ms, reason="shutdown"):
+        """Queue a goodbye and try to send it now; the caller stops ticking afterwards."""
+        msg = self._message("goodbye", now_ms)
+        msg["reason"] = reason
+        self._enqueue(msg)
+        if self.state == UP:
+            self._flush(now_ms)
+
+    # --- the clock ----------------------------------------------------------------------
+
+    def tick(self, now_ms):
+        if now_ms >= self.next_telemetry_ms:
+            self.telemetry(now_ms)
+            self.next_telemetry_ms = now_ms + self.cfg["telemetry_interval_ms"]
+        if now_ms - self.last_sent_ms >= self.cfg["heartbeat_interval_ms"]:
+            if self.state == UP:
+                self._enqueue(self._message("heartbeat", now_ms))
+            else:
+                self.stats["heartbeats_skipped"] += 1
+            self.last_sent_ms = now_ms
+        if self.state == UP:
+            self._flush(now_ms)
+            oldest = self.ring.oldest()
+            if oldest is not None and oldest[2] >= 0 and now_ms - oldest[2] > self.cfg["ack_timeout_ms"]:
+                self._link_down(now_ms)
+        elif self.state == PROBING:
+            if now_ms - self.probe_sent_ms > self.cfg["ack_timeout_ms"]:
+                self._link_down(now_ms)
+        elif now_ms >= self.next_attempt_ms:
+            self._probe(now_ms)
+
+    def on_ack(self, boot_id, seq, now_ms=0):
+        """The relay has handled our messages up to seq (of this boot)."""
+        if boot_id != self.boot_id:
+            return
+        self.stats["acked"] += self.ring.drop_through(seq)
+        if self.state == PROBING and seq >= self.probe_seq:
+            self.state = UP
+            self.backoff.reset()
+            self.stats["reconnects"] += 1
+            if self.hello_due:
+                self.hello(now_ms)
+            self.hello_due = True  # the next reconnect announces itself again
+            self._flush(now_ms)
+
+    # --- link state ---------------------------------------------------------------------
+
+    def _probe(self, now_ms):
+        if not len(self.ring):
+            self.hello(now_ms)
+            self.hello_due = False
+        entry = self.ring.oldest()
+        self.probe_seq = entry[0]
+        if self._send(entry, now_ms):
+            self.state = PROBING
+            self.probe_sent_ms = now_ms
+        else:
+            self._link_down(now_ms)
+
+    def _flush(self, now_ms):
+        ring = self.ring
+        for i in range(len(ring)):
+            entry = ring.entry(i)
+            if entry[2] < 0 and not self._send(entry, now_ms):
+                self._link_down(now_ms)
+                return
+
+    def _send(self, entry, now_ms):
+        if not self.transport.send(entry[1]):
+            return False
+        if entry[2] == -2:
+            self.stats["resent"] += 1
+        self.stats["sent"] += 1
+        entry[2] = now_ms
+        self.last_sent_ms = now_ms
+        return True
+
+    def _link_down(self, now_ms):
+        if self.state != DOWN:
+            self.stats["disconnects"] += 1
+        self.state = DOWN
+        # Everything not acked goes again after the reconnect; -2 marks it as a resend.
+        for i in range(len(self.ring)):
+            entry = self.ring.entry(i)
+            if entry[2] >= 0:
+                entry[2] = -2
+        self.next_attempt_ms = now_ms + self.backoff.next_delay_ms()
+
+    def snapshot(self):
+        """Counters for status and tests."""
+        out = dict(self.stats)
+        out["state"] = self.state
+        out["buffered"] = len(self.ring)
+        out["dropped"] = self.ring.dropped
+        out["seq"] = self.seq
+        return out

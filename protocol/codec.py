@@ -1,0 +1,193 @@
+"""Encoding, decoding and framing, with every failure named by a reject reason.
+
+ZeroMQ frames carry msgpack; device payloads (MQTT) carry JSON; both decode into the Structs
+of messages.py. A decode failure raises ``Rejected`` with one of ``REJECT_REASONS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from . import limits as L
+from .messages import (
+    Ack,
+    Batch,
+    BusFrame,
+    IngestMessage,
+    NodeMessage,
+    Reply,
+    Request,
+)
+
+T = TypeVar("T")
+
+# Why a message was refused. Counted per reason by whoever refuses it.
+REJECT_REASONS = (
+    "malformed",  # not msgpack / JSON at all, or truncated
+    "schema",  # decodes, but a field is missing, of the wrong type, or the kind is unknown
+    "version",  # a protocol version this build does not speak
+    "range",  # a value outside its documented range or pattern
+    "oversize",  # a frame larger than MAX_FRAME_BYTES
+    "duplicate",  # (node_id, boot_id, seq) already accepted
+    "stale",  # older than the de-duplication window, or from a replaced boot
+    "rate_limited",  # the node exceeded its message rate
+    "too_many_nodes",  # a new node id beyond the relay's node limit
+    "impersonation",  # a node id already bound to another connection
+)
+
+
+class Rejected(Exception):
+    """A message refused, with the reason counted and a detail for the log."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def classify_validation_error(err: msgspec.ValidationError) -> str:
+    """Map msgspec's validation message onto a reject reason."""
+    text = str(err)
+    if text.endswith("`$.v`") or ".v`" in text.rsplit(" - at ", 1)[-1]:
+        return "version"
+    if any(mark in text for mark in (">=", "<=", "matching regex", "length")):
+        return "range"
+    return "schema"
+
+
+class _RawBatch(msgspec.Struct, tag="batch", tag_field="kind"):
+    """A batch whose records are left undecoded, to decode one by one after a bad record."""
+
+    records: list[msgspec.Raw]
+    v: int = 1
+
+
+_mp_ingest = msgspec.msgpack.Decoder(IngestMessage)
+_mp_node = msgspec.msgpack.Decoder(NodeMessage)
+_mp_raw_batch = msgspec.msgpack.Decoder(_RawBatch)
+_js_ingest = msgspec.json.Decoder(IngestMessage)
+_js_node = msgspec.json.Decoder(NodeMessage)
+_js_raw_batch = msgspec.json.Decoder(_RawBatch)
+
+_mp_encoder = msgspec.msgpack.Encoder()
+_js_encoder = msgspec.json.Encoder()
+
+
+def _decode(decoder: Any, data: bytes | memoryview) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as err:
+        raise Rejected(classify_validation_error(err), str(err)) from None
+    except msgspec.DecodeError as err:
+        raise Rejected("malformed", str(err)) from None
+
+
+def decode_ingest(
+    data: bytes | memoryview, *, json: bool = False
+) -> tuple[list[NodeMessage], list[Rejected]]:
+    """Decode one ingest frame into its node messages.
+
+    A single message comes back as a one-element list. In a batch, a bad record is
+    returned among the rejections and the good records around it are kept.
+    Raises Rejected when the frame as a whole is unusable.
+    """
+    if len(data) > L.MAX_FRAME_BYTES:
+        raise Rejected("oversize", f"{len(data)} bytes > {L.MAX_FRAME_BYTES}")
+    ingest, node, raw_batch = (
+        (_js_ingest, _js_node, _js_raw_batch) if json else (_mp_ingest, _mp_node, _mp_raw_batch)
+    )
+    try:
+        msg = ingest.decode(data)
+    except msgspec.ValidationError as err:
+        # The frame parses; if it is a batch, salvage the records that are valid.
+        try:
+            batch = raw_batch.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            raise Rejected(classify_validation_error(err), str(err)) from None
+        if batch.v != L.PROTOCOL_VERSION:
+            raise Rejected("version", f"batch version {batch.v}") from None
+        if len(batch.records) > L.MAX_BATCH_RECORDS:
+            raise Rejected("range", f"batch of {len(batch.records)} records") from None
+        good: list[NodeMessage] = []
+        bad: list[Rejected] = []
+        for raw in batch.records:
+            try:
+                good.append(_decode(node, raw))
+            except Rejected as rej:
+                bad.append(rej)
+        return good, bad
+    except msgspec.DecodeError as err:
+        raise Rejected("malformed", str(err)) from None
+    if isinstance(msg, Batch):
+        return msg.records, []
+    return [msg], []
+
+
+def encode(msg: Any) -> bytes:
+    """msgpack, for ZeroMQ frames."""
+    return _mp_encoder.encode(msg)
+
+
+def encode_json(msg: Any) -> bytes:
+    """JSON, for device payloads."""
+    return _js_encoder.encode(msg)
+
+
+def decode_as(data: bytes | memoryview, type_: type[T], *, json: bool = False) -> T:
+    """Decode into a known type, mapping failures onto Rejected."""
+    if len(data) > L.MAX_FRAME_BYTES:
+        raise Rejected("oversize", f"{len(data)} bytes > {L.MAX_FRAME_BYTES}")
+    decoder = (msgspec.json.Decoder if json else msgspec.msgpack.Decoder)(type_)
+    return _decode(decoder, data)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------------------
+# Bus framing: one frame = topic + b"|" + msgpack body. SUB filters on the topic prefix,
+# and the separator keeps "rec" from matching "records". Single-frame beats two-frame
+# multipart in pyzmq (bench/framing.py measures it).
+
+TOPIC_SEP = b"|"
+TOPIC_NODE_RECORDS = b"rec"
+TOPIC_SERVICE_BEAT = b"svc"
+
+_bus_decoder = msgspec.msgpack.Decoder(BusFrame)
+
+
+def encode_bus(topic: bytes, frame: Any) -> bytes:
+    return topic + TOPIC_SEP + _mp_encoder.encode(frame)
+
+
+def split_bus(data: bytes) -> tuple[bytes, memoryview]:
+    """Topic and body of a bus frame; Rejected("malformed") without a separator."""
+    cut = data.find(TOPIC_SEP)
+    if cut < 0:
+        raise Rejected("malformed", "bus frame without topic separator")
+    return data[:cut], memoryview(data)[cut + 1 :]
+
+
+def decode_bus(data: bytes) -> tuple[bytes, BusFrame]:
+    if len(data) > L.MAX_FRAME_BYTES * 4:
+        raise Rejected("oversize", f"{len(data)} bytes")
+    topic, body = split_bus(data)
+    return topic, _decode(_bus_decoder, body)
+
+
+_req_decoder = msgspec.msgpack.Decoder(Request)
+_rep_decoder = msgspec.msgpack.Decoder(Reply)
+_ack_decoder = msgspec.msgpack.Decoder(Ack)
+
+
+def decode_request(data: bytes) -> Request:
+    if len(data) > L.MAX_FRAME_BYTES:
+        raise Rejected("oversize", f"{len(data)} bytes > {L.MAX_FRAME_BYTES}")
+    return _decode(_req_decoder, data)  # type: ignore[no-any-return]
+
+
+def decode_reply(data: bytes) -> Reply:
+    return _decode(_rep_decoder, data)  # type: ignore[no-any-return]
+
+
+def decode_ack(data: bytes | memoryview) -> Ack:
+    return _decode(_ack_decoder, data)  # type: ignore[no-any-return]

@@ -1,0 +1,195 @@
+"""What may cross the wire: every message is a msgspec Struct here, and nothing else.
+
+Node messages (a node -> the relay) and bus frames (a service -> its subscribers) are
+tagged unions on the field ``kind``; every message also carries the protocol version ``v``.
+The same Structs decode msgpack (ZeroMQ) and JSON (devices over MQTT).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from . import limits as L
+
+Version = Literal[1]
+NodeId = Annotated[str, Meta(pattern=L.NODE_ID_PATTERN, max_length=L.NODE_ID_MAX_LEN)]
+ServiceName = Annotated[str, Meta(pattern=L.SERVICE_NAME_PATTERN, max_length=L.NODE_ID_MAX_LEN)]
+BootId = Annotated[int, Meta(ge=1, le=L.BOOT_ID_MAX)]
+Seq = Annotated[int, Meta(ge=0, le=L.SEQ_MAX)]
+TsMs = Annotated[int, Meta(ge=0, le=L.TS_MS_MAX)]
+CpuPct = Annotated[float, Meta(ge=0.0, le=L.CPU_PCT_MAX)]
+QueueLen = Annotated[int, Meta(ge=0, le=L.QUEUE_MAX)]
+LoadFactor = Annotated[float, Meta(ge=0.0, le=L.LOAD_FACTOR_MAX)]
+FreeHeap = Annotated[int, Meta(ge=0, le=L.FREE_HEAP_MAX_BYTES)]
+Rssi = Annotated[int, Meta(ge=L.RSSI_MIN_DBM, le=L.RSSI_MAX_DBM)]
+FirmwareVersion = Annotated[str, Meta(max_length=L.FIRMWARE_VERSION_MAX_LEN)]
+Reason = Annotated[str, Meta(max_length=L.REASON_MAX_LEN)]
+HeartbeatIntervalMs = Annotated[
+    int, Meta(ge=L.HEARTBEAT_INTERVAL_MIN_MS, le=L.HEARTBEAT_INTERVAL_MAX_MS)
+]
+
+
+class _NodeMessage(
+    Struct, tag_field="kind", frozen=True, kw_only=True, forbid_unknown_fields=True
+):
+    """Fields every node message carries: who, which boot, which message of that boot."""
+
+    v: Version = 1
+    node_id: NodeId
+    boot_id: BootId
+    seq: Seq
+    ts_ms: TsMs = 0  # the node's own clock: informative only, never trusted
+
+
+class Hello(_NodeMessage, tag="hello"):
+    """Birth: the first message of a boot, and the first after every reconnect."""
+
+    fw: FirmwareVersion = ""
+    hb_interval_ms: HeartbeatIntervalMs = 1000
+    queue_capacity: QueueLen = 0
+
+
+class Telemetry(_NodeMessage, tag="telemetry"):
+    """A node's periodic load sample."""
+
+    cpu_pct: CpuPct
+    queue_depth: QueueLen
+    queue_capacity: QueueLen
+    load_factor: LoadFactor
+    free_heap: FreeHeap | None = None
+    rssi: Rssi | None = None
+    fw: FirmwareVersion | None = None
+
+
+class Heartbeat(_NodeMessage, tag="heartbeat"):
+    """Proof of life, sent when nothing else was sent for one heartbeat interval."""
+
+
+class Goodbye(_NodeMessage, tag="goodbye"):
+    """Death announced: an orderly shutdown (or the MQTT last will, sent by the shim)."""
+
+    reason: Reason = ""
+
+
+NodeMessage = Hello | Telemetry | Heartbeat | Goodbye
+NODE_MESSAGE_TYPES: tuple[type[_NodeMessage], ...] = (Hello, Telemetry, Heartbeat, Goodbye)
+
+
+class Batch(Struct, tag="batch", tag_field="kind", frozen=True, forbid_unknown_fields=True):
+    """Several node messages in one frame (a gateway, or a node flushing its buffer)."""
+
+    records: Annotated[list[NodeMessage], Meta(max_length=L.MAX_BATCH_RECORDS)]
+    v: Version = 1
+
+
+IngestMessage = Hello | Telemetry | Heartbeat | Goodbye | Batch
+
+
+class AckEntry(Struct, array_like=True, frozen=True):
+    """The relay has handled every message of (node_id, boot_id) up to and including seq."""
+
+    node_id: str
+    boot_id: int
+    seq: int
+
+
+class Ack(Struct, tag="ack", tag_field="kind", frozen=True):
+    """Relay -> node (or gateway): what may be dropped from the node's retry buffer."""
+
+    acks: list[AckEntry]
+    v: Version = 1
+
+
+# ---------------------------------------------------------------------------------------
+# Bus frames: what a service publishes. Every frame carries its publisher's instance id
+# (`pub`, new at every start) and a per-publisher sequence number (`pseq`), so a
+# subscriber tells a restart from a gap.
+
+
+class _BusFrame(Struct, tag_field="kind", frozen=True, kw_only=True):
+    v: Version = 1
+    pub: int
+    pseq: int
+
+
+class NodeRecords(_BusFrame, tag="records"):
+    """Accepted node messages, in arrival order, as the relay republishes them."""
+
+    records: list[NodeMessage]
+
+
+class ServiceBeat(_BusFrame, tag="svc_beat"):
+    """A service's own heartbeat, with its counters."""
+
+    service: str
+    pid: int
+    uptime_s: float
+    interval_ms: int
+    counters: dict[str, int] = {}
+
+
+BusFrame = NodeRecords | ServiceBeat
+
+
+# ---------------------------------------------------------------------------------------
+# Control: ROUTER/DEALER request and reply with an application-level id. Never REQ/REP.
+
+
+class Request(Struct, tag="req", tag_field="kind", frozen=True, forbid_unknown_fields=True):
+    """A control request; ``op`` names the operation, ``args`` are its arguments."""
+
+    id: Annotated[int, Meta(ge=0, le=L.SEQ_MAX)]
+    op: Annotated[str, Meta(max_length=64)]
+    args: dict[str, Any] = {}
+    v: Version = 1
+
+
+class Reply(Struct, tag="rep", tag_field="kind", frozen=True):
+    """The answer to one Request; ``result`` is op-specific (decode it with its type)."""
+
+    id: int
+    ok: bool
+    result: msgspec.Raw = msgspec.Raw(b"\xc0")  # msgpack nil
+    error: str = ""
+    v: Version = 1
+
+
+class NodeView(Struct, frozen=True, kw_only=True):
+    """What the relay knows of one node (one row of `shoal status`)."""
+
+    node_id: str
+    boot_id: int
+    last_seq: int
+    age_ms: int  # since the relay last accepted a message from it, on the relay's clock
+    msgs: int
+    gaps: int
+    duplicates: int
+    rejects: int
+    boots: int
+    telemetry: Telemetry | None = None
+    hello: Hello | None = None
+    left: bool = False
+
+
+class RelaySnapshot(Struct, frozen=True, kw_only=True):
+    """The relay's last-value cache: apply bus frames with pseq > this pseq on top of it."""
+
+    pub: int
+    pseq: int
+    nodes: list[NodeView]
+    counters: dict[str, int]
+    rejects: dict[str, int]
+
+
+class ServiceStatus(Struct, frozen=True, kw_only=True):
+    """Answer to op "status", which every service serves."""
+
+    service: str
+    pid: int
+    pub: int
+    uptime_s: float
+    counters: dict[str, int]
+    endpoints: dict[str, str]

@@ -1,0 +1,1 @@
+"""shoal services: runtime, relay, simulated fleet, supervisor and the `shoal` command."""

@@ -1,0 +1,136 @@
+"""Typed configuration: built-in defaults, one TOML file to override them, env vars for endpoints.
+
+Every key and default lives here. A wrong key or type stops the program at start with a
+message that names the key (msgspec's ``forbid_unknown_fields`` does the naming).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+Positive = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(gt=0)]
+
+
+class _Section(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class RuntimeConfig(_Section):
+    """What every service shares."""
+
+    heartbeat_interval_ms: PositiveInt = 500
+    log_level: str = "info"
+    # Rejects and other noisy events are summed and logged at most once per interval.
+    log_summary_interval_s: Positive = 5.0
+
+
+class RelayConfig(_Section):
+    ingest: str = "tcp://127.0.0.1:7700"  # nodes and gateways connect here (ROUTER)
+    bus: str = "tcp://127.0.0.1:7701"  # accepted records republished here (PUB)
+    ctl: str = "tcp://127.0.0.1:7702"  # snapshot and status requests (ROUTER)
+    dedup_window: Annotated[int, Meta(ge=8, le=4096)] = 256
+    # Per-node token bucket: a node at 4 heartbeats + 1 telemetry a second uses 5.
+    rate_per_node_hz: Positive = 50.0
+    rate_burst: PositiveInt = 200
+    max_nodes: PositiveInt = 10_000
+    # How long a node's receive queue may hold frames before new ones wait (ZMQ HWM).
+    ingest_hwm: PositiveInt = 100_000
+    bus_hwm: PositiveInt = 100_000
+
+
+class SimConfig(_Section):
+    nodes: Annotated[int, Meta(ge=0, le=100_000)] = 8
+    id_prefix: str = "sim"
+    seed: int = 1
+    telemetry_interval_ms: PositiveInt = 1000
+    heartbeat_interval_ms: PositiveInt = 250
+    # Load model: tasks arrive at arrival_rate_hz, each costs task_cost_ms of CPU,
+    # the node runs service_rate_hz of them at most (capacity).
+    arrival_rate_hz: Annotated[float, Meta(ge=0)] = 4.0
+    task_cost_ms: Positive = 100.0
+    queue_capacity: PositiveInt = 64
+    # Node-side delivery: retry buffer, ack timeout and reconnect backoff.
+    ring_capacity: PositiveInt = 512
+    ack_timeout_ms: PositiveInt = 1500
+    backoff_min_ms: PositiveInt = 100
+    backoff_max_ms: PositiveInt = 5000
+    tick_ms: PositiveInt = 50
+
+
+class SupervisorConfig(_Section):
+    ctl: str = "tcp://127.0.0.1:7790"
+    restart_backoff_min_s: Positive = 0.1
+    restart_backoff_max_s: Positive = 10.0
+    # A process that stayed up this long has its backoff reset.
+    stable_after_s: Positive = 10.0
+    stop_timeout_s: Positive = 5.0
+
+
+class ShoalConfig(_Section):
+    runtime: RuntimeConfig = RuntimeConfig()
+    relay: RelayConfig = RelayConfig()
+    sim: SimConfig = SimConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+# Endpoints can be moved without a file: SHOAL_RELAY_INGEST=tcp://10.0.0.5:7700 and so on.
+ENV_ENDPOINTS = {
+    "SHOAL_RELAY_INGEST": ("relay", "ingest"),
+    "SHOAL_RELAY_BUS": ("relay", "bus"),
+    "SHOAL_RELAY_CTL": ("relay", "ctl"),
+    "SHOAL_SUPERVISOR_CTL": ("supervisor", "ctl"),
+}
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> ShoalConfig:
+    """Defaults, then the TOML file if given, then endpoint env vars."""
+    env = dict(os.environ if env is None else env)
+    if path is None and env.get("SHOAL_CONFIG"):
+        path = env["SHOAL_CONFIG"]
+    config = ShoalConfig()
+    if path is not None:
+        try:
+            text = Path(path).read_bytes()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+        try:
+            config = msgspec.toml.decode(text, type=ShoalConfig)
+        except msgspec.ValidationError as err:
+            raise ConfigError(f"{path}: {_readable(str(err))}") from None
+        except msgspec.DecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    for var, (section, key) in ENV_ENDPOINTS.items():
+        if env.get(var):
+            sect = msgspec.structs.replace(getattr(config, section), **{key: env[var]})
+            config = msgspec.structs.replace(config, **{section: sect})
+    return config
+
+
+def _readable(msg: str) -> str:
+    """msgspec says "- at `$.relay.ingest`"; a user thinks in "relay.ingest"."""
+    if " - at `$." in msg:
+        what, where = msg.rsplit(" - at `$.", 1)
+        return f"key '{where.rstrip('`')}': {what}"
+    if "unknown field" in msg:
+        return msg.replace("Object contains unknown field", "unknown key")
+    return msg
+
+
+def with_overrides(config: ShoalConfig, section: str, **values: object) -> ShoalConfig:
+    """A copy of config with some keys of one section replaced (for CLI flags and tests)."""
+    sect = msgspec.structs.replace(getattr(config, section), **values)
+    return msgspec.structs.replace(config, **{section: sect})
+
+
+def dump_toml(config: ShoalConfig) -> str:
+    return msgspec.toml.encode(config).decode()

@@ -1,0 +1,264 @@
+"""The telemetry relay: ingest, validate, de-duplicate, sequence, republish, cache.
+
+Sockets (docs/protocol.md has the wire details):
+- ingest (ROUTER, bind): nodes and gateways send node messages or batches; the relay
+  answers each connection with Acks saying what it has handled, so a node can drop those
+  from its retry buffer.
+- bus (PUB, bind): accepted records as NodeRecords frames, numbered per publisher, plus
+  the relay's own heartbeat.
+- ctl (ROUTER, bind): ping, status, snapshot (the last-value cache, Clone pattern).
+
+Everything read from the network is untrusted: a bad frame or record is counted by
+reason and dropped, and nothing else is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from shoal.protocol import codec
+from shoal.protocol.messages import (
+    Ack,
+    AckEntry,
+    Goodbye,
+    Hello,
+    NodeMessage,
+    NodeRecords,
+    NodeView,
+    RelaySnapshot,
+    Telemetry,
+)
+
+from .config import RelayConfig, ShoalConfig
+from .dedup import DUPLICATE, NEW, SeqWindow
+from .runtime import DRAIN_BUDGET, Service
+
+# Silent nodes are forgotten after this long, so ids seen once cannot fill the node table.
+FORGET_AFTER_S = 600.0
+# How many earlier boot ids of a node are remembered to refuse their late messages.
+PREVIOUS_BOOTS_KEPT = 4
+
+
+class NodeState:
+    """What the relay holds per node: a fixed-size record, whatever the node's rate."""
+
+    __slots__ = (
+        "boot_id",
+        "boots",
+        "dups",
+        "hello",
+        "last_seen",
+        "left",
+        "msgs",
+        "node_id",
+        "prev_boots",
+        "rejects",
+        "stamp",
+        "telemetry",
+        "tokens",
+        "window",
+        "window_width",
+        "gaps_done",
+    )
+
+    def __init__(self, node_id: str, boot_id: int, width: int, burst: float, now: float) -> None:
+        self.node_id = node_id
+        self.boot_id = boot_id
+        self.window_width = width
+        self.window = SeqWindow(width)
+        self.prev_boots: tuple[int, ...] = ()
+        self.boots = 1
+        self.msgs = 0
+        self.dups = 0
+        self.rejects = 0
+        self.gaps_done = 0  # gaps of boots already replaced
+        self.tokens = burst
+        self.stamp = now
+        self.last_seen = now
+        self.telemetry: Telemetry | None = None
+        self.hello: Hello | None = None
+        self.left = False
+
+    def new_boot(self, boot_id: int) -> None:
+        self.gaps_done += self.window.missing
+        self.prev_boots = ((self.boot_id, *self.prev_boots))[:PREVIOUS_BOOTS_KEPT]
+        self.boot_id = boot_id
+        self.window = SeqWindow(self.window_width)
+        self.boots += 1
+
+    @property
+    def gaps(self) -> int:
+        return self.gaps_done + max(0, self.window.missing)
+
+    def view(self, now: float) -> NodeView:
+        return NodeView(
+            node_id=self.node_id,
+            boot_id=self.boot_id,
+            last_seq=self.window.high,
+            age_ms=int((now - self.last_seen) * 1000),
+            msgs=self.msgs,
+            gaps=self.gaps,
+            duplicates=self.dups,
+            rejects=self.rejects,
+            boots=self.boots,
+            telemetry=self.telemetry,
+            hello=self.hello,
+            left=self.left,
+        )
+
+
+class Relay(Service):
+    """Usage: ``Relay(load_config()).run()``, or ``shoal run relay``."""
+
+    name = "relay"
+
+    def __init__(self, config: ShoalConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.cfg: RelayConfig = config.relay
+        self.nodes: dict[str, NodeState] = {}
+        self.reject_counts: dict[str, int] = dict.fromkeys(codec.REJECT_REASONS, 0)
+        self._last_pseq = 0
+        self.ctl_ops["snapshot"] = self._op_snapshot
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.ingest = self.bind("ingest", zmq.ROUTER, cfg.ingest, hwm=cfg.ingest_hwm)
+        self.bus = self.bind("bus", zmq.PUB, cfg.bus, hwm=cfg.bus_hwm)
+        self.serve_ctl(cfg.ctl)
+        self.on_readable(self.ingest, self._drain_ingest)
+        self.every(10.0, self._forget_silent)
+
+    def on_stop(self) -> None:
+        # Stop taking frames first; what was accepted is already published.
+        self.sockets.close(self.ingest)
+
+    def next_pseq(self) -> int:
+        self._last_pseq = super().next_pseq()
+        return self._last_pseq
+
+    def status_counters(self) -> dict[str, int]:
+        counters = dict(self.counters)
+        counters["nodes"] = len(self.nodes)
+        counters["gaps"] = sum(st.gaps for st in self.nodes.values())
+        counters.update({f"reject_{k}": v for k, v in self.reject_counts.items()})
+        return counters
+
+    # --- the hot path -------------------------------------------------------------------
+
+    def _drain_ingest(self) -> None:
+        accepted: list[NodeMessage] = []
+        acks: dict[bytes, dict[str, tuple[int, int]]] = {}
+        now = time.monotonic()
+        recv = self.ingest.recv_multipart
+        for _ in range(DRAIN_BUDGET):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) != 2:
+                self._reject("malformed", f"{len(frames) - 1} body frames")
+                continue
+            identity, body = frames
+            try:
+                records, bad = codec.decode_ingest(body)
+            except codec.Rejected as rej:
+                self._reject(rej.reason, rej.detail)
+                continue
+            for rej in bad:
+                self._reject(rej.reason, rej.detail)
+            conn_acks = acks.setdefault(identity, {})
+            for rec in records:
+                if self._admit(rec, now, conn_acks):
+                    accepted.append(rec)
+        self.counters["accepted"] += len(accepted)
+        for start in range(0, len(accepted), 256):
+            self.publish(codec.TOPIC_NODE_RECORDS, NodeRecords, records=accepted[start : start + 256])
+        for identity, per_node in acks.items():
+            if per_node:
+                entries = [AckEntry(n, b, s) for n, (b, s) in per_node.items()]
+                try:
+                    self.ingest.send_multipart([identity, codec.encode(Ack(acks=entries))], zmq.NOBLOCK)
+                except zmq.Again:
+                    self.counters["acks_dropped"] += 1
+
+    def _admit(self, rec: NodeMessage, now: float, conn_acks: dict[str, tuple[int, int]]) -> bool:
+        """Decide one record. Acked whenever the node should not send it again."""
+        node_id = rec.node_id
+        st = self.nodes.get(node_id)
+        cfg = self.cfg
+        if st is None:
+            if len(self.nodes) >= cfg.max_nodes:
+                self._reject("too_many_nodes", node_id)
+                return False
+            st = self.nodes[node_id] = NodeState(node_id, rec.boot_id, cfg.dedup_window, cfg.rate_burst, now)
+        # Token bucket: refill by elapsed time, spend one per message (duplicates included).
+        st.tokens = min(cfg.rate_burst, st.tokens + (now - st.stamp) * cfg.rate_per_node_hz)
+        st.stamp = now
+        if st.tokens < 1.0:
+            st.rejects += 1
+            self._reject("rate_limited", node_id)
+            self._ack(conn_acks, st, rec)
+            return False
+        st.tokens -= 1.0
+        if rec.boot_id != st.boot_id:
+            if rec.boot_id in st.prev_boots:
+                st.rejects += 1
+                self._reject("stale", f"{node_id}: message of an earlier boot")
+                return False
+            st.new_boot(rec.boot_id)
+        verdict = st.window.check(rec.seq)
+        if verdict != NEW:
+            if verdict == DUPLICATE:
+                st.dups += 1
+                self.reject_counts["duplicate"] += 1
+                self.counters["duplicates"] += 1
+            else:
+                st.rejects += 1
+                self._reject("stale", f"{node_id}: seq {rec.seq} below window")
+            self._ack(conn_acks, st, rec)
+            return False
+        st.msgs += 1
+        st.last_seen = now
+        if isinstance(rec, Telemetry):
+            st.telemetry = rec
+            st.left = False
+        elif isinstance(rec, Hello):
+            st.hello = rec
+            st.left = False
+        elif isinstance(rec, Goodbye):
+            st.left = True
+        else:
+            st.left = False
+        self._ack(conn_acks, st, rec)
+        return True
+
+    @staticmethod
+    def _ack(conn_acks: dict[str, tuple[int, int]], st: NodeState, rec: NodeMessage) -> None:
+        if rec.boot_id == st.boot_id:
+            conn_acks[st.node_id] = (st.boot_id, st.window.high)
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.reject_counts[reason] = self.reject_counts.get(reason, 0) + 1
+        self.counters["rejected"] += 1
+        self.rejects.add(reason, detail)
+
+    # --- upkeep and queries ---------------------------------------------------------------
+
+    def _forget_silent(self) -> None:
+        cutoff = time.monotonic() - FORGET_AFTER_S
+        for node_id in [n for n, st in self.nodes.items() if st.last_seen < cutoff]:
+            del self.nodes[node_id]
+            self.counters["forgotten"] += 1
+
+    def _op_snapshot(self, _args: dict[str, Any]) -> RelaySnapshot:
+        now = time.monotonic()
+        return RelaySnapshot(
+            pub=self.pub_id,
+            pseq=self._last_pseq,
+            nodes=[st.view(now) for st in sorted(self.nodes.values(), key=lambda s: s.node_id)],
+            counters=self.status_counters(),
+            rejects=dict(self.reject_counts),
+        )

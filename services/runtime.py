@@ -1,0 +1,349 @@
+"""The service runtime every shoal service is built on.
+
+A service is a small class with a lifecycle: ``setup`` binds its sockets and registers
+handlers and timers, ``run`` polls until SIGTERM / Ctrl-C / ``stop()``, then the runtime
+stops it in order: ``on_stop`` first (stop taking new work, flush), then every socket is
+closed, then the ZeroMQ context is ended.
+
+Every service also gets, for free: a control socket (ROUTER) answering ``ping`` and
+``status`` and whatever ops it adds, a heartbeat of its own on its bus, per-publisher
+sequence numbers, counters, and JSON-lines logs.
+
+Usage::
+
+    class Echo(Service):
+        name = "echo"
+
+        def setup(self) -> None:
+            self.pull = self.sockets.bind(zmq.PULL, "tcp://127.0.0.1:9000")
+            self.on_readable(self.pull, self.drain)
+
+        def drain(self) -> None:
+            ...
+
+    Echo(load_config()).run()
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import msgspec
+import zmq
+
+from shoal.protocol import codec
+from shoal.protocol.messages import Reply, Request, ServiceBeat, ServiceStatus
+
+from .config import ShoalConfig
+from .log import JsonLog, Summary
+from .sockets import Sockets
+
+# How many frames one handler call drains before the loop looks at other sockets and
+# timers: large enough to batch, small enough to stay fair.
+DRAIN_BUDGET = 512
+# Longest the loop sleeps when no timer is due.
+MAX_POLL_MS = 1000
+
+CtlHandler = Callable[[dict[str, Any]], Any]
+
+
+class _Timer:
+    __slots__ = ("callback", "cancelled", "due", "interval")
+
+    def __init__(self, due: float, interval: float | None, callback: Callable[[], None]) -> None:
+        self.due = due
+        self.interval = interval
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class CtlError(Exception):
+    """Raised by a ctl handler: the message goes back to the caller as the error."""
+
+
+class Service:
+    """Base class of every shoal service."""
+
+    name: ClassVar[str] = "service"
+
+    def __init__(self, config: ShoalConfig, *, ctx: zmq.Context[Any] | None = None) -> None:
+        self.config = config
+        self.ctx: zmq.Context[Any] = ctx or zmq.Context()
+        self._own_ctx = ctx is None
+        self.sockets = Sockets(self.ctx)
+        self.log = JsonLog(self.name, config.runtime.log_level)
+        self.counters: defaultdict[str, int] = defaultdict(int)
+        self.rejects = Summary(self.log, "rejected")
+        self.pub_id = random.SystemRandom().randrange(1, 2**32)
+        self.endpoints: dict[str, str] = {}
+        self.started_monotonic = time.monotonic()
+        self.bus: zmq.Socket[Any] | None = None  # set by services that publish
+        self.ctl_ops: dict[str, CtlHandler] = {"ping": self._op_ping, "status": self._op_status}
+        self.loop_lag_ms = 0.0  # how late the last timer ran: the observer's own health
+        self._pseq = itertools.count(1)
+        self._timers: list[tuple[float, int, _Timer]] = []
+        self._timer_ids = itertools.count()
+        self._handlers: dict[Any, Callable[[], None]] = {}
+        self._poller = zmq.Poller()
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # --- to override ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Bind sockets, register handlers and timers."""
+
+    def on_stop(self) -> None:
+        """First step of the ordered stop: stop taking work, flush what is in flight."""
+
+    def status_counters(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    # --- building blocks ----------------------------------------------------------------
+
+    def bind(self, role: str, kind: int, endpoint: str, **options: Any) -> zmq.Socket[Any]:
+        sock = self.sockets.bind(kind, endpoint, **options)
+        self.endpoints[role] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
+
+    def on_readable(self, sock: zmq.Socket[Any], handler: Callable[[], None]) -> None:
+        self._handlers[sock] = handler
+        self._poller.register(sock, zmq.POLLIN)
+
+    def every(self, interval_s: float, callback: Callable[[], None]) -> _Timer:
+        return self._add_timer(interval_s, interval_s, callback)
+
+    def after(self, delay_s: float, callback: Callable[[], None]) -> _Timer:
+        return self._add_timer(delay_s, None, callback)
+
+    def _add_timer(
+        self, delay_s: float, interval: float | None, callback: Callable[[], None]
+    ) -> _Timer:
+        timer = _Timer(time.monotonic() + delay_s, interval, callback)
+        heapq.heappush(self._timers, (timer.due, next(self._timer_ids), timer))
+        return timer
+
+    def next_pseq(self) -> int:
+        return next(self._pseq)
+
+    def publish(self, topic: bytes, frame_type: type[Any], **fields: Any) -> None:
+        """Publish one bus frame, numbered with this publisher's id and next sequence."""
+        assert self.bus is not None, "publish needs self.bus"
+        frame = frame_type(pub=self.pub_id, pseq=self.next_pseq(), **fields)
+        self.bus.send(codec.encode_bus(topic, frame))
+
+    def serve_ctl(self, endpoint: str) -> None:
+        self.ctl = self.bind("ctl", zmq.ROUTER, endpoint)
+        self.on_readable(self.ctl, self._drain_ctl)
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def run(self, *, install_signals: bool = True) -> None:
+        """Set up, serve until stopped, then shut down in order."""
+        self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        if install_signals:
+            self._install_signals()
+        try:
+            self.setup()
+            if self.bus is not None:
+                interval = self.config.runtime.heartbeat_interval_ms / 1000
+                self.every(interval, self._beat)
+            self.every(self.config.runtime.log_summary_interval_s, self.rejects.flush)
+            self.log.info("started", pid=os.getpid(), pub=self.pub_id, endpoints=self.endpoints)
+            self._ready.set()
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Ask the loop to stop; safe from any thread and from a signal handler."""
+        self._stopping.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        return self._ready.wait(timeout)
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self._stopping.is_set() and signum == signal.SIGINT:
+                os._exit(130)  # a second Ctrl-C kills at once
+            self.log.info("stopping", signal=signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _loop(self) -> None:
+        wake_fd = self._wake_r.fileno()
+        while not self._stopping.is_set():
+            timeout_ms = MAX_POLL_MS
+            if self._timers:
+                timeout_ms = max(0, min(MAX_POLL_MS, int((self._timers[0][0] - time.monotonic()) * 1000) + 1))
+            for sock, _ in self._poller.poll(timeout_ms):
+                if sock == wake_fd:
+                    self._drain_wake()
+                    continue
+                self._guarded(self._handlers[sock])
+            self._run_due_timers()
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            due, _, timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            self.loop_lag_ms = (now - due) * 1000
+            self._guarded(timer.callback)
+            if timer.interval is not None and not timer.cancelled:
+                # Schedule from the due time to keep the cadence, but never into the past.
+                timer.due = max(due + timer.interval, now)
+                heapq.heappush(self._timers, (timer.due, next(self._timer_ids), timer))
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        """A bug in one handler is logged and counted; the service keeps serving."""
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - the loop must survive any handler bug
+            self.counters["handler_errors"] += 1
+            self.log.error("handler_error", handler=getattr(fn, "__name__", repr(fn)), error=repr(err))
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _shutdown(self) -> None:
+        try:
+            self.on_stop()
+        except Exception as err:  # noqa: BLE001
+            self.log.error("stop_error", error=repr(err))
+        self.rejects.flush()
+        self.sockets.close_all()
+        if self._own_ctx:
+            self.ctx.term()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.log.info("stopped", uptime_s=round(self.uptime_s(), 3))
+
+    # --- heartbeat and control ----------------------------------------------------------
+
+    def _beat(self) -> None:
+        self.publish(
+            codec.TOPIC_SERVICE_BEAT,
+            ServiceBeat,
+            service=self.name,
+            pid=os.getpid(),
+            uptime_s=round(self.uptime_s(), 3),
+            interval_ms=self.config.runtime.heartbeat_interval_ms,
+            counters=self.status_counters(),
+        )
+
+    def _drain_ctl(self) -> None:
+        for _ in range(DRAIN_BUDGET):
+            try:
+                frames = self.ctl.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._answer(frames)
+
+    def _answer(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self.counters["ctl_malformed"] += 1
+            self.rejects.add("ctl_malformed", f"{len(frames)} frames")
+            if len(frames) > 2:
+                self._reply(frames[0], Reply(id=0, ok=False, error="malformed: expected one frame"))
+            return
+        identity, body = frames
+        try:
+            req = codec.decode_request(body)
+        except codec.Rejected as rej:
+            self.counters[f"ctl_reject_{rej.reason}"] += 1
+            self.rejects.add(f"ctl_{rej.reason}", rej.detail)
+            self._reply(identity, Reply(id=0, ok=False, error=f"{rej.reason}: {rej.detail}"))
+            return
+        handler = self.ctl_ops.get(req.op)
+        if handler is None:
+            self.counters["ctl_unknown_op"] += 1
+            known = ", ".join(sorted(self.ctl_ops))
+            self._reply(identity, Reply(id=req.id, ok=False, error=f"unknown op '{req.op}' (known: {known})"))
+            return
+        self.counters["ctl_requests"] += 1
+        try:
+            result = handler(req.args)
+        except CtlError as err:
+            self._reply(identity, Reply(id=req.id, ok=False, error=str(err)))
+            return
+        except Exception as err:  # noqa: BLE001 - a failing op answers, never crashes
+            self.counters["handler_errors"] += 1
+            self.log.error("ctl_error", op=req.op, error=repr(err))
+            self._reply(identity, Reply(id=req.id, ok=False, error=f"internal error: {err!r}"))
+            return
+        self._reply(identity, Reply(id=req.id, ok=True, result=msgspec.Raw(codec.encode(result))))
+
+    def _reply(self, identity: bytes, reply: Reply) -> None:
+        try:
+            self.ctl.send_multipart([identity, codec.encode(reply)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["ctl_reply_dropped"] += 1
+
+    def _op_ping(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"service": self.name, "pid": os.getpid(), "pub": self.pub_id}
+
+    def _op_status(self, _args: dict[str, Any]) -> ServiceStatus:
+        return ServiceStatus(
+            service=self.name,
+            pid=os.getpid(),
+            pub=self.pub_id,
+            uptime_s=round(self.uptime_s(), 3),
+            counters=self.status_counters(),
+            endpoints=self.endpoints,
+        )
+
+
+def main_for(service_cls: type[Service], config: ShoalConfig) -> None:
+    """Run one service as this process, with signals, until it is stopped."""
+    _exit_with_parent()
+    service_cls(config).run()
+
+
+def _exit_with_parent() -> None:
+    """Under a supervisor, die with it (Linux): no orphan survives a SIGKILLed supervisor."""
+    if os.environ.get("SHOAL_SUPERVISED") != "1":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    parent = os.environ.get("SHOAL_SUPERVISOR_PID")
+    if parent and os.getppid() != int(parent):
+        os._exit(0)  # the supervisor died before prctl took effect

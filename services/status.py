@@ -1,0 +1,91 @@
+"""`shoal status`: one row per node from the relay's snapshot, and the relay's counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from shoal.protocol.messages import RelaySnapshot
+
+COLUMNS = ("node", "age", "cpu%", "queue", "load", "gaps", "dups", "msgs", "boots", "state")
+
+
+def snapshot_as_dict(snap: RelaySnapshot) -> dict[str, Any]:
+    """The JSON shape of `shoal status --json` (documented in README)."""
+    nodes = []
+    for n in snap.nodes:
+        t = n.telemetry
+        nodes.append(
+            {
+                "node_id": n.node_id,
+                "boot_id": n.boot_id,
+                "last_seq": n.last_seq,
+                "age_ms": n.age_ms,
+                "cpu_pct": t.cpu_pct if t else None,
+                "queue_depth": t.queue_depth if t else None,
+                "queue_capacity": t.queue_capacity if t else None,
+                "load_factor": t.load_factor if t else None,
+                "free_heap": t.free_heap if t else None,
+                "rssi": t.rssi if t else None,
+                "fw": (t.fw if t else None) or (n.hello.fw if n.hello else None),
+                "gaps": n.gaps,
+                "duplicates": n.duplicates,
+                "rejects": n.rejects,
+                "msgs": n.msgs,
+                "boots": n.boots,
+                "left": n.left,
+            }
+        )
+    counters = snap.counters
+    return {
+        "relay": {
+            "pub": snap.pub,
+            "pseq": snap.pseq,
+            "accepted": counters.get("accepted", 0),
+            "duplicates": counters.get("duplicates", 0),
+            "gaps": counters.get("gaps", 0),
+            "rejected": counters.get("rejected", 0),
+            "rejects": snap.rejects,
+            "counters": counters,
+        },
+        "nodes": nodes,
+    }
+
+
+def _age(ms: int) -> str:
+    return f"{ms / 1000:.1f}s" if ms < 60_000 else f"{ms / 60_000:.0f}m"
+
+
+def render_table(snap: RelaySnapshot) -> str:
+    rows = [COLUMNS]
+    for n in snap.nodes:
+        t = n.telemetry
+        rows.append(
+            (
+                n.node_id,
+                _age(n.age_ms),
+                f"{t.cpu_pct:.0f}" if t else "-",
+                f"{t.queue_depth}/{t.queue_capacity}" if t else "-",
+                f"{t.load_factor:.2f}" if t else "-",
+                str(n.gaps),
+                str(n.duplicates),
+                str(n.msgs),
+                str(n.boots),
+                "left" if n.left else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    c = snap.counters
+    rejects = ", ".join(f"{k}={v}" for k, v in sorted(snap.rejects.items()) if v) or "none"
+    lines.append("")
+    lines.append(
+        f"relay: nodes={len(snap.nodes)} accepted={c.get('accepted', 0)} "
+        f"duplicates={c.get('duplicates', 0)} gaps={c.get('gaps', 0)} rejects: {rejects}"
+    )
+    return "\n".join(lines)
+
+
+def to_json(snap: RelaySnapshot) -> str:
+    return msgspec.json.format(msgspec.json.encode(snapshot_as_dict(snap)).decode(), indent=2)

@@ -1,0 +1,1 @@
+"""The Textual operator console (issue 6)."""
