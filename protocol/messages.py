@@ -32,9 +32,7 @@ HeartbeatIntervalMs = Annotated[
 ]
 
 
-class _NodeMessage(
-    Struct, tag_field="kind", frozen=True, kw_only=True, forbid_unknown_fields=True
-):
+class _NodeMessage(Struct, tag_field="kind", frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Fields every node message carries: who, which boot, which message of that boot."""
 
     v: Version = 1
@@ -44,7 +42,7 @@ class _NodeMessage(
     ts_ms: TsMs = 0  # the node's own clock: informative only, never trusted
 
 
-class Hello(_NodeMessage, tag="hello"):
+class Hello(_NodeMessage, tag="hello", frozen=True):
     """Birth: the first message of a boot, and the first after every reconnect."""
 
     fw: FirmwareVersion = ""
@@ -52,7 +50,7 @@ class Hello(_NodeMessage, tag="hello"):
     queue_capacity: QueueLen = 0
 
 
-class Telemetry(_NodeMessage, tag="telemetry"):
+class Telemetry(_NodeMessage, tag="telemetry", frozen=True):
     """A node's periodic load sample."""
 
     cpu_pct: CpuPct
@@ -64,11 +62,11 @@ class Telemetry(_NodeMessage, tag="telemetry"):
     fw: FirmwareVersion | None = None
 
 
-class Heartbeat(_NodeMessage, tag="heartbeat"):
+class Heartbeat(_NodeMessage, tag="heartbeat", frozen=True):
     """Proof of life, sent when nothing else was sent for one heartbeat interval."""
 
 
-class Goodbye(_NodeMessage, tag="goodbye"):
+class Goodbye(_NodeMessage, tag="goodbye", frozen=True):
     """Death announced: an orderly shutdown (or the MQTT last will, sent by the shim)."""
 
     reason: Reason = ""
@@ -115,13 +113,13 @@ class _BusFrame(Struct, tag_field="kind", frozen=True, kw_only=True):
     pseq: int
 
 
-class NodeRecords(_BusFrame, tag="records"):
+class NodeRecords(_BusFrame, tag="records", frozen=True):
     """Accepted node messages, in arrival order, as the relay republishes them."""
 
     records: list[NodeMessage]
 
 
-class ServiceBeat(_BusFrame, tag="svc_beat"):
+class ServiceBeat(_BusFrame, tag="svc_beat", frozen=True):
     """A service's own heartbeat, with its counters."""
 
     service: str

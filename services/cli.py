@@ -1,11 +1,11 @@
 """The `shoal` command.
 
-    shoal up [--headless] [--nodes N] [--config FILE]   start the cluster under the supervisor
-    shoal run SERVICE [--config FILE]                   run one service in this process
-    shoal sim [--nodes N] [--config FILE]               run a simulated fleet
-    shoal status [--json] [--config FILE]               one row per node, and relay counters
-    shoal bench relay [--json] [--quick]                benchmarks
-    shoal config [--config FILE]                        print the effective configuration
+shoal up [--headless] [--nodes N] [--config FILE]   start the cluster under the supervisor
+shoal run SERVICE [--config FILE]                   run one service in this process
+shoal sim [--nodes N] [--config FILE]               run a simulated fleet
+shoal status [--json] [--config FILE]               one row per node, and relay counters
+shoal bench relay [--json] [--quick]                benchmarks
+shoal config [--config FILE]                        print the effective configuration
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.option("--nodes", type=click.IntRange(0, 100_000), default=None, help="Simulated nodes (default 8).")
+@click.option(
+    "--nodes", type=click.IntRange(0, 100_000), default=None, help="Simulated nodes (default 8)."
+)
 @click.option("--headless", is_flag=True, help="No console; logs only.")
 def up(config_path: str | None, nodes: int | None, headless: bool) -> None:
     """Start the relay and a simulated fleet (and later services) under the supervisor."""
@@ -62,7 +64,9 @@ def up(config_path: str | None, nodes: int | None, headless: bool) -> None:
 @main.command()
 @click.argument("service", type=click.Choice(SERVICES))
 @config_option
-@click.option("--nodes", type=click.IntRange(0, 100_000), default=None, help="For sim: how many nodes.")
+@click.option(
+    "--nodes", type=click.IntRange(0, 100_000), default=None, help="For sim: how many nodes."
+)
 def run(service: str, config_path: str | None, nodes: int | None) -> None:
     """Run one service in this process (what the supervisor starts)."""
     from .runtime import main_for
@@ -75,7 +79,9 @@ def run(service: str, config_path: str | None, nodes: int | None) -> None:
 
 @main.command()
 @config_option
-@click.option("--nodes", type=click.IntRange(0, 100_000), default=None, help="How many nodes (default 8).")
+@click.option(
+    "--nodes", type=click.IntRange(0, 100_000), default=None, help="How many nodes (default 8)."
+)
 @click.option("--seed", type=int, default=None, help="Seed of the load model.")
 def sim(config_path: str | None, nodes: int | None, seed: int | None) -> None:
     """Run a fleet of simulated nodes against the relay."""
@@ -94,7 +100,9 @@ def sim(config_path: str | None, nodes: int | None, seed: int | None) -> None:
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for the relay.")
+@click.option(
+    "--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for the relay."
+)
 def status(config_path: str | None, as_json: bool, timeout: float) -> None:
     """One row per node from the relay's snapshot, plus the relay's counters."""
     from shoal.protocol.messages import RelaySnapshot
@@ -105,7 +113,7 @@ def status(config_path: str | None, as_json: bool, timeout: float) -> None:
     config = _load(config_path)
     try:
         with CtlClient(config.relay.ctl) as relay:
-            snap = relay.call("snapshot", result_type=RelaySnapshot, timeout_s=timeout, retries=1)
+            snap: RelaySnapshot = relay.call("snapshot", result_type=RelaySnapshot, timeout_s=timeout, retries=1)
     except (CtlUnavailable, CtlFailed) as err:
         raise click.ClickException(f"relay at {config.relay.ctl}: {err}") from None
     click.echo(to_json(snap) if as_json else render_table(snap))

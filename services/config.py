@@ -21,7 +21,7 @@ class _Section(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     pass
 
 
-class RuntimeConfig(_Section):
+class RuntimeConfig(_Section, frozen=True):
     """What every service shares."""
 
     heartbeat_interval_ms: PositiveInt = 500
@@ -30,7 +30,7 @@ class RuntimeConfig(_Section):
     log_summary_interval_s: Positive = 5.0
 
 
-class RelayConfig(_Section):
+class RelayConfig(_Section, frozen=True):
     ingest: str = "tcp://127.0.0.1:7700"  # nodes and gateways connect here (ROUTER)
     bus: str = "tcp://127.0.0.1:7701"  # accepted records republished here (PUB)
     ctl: str = "tcp://127.0.0.1:7702"  # snapshot and status requests (ROUTER)
@@ -44,7 +44,7 @@ class RelayConfig(_Section):
     bus_hwm: PositiveInt = 100_000
 
 
-class SimConfig(_Section):
+class SimConfig(_Section, frozen=True):
     nodes: Annotated[int, Meta(ge=0, le=100_000)] = 8
     id_prefix: str = "sim"
     seed: int = 1
@@ -63,7 +63,7 @@ class SimConfig(_Section):
     tick_ms: PositiveInt = 50
 
 
-class SupervisorConfig(_Section):
+class SupervisorConfig(_Section, frozen=True):
     ctl: str = "tcp://127.0.0.1:7790"
     restart_backoff_min_s: Positive = 0.1
     restart_backoff_max_s: Positive = 10.0
@@ -72,7 +72,7 @@ class SupervisorConfig(_Section):
     stop_timeout_s: Positive = 5.0
 
 
-class ShoalConfig(_Section):
+class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
     sim: SimConfig = SimConfig()

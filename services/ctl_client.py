@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import msgspec
 import zmq
-
 from shoal.protocol import codec
 from shoal.protocol.messages import Request
 

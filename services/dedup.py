@@ -48,6 +48,4 @@ class SeqWindow:
         self.mask |= bit
         if seq > self.first:
             self.missing -= 1  # a late arrival fills a gap counted earlier
-        else:
-            self.first = seq
         return NEW

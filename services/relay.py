@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import zmq
-
 from shoal.protocol import codec
 from shoal.protocol.messages import (
     Ack,
@@ -49,6 +48,7 @@ class NodeState:
         "boot_id",
         "boots",
         "dups",
+        "gaps_done",
         "hello",
         "last_seen",
         "left",
@@ -61,7 +61,6 @@ class NodeState:
         "tokens",
         "window",
         "window_width",
-        "gaps_done",
     )
 
     def __init__(self, node_id: str, boot_id: int, width: int, burst: float, now: float) -> None:
@@ -167,20 +166,24 @@ class Relay(Service):
             except codec.Rejected as rej:
                 self._reject(rej.reason, rej.detail)
                 continue
-            for rej in bad:
-                self._reject(rej.reason, rej.detail)
+            for bad_record in bad:
+                self._reject(bad_record.reason, bad_record.detail)
             conn_acks = acks.setdefault(identity, {})
             for rec in records:
                 if self._admit(rec, now, conn_acks):
                     accepted.append(rec)
         self.counters["accepted"] += len(accepted)
         for start in range(0, len(accepted), 256):
-            self.publish(codec.TOPIC_NODE_RECORDS, NodeRecords, records=accepted[start : start + 256])
+            self.publish(
+                codec.TOPIC_NODE_RECORDS, NodeRecords, records=accepted[start : start + 256]
+            )
         for identity, per_node in acks.items():
             if per_node:
                 entries = [AckEntry(n, b, s) for n, (b, s) in per_node.items()]
                 try:
-                    self.ingest.send_multipart([identity, codec.encode(Ack(acks=entries))], zmq.NOBLOCK)
+                    self.ingest.send_multipart(
+                        [identity, codec.encode(Ack(acks=entries))], zmq.NOBLOCK
+                    )
                 except zmq.Again:
                     self.counters["acks_dropped"] += 1
 
@@ -193,7 +196,9 @@ class Relay(Service):
             if len(self.nodes) >= cfg.max_nodes:
                 self._reject("too_many_nodes", node_id)
                 return False
-            st = self.nodes[node_id] = NodeState(node_id, rec.boot_id, cfg.dedup_window, cfg.rate_burst, now)
+            st = self.nodes[node_id] = NodeState(
+                node_id, rec.boot_id, cfg.dedup_window, cfg.rate_burst, now
+            )
         # Token bucket: refill by elapsed time, spend one per message (duplicates included).
         st.tokens = min(cfg.rate_burst, st.tokens + (now - st.stamp) * cfg.rate_per_node_hz)
         st.stamp = now

@@ -26,6 +26,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -40,9 +41,8 @@ from typing import Any, ClassVar
 
 import msgspec
 import zmq
-
 from shoal.protocol import codec
-from shoal.protocol.messages import Reply, Request, ServiceBeat, ServiceStatus
+from shoal.protocol.messages import Reply, ServiceBeat, ServiceStatus
 
 from .config import ShoalConfig
 from .log import JsonLog, Summary
@@ -177,10 +177,8 @@ class Service:
     def stop(self) -> None:
         """Ask the loop to stop; safe from any thread and from a signal handler."""
         self._stopping.set()
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self._ready.wait(timeout)
@@ -202,7 +200,9 @@ class Service:
         while not self._stopping.is_set():
             timeout_ms = MAX_POLL_MS
             if self._timers:
-                timeout_ms = max(0, min(MAX_POLL_MS, int((self._timers[0][0] - time.monotonic()) * 1000) + 1))
+                timeout_ms = max(
+                    0, min(MAX_POLL_MS, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+                )
             for sock, _ in self._poller.poll(timeout_ms):
                 if sock == wake_fd:
                     self._drain_wake()
@@ -227,9 +227,11 @@ class Service:
         """A bug in one handler is logged and counted; the service keeps serving."""
         try:
             fn()
-        except Exception as err:  # noqa: BLE001 - the loop must survive any handler bug
+        except Exception as err:
             self.counters["handler_errors"] += 1
-            self.log.error("handler_error", handler=getattr(fn, "__name__", repr(fn)), error=repr(err))
+            self.log.error(
+                "handler_error", handler=getattr(fn, "__name__", repr(fn)), error=repr(err)
+            )
 
     def _drain_wake(self) -> None:
         try:
@@ -241,7 +243,7 @@ class Service:
     def _shutdown(self) -> None:
         try:
             self.on_stop()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self.log.error("stop_error", error=repr(err))
         self.rejects.flush()
         self.sockets.close_all()
@@ -291,7 +293,10 @@ class Service:
         if handler is None:
             self.counters["ctl_unknown_op"] += 1
             known = ", ".join(sorted(self.ctl_ops))
-            self._reply(identity, Reply(id=req.id, ok=False, error=f"unknown op '{req.op}' (known: {known})"))
+            self._reply(
+                identity,
+                Reply(id=req.id, ok=False, error=f"unknown op '{req.op}' (known: {known})"),
+            )
             return
         self.counters["ctl_requests"] += 1
         try:
@@ -299,7 +304,7 @@ class Service:
         except CtlError as err:
             self._reply(identity, Reply(id=req.id, ok=False, error=str(err)))
             return
-        except Exception as err:  # noqa: BLE001 - a failing op answers, never crashes
+        except Exception as err:
             self.counters["handler_errors"] += 1
             self.log.error("ctl_error", op=req.op, error=repr(err))
             self._reply(identity, Reply(id=req.id, ok=False, error=f"internal error: {err!r}"))

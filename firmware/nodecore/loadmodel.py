@@ -114,7 +114,9 @@ class SimulatedLoad:
         if window <= 0:
             return 0.0, self.depth(), self.load_factor
         cpu = 100.0 * self.busy_ms / window
-        offered = self.offered_ms / (window * self.capacity_scale) if self.capacity_scale > 0 else 1000.0
+        offered = (
+            self.offered_ms / (window * self.capacity_scale) if self.capacity_scale > 0 else 1000.0
+        )
         if offered > 1000.0:
             offered = 1000.0
         self.load_factor = LOAD_EWMA_ALPHA * offered + (1 - LOAD_EWMA_ALPHA) * self.load_factor

@@ -131,7 +131,11 @@ class NodeCore:
         if self.state == UP:
             self._flush(now_ms)
             oldest = self.ring.oldest()
-            if oldest is not None and oldest[2] >= 0 and now_ms - oldest[2] > self.cfg["ack_timeout_ms"]:
+            if (
+                oldest is not None
+                and oldest[2] >= 0
+                and now_ms - oldest[2] > self.cfg["ack_timeout_ms"]
+            ):
                 self._link_down(now_ms)
         elif self.state == PROBING:
             if now_ms - self.probe_sent_ms > self.cfg["ack_timeout_ms"]:

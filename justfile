@@ -1,0 +1,38 @@
+# shoal's commands. `./just RECIPE` bootstraps .venv first; plain `just` works once it exists.
+set shell := ["bash", "-eu", "-o", "pipefail", "-c"]
+export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
+
+# List the recipes
+default:
+    @just --list
+
+# Start the cluster: relay + 8 simulated nodes (pass e.g. --nodes 50 --headless)
+up *ARGS:
+    shoal up {{ARGS}}
+
+# Run the test suite (slow soak tests excluded; they run in `just bench`)
+test *ARGS:
+    pytest -q {{ARGS}}
+
+# ruff (lint and format check) and mypy
+lint:
+    ruff check .
+    ruff format --check .
+    mkdir -p .typecheck/shoal
+    for d in protocol services tui firmware bench; do ln -sfn "../../$d" ".typecheck/shoal/$d"; done
+    MYPYPATH=.typecheck mypy --namespace-packages --explicit-package-bases -p shoal.protocol -p shoal.services
+
+# Format the code
+fmt:
+    ruff format .
+    ruff check --fix .
+
+# Benchmarks: each prints JSON with its baseline measured in the same run
+bench *ARGS:
+    python bench/framing.py --json {{ARGS}}
+    python bench/relay_throughput.py --json {{ARGS}}
+    pytest -q -m slow -p no:randomly
+
+# Cluster status from the relay's snapshot
+status *ARGS:
+    shoal status {{ARGS}}
