@@ -15,13 +15,14 @@ STALE = 2
 class SeqWindow:
     """Per-boot window. ``missing`` counts sequence numbers skipped and not (yet) filled."""
 
-    __slots__ = ("_full", "first", "high", "mask", "missing", "width")
+    __slots__ = ("_full", "first", "high", "low", "mask", "missing", "width")
 
     def __init__(self, width: int) -> None:
         self.width = width
         self._full = (1 << width) - 1
         self.high = -1
-        self.first = -1
+        self.first = -1  # the first seq seen: the baseline for counting gaps
+        self.low = -1  # the lowest seq accepted (a resend can be older than the first)
         self.mask = 0
         self.missing = 0
 
@@ -32,7 +33,7 @@ class SeqWindow:
             if high < 0:
                 # The first message seen of a boot sets the baseline; nothing before it
                 # counts as a gap (the relay may have started after the node).
-                self.first = seq
+                self.first = self.low = seq
             else:
                 self.missing += seq - high - 1
             shift = seq - high
@@ -48,4 +49,6 @@ class SeqWindow:
         self.mask |= bit
         if seq > self.first:
             self.missing -= 1  # a late arrival fills a gap counted earlier
+        elif seq < self.low:
+            self.low = seq
         return NEW

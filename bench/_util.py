@@ -1,0 +1,510 @@
+"""Shared pieces of the benchmarks: message generation, publisher and subscriber processes,
+a relay run as a real child process, and the JSON-on-stdout / progress-on-stderr output.
+
+Publishers and subscribers are separate processes (multiprocessing, spawn) so that neither
+steals the GIL of the other nor of the process being measured. Their worker functions live
+in this importable module because spawn pickles them by qualified name.
+
+Parent <-> child protocol (one Pipe per child): the child sends ``("ready", info)`` once
+set up, a subscriber sends ``("joined", None)`` once its subscription is live, the parent
+sends ``"go"`` to a publisher, and every child ends with ``("done", result)`` (or
+``("error", text)``).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+
+# The subscriber gives up when no frame came for this long after the first one.
+IDLE_TIMEOUT_S = 3.0
+# Topic of the slow-joiner probes: never matches b"rec|".
+PROBE_TOPIC = b"prb|"
+
+_ctx = mp.get_context("spawn")
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def progress(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgspec": msgspec.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def emit(result: dict[str, Any], as_json: bool, summary: list[str]) -> None:
+    """The JSON object alone on stdout; a human summary on stderr unless as_json."""
+    if not as_json:
+        for line in summary:
+            print(line, file=sys.stderr)
+    print(json.dumps(result, indent=None if as_json else 2, sort_keys=False), flush=True)
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+# --- messages --------------------------------------------------------------------------
+
+
+def node_id(index: int) -> str:
+    return f"bench-{index:04d}"
+
+
+def telemetry_stream(
+    n: int, *, nodes: int = 1000, seq_start: int = 0, seed: int = 7
+) -> Iterator[Any]:
+    """n Telemetry messages, node ids cycling over ``nodes``, seq rising per node.
+
+    Values are what a busy ESP32 reports (load near capacity, ~150 KB free heap, weak Wi-Fi).
+    """
+    from shoal.protocol.messages import Telemetry
+
+    rng = random.Random(seed)
+    boots = [rng.randrange(1, 2**32) for _ in range(nodes)]
+    ids = [node_id(i) for i in range(nodes)]
+    ts0 = 1_700_000_000_000
+    for i in range(n):
+        node = i % nodes
+        seq = seq_start + i // nodes
+        depth = rng.randrange(0, 65)
+        yield Telemetry(
+            node_id=ids[node],
+            boot_id=boots[node],
+            seq=seq,
+            ts_ms=ts0 + seq * 1000 + node,
+            cpu_pct=round(rng.uniform(5.0, 99.0), 1),
+            queue_depth=depth,
+            queue_capacity=64,
+            load_factor=round(depth / 64 + rng.uniform(0.0, 0.5), 3),
+            free_heap=rng.randrange(90_000, 200_000),
+            rssi=rng.randrange(-90, -40),
+            fw="1.4.2",
+        )
+
+
+def bus_frames(n: int, batch: int = 1, *, pub: int = 4242) -> list[bytes]:
+    """What the relay publishes: ``rec|`` + NodeRecords, ``batch`` records per frame."""
+    from shoal.protocol import codec
+    from shoal.protocol.messages import NodeRecords
+
+    records = list(telemetry_stream(n))
+    return [
+        codec.encode_bus(
+            codec.TOPIC_NODE_RECORDS,
+            NodeRecords(pub=pub, pseq=k + 1, records=records[start : start + batch]),
+        )
+        for k, start in enumerate(range(0, n, batch))
+    ]
+
+
+def ingest_frames(n: int, batch: int = 1, *, seq_start: int = 0) -> list[bytes]:
+    """What nodes send: single node messages (batch=1) or Batch frames of ``batch`` records."""
+    from shoal.protocol import codec
+    from shoal.protocol.messages import Batch
+
+    stream = telemetry_stream(n, seq_start=seq_start)
+    if batch == 1:
+        return [codec.encode(msg) for msg in stream]
+    records = list(stream)
+    return [
+        codec.encode(Batch(records=records[start : start + batch]))
+        for start in range(0, n, batch)
+    ]
+
+
+def multipart_frames(n: int) -> list[list[bytes]]:
+    """[topic, body] pairs carrying the same body as a one-record single frame."""
+    from shoal.protocol import codec
+
+    out = []
+    for frame in bus_frames(n):
+        topic, body = codec.split_bus(frame)
+        out.append([topic, bytes(body)])
+    return out
+
+
+# --- publisher and subscriber processes ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PubSpec:
+    endpoint: str
+    kind: str  # "pub": PUB bind (raw baseline, framing); "dealer": DEALER connect (relay)
+    frames: str  # "bus", "multipart", or "ingest"
+    n_records: int
+    batch: int = 1
+    seq_start: int = 0
+    # PUB: send probes until the parent says go, so the subscriber is live (slow joiner).
+    probe: bool = False
+
+
+@dataclass(frozen=True)
+class SubSpec:
+    endpoint: str
+    expect_records: int
+    # "probe": live after the first probe frame; "beat": after the first svc heartbeat
+    # (the relay's bus, where the benchmark cannot inject probes).
+    join: str = "probe"
+    # "records": count NodeRecords.records (decoded lightly); "frames": count messages and
+    # multiply by records_per_msg (pure transport, no decoding).
+    count: str = "records"
+    records_per_msg: int = 1
+    multipart: bool = False
+    # A multipart stream's first frame is the bare topic, without the separator.
+    topic: bytes = b"rec|"
+    deadline_s: float = 120.0
+
+
+def _build(spec: PubSpec) -> list[Any]:
+    if spec.frames == "bus":
+        return bus_frames(spec.n_records, spec.batch)
+    if spec.frames == "multipart":
+        return multipart_frames(spec.n_records)
+    return ingest_frames(spec.n_records, spec.batch, seq_start=spec.seq_start)
+
+
+def pub_worker(conn: Connection, spec: PubSpec) -> None:
+    try:
+        _pub(conn, spec)
+    except Exception as err:  # report, never hang the parent
+        conn.send(("error", repr(err)))
+
+
+def _pub(conn: Connection, spec: PubSpec) -> None:
+    frames = _build(spec)  # before "ready": encoding is not part of any measurement
+    ctx = zmq.Context()
+    if spec.kind == "pub":
+        sock = ctx.socket(zmq.PUB)
+        sock.setsockopt(zmq.SNDHWM, 0)  # unlimited: nothing dropped by the HWM
+        sock.bind(spec.endpoint)
+    else:
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(spec.endpoint)
+    sock.setsockopt(zmq.LINGER, -1)  # deliver everything queued before closing
+    conn.send(("ready", {"frames": len(frames), "bytes": sum(_size(f) for f in frames)}))
+    while True:
+        if spec.probe:
+            sock.send(PROBE_TOPIC + b"probe")
+        if conn.poll(0.005 if spec.probe else None) and conn.recv() == "go":
+            break
+    acks = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    if spec.frames == "multipart":
+        send_multipart = sock.send_multipart
+        for parts in frames:
+            send_multipart(parts)
+    elif spec.kind == "dealer":
+        send, recv = sock.send, sock.recv
+        for i, frame in enumerate(frames):
+            send(frame)  # blocks at the HWM: as fast as the relay takes them
+            if i & 255 == 0:
+                # Read the relay's acks now and then, as a node would; unread acks would
+                # only fill our queue and then be dropped by the relay's ROUTER.
+                with suppress(zmq.Again):
+                    while True:
+                        recv(zmq.NOBLOCK)
+                        acks += 1
+    else:
+        send = sock.send
+        for frame in frames:
+            send(frame)
+    send_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    sock.close()  # with LINGER -1: returns once the queue is handed to the kernel
+    ctx.term()
+    conn.send(("done", {"send_s": send_s, "cpu_s": cpu_s, "acks": acks}))
+
+
+def _size(frame: bytes | list[bytes]) -> int:
+    return len(frame) if isinstance(frame, bytes) else sum(len(p) for p in frame)
+
+
+class _CountOnly(msgspec.Struct, tag="records", tag_field="kind"):
+    """A NodeRecords frame whose records are left undecoded: counting costs almost nothing."""
+
+    pub: int
+    pseq: int
+    records: list[msgspec.Raw]
+
+
+class _BeatOnly(msgspec.Struct, tag="svc_beat", tag_field="kind"):
+    """A heartbeat, for its pseq only: beats and records share the publisher's numbering."""
+
+    pub: int
+    pseq: int
+
+
+def sub_worker(conn: Connection, spec: SubSpec) -> None:
+    try:
+        _sub(conn, spec)
+    except Exception as err:
+        conn.send(("error", repr(err)))
+
+
+def _sub(conn: Connection, spec: SubSpec) -> None:
+    from shoal.protocol import codec
+    from shoal.protocol.messages import NodeRecords, Telemetry
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)  # unlimited: a slow subscriber queues, never drops
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, spec.topic)
+    join_topic = PROBE_TOPIC if spec.join == "probe" else codec.TOPIC_SERVICE_BEAT
+    sock.setsockopt(zmq.SUBSCRIBE, join_topic)
+    sock.connect(spec.endpoint)
+    conn.send(("ready", None))
+
+    deadline = time.monotonic() + spec.deadline_s
+    while True:  # wait for the subscription to be live
+        if time.monotonic() > deadline:
+            raise TimeoutError("subscription never became live")
+        if sock.poll(100) and sock.recv_multipart()[0].startswith(join_topic):
+            break
+    conn.send(("joined", None))
+
+    decoder = msgspec.msgpack.Decoder(_CountOnly | _BeatOnly)
+    beats = spec.join == "beat"
+    recv = sock.recv_multipart if spec.multipart else sock.recv
+    by_frames = spec.count == "frames"
+    per_msg = spec.records_per_msg
+    records = frames = pseq_gaps = 0
+    last_pseq = first = last = 0.0
+    sample: bytes | None = None
+    cpu0 = time.process_time()
+    idle_ms = int(IDLE_TIMEOUT_S * 1000)
+    while records < spec.expect_records:
+        # Block in recv when data flows; poll only to notice the end of the stream.
+        if not sock.poll(idle_ms if records else 1000):
+            if records or time.monotonic() > deadline:
+                break
+            continue
+        msg = recv()
+        now = time.perf_counter()
+        if (msg[0] if spec.multipart else msg).startswith(join_topic):
+            if beats:  # the relay's heartbeat: only its pseq matters here
+                last_pseq = decoder.decode(codec.split_bus(msg)[1]).pseq
+            continue  # else a probe still in flight when the publisher was told to go
+        if by_frames:
+            records += per_msg
+        else:
+            _, body = codec.split_bus(msg)
+            frame = decoder.decode(body)
+            if last_pseq and frame.pseq != last_pseq + 1:
+                pseq_gaps += 1  # a bus frame lost between publisher and us
+            last_pseq = frame.pseq
+            records += len(frame.records)
+            if sample is None:
+                sample = bytes(body)
+        if not frames:
+            first = now
+        frames += 1
+        last = now
+    cpu_s = time.process_time() - cpu0
+    valid = True
+    if sample is not None:
+        # Fully decode one frame: the counted frames are the real thing.
+        _, decoded = codec.decode_bus(codec.TOPIC_NODE_RECORDS + codec.TOPIC_SEP + sample)
+        valid = isinstance(decoded, NodeRecords) and all(
+            isinstance(r, Telemetry) for r in decoded.records
+        )
+    sock.close()
+    ctx.term()
+    conn.send(
+        (
+            "done",
+            {
+                "records": records,
+                "frames": frames,
+                "elapsed_s": last - first,
+                "cpu_s": cpu_s,
+                "pseq_gaps": pseq_gaps,
+                "valid": valid,
+            },
+        )
+    )
+
+
+class Child:
+    """A spawned worker process and its end of the pipe."""
+
+    def __init__(self, target: Any, spec: Any, name: str) -> None:
+        self.conn, child_conn = _ctx.Pipe()
+        self.name = name
+        self.proc = _ctx.Process(target=target, args=(child_conn, spec), name=name, daemon=True)
+        self.proc.start()
+        child_conn.close()
+
+    def expect(self, what: str, timeout_s: float) -> Any:
+        if not self.conn.poll(timeout_s):
+            raise TimeoutError(f"{self.name}: no '{what}' within {timeout_s}s")
+        tag, payload = self.conn.recv()
+        if tag == "error":
+            raise RuntimeError(f"{self.name} failed: {payload}")
+        if tag != what:
+            raise RuntimeError(f"{self.name}: expected '{what}', got '{tag}'")
+        return payload
+
+    def go(self) -> None:
+        self.conn.send("go")
+
+    def stop(self) -> None:
+        self.proc.join(2.0)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(2.0)
+        self.conn.close()
+
+
+def pub_sub_run(
+    pub: PubSpec, sub: SubSpec, *, label: str, start_timeout_s: float = 60.0
+) -> dict[str, Any]:
+    """One measured stream: start both, wait until the subscription is live, go, collect."""
+    sub_child = Child(sub_worker, sub, f"sub-{label}")
+    pub_child = Child(pub_worker, pub, f"pub-{label}")
+    try:
+        sub_child.expect("ready", start_timeout_s)
+        info = pub_child.expect("ready", start_timeout_s)
+        sub_child.expect("joined", start_timeout_s)
+        pub_child.go()
+        pub_res = pub_child.expect("done", sub.deadline_s)
+        sub_res = sub_child.expect("done", sub.deadline_s + IDLE_TIMEOUT_S + 5)
+    finally:
+        pub_child.stop()
+        sub_child.stop()
+    return {
+        **sub_res,
+        "sent_frames": info["frames"],
+        "sent_bytes": info["bytes"],
+        "pub_send_s": round(pub_res["send_s"], 4),
+        "pub_cpu_s": round(pub_res["cpu_s"], 4),
+        "pub_acks": pub_res["acks"],
+    }
+
+
+# --- a relay as a real child process ---------------------------------------------------
+
+
+class RelayProcess:
+    """``shoal run relay`` in its own process, with a TOML config on free ports.
+
+    Usage::
+
+        with RelayProcess(rate_per_node_hz=1e9) as relay:
+            relay.status()["counters"]["accepted"]
+    """
+
+    def __init__(self, profile_to: str | None = None, **relay_keys: Any) -> None:
+        from shoal.services.config import dump_toml
+        from shoal.services.testing import config_on_free_ports
+
+        self.config = config_on_free_ports(
+            relay=relay_keys, runtime={"log_level": "warning", "heartbeat_interval_ms": 100}
+        )
+        self._dir = tempfile.TemporaryDirectory(prefix="shoal-bench-")
+        self.config_path = Path(self._dir.name) / "relay.toml"
+        self.config_path.write_text(dump_toml(self.config))
+        self.log_path = Path(self._dir.name) / "relay.log"
+        self.profile_to = profile_to
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._ps: Any = None
+        self._ctl: Any = None
+
+    @property
+    def ingest(self) -> str:
+        return self.config.relay.ingest
+
+    @property
+    def bus(self) -> str:
+        return self.config.relay.bus
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        import psutil
+        from shoal.services.ctl_client import CtlClient, CtlUnavailable
+
+        cmd = [sys.executable]
+        if self.profile_to:
+            cmd += ["-m", "cProfile", "-o", self.profile_to]
+        cmd += ["-m", "shoal.services.cli", "run", "relay", "--config", str(self.config_path)]
+        # SHOAL_* variables would override the file's endpoints (config.ENV_ENDPOINTS).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self._ps = psutil.Process(self.proc.pid)
+        self._ctl = CtlClient(self.config.relay.ctl, ctx=zmq.Context())
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"relay exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                self._ctl.call("ping", timeout_s=0.5, retries=0)
+                return
+            except CtlUnavailable:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"relay not up within {timeout_s}s: {self.log_tail()}")
+
+    def status(self) -> dict[str, Any]:
+        return self._ctl.call("status", timeout_s=5.0)  # type: ignore[no-any-return]
+
+    def rss_mb(self) -> float:
+        return round(self._ps.memory_info().rss / 2**20, 1)
+
+    def cpu_s(self) -> float:
+        t = self._ps.cpu_times()
+        return float(t.user + t.system)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl.ctx.term()
+            self._ctl = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: the relay stops in order (and cProfile dumps)
+            try:
+                self.proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5.0)
+        self._dir.cleanup()
+
+    def __enter__(self) -> RelayProcess:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
