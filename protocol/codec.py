@@ -14,11 +14,14 @@ from . import limits as L
 from .messages import (
     Ack,
     Batch,
+    BootId,
     BusFrame,
     IngestMessage,
+    NodeId,
     NodeMessage,
     Reply,
     Request,
+    Seq,
 )
 
 T = TypeVar("T")
@@ -39,12 +42,27 @@ REJECT_REASONS = (
 
 
 class Rejected(Exception):
-    """A message refused, with the reason counted and a detail for the log."""
+    """A message refused, with the reason counted and a detail for the log.
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    ``ident`` is (node_id, boot_id, seq) when the refused record still says who sent it,
+    so the relay can ack it: the node must not resend what will never be accepted.
+    """
+
+    def __init__(
+        self, reason: str, detail: str = "", ident: tuple[str, int, int] | None = None
+    ) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.ident = ident
+
+
+class _Ident(msgspec.Struct):
+    """Just enough of a node message to say who sent it (other fields are ignored)."""
+
+    node_id: NodeId
+    boot_id: BootId
+    seq: Seq
 
 
 def classify_validation_error(err: msgspec.ValidationError) -> str:
@@ -70,6 +88,8 @@ _mp_raw_batch = msgspec.msgpack.Decoder(_RawBatch)
 _js_ingest = msgspec.json.Decoder(IngestMessage)
 _js_node = msgspec.json.Decoder(NodeMessage)
 _js_raw_batch = msgspec.json.Decoder(_RawBatch)
+_mp_ident = msgspec.msgpack.Decoder(_Ident)
+_js_ident = msgspec.json.Decoder(_Ident)
 
 _mp_encoder = msgspec.msgpack.Encoder()
 _js_encoder = msgspec.json.Encoder()
@@ -84,6 +104,22 @@ def _decode(decoder: Any, data: bytes | memoryview) -> Any:
         raise Rejected("malformed", str(err)) from None
 
 
+def _identify(decoder: Any, data: bytes | memoryview) -> tuple[str, int, int] | None:
+    try:
+        ident = decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return (ident.node_id, ident.boot_id, ident.seq)
+
+
+def _decode_record(node: Any, ident: Any, data: bytes | memoryview) -> Any:
+    try:
+        return _decode(node, data)
+    except Rejected as rej:
+        rej.ident = _identify(ident, data)
+        raise
+
+
 def decode_ingest(
     data: bytes | memoryview, *, json: bool = False
 ) -> tuple[list[NodeMessage], list[Rejected]]:
@@ -95,8 +131,10 @@ def decode_ingest(
     """
     if len(data) > L.MAX_FRAME_BYTES:
         raise Rejected("oversize", f"{len(data)} bytes > {L.MAX_FRAME_BYTES}")
-    ingest, node, raw_batch = (
-        (_js_ingest, _js_node, _js_raw_batch) if json else (_mp_ingest, _mp_node, _mp_raw_batch)
+    ingest, node, raw_batch, ident = (
+        (_js_ingest, _js_node, _js_raw_batch, _js_ident)
+        if json
+        else (_mp_ingest, _mp_node, _mp_raw_batch, _mp_ident)
     )
     try:
         msg = ingest.decode(data)
@@ -105,7 +143,8 @@ def decode_ingest(
         try:
             batch = raw_batch.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError):
-            raise Rejected(classify_validation_error(err), str(err)) from None
+            reason = classify_validation_error(err)
+            raise Rejected(reason, str(err), _identify(ident, data)) from None
         if batch.v != L.PROTOCOL_VERSION:
             raise Rejected("version", f"batch version {batch.v}") from None
         if len(batch.records) > L.MAX_BATCH_RECORDS:
@@ -114,7 +153,7 @@ def decode_ingest(
         bad: list[Rejected] = []
         for raw in batch.records:
             try:
-                good.append(_decode(node, raw))
+                good.append(_decode_record(node, ident, raw))
             except Rejected as rej:
                 bad.append(rej)
         return good, bad

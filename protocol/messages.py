@@ -87,11 +87,16 @@ IngestMessage = Hello | Telemetry | Heartbeat | Goodbye | Batch
 
 
 class AckEntry(Struct, array_like=True, frozen=True):
-    """The relay has handled every message of (node_id, boot_id) up to and including seq."""
+    """The relay has handled the messages first..last (inclusive) of (node_id, boot_id).
+
+    Selective: it says nothing of seqs outside the range, so a message lost in flight is
+    never covered by the ack of a later one.
+    """
 
     node_id: str
     boot_id: int
-    seq: int
+    first: int
+    last: int
 
 
 class Ack(Struct, tag="ack", tag_field="kind", frozen=True):
@@ -160,6 +165,7 @@ class NodeView(Struct, frozen=True, kw_only=True):
 
     node_id: str
     boot_id: int
+    first_seq: int  # the lowest seq of this boot the relay has accepted
     last_seq: int
     age_ms: int  # since the relay last accepted a message from it, on the relay's clock
     msgs: int

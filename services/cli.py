@@ -113,7 +113,9 @@ def status(config_path: str | None, as_json: bool, timeout: float) -> None:
     config = _load(config_path)
     try:
         with CtlClient(config.relay.ctl) as relay:
-            snap: RelaySnapshot = relay.call("snapshot", result_type=RelaySnapshot, timeout_s=timeout, retries=1)
+            snap: RelaySnapshot = relay.call(
+                "snapshot", result_type=RelaySnapshot, timeout_s=timeout, retries=1
+            )
     except (CtlUnavailable, CtlFailed) as err:
         raise click.ClickException(f"relay at {config.relay.ctl}: {err}") from None
     click.echo(to_json(snap) if as_json else render_table(snap))

@@ -45,6 +45,7 @@ class RelayConfig(_Section, frozen=True):
 
 
 class SimConfig(_Section, frozen=True):
+    ctl: str = "tcp://127.0.0.1:7703"  # per-node state and load control (ROUTER)
     nodes: Annotated[int, Meta(ge=0, le=100_000)] = 8
     id_prefix: str = "sim"
     seed: int = 1
@@ -88,6 +89,7 @@ ENV_ENDPOINTS = {
     "SHOAL_RELAY_INGEST": ("relay", "ingest"),
     "SHOAL_RELAY_BUS": ("relay", "bus"),
     "SHOAL_RELAY_CTL": ("relay", "ctl"),
+    "SHOAL_SIM_CTL": ("sim", "ctl"),
     "SHOAL_SUPERVISOR_CTL": ("supervisor", "ctl"),
 }
 

@@ -96,6 +96,7 @@ class NodeState:
         return NodeView(
             node_id=self.node_id,
             boot_id=self.boot_id,
+            first_seq=self.window.low,
             last_seq=self.window.high,
             age_ms=int((now - self.last_seen) * 1000),
             msgs=self.msgs,
@@ -107,6 +108,19 @@ class NodeState:
             hello=self.hello,
             left=self.left,
         )
+
+
+def _ack(conn_acks: dict[str, list[list[int]]], node_id: str, boot_id: int, seq: int) -> None:
+    """Add seq to this pass's acks of the node, as ranges [boot_id, first, last]."""
+    runs = conn_acks.get(node_id)
+    if runs is None:
+        conn_acks[node_id] = [[boot_id, seq, seq]]
+        return
+    run = runs[-1]
+    if run[0] == boot_id and seq == run[2] + 1:
+        run[2] = seq
+    elif not (run[0] == boot_id and run[1] <= seq <= run[2]):
+        runs.append([boot_id, seq, seq])
 
 
 class Relay(Service):
@@ -149,7 +163,7 @@ class Relay(Service):
 
     def _drain_ingest(self) -> None:
         accepted: list[NodeMessage] = []
-        acks: dict[bytes, dict[str, tuple[int, int]]] = {}
+        acks: dict[bytes, dict[str, list[list[int]]]] = {}
         now = time.monotonic()
         recv = self.ingest.recv_multipart
         for _ in range(DRAIN_BUDGET):
@@ -161,14 +175,14 @@ class Relay(Service):
                 self._reject("malformed", f"{len(frames) - 1} body frames")
                 continue
             identity, body = frames
+            conn_acks = acks.setdefault(identity, {})
             try:
                 records, bad = codec.decode_ingest(body)
             except codec.Rejected as rej:
-                self._reject(rej.reason, rej.detail)
+                self._refuse(rej, conn_acks)
                 continue
             for bad_record in bad:
-                self._reject(bad_record.reason, bad_record.detail)
-            conn_acks = acks.setdefault(identity, {})
+                self._refuse(bad_record, conn_acks)
             for rec in records:
                 if self._admit(rec, now, conn_acks):
                     accepted.append(rec)
@@ -179,7 +193,7 @@ class Relay(Service):
             )
         for identity, per_node in acks.items():
             if per_node:
-                entries = [AckEntry(n, b, s) for n, (b, s) in per_node.items()]
+                entries = [AckEntry(n, *run) for n, runs in per_node.items() for run in runs]
                 try:
                     self.ingest.send_multipart(
                         [identity, codec.encode(Ack(acks=entries))], zmq.NOBLOCK
@@ -187,7 +201,7 @@ class Relay(Service):
                 except zmq.Again:
                     self.counters["acks_dropped"] += 1
 
-    def _admit(self, rec: NodeMessage, now: float, conn_acks: dict[str, tuple[int, int]]) -> bool:
+    def _admit(self, rec: NodeMessage, now: float, conn_acks: dict[str, list[list[int]]]) -> bool:
         """Decide one record. Acked whenever the node should not send it again."""
         node_id = rec.node_id
         st = self.nodes.get(node_id)
@@ -205,7 +219,7 @@ class Relay(Service):
         if st.tokens < 1.0:
             st.rejects += 1
             self._reject("rate_limited", node_id)
-            self._ack(conn_acks, st, rec)
+            _ack(conn_acks, node_id, rec.boot_id, rec.seq)
             return False
         st.tokens -= 1.0
         if rec.boot_id != st.boot_id:
@@ -223,7 +237,7 @@ class Relay(Service):
             else:
                 st.rejects += 1
                 self._reject("stale", f"{node_id}: seq {rec.seq} below window")
-            self._ack(conn_acks, st, rec)
+            _ack(conn_acks, node_id, rec.boot_id, rec.seq)
             return False
         st.msgs += 1
         st.last_seen = now
@@ -237,13 +251,14 @@ class Relay(Service):
             st.left = True
         else:
             st.left = False
-        self._ack(conn_acks, st, rec)
+        _ack(conn_acks, node_id, rec.boot_id, rec.seq)
         return True
 
-    @staticmethod
-    def _ack(conn_acks: dict[str, tuple[int, int]], st: NodeState, rec: NodeMessage) -> None:
-        if rec.boot_id == st.boot_id:
-            conn_acks[st.node_id] = (st.boot_id, st.window.high)
+    def _refuse(self, rej: codec.Rejected, conn_acks: dict[str, list[list[int]]]) -> None:
+        """Count a rejected frame or record; ack it if it says who sent it (no resends)."""
+        self._reject(rej.reason, rej.detail)
+        if rej.ident is not None:
+            _ack(conn_acks, *rej.ident)
 
     def _reject(self, reason: str, detail: str) -> None:
         self.reject_counts[reason] = self.reject_counts.get(reason, 0) + 1

@@ -115,6 +115,7 @@ class Fleet(Service):
             zmq.DEALER, self.config.relay.ingest, immediate=1, linger=500, hwm=50_000
         )
         self.endpoints["ingest"] = self.config.relay.ingest
+        self.serve_ctl(self.cfg.ctl)
         self.on_readable(self.dealer, self._drain_acks)
         self.every(self.cfg.tick_ms / 1000, self._tick)
 
@@ -160,7 +161,7 @@ class Fleet(Service):
             for entry in ack.acks:
                 node = self.nodes.get(entry.node_id)
                 if node is not None:
-                    node.core.on_ack(entry.boot_id, entry.seq, now)
+                    node.core.on_ack(entry.boot_id, entry.first, entry.last, now)
         self._flush()  # a probe's ack brings a node UP with a backlog to send
 
     def on_stop(self) -> None:

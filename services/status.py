@@ -19,6 +19,7 @@ def snapshot_as_dict(snap: RelaySnapshot) -> dict[str, Any]:
             {
                 "node_id": n.node_id,
                 "boot_id": n.boot_id,
+                "first_seq": n.first_seq,
                 "last_seq": n.last_seq,
                 "age_ms": n.age_ms,
                 "cpu_pct": t.cpu_pct if t else None,

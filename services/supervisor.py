@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import sys
 import threading
@@ -40,7 +39,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 from shoal.protocol import codec
-from shoal.protocol.messages import Reply, Request
+from shoal.protocol.messages import Reply
 
 from .config import SupervisorConfig
 from .log import JsonLog
@@ -185,15 +184,16 @@ class Supervisor:
         if self._stop_requested.is_set():
             self._stop_event.set()
 
-        # Bind first: a busy ctl port fails the start before any child is spawned.
         ctx = zmq.asyncio.Context()
         sockets = Sockets(ctx)
-        ctl = cast(zmq.asyncio.Socket, sockets.bind(zmq.ROUTER, self.config.ctl))
-        if install_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, self._on_signal, signum)
-        serve = asyncio.create_task(self._serve_ctl(ctl))
+        serve: asyncio.Task[None] | None = None
         try:
+            # Bind first: a busy ctl port fails the start before any child is spawned.
+            ctl = cast(zmq.asyncio.Socket, sockets.bind(zmq.ROUTER, self.config.ctl))
+            if install_signals:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, self._on_signal, signum)
+            serve = asyncio.create_task(self._serve_ctl(ctl))
             self.log.info(
                 "started", pid=os.getpid(), ctl=self.config.ctl, names=list(self._by_name)
             )
@@ -209,9 +209,10 @@ class Supervisor:
             if install_signals:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
-            serve.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serve
+            if serve is not None:
+                serve.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serve
             self._kill_all()  # only does anything if we got here by an exception
             for task in [*self._tasks, *(c.keeper for c in self._children if c.keeper)]:
                 task.cancel()
@@ -353,6 +354,10 @@ class Supervisor:
                     await asyncio.wait_for(child.keeper, DRAIN_AFTER_EXIT_S + 1.0)
             if child.transport is not None:  # never had a keeper: reap here
                 await self._reap(child)
+            if child.state in ("running", "paused"):  # the keeper leaves these as they were
+                self.log.info(
+                    "child_stopped", name=child.spec.name, pid=child.pid, returncode=child.last_exit
+                )
             child.state = "stopped"
 
     def _kill_all(self) -> None:
@@ -507,24 +512,12 @@ def supervisor_request(
     Raises RuntimeError with the supervisor's message when it refuses the request, and
     TimeoutError when no reply comes within timeout_s.
     """
-    sockets = Sockets(zmq.Context.instance())
-    sock = sockets.connect(zmq.DEALER, endpoint)
+    from .ctl_client import CtlClient, CtlFailed, CtlUnavailable
+
     try:
-        req_id = random.randrange(1, 2**31)
-        sock.send(codec.encode(Request(id=req_id, op=op, args=args or {})))
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0 or not sock.poll(remaining_ms):
-                raise TimeoutError(f"no reply from the supervisor at {endpoint} in {timeout_s} s")
-            try:
-                reply = codec.decode_reply(sock.recv())
-            except codec.Rejected as rej:
-                raise RuntimeError(f"bad reply from the supervisor: {rej}") from None
-            if reply.id != req_id:
-                continue  # not ours (cannot happen on a fresh socket, but cheap to check)
-            if not reply.ok:
-                raise RuntimeError(reply.error)
-            return msgspec.msgpack.decode(reply.result)
-    finally:
-        sockets.close_all()
+        with CtlClient(endpoint) as client:
+            return client.call(op, args, timeout_s=timeout_s, retries=0)
+    except CtlFailed as err:
+        raise RuntimeError(str(err)) from None
+    except CtlUnavailable:
+        raise TimeoutError(f"no reply from the supervisor at {endpoint} in {timeout_s} s") from None

@@ -58,7 +58,7 @@ def make_node(settings=None, link=None):
 
 def ack_all(node, link, now):
     if link.sent:
-        node.on_ack(node.boot_id, link.sent[-1]["seq"], now)
+        node.on_ack(node.boot_id, 0, link.sent[-1]["seq"], now)
 
 
 def test_prng_is_deterministic_and_in_unit_interval():
@@ -78,14 +78,37 @@ def test_ring_drops_oldest_when_full_and_counts_drops():
     assert r.oldest()[0] == 2
 
 
-def test_ring_drop_through_forgets_acked_entries_only():
+def test_ring_ack_forgets_acked_entries_from_the_head():
     r = Ring(4)
     for seq in range(4):
         r.push(seq, seq)
-    assert r.drop_through(1) == 2
+    assert r.ack(0, 1) == 2
     assert r.oldest()[0] == 2
-    assert r.drop_through(0) == 0
+    assert r.ack(0, 1) == 0
     assert len(r) == 2
+
+
+def test_ring_out_of_order_ack_keeps_older_unacked_entries():
+    r = Ring(8)
+    for seq in range(6):
+        r.push(seq, seq)
+    assert r.ack(3, 5) == 3
+    assert len(r) == 6  # 0..2 still wait for their own ack
+    assert r.oldest()[0] == 0
+    assert r.ack(0, 2) == 3
+    assert len(r) == 0
+
+
+def test_ring_overflow_of_an_acked_entry_is_not_a_drop():
+    r = Ring(2)
+    r.push(0, 0)
+    r.push(1, 1)
+    r.ack(1, 1)
+    r.push(2, 2)  # pushes out 0, which was never acked: a real drop
+    assert r.dropped == 1
+    assert r.oldest()[0] == 1
+    r.push(3, 3)  # pushes out 1, already acked: nothing lost
+    assert r.dropped == 1
 
 
 def test_backoff_grows_exponentially_within_cap_with_full_jitter():
@@ -106,7 +129,7 @@ def test_first_tick_probes_with_hello_and_ack_brings_link_up():
     assert node.state == PROBING
     assert link.sent[0]["kind"] == "hello"
     assert link.sent[0]["seq"] == 0
-    node.on_ack(42, 0, 2)
+    node.on_ack(42, 0, 0, 2)
     assert node.state == UP
     # The telemetry queued at the first tick follows as soon as the link is up.
     kinds = [m["kind"] for m in link.sent]
@@ -157,7 +180,7 @@ def test_telemetry_fields_are_in_range():
 def test_missing_ack_takes_link_down_and_unacked_messages_are_resent():
     node, link = make_node()
     node.tick(0)
-    node.on_ack(42, 0, 0)
+    node.on_ack(42, 0, 0, 0)
     assert node.state == UP
     first_unacked = link.sent[-1]["seq"]
     now = 0
@@ -171,7 +194,7 @@ def test_missing_ack_takes_link_down_and_unacked_messages_are_resent():
         now += 50
         node.tick(now)
     assert link.sent[resent_from]["seq"] == first_unacked  # the probe is the oldest unacked
-    node.on_ack(42, first_unacked, now)
+    node.on_ack(42, first_unacked, first_unacked, now)
     assert node.state == UP
     assert node.stats["resent"] >= 1
     assert node.stats["disconnects"] == 1
@@ -180,7 +203,7 @@ def test_missing_ack_takes_link_down_and_unacked_messages_are_resent():
 def test_link_down_buffers_telemetry_not_heartbeats_and_delivers_in_order():
     node, link = make_node({"ring_capacity": 64})
     node.tick(0)
-    node.on_ack(42, 0, 0)
+    node.on_ack(42, 0, 0, 0)
     link.up = False
     now = 0
     for _ in range(100):  # 5 s without a link
@@ -195,7 +218,8 @@ def test_link_down_buffers_telemetry_not_heartbeats_and_delivers_in_order():
     while node.state != PROBING:
         now += 50
         node.tick(now)
-    node.on_ack(42, link.sent[0]["seq"], now)
+    probe = link.sent[0]["seq"]
+    node.on_ack(42, probe, probe, now)
     assert node.state == UP
     seqs = [m["seq"] for m in link.sent]
     assert seqs == sorted(seqs)
@@ -206,7 +230,7 @@ def test_link_down_buffers_telemetry_not_heartbeats_and_delivers_in_order():
 def test_long_outage_drops_oldest_and_counts_them():
     node, link = make_node({"ring_capacity": 4})
     node.tick(0)
-    node.on_ack(42, 0, 0)
+    node.on_ack(42, 0, 0, 0)
     link.up = False
     now = 0
     for _ in range(200):
@@ -216,10 +240,37 @@ def test_long_outage_drops_oldest_and_counts_them():
     assert node.ring.dropped >= 5
 
 
+def test_ack_of_later_messages_does_not_cover_a_lost_earlier_one():
+    node, link = make_node({"ring_capacity": 64})
+    node.tick(0)
+    node.on_ack(42, 0, 0, 0)
+    ack_all(node, link, 0)
+    now = 0
+    lost = None
+    while node.state == UP:
+        now += 50
+        before = len(link.sent)
+        node.tick(now)
+        for m in link.sent[before:]:
+            if lost is None and m["seq"] > 0:
+                lost = m["seq"]  # this one vanishes in flight; later ones are acked
+                continue
+            node.on_ack(42, m["seq"], m["seq"], now)
+        assert now < 5000
+    assert node.ring.oldest()[0] == lost
+    while node.state != PROBING:
+        now += 50
+        node.tick(now)
+    assert link.sent[-1]["seq"] == lost  # the lost message is the probe: sent again
+    node.on_ack(42, lost, lost, now)
+    assert node.state == UP
+    assert len(node.ring) <= 1
+
+
 def test_ack_of_another_boot_is_ignored():
     node, link = make_node()
     node.tick(0)
-    node.on_ack(41, 100, 0)
+    node.on_ack(41, 0, 100, 0)
     assert node.state == PROBING
     assert len(node.ring) >= 1
 
@@ -227,7 +278,7 @@ def test_ack_of_another_boot_is_ignored():
 def test_goodbye_is_the_last_message_sent():
     node, link = make_node()
     node.tick(0)
-    node.on_ack(42, 0, 0)
+    node.on_ack(42, 0, 0, 0)
     node.goodbye(10, "shutdown")
     assert link.sent[-1]["kind"] == "goodbye"
     assert link.sent[-1]["reason"] == "shutdown"

@@ -25,11 +25,18 @@ def test_fleet_telemetry_reaches_the_snapshot() -> None:
 
 def test_relay_outage_loses_nothing_nodes_buffer_and_resend() -> None:
     config = config_on_free_ports(
-        sim={"nodes": 5, "telemetry_interval_ms": 100, "ack_timeout_ms": 300, "backoff_max_ms": 300},
+        sim={
+            "nodes": 5,
+            "telemetry_interval_ms": 100,
+            "ack_timeout_ms": 300,
+            "backoff_max_ms": 300,
+        },
     )
     with running(Fleet(config)) as fleet:
         with running(Relay(config)) as first:
-            wait_for(lambda: len(first.nodes) == 5 and all(s.msgs > 3 for s in first.nodes.values()), 5)
+            wait_for(
+                lambda: len(first.nodes) == 5 and all(s.msgs > 3 for s in first.nodes.values()), 5
+            )
         accepted_before = {node_id: st.window.high for node_id, st in first.nodes.items()}
         # Relay gone: nodes notice the missing acks and buffer their telemetry.
         wait_for(lambda: fleet.status_counters()["node_disconnects"] >= 5, timeout_s=5)

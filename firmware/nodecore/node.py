@@ -8,19 +8,22 @@ Interfaces it needs (one implementation on the ESP32, one in the simulator):
 - transport.send(msg: dict) -> bool: hand one message to the link; False if the link is
   down now (the message stays buffered).
 
-The caller drives it: ``tick(now_ms)`` often (every 10-50 ms), ``on_ack(boot_id, seq)`` for
-every ack entry the relay sends back. ``now_ms`` is a non-wrapping millisecond clock.
+The caller drives it: ``tick(now_ms)`` often (every 10-50 ms), ``on_ack(boot_id, first,
+last)`` for every ack entry the relay sends back. ``now_ms`` is a non-wrapping millisecond
+clock.
 
-Delivery: every message goes into a bounded ring and stays there until acked. The link is
-UP (send at once), DOWN (wait a backoff with full jitter), or PROBING (the oldest buffered
-message was sent as a probe; its ack brings the link UP and everything else follows in
-order). An ack that does not arrive within ack_timeout_ms takes the link DOWN; everything
-unacked is sent again on the next UP. The relay de-duplicates, so a repeat costs nothing.
-Heartbeats are not buffered while DOWN (stale proof of life is worthless); telemetry is.
+Delivery: every message goes into a bounded ring and stays there until the relay acks that
+very seq (acks are selective ranges, so a message lost in flight is never covered by the
+ack of a later one). The link is UP (send at once), DOWN (wait a backoff with full
+jitter), or PROBING (the oldest unacked message was sent as a probe; its ack brings the
+link UP and everything else follows in order). When the oldest unacked message waits longer
+than ack_timeout_ms, the link goes DOWN and everything unacked is sent again on the next
+UP. The relay de-duplicates, so a repeat costs nothing. Heartbeats are not buffered while
+DOWN (stale proof of life is worthless); telemetry is.
 """
 
 from .backoff import Backoff
-from .ring import Ring
+from .ring import ACKED, RESEND, Ring
 
 PROTOCOL_VERSION = 1
 
@@ -143,12 +146,12 @@ class NodeCore:
         elif now_ms >= self.next_attempt_ms:
             self._probe(now_ms)
 
-    def on_ack(self, boot_id, seq, now_ms=0):
-        """The relay has handled our messages up to seq (of this boot)."""
+    def on_ack(self, boot_id, first, last, now_ms=0):
+        """The relay has handled our messages first..last (of this boot)."""
         if boot_id != self.boot_id:
             return
-        self.stats["acked"] += self.ring.drop_through(seq)
-        if self.state == PROBING and seq >= self.probe_seq:
+        self.stats["acked"] += self.ring.ack(first, last)
+        if self.state == PROBING and first <= self.probe_seq <= last:
             self.state = UP
             self.backoff.reset()
             self.stats["reconnects"] += 1
@@ -175,14 +178,14 @@ class NodeCore:
         ring = self.ring
         for i in range(len(ring)):
             entry = ring.entry(i)
-            if entry[2] < 0 and not self._send(entry, now_ms):
+            if entry[2] < 0 and entry[2] != ACKED and not self._send(entry, now_ms):
                 self._link_down(now_ms)
                 return
 
     def _send(self, entry, now_ms):
         if not self.transport.send(entry[1]):
             return False
-        if entry[2] == -2:
+        if entry[2] == RESEND:
             self.stats["resent"] += 1
         self.stats["sent"] += 1
         entry[2] = now_ms
@@ -193,11 +196,11 @@ class NodeCore:
         if self.state != DOWN:
             self.stats["disconnects"] += 1
         self.state = DOWN
-        # Everything not acked goes again after the reconnect; -2 marks it as a resend.
+        # Everything sent but not acked goes again after the reconnect.
         for i in range(len(self.ring)):
             entry = self.ring.entry(i)
             if entry[2] >= 0:
-                entry[2] = -2
+                entry[2] = RESEND
         self.next_attempt_ms = now_ms + self.backoff.next_delay_ms()
 
     def snapshot(self):

@@ -1,0 +1,69 @@
+"""Bus subscribers tell frames lost from a publisher restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.protocol.messages import NodeRecords, Telemetry
+from shoal.services.relay import Relay
+from shoal.services.runtime import Service
+from shoal.services.subscriber import BusSubscriber, SequenceTracker
+from shoal.services.testing import IngestClient, config_on_free_ports, running, wait_for
+
+
+def test_consecutive_frames_have_no_gap() -> None:
+    t = SequenceTracker()
+    assert [t.observe(7, s) for s in range(1, 6)] == [0] * 5
+    assert t.gaps == 0 and t.restarts == 0
+
+
+def test_a_jump_under_one_publisher_is_a_gap() -> None:
+    t = SequenceTracker()
+    t.observe(7, 1)
+    assert t.observe(7, 5) == 3
+    assert t.gaps == 3
+
+
+def test_a_new_publisher_instance_is_a_restart_not_a_gap() -> None:
+    t = SequenceTracker()
+    t.observe(7, 100)
+    assert t.observe(8, 1) == 0
+    assert t.restarts == 1 and t.gaps == 0
+
+
+class Watcher(Service):
+    name = "watcher"
+
+    def setup(self) -> None:
+        self.records: list[Any] = []
+        self.sub = BusSubscriber(self, self.config.relay.bus, on_frame=self.seen)
+
+    def seen(self, _topic: bytes, frame: Any) -> None:
+        if isinstance(frame, NodeRecords):
+            self.records.extend(frame.records)
+
+
+def test_subscriber_sees_records_and_counts_a_relay_restart() -> None:
+    config = config_on_free_ports(runtime={"heartbeat_interval_ms": 30})
+    with running(Watcher(config)) as watcher:
+        with running(Relay(config)):
+            wait_for(lambda: watcher.sub.sequence.frames > 0, 5)
+            client = IngestClient(config.relay.ingest)
+            try:
+                client.send(
+                    Telemetry(
+                        node_id="a",
+                        boot_id=1,
+                        seq=0,
+                        cpu_pct=1,
+                        queue_depth=0,
+                        queue_capacity=1,
+                        load_factor=0,
+                    )
+                )
+                wait_for(lambda: len(watcher.records) == 1, 5)
+            finally:
+                client.close()
+        with running(Relay(config)):
+            wait_for(lambda: watcher.sub.sequence.restarts == 1, 5)
+        assert watcher.sub.sequence.gaps == 0
