@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import zmq
+
 from shoal.protocol import codec
 from shoal.protocol.messages import Request
 

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import zmq
+
 from shoal.protocol import codec
 from shoal.protocol.messages import (
     Ack,

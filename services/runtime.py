@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import msgspec
 import zmq
+
 from shoal.protocol import codec
 from shoal.protocol.messages import Reply, ServiceBeat, ServiceStatus
 

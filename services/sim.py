@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import zmq
+
 from shoal.firmware.nodecore.loadmodel import SimulatedLoad
 from shoal.firmware.nodecore.node import NodeCore
 from shoal.firmware.nodecore.prng import XorShift32

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import zmq
+
 from shoal.protocol import limits
 
 # Socket defaults: never block shutdown on unsent frames; refuse frames that are larger

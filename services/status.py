@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
 from shoal.protocol.messages import RelaySnapshot
 
 COLUMNS = ("node", "age", "cpu%", "queue", "load", "gaps", "dups", "msgs", "boots", "state")

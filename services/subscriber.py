@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+
 from shoal.protocol import codec
 
 from .runtime import DRAIN_BUDGET, Service

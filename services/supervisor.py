@@ -38,6 +38,7 @@ from typing import Any, TextIO, cast
 import msgspec
 import zmq
 import zmq.asyncio
+
 from shoal.protocol import codec
 from shoal.protocol.messages import Reply
 

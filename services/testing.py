@@ -57,12 +57,21 @@ def config_on_free_ports(
 
 
 def wait_for(
-    condition: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02
+    condition: Callable[[], Any],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    ignore: tuple[type[BaseException], ...] = (),
 ) -> Any:
-    """Poll condition until it returns something truthy; AssertionError on timeout."""
+    """Poll condition until it returns something truthy; AssertionError on timeout.
+
+    Exceptions of the ``ignore`` types count as "not yet" (a service still starting).
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except ignore:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

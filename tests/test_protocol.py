@@ -6,6 +6,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from shoal.protocol import codec, limits
 from shoal.protocol.messages import Batch, Goodbye, Heartbeat, Hello, Telemetry
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from shoal.protocol import codec, limits
 from shoal.protocol.messages import (
     Batch,

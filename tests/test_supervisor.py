@@ -24,6 +24,7 @@ import msgspec
 import psutil
 import pytest
 import zmq
+
 from shoal.protocol import codec
 from shoal.protocol.messages import Request
 from shoal.services.config import SupervisorConfig
