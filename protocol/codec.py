@@ -37,7 +37,6 @@ REJECT_REASONS = (
     "stale",  # older than the de-duplication window, or from a replaced boot
     "rate_limited",  # the node exceeded its message rate
     "too_many_nodes",  # a new node id beyond the relay's node limit
-    "impersonation",  # a node id already bound to another connection
 )
 
 
@@ -75,7 +74,7 @@ def classify_validation_error(err: msgspec.ValidationError) -> str:
     return "schema"
 
 
-class _RawBatch(msgspec.Struct, tag="batch", tag_field="kind"):
+class _RawBatch(msgspec.Struct, tag="batch", tag_field="kind", forbid_unknown_fields=True):
     """A batch whose records are left undecoded, to decode one by one after a bad record."""
 
     records: list[msgspec.Raw]
@@ -207,8 +206,8 @@ def split_bus(data: bytes) -> tuple[bytes, memoryview]:
 
 
 def decode_bus(data: bytes) -> tuple[bytes, BusFrame]:
-    if len(data) > L.MAX_FRAME_BYTES * 4:
-        raise Rejected("oversize", f"{len(data)} bytes")
+    if len(data) > L.MAX_BUS_FRAME_BYTES:
+        raise Rejected("oversize", f"{len(data)} bytes > {L.MAX_BUS_FRAME_BYTES}")
     topic, body = split_bus(data)
     return topic, _decode(_bus_decoder, body)
 
@@ -225,8 +224,12 @@ def decode_request(data: bytes) -> Request:
 
 
 def decode_reply(data: bytes) -> Reply:
+    if len(data) > L.MAX_BUS_FRAME_BYTES * 16:  # a snapshot of a large fleet is big
+        raise Rejected("oversize", f"{len(data)} bytes")
     return _decode(_rep_decoder, data)  # type: ignore[no-any-return]
 
 
 def decode_ack(data: bytes | memoryview) -> Ack:
+    if len(data) > L.MAX_BUS_FRAME_BYTES:
+        raise Rejected("oversize", f"{len(data)} bytes > {L.MAX_BUS_FRAME_BYTES}")
     return _decode(_ack_decoder, data)  # type: ignore[no-any-return]

@@ -6,14 +6,18 @@ docs/protocol.md quotes these numbers; change them here and there together.
 PROTOCOL_VERSION = 1
 
 # A node id is what an operator types and what appears in MQTT topics: short, lower case.
-NODE_ID_PATTERN = "^[a-z0-9][a-z0-9-]{0,31}$"
+# (\Z, not $: Python's $ also matches before a trailing newline.)
+NODE_ID_PATTERN = "^[a-z0-9][a-z0-9-]{0,31}\\Z"
 NODE_ID_MAX_LEN = 32
 
 # A service name (relay, liveness, ...) follows the same rule as a node id.
 SERVICE_NAME_PATTERN = NODE_ID_PATTERN
 
-# One ZeroMQ frame (or one MQTT payload) never exceeds this; larger frames are rejected unread.
+# One ingest frame (or one MQTT payload) never exceeds this; larger frames are rejected unread.
 MAX_FRAME_BYTES = 65536
+# A bus frame carries up to MAX_BATCH_RECORDS records republished by the relay, so it may be
+# larger than an ingest frame; subscribers refuse anything beyond this.
+MAX_BUS_FRAME_BYTES = 4 * MAX_FRAME_BYTES
 # A batch carries at most this many node records.
 MAX_BATCH_RECORDS = 256
 

@@ -127,7 +127,7 @@ class NodeRecords(_BusFrame, tag="records", frozen=True):
 class ServiceBeat(_BusFrame, tag="svc_beat", frozen=True):
     """A service's own heartbeat, with its counters."""
 
-    service: str
+    service: ServiceName
     pid: int
     uptime_s: float
     interval_ms: int

@@ -39,7 +39,7 @@ class RelayConfig(_Section, frozen=True):
     rate_per_node_hz: Positive = 50.0
     rate_burst: PositiveInt = 200
     max_nodes: PositiveInt = 10_000
-    # How long a node's receive queue may hold frames before new ones wait (ZMQ HWM).
+    # How many frames the ingest and bus sockets queue before senders wait (ZMQ HWM).
     ingest_hwm: PositiveInt = 100_000
     bus_hwm: PositiveInt = 100_000
 

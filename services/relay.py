@@ -134,7 +134,6 @@ class Relay(Service):
         self.cfg: RelayConfig = config.relay
         self.nodes: dict[str, NodeState] = {}
         self.reject_counts: dict[str, int] = dict.fromkeys(codec.REJECT_REASONS, 0)
-        self._last_pseq = 0
         self.ctl_ops["snapshot"] = self._op_snapshot
 
     def setup(self) -> None:
@@ -148,10 +147,6 @@ class Relay(Service):
     def on_stop(self) -> None:
         # Stop taking frames first; what was accepted is already published.
         self.sockets.close(self.ingest)
-
-    def next_pseq(self) -> int:
-        self._last_pseq = super().next_pseq()
-        return self._last_pseq
 
     def status_counters(self) -> dict[str, int]:
         counters = dict(self.counters)
@@ -278,7 +273,7 @@ class Relay(Service):
         now = time.monotonic()
         return RelaySnapshot(
             pub=self.pub_id,
-            pseq=self._last_pseq,
+            pseq=self.last_pseq(codec.TOPIC_NODE_RECORDS),
             nodes=[st.view(now) for st in sorted(self.nodes.values(), key=lambda s: s.node_id)],
             counters=self.status_counters(),
             rejects=dict(self.reject_counts),

@@ -94,7 +94,7 @@ class Service:
         self.bus: zmq.Socket[Any] | None = None  # set by services that publish
         self.ctl_ops: dict[str, CtlHandler] = {"ping": self._op_ping, "status": self._op_status}
         self.loop_lag_ms = 0.0  # how late the last timer ran: the observer's own health
-        self._pseq = itertools.count(1)
+        self._pseq: dict[bytes, int] = {}  # per topic: a subscriber of one topic sees no holes
         self._timers: list[tuple[float, int, _Timer]] = []
         self._timer_ids = itertools.count()
         self._handlers: dict[Any, Callable[[], None]] = {}
@@ -140,13 +140,15 @@ class Service:
         heapq.heappush(self._timers, (timer.due, next(self._timer_ids), timer))
         return timer
 
-    def next_pseq(self) -> int:
-        return next(self._pseq)
+    def last_pseq(self, topic: bytes) -> int:
+        """The sequence number of the last frame published on topic (0: none yet)."""
+        return self._pseq.get(topic, 0)
 
     def publish(self, topic: bytes, frame_type: type[Any], **fields: Any) -> None:
-        """Publish one bus frame, numbered with this publisher's id and next sequence."""
+        """Publish one bus frame, numbered with this publisher's id and the topic's next seq."""
         assert self.bus is not None, "publish needs self.bus"
-        frame = frame_type(pub=self.pub_id, pseq=self.next_pseq(), **fields)
+        pseq = self._pseq[topic] = self._pseq.get(topic, 0) + 1
+        frame = frame_type(pub=self.pub_id, pseq=pseq, **fields)
         self.bus.send(codec.encode_bus(topic, frame))
 
     def serve_ctl(self, endpoint: str) -> None:

@@ -133,9 +133,14 @@ class Fleet(Service):
             return
         self.link.outbox = []
         step = limits.MAX_BATCH_RECORDS
-        for start in range(0, len(outbox), step):
-            chunk = outbox[start : start + step]
+        chunks = [outbox[start : start + step] for start in range(0, len(outbox), step)]
+        while chunks:
+            chunk = chunks.pop(0)
             frame = _encoder.encode({"v": 1, "kind": "batch", "records": chunk})
+            if len(frame) > limits.MAX_FRAME_BYTES and len(chunk) > 1:
+                half = len(chunk) // 2  # records are small; halving converges at once
+                chunks[:0] = [chunk[:half], chunk[half:]]
+                continue
             try:
                 self.dealer.send(frame, zmq.NOBLOCK)
                 self.counters["frames_sent"] += 1

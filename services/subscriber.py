@@ -1,9 +1,9 @@
 """Subscriber side of a bus: decode frames, and tell gaps from publisher restarts.
 
 Every bus frame carries ``pub`` (the publisher's instance id, new at each start) and
-``pseq`` (+1 per frame). Under one ``pub``, a jump in ``pseq`` is a gap: frames lost (a full
-queue, a slow subscriber). A new ``pub`` is a restart, not a gap. Undecodable frames are
-counted and dropped.
+``pseq`` (+1 per frame of that topic). Under one ``pub``, a jump in a topic's ``pseq`` is a
+gap: frames lost (a full queue, a slow subscriber). A new ``pub`` is a restart, not a gap.
+Undecodable frames are counted and dropped.
 
 Usage (inside a service)::
 
@@ -68,13 +68,23 @@ class BusSubscriber:
         self.name = name
         self.on_frame = on_frame
         self.on_gap: Callable[[int], None] | None = None
-        self.sequence = SequenceTracker()
+        self.sequences: dict[bytes, SequenceTracker] = {}
         self.sock = service.sockets.connect(zmq.SUB, endpoint, hwm=100_000)
         for topic in topics:
             # "rec|" rather than "rec": a prefix match must not catch "records".
             self.sock.setsockopt(zmq.SUBSCRIBE, topic + codec.TOPIC_SEP if topic else b"")
         service.endpoints[f"{name}_sub"] = endpoint
         service.on_readable(self.sock, self._drain)
+
+    def gaps(self) -> int:
+        return sum(t.gaps for t in self.sequences.values())
+
+    def restarts(self) -> int:
+        """Publisher restarts seen (the most seen on any one topic)."""
+        return max((t.restarts for t in self.sequences.values()), default=0)
+
+    def frames(self) -> int:
+        return sum(t.frames for t in self.sequences.values())
 
     def _drain(self) -> None:
         counters = self.service.counters
@@ -89,7 +99,10 @@ class BusSubscriber:
                 counters[f"{self.name}_rejected"] += 1
                 self.service.rejects.add(f"{self.name}_{rej.reason}", rej.detail)
                 continue
-            missed = self.sequence.observe(frame.pub, frame.pseq)
+            tracker = self.sequences.get(topic)
+            if tracker is None:
+                tracker = self.sequences[topic] = SequenceTracker()
+            missed = tracker.observe(frame.pub, frame.pseq)
             if missed:
                 counters[f"{self.name}_gaps"] += missed
                 if self.on_gap is not None:

@@ -40,7 +40,7 @@ import zmq
 import zmq.asyncio
 
 from shoal.protocol import codec
-from shoal.protocol.messages import Reply
+from shoal.protocol.messages import Reply, ServiceStatus
 
 from .config import SupervisorConfig
 from .log import JsonLog
@@ -164,7 +164,10 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = time.monotonic()
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "ping": self._op_ping,
+            "status": self._op_status,
             "ps": self._op_ps,
             "signal": self._op_signal,
             "restart": self._op_restart,
@@ -422,6 +425,20 @@ class Supervisor:
             known = ", ".join(self._by_name)
             raise CtlError(f"unknown process '{name}' (known: {known})")
         return child
+
+    def _op_ping(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"service": "supervisor", "pid": os.getpid(), "pub": 0}
+
+    def _op_status(self, _args: dict[str, Any]) -> ServiceStatus:
+        counters = {f"restarts_{c.spec.name}": c.restarts for c in self._children}
+        return ServiceStatus(
+            service="supervisor",
+            pid=os.getpid(),
+            pub=0,
+            uptime_s=round(time.monotonic() - self._started, 3),
+            counters=counters,
+            endpoints={"ctl": self.config.ctl},
+        )
 
     def _op_ps(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
         now = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shoal.protocol import codec
 from shoal.protocol.messages import NodeRecords, Telemetry
 from shoal.services.relay import Relay
 from shoal.services.runtime import Service
@@ -47,7 +48,7 @@ def test_subscriber_sees_records_and_counts_a_relay_restart() -> None:
     config = config_on_free_ports(runtime={"heartbeat_interval_ms": 30})
     with running(Watcher(config)) as watcher:
         with running(Relay(config)):
-            wait_for(lambda: watcher.sub.sequence.frames > 0, 5)
+            wait_for(lambda: watcher.sub.frames() > 0, 5)
             client = IngestClient(config.relay.ingest)
             try:
                 client.send(
@@ -65,5 +66,46 @@ def test_subscriber_sees_records_and_counts_a_relay_restart() -> None:
             finally:
                 client.close()
         with running(Relay(config)):
-            wait_for(lambda: watcher.sub.sequence.restarts == 1, 5)
-        assert watcher.sub.sequence.gaps == 0
+            wait_for(lambda: watcher.sub.restarts() == 1, 5)
+        assert watcher.sub.gaps() == 0
+
+
+class RecordsOnly(Watcher):
+    def setup(self) -> None:
+        self.records = []
+        self.sub = BusSubscriber(
+            self, self.config.relay.bus, topics=(codec.TOPIC_NODE_RECORDS,), on_frame=self.seen
+        )
+
+
+def test_a_subscriber_of_one_topic_sees_no_false_gaps_between_heartbeats() -> None:
+    config = config_on_free_ports(runtime={"heartbeat_interval_ms": 10})
+    with running(Relay(config)) as relay, running(RecordsOnly(config)) as watcher:
+        client = IngestClient(config.relay.ingest)
+        try:
+            wait_for(
+                lambda: relay.counters["ctl_requests"] >= 0 and watcher.sub.sock is not None, 5
+            )
+            seq = 0
+
+            def one_more() -> bool:
+                nonlocal seq
+                client.send(
+                    Telemetry(
+                        node_id="a",
+                        boot_id=1,
+                        seq=seq,
+                        cpu_pct=1,
+                        queue_depth=0,
+                        queue_capacity=1,
+                        load_factor=0,
+                    )
+                )
+                seq += 1
+                return len(watcher.records) >= 20
+
+            wait_for(one_more, timeout_s=10, interval_s=0.015)  # beats interleave with records
+        finally:
+            client.close()
+        assert watcher.sub.gaps() == 0
+        assert set(watcher.sub.sequences) == {codec.TOPIC_NODE_RECORDS}
