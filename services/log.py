@@ -9,6 +9,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -23,6 +24,38 @@ _encoder = msgspec.json.Encoder()
 def _utc_now() -> str:
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def humanize(line: str) -> str:
+    """A JSON log line as a person reads it on a terminal; other lines unchanged.
+
+    {"ts":"...T23:59:01.123Z","svc":"relay","level":"info","event":"started","pid":7}
+    -> 23:59:01.123 info  started pid=7
+    """
+    if not line.startswith("{"):
+        return line
+    try:
+        record = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return line
+    if not isinstance(record, dict) or "event" not in record:
+        return line
+    ts = str(record.pop("ts", ""))[11:23]
+    record.pop("svc", None)
+    level = str(record.pop("level", ""))
+    event = record.pop("event")
+    fields = " ".join(
+        f"{k}={v if isinstance(v, str | int | float) else _encoder.encode(v).decode()}"
+        for k, v in record.items()
+    )
+    return f"{ts} {level:<5} {event} {fields}".rstrip()
+
+
+def isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 class JsonLog:
@@ -41,6 +74,8 @@ class JsonLog:
         except (TypeError, msgspec.EncodeError):
             line = _encoder.encode({**record, **{k: repr(v) for k, v in fields.items()}}).decode()
         stream = self.stream or sys.stderr
+        if isatty(stream) and os.environ.get("SHOAL_LOG_FORMAT") != "json":
+            line = f"{self.service:<10}| {humanize(line)}"
         try:
             stream.write(line + "\n")
             stream.flush()

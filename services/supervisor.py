@@ -43,7 +43,7 @@ from shoal.protocol import codec
 from shoal.protocol.messages import Reply, ServiceStatus
 
 from .config import SupervisorConfig
-from .log import JsonLog
+from .log import JsonLog, humanize, isatty
 from .sockets import Sockets
 
 # A line longer than this is written out in pieces: one runaway line must neither block
@@ -165,6 +165,8 @@ class Supervisor:
         self._stop_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
+        # JSON lines for pipes and files (machines read them), plain text for a person.
+        self._pretty = isatty(self.out) and os.environ.get("SHOAL_LOG_FORMAT") != "json"
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._op_ping,
             "status": self._op_status,
@@ -379,6 +381,8 @@ class Supervisor:
 
     def _write_line(self, name: str, line: bytes) -> None:
         text = line.decode("utf-8", errors="replace").rstrip("\r")
+        if self._pretty:
+            text = humanize(text)
         try:
             self.out.write(f"{name:<{PREFIX_WIDTH}}| {text}\n")
             self.out.flush()

@@ -121,3 +121,12 @@ def test_sigterm_stops_a_service_process_in_order_with_json_logs(tmp_path: Any) 
     names = [e["event"] for e in events]
     assert names[0] == "started" and names[-1] == "stopped"
     assert "stopping" in names and all(e["svc"] == "relay" for e in events)
+
+
+def test_humanize_renders_a_json_log_line_for_a_terminal() -> None:
+    from shoal.services.log import humanize
+
+    line = '{"ts":"2026-11-23T23:59:01.123Z","svc":"relay","level":"info","event":"started","pid":7,"endpoints":{"a":"b"}}'
+    assert humanize(line) == '23:59:01.123 info  started pid=7 endpoints={"a":"b"}'
+    assert humanize("plain text") == "plain text"
+    assert humanize("{not json") == "{not json"
