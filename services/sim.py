@@ -84,6 +84,7 @@ class SimNode:
             "backoff_min_ms": cfg.backoff_min_ms,
             "backoff_max_ms": cfg.backoff_max_ms,
             "fw": "shoal-sim/0.1",
+            "queue_capacity": cfg.queue_capacity,
         }
         self.core = NodeCore(node_id, boot_id, self.hal, link, settings, now_ms)
         # Spread the fleet's telemetry over the interval, as real boards booted apart would.

@@ -309,6 +309,26 @@ def test_load_model_idle_node_reports_low_load():
     assert load.refused == 0
 
 
+def test_load_model_after_days_of_uptime_behaves_as_at_boot():
+    # Internal times are relative to the last sample, so a board's single-precision
+    # floats never see a large absolute clock.
+    runs = []
+    for start in (0, 10 * 24 * 3600 * 1000):
+        rng = XorShift32(3)
+        load = SimulatedLoad(rng.random, 5.0, 100.0, 64, start)
+        runs.append([load.sample(t) for t in range(start + 1000, start + 20001, 1000)])
+        assert load.next_arrival_ms < 10000
+    assert runs[0] == runs[1]
+
+
+def test_prng_never_returns_one():
+    class Top(XorShift32):
+        def next_u32(self):
+            return 0xFFFFFFFF
+
+    assert Top(1).random() < 1.0
+
+
 def test_cpu_hog_steals_capacity():
     rng = XorShift32(3)
     load = SimulatedLoad(rng.random, 5.0, 100.0, 64, 0)  # 50% of capacity

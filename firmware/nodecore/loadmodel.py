@@ -21,6 +21,7 @@ LOAD_EWMA_ALPHA = 0.5
 class SimulatedLoad:
     __slots__ = (
         "arrival_rate_hz",
+        "base_ms",
         "busy_ms",
         "capacity_scale",
         "completed",
@@ -45,14 +46,17 @@ class SimulatedLoad:
         self.capacity_scale = 1.0  # < 1 while a CPU hog steals cycles
         self.queue = []  # costs (ms) of waiting tasks
         self.current_left_ms = 0.0  # work left on the task being served
-        self.last_ms = now_ms
-        self.sample_ms = now_ms
+        # Times are kept relative to base_ms, which moves at every sample: an ESP32's
+        # single-precision floats would lose the milliseconds of an absolute clock in hours.
+        self.base_ms = now_ms
+        self.last_ms = 0.0
+        self.sample_ms = 0.0
         self.busy_ms = 0.0
         self.offered_ms = 0.0
         self.load_factor = 0.0
         self.completed = 0
         self.refused = 0
-        self.next_arrival_ms = now_ms + self._interarrival_ms()
+        self.next_arrival_ms = self._interarrival_ms()
 
     def _interarrival_ms(self):
         if self.arrival_rate_hz <= 0:
@@ -65,7 +69,7 @@ class SimulatedLoad:
     def set_arrival_rate(self, hz, now_ms):
         self.advance(now_ms)
         self.arrival_rate_hz = hz
-        self.next_arrival_ms = now_ms + self._interarrival_ms()
+        self.next_arrival_ms = (now_ms - self.base_ms) + self._interarrival_ms()
 
     def submit(self, cost_ms):
         """Queue one task; False (and counted) when the queue is full."""
@@ -78,11 +82,12 @@ class SimulatedLoad:
 
     def advance(self, now_ms):
         """Run the model up to now_ms: arrivals in order, CPU serving the queue between them."""
-        while self.next_arrival_ms <= now_ms:
+        t = now_ms - self.base_ms
+        while self.next_arrival_ms <= t:
             self._serve_until(self.next_arrival_ms)
             self.submit(self._task_cost())
             self.next_arrival_ms += self._interarrival_ms()
-        self._serve_until(now_ms)
+        self._serve_until(t)
 
     def _serve_until(self, t_ms):
         span = t_ms - self.last_ms
@@ -110,7 +115,8 @@ class SimulatedLoad:
     def sample(self, now_ms):
         """Advance to now_ms and report (cpu_pct, queue_depth, load_factor) since last sample."""
         self.advance(now_ms)
-        window = now_ms - self.sample_ms
+        t = now_ms - self.base_ms
+        window = t - self.sample_ms
         if window <= 0:
             return 0.0, self.depth(), self.load_factor
         cpu = 100.0 * self.busy_ms / window
@@ -122,5 +128,9 @@ class SimulatedLoad:
         self.load_factor = LOAD_EWMA_ALPHA * offered + (1 - LOAD_EWMA_ALPHA) * self.load_factor
         self.busy_ms = 0.0
         self.offered_ms = 0.0
-        self.sample_ms = now_ms
+        # Rebase: the next window starts at 0 again.
+        self.base_ms = now_ms
+        self.last_ms -= t
+        self.next_arrival_ms -= t
+        self.sample_ms = 0.0
         return (cpu if cpu < 100.0 else 100.0), self.depth(), self.load_factor

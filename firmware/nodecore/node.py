@@ -39,6 +39,7 @@ DEFAULTS = {
     "backoff_min_ms": 100,
     "backoff_max_ms": 5000,
     "fw": "shoal-node/0.1",
+    "queue_capacity": 0,  # announced in the hello; 0 when the node takes no tasks
 }
 
 
@@ -94,8 +95,8 @@ class NodeCore:
         msg = self._message("hello", now_ms)
         msg["fw"] = self.cfg["fw"]
         msg["hb_interval_ms"] = self.cfg["heartbeat_interval_ms"]
-        sample = self.hal.sample(now_ms)
-        msg["queue_capacity"] = sample["queue_capacity"]
+        # From the settings, not hal.sample(): sampling closes the load window early.
+        msg["queue_capacity"] = self.cfg["queue_capacity"]
         self._enqueue(msg)
 
     def telemetry(self, now_ms):

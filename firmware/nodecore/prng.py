@@ -20,8 +20,9 @@ class XorShift32:
         return x
 
     def random(self):
-        """A float in [0, 1)."""
-        return self.next_u32() / 4294967296.0
+        """A float in [0, 1). 24 bits: an ESP32's single-precision float would round a
+        32-bit value near 2**32 up to exactly 1.0 (and log(1 - 1.0) fails)."""
+        return (self.next_u32() >> 8) / 16777216.0
 
     def uniform(self, low, high):
         return low + (high - low) * self.random()

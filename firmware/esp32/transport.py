@@ -1,0 +1,239 @@
+"""The node core's transport on an ESP32: MQTT to the shim, which speaks ZeroMQ to the relay.
+
+Topics (node_id as in the messages):
+
+- shoal/v1/<node_id>/up    node -> shim: one JSON node message per publish, QoS 0. QoS 1
+                           would add a broker round trip per message and buys nothing: the
+                           relay's own acks already drive resends (protocol section 4).
+- shoal/v1/<node_id>/ack   shim -> node: {"v":1,"kind":"ack","acks":[[node_id, boot_id,
+                           first, last], ...]}, the relay's Ack frame in JSON.
+- shoal/v1/<node_id>/will  the last will, {"node_id":...,"boot_id":...}, QoS 1. A will's
+                           payload is fixed at connect time, so it cannot be a goodbye with
+                           a fresh seq; the shim turns it into one.
+
+The node core owns the reconnect policy: after a failed send it goes DOWN and only sends
+again after its backoff. This transport reconnects lazily, when send() is called while it
+is disconnected, and never more often than every min_reconnect_ms (the backoff can draw
+delays near 0, and a blocking connect attempt costs the main loop).
+"""
+
+import json
+
+try:
+    from umqtt.simple import MQTTClient, MQTTException
+except ImportError:  # a host MicroPython or a test: a client class is passed in
+    MQTTClient = None
+
+    class MQTTException(Exception):
+        pass
+
+
+TOPIC_ROOT = "shoal/v1/"
+
+# What umqtt.simple raises on a dead or confused connection: socket errors, a read that
+# returned nothing (b""[0] is an IndexError), its asserts on unexpected packets, and
+# MQTTException for a refused CONNECT or SUBSCRIBE.
+LINK_ERRORS = (OSError, IndexError, AssertionError, MQTTException)
+
+try:  # compact JSON saves airtime; very old firmware has no separators argument
+    json.dumps({}, separators=(",", ":"))
+
+    def _dumps(obj):
+        return json.dumps(obj, separators=(",", ":"))
+
+except TypeError:
+    _dumps = json.dumps
+
+
+def encode(msg):
+    """A node message as JSON bytes, with v and kind first.
+
+    The protocol asks encoders for that order (a receiver names the first bad field it
+    meets, so a future version reads as "version" rather than some field's error), and
+    MicroPython dicts do not keep insertion order. Bytes, not str: umqtt.simple sizes a
+    packet with len(), which counts the characters of a str.
+    """
+    rest = dict(msg)
+    head = '{"v":%d,"kind":%s' % (rest.pop("v", 1), _dumps(rest.pop("kind")))
+    if not rest:
+        return (head + "}").encode()
+    return (head + "," + _dumps(rest)[1:]).encode()
+
+
+class MqttTransport:
+    def __init__(
+        self,
+        node_id,
+        boot_id,
+        host,
+        port=1883,
+        user=None,
+        password=None,
+        keepalive_s=60,
+        min_reconnect_ms=500,
+        now_ms=None,
+        link_up=None,
+        client_cls=None,
+    ):
+        if now_ms is None:
+            from clock import MonotonicMs
+
+            now_ms = MonotonicMs().now
+        self.node_id = node_id
+        self.boot_id = boot_id
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.keepalive_s = keepalive_s
+        self.min_reconnect_ms = min_reconnect_ms
+        self.now_ms = now_ms  # the board's non-wrapping clock (MonotonicMs.now)
+        self.link_up = link_up  # e.g. wlan.isconnected: no connect attempt without WiFi
+        self.client_cls = client_cls or MQTTClient
+        root = TOPIC_ROOT + node_id
+        self.up_topic = root + "/up"
+        self.ack_topic = root + "/ack"
+        self.will_topic = root + "/will"
+        self.will = _dumps({"node_id": node_id, "boot_id": boot_id}).encode()
+        self.ack_sink = None  # core.on_ack; set after the core is built (it needs us first)
+        self.client = None
+        self.last_attempt_ms = None
+        self.last_out_ms = 0
+        self.stats = {
+            "published": 0,
+            "connects": 0,
+            "connect_failures": 0,
+            "drops": 0,
+            "acks": 0,
+            "bad_acks": 0,
+        }
+
+    def connected(self):
+        return self.client is not None
+
+    def connect(self):
+        """Open a session: last will, CONNECT, subscribe to our ack topic. True on success."""
+        now = self.now_ms()
+        self.last_attempt_ms = now
+        if self.link_up is not None and not self.link_up():
+            return False
+        # umqtt.simple sends a password whenever a user is set, so it must not be None.
+        c = self.client_cls(
+            self.node_id,
+            self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password or "",
+            keepalive=self.keepalive_s,
+        )
+        c.set_callback(self._on_message)
+        c.set_last_will(self.will_topic, self.will, False, 1)
+        try:
+            c.connect()
+            c.subscribe(self.ack_topic)
+        except LINK_ERRORS:
+            _close_socket(c)
+            self.stats["connect_failures"] += 1
+            return False
+        self.client = c
+        self.last_out_ms = now
+        self.stats["connects"] += 1
+        return True
+
+    def send(self, msg):
+        """Publish one node message; False (the core keeps it buffered) if the link is down."""
+        if self.client is None:
+            last = self.last_attempt_ms
+            if last is not None and self.now_ms() - last < self.min_reconnect_ms:
+                return False
+            if not self.connect():
+                return False
+        try:
+            self.client.publish(self.up_topic, encode(msg))
+        except LINK_ERRORS:
+            self._drop()
+            return False
+        self.stats["published"] += 1
+        self.last_out_ms = self.now_ms()
+        return True
+
+    def poll(self):
+        """Read what the broker sent (acks), and ping when idle so the session stays up."""
+        c = self.client
+        if c is None:
+            return
+        try:
+            # check_msg handles one packet per call; after a reconnect the shim may have
+            # several ack payloads queued. A bound keeps the main loop responsive.
+            for _ in range(8):
+                if c.check_msg() is None:
+                    break
+            now = self.now_ms()
+            # The broker drops a session silent for 1.5 keepalives; the core can be quiet
+            # that long while it waits out a backoff (up to backoff_max_ms).
+            if self.keepalive_s and now - self.last_out_ms >= self.keepalive_s * 500:
+                c.ping()
+                self.last_out_ms = now
+        except LINK_ERRORS:
+            self._drop()
+
+    def close(self):
+        """Orderly disconnect: the broker then discards the will (the core sent a goodbye)."""
+        c = self.client
+        self.client = None
+        if c is not None:
+            try:
+                c.disconnect()
+            except LINK_ERRORS:
+                _close_socket(c)
+
+    def _drop(self):
+        # Try an orderly DISCONNECT: we are about to reconnect, so the will must not fire
+        # for this boot. On a dead socket it fails, and the will fires when the broker
+        # notices; the shim then reports a goodbye that the next message overrides.
+        self.stats["drops"] += 1
+        self.close()
+
+    def _on_message(self, topic, payload):
+        self.handle_ack(payload)  # the ack topic is our only subscription
+
+    def handle_ack(self, payload):
+        """Apply one ack payload from the shim. Returns how many entries were for us."""
+        try:
+            obj = json.loads(payload)
+            if obj.get("kind") != "ack" or obj.get("v", 1) != 1:
+                raise ValueError("not an ack")
+            entries = obj["acks"]
+            if not isinstance(entries, list):
+                raise ValueError("acks is not a list")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.stats["bad_acks"] += 1
+            return 0
+        now = self.now_ms()
+        n = 0
+        for e in entries:
+            # [node_id, boot_id, first, last]; the core itself ignores other boots.
+            if (
+                not isinstance(e, list)
+                or len(e) != 4
+                or e[0] != self.node_id
+                or not isinstance(e[1], int)
+                or not isinstance(e[2], int)
+                or not isinstance(e[3], int)
+                or e[2] > e[3]
+            ):
+                continue
+            if self.ack_sink is not None:
+                self.ack_sink(e[1], e[2], e[3], now)
+            n += 1
+        self.stats["acks"] += n
+        return n
+
+
+def _close_socket(c):
+    sock = getattr(c, "sock", None)
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
