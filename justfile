@@ -20,7 +20,7 @@ lint:
     ruff format --check .
     mkdir -p .typecheck/shoal
     for d in protocol services tui firmware bench; do ln -sfn "../../$d" ".typecheck/shoal/$d"; done
-    MYPYPATH=.typecheck mypy --namespace-packages --explicit-package-bases -p shoal.protocol -p shoal.services
+    MYPYPATH=.typecheck mypy --namespace-packages --explicit-package-bases -p shoal.protocol -p shoal.services -p shoal.bench
 
 # Format the code
 fmt:
@@ -31,7 +31,8 @@ fmt:
 bench *ARGS:
     python bench/framing.py --json {{ARGS}}
     python bench/relay_throughput.py --json {{ARGS}}
-    pytest -q -m slow -p no:randomly
+    python bench/nodecore_heap.py --json
+    pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
 
 # Cluster status from the relay's snapshot
 status *ARGS:

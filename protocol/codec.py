@@ -6,6 +6,8 @@ of messages.py. A decode failure raises ``Rejected`` with one of ``REJECT_REASON
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -119,9 +121,54 @@ def _decode_record(node: Any, ident: Any, data: bytes | memoryview) -> Any:
         raise
 
 
+_NODE_ID_RE = re.compile(L.NODE_ID_PATTERN)
+# Node ids that matched the pattern already. Cleared when full, so hostile ids cost a
+# regex each, never unbounded memory.
+_valid_ids: set[str] = set()
+_VALID_IDS_MAX = 100_000
+_NO_REJECTS: Sequence[Rejected] = ()
+
+
+def valid_node_id(node_id: str) -> bool:
+    if node_id in _valid_ids:
+        return True
+    if _NODE_ID_RE.match(node_id) is None:
+        return False
+    if len(_valid_ids) >= _VALID_IDS_MAX:
+        _valid_ids.clear()
+    _valid_ids.add(node_id)
+    return True
+
+
+def _bad_node_id(rec: Any) -> Rejected:
+    return Rejected(
+        "range",
+        f"node_id {rec.node_id!r} does not match {L.NODE_ID_PATTERN}",
+        (rec.node_id, rec.boot_id, rec.seq),
+    )
+
+
+def _split_bad_ids(
+    records: list[NodeMessage], bad: list[Rejected]
+) -> tuple[list[NodeMessage], Sequence[Rejected]]:
+    """Move records whose node_id fails the pattern to the rejections."""
+    for rec in records:
+        if rec.node_id not in _valid_ids and not valid_node_id(rec.node_id):
+            break
+    else:
+        return records, bad or _NO_REJECTS
+    good = []
+    for rec in records:
+        if valid_node_id(rec.node_id):
+            good.append(rec)
+        else:
+            bad.append(_bad_node_id(rec))
+    return good, bad
+
+
 def decode_ingest(
     data: bytes | memoryview, *, json: bool = False
-) -> tuple[list[NodeMessage], list[Rejected]]:
+) -> tuple[list[NodeMessage], Sequence[Rejected]]:
     """Decode one ingest frame into its node messages.
 
     A single message comes back as a one-element list. In a batch, a bad record is
@@ -130,14 +177,12 @@ def decode_ingest(
     """
     if len(data) > L.MAX_FRAME_BYTES:
         raise Rejected("oversize", f"{len(data)} bytes > {L.MAX_FRAME_BYTES}")
-    ingest, node, raw_batch, ident = (
-        (_js_ingest, _js_node, _js_raw_batch, _js_ident)
-        if json
-        else (_mp_ingest, _mp_node, _mp_raw_batch, _mp_ident)
-    )
     try:
-        msg = ingest.decode(data)
+        msg = (_js_ingest if json else _mp_ingest).decode(data)
     except msgspec.ValidationError as err:
+        node, raw_batch, ident = (
+            (_js_node, _js_raw_batch, _js_ident) if json else (_mp_node, _mp_raw_batch, _mp_ident)
+        )
         # The frame parses; if it is a batch, salvage the records that are valid.
         try:
             batch = raw_batch.decode(data)
@@ -155,12 +200,14 @@ def decode_ingest(
                 good.append(_decode_record(node, ident, raw))
             except Rejected as rej:
                 bad.append(rej)
-        return good, bad
+        return _split_bad_ids(good, bad)
     except msgspec.DecodeError as err:
         raise Rejected("malformed", str(err)) from None
-    if isinstance(msg, Batch):
-        return msg.records, []
-    return [msg], []
+    if msg.__class__ is Batch:
+        return _split_bad_ids(msg.records, [])
+    if msg.node_id not in _valid_ids and not valid_node_id(msg.node_id):
+        raise _bad_node_id(msg)
+    return [msg], _NO_REJECTS
 
 
 def encode(msg: Any) -> bytes:

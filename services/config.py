@@ -40,7 +40,9 @@ class RelayConfig(_Section, frozen=True):
     rate_burst: PositiveInt = 200
     max_nodes: PositiveInt = 10_000
     # How many frames the ingest and bus sockets queue before senders wait (ZMQ HWM).
-    ingest_hwm: PositiveInt = 100_000
+    # Small: frames wait in the senders' own queues (and nodes' rings) rather than in the
+    # relay's memory; 1,000 keeps throughput and bounds RSS.
+    ingest_hwm: PositiveInt = 1_000
     bus_hwm: PositiveInt = 100_000
 
 

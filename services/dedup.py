@@ -15,11 +15,11 @@ STALE = 2
 class SeqWindow:
     """Per-boot window. ``missing`` counts sequence numbers skipped and not (yet) filled."""
 
-    __slots__ = ("_full", "first", "high", "low", "mask", "missing", "width")
+    __slots__ = ("first", "full", "high", "low", "mask", "missing", "width")
 
     def __init__(self, width: int) -> None:
         self.width = width
-        self._full = (1 << width) - 1
+        self.full = (1 << width) - 1
         self.high = -1
         self.first = -1  # the first seq seen: the baseline for counting gaps
         self.low = -1  # the lowest seq accepted (a resend can be older than the first)
@@ -37,7 +37,7 @@ class SeqWindow:
             else:
                 self.missing += seq - high - 1
             shift = seq - high
-            self.mask = ((self.mask << shift) | 1) & self._full if shift < self.width else 1
+            self.mask = ((self.mask << shift) | 1) & self.full if shift < self.width else 1
             self.high = seq
             return NEW
         back = high - seq

@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import itertools
 import os
@@ -171,6 +172,8 @@ class Service:
                 interval = self.config.runtime.heartbeat_interval_ms / 1000
                 self.every(interval, self._beat)
             self.every(self.config.runtime.log_summary_interval_s, self.rejects.flush)
+            # What exists now lives as long as the service: keep the collector off it.
+            gc.freeze()
             self.log.info("started", pid=os.getpid(), pub=self.pub_id, endpoints=self.endpoints)
             self._ready.set()
             self._loop()

@@ -192,7 +192,7 @@ class Cluster:
 
         self.workdir = Path(workdir)
         self.nodes = nodes
-        self.config = config_on_free_ports(**sections)
+        self.config = config_on_free_ports(None, **sections)
         self.config_path = self.workdir / "shoal.toml"
         self.config_path.write_text(dump_toml(self.config))
         self.log_path = self.workdir / "cluster.log"
@@ -252,5 +252,7 @@ class Cluster:
         from .ctl_client import CtlClient
 
         with CtlClient(self.config.sim.ctl) as sim:
-            status = sim.call("status", result_type=ServiceStatus, timeout_s=0.5, retries=0)
+            status: ServiceStatus = sim.call(
+                "status", result_type=ServiceStatus, timeout_s=0.5, retries=0
+            )
         return status.counters

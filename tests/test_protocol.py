@@ -32,8 +32,9 @@ def telemetry_dict(**changes: object) -> dict[str, object]:
     ],
 )
 def test_every_node_message_round_trips_in_msgpack_and_json(msg: object) -> None:
-    assert codec.decode_ingest(codec.encode(msg)) == ([msg], [])
-    assert codec.decode_ingest(codec.encode_json(msg), json=True) == ([msg], [])
+    for data, as_json in ((codec.encode(msg), False), (codec.encode_json(msg), True)):
+        records, bad = codec.decode_ingest(data, json=as_json)
+        assert records == [msg] and not bad
 
 
 def test_every_message_carries_the_protocol_version() -> None:
@@ -42,7 +43,7 @@ def test_every_message_carries_the_protocol_version() -> None:
 
 def test_device_json_with_optional_fields_missing_decodes() -> None:
     payload = b'{"v":1,"kind":"telemetry","node_id":"esp-01","boot_id":9,"seq":0,"cpu_pct":1,"queue_depth":0,"queue_capacity":4,"load_factor":0.1}'
-    [msg], bad = codec.decode_ingest(payload, json=True)
+    [msg], bad = codec.decode_ingest(payload, json=True)  # bad: a sequence, empty
     assert isinstance(msg, Telemetry) and msg.free_heap is None and not bad
 
 
@@ -84,6 +85,22 @@ def test_a_bad_record_in_a_batch_loses_nothing_else() -> None:
     records, rejected = codec.decode_ingest(frame)
     assert [r.seq for r in records] == [0, 1, 2]
     assert [r.reason for r in rejected] == ["range"]
+
+
+def test_a_record_with_a_bad_node_id_in_a_batch_is_refused_alone_and_identified() -> None:
+    good = msgspec.to_builtins(Heartbeat(node_id="a", boot_id=1, seq=0))
+    bad = {**good, "node_id": "Not-Valid", "seq": 1}
+    frame = msgspec.msgpack.encode({"v": 1, "kind": "batch", "records": [good, bad]})
+    records, rejected = codec.decode_ingest(frame)
+    assert [r.node_id for r in records] == ["a"]
+    assert [(r.reason, r.ident) for r in rejected] == [("range", ("Not-Valid", 1, 1))]
+
+
+def test_node_id_check_is_the_same_for_a_known_and_a_new_id() -> None:
+    for _ in range(2):  # the second time the id is in the cache of valid ids
+        assert codec.valid_node_id("esp-01")
+        assert not codec.valid_node_id("esp-01\n")
+        assert not codec.valid_node_id("-esp")
 
 
 def test_a_batch_over_the_record_limit_is_refused() -> None:

@@ -256,3 +256,11 @@ def test_control_socket_answers_bad_requests_with_errors(cluster: Any) -> None:
     finally:
         raw.close()
     assert ctl.call("ping")["service"] == "relay"
+
+
+def test_ack_frames_decode_as_the_protocol_ack(cluster: Any) -> None:
+    relay, client, bus, ctl = cluster
+    client.send(tel("n1", 0))
+    assert client.sock.poll(5000)
+    ack = codec.decode_ack(client.sock.recv())  # typed decode: the wire form matches Ack
+    assert [(e.node_id, e.boot_id, e.first, e.last) for e in ack.acks] == [("n1", 1, 0, 0)]

@@ -1,0 +1,271 @@
+"""Relay throughput against raw pyzmq, records lost, and relay RSS at 1,000 nodes.
+
+Streams measured in the same run (publisher and subscriber each in their own process):
+
+1. raw: a PUB sends N one-record bus frames (exactly what the relay publishes for one
+   record) straight to a SUB that only receives and counts: the ceiling pyzmq sets for
+   this framing on this machine. ``raw_decoded``: the same, the subscriber decoding each
+   frame as the relay's subscriber does (context for the ratio, not the baseline).
+2. relay: a DEALER sends N single Telemetry messages (1,000 nodes, seq rising per node) to
+   a relay started as ``shoal run relay``; the SUB counts the records on the relay's bus.
+3. batched: the same, with Batch frames of 64 records.
+
+Rates are records / (publisher's first send -> subscriber's last receive); the
+subscriber's own first-to-last window is reported too (``sub_window_records_per_s``), but
+it overstates the relay, which publishes only at the end of each drain pass. ``ratio`` =
+relay / raw. Each stream runs REPEATS times, interleaved, and the median is reported.
+The relay's rate limit is set out of the way and its bus HWM high, so nothing may be
+dropped (``lost`` must be 0); the publisher reads acks like a node, and ``unacked_nodes``
+counts nodes whose last record was never acked. The ingest HWM keeps its default: the
+backlog it allows is most of the relay's RSS. Publisher, relay and subscriber share the
+machine's cores (2 here: they compete, and the per-process CPU seconds in ``runs`` say
+so; ``relay_cpu_us_per_record`` is the relay's own cost).
+
+Usage::
+
+    python bench/relay_throughput.py [--quick] [--json] [--profile-relay FILE]
+    shoal bench relay [--quick] [--json]
+
+Progress goes to stderr, the JSON object to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+from shoal.bench._util import (
+    NODES,
+    PubSpec,
+    RelayProcess,
+    SubSpec,
+    emit,
+    progress,
+    pub_sub_run,
+    rate,
+    sigterm_as_exit,
+    versions,
+)
+
+BATCH = 64
+N_FULL = 300_000
+N_QUICK = 50_000
+REPEATS = 3
+TARGETS = {"ratio_min": 0.5, "lost_max": 0, "relay_rss_mb_max": 80.0}
+
+
+def _relay_keys() -> dict[str, Any]:
+    return {
+        # The benchmark measures throughput, not the flood guard.
+        "rate_per_node_hz": 1e9,
+        "rate_burst": 10**9,
+        # A bus frame queued is a frame not lost (the HWM counts frames, of up to 256
+        # records). ingest_hwm stays at its default: it bounds the backlog the relay holds
+        # while it is busy, which is most of its RSS here, and that is worth measuring.
+        "bus_hwm": 1_000_000,
+    }
+
+
+def measure_raw(n: int, count: str) -> dict[str, Any]:
+    from shoal.services.testing import tcp
+
+    endpoint = tcp()
+    run = pub_sub_run(
+        PubSpec(endpoint, kind="pub", frames="bus", n_records=n, probe=True),
+        SubSpec(endpoint, expect_records=n, join="probe", count=count),
+        label="raw",
+    )
+    return _summarize(run, n)
+
+
+def measure_relay(relay: RelayProcess, n: int, batch: int, seq_start: int) -> dict[str, Any]:
+    before = relay.status()["counters"]
+    cpu0 = relay.cpu_s()
+    run = pub_sub_run(
+        PubSpec(
+            relay.ingest,
+            kind="dealer",
+            frames="ingest",
+            n_records=n,
+            batch=batch,
+            seq_start=seq_start,
+        ),
+        SubSpec(relay.bus, expect_records=n, join="beat"),
+        label=f"relay-b{batch}",
+    )
+    relay_cpu = relay.cpu_s() - cpu0
+    after = relay.status()["counters"]
+    out = _summarize(run, n)
+    out["accepted"] = after.get("accepted", 0) - before.get("accepted", 0)
+    out["rejected"] = after.get("rejected", 0) - before.get("rejected", 0)
+    out["relay_cpu_s"] = round(relay_cpu, 3)
+    # What one record costs the relay in CPU, whatever the others were doing meanwhile.
+    out["relay_cpu_us_per_record"] = round(relay_cpu / n * 1e6, 2)
+    # Where the relay's memory goes: RSS after this stream, and its high-water mark so far.
+    out["relay_rss_mb"] = relay.rss_mb()
+    out["relay_peak_rss_mb"] = relay.peak_rss_mb()
+    return out
+
+
+def _summarize(run: dict[str, Any], n: int) -> dict[str, Any]:
+    return {
+        "records_per_s": rate(run["records"], run["elapsed_s"]),
+        # The subscriber's first-to-last window only (see _util.pub_sub_run).
+        "sub_window_records_per_s": rate(run["records"], run["sub_window_s"]),
+        "records": run["records"],
+        "lost": n - run["records"],
+        "bus_frames": run["frames"],
+        "pseq_gaps": run["pseq_gaps"],
+        "valid": run["valid"],
+        "elapsed_s": round(run["elapsed_s"], 4),
+        "sub_window_s": round(run["sub_window_s"], 4),
+        "sub_cpu_s": round(run["cpu_s"], 3),
+        "pub_frames": run["sent_frames"],
+        "pub_bytes": run["sent_bytes"],
+        "pub_send_s": run["pub_send_s"],
+        "pub_cpu_s": run["pub_cpu_s"],
+        "pub_acks": run["pub_acks"],
+        # Nodes whose last record the relay never acked (None: no acks, the raw stream).
+        "unacked_nodes": run["unacked_nodes"],
+    }
+
+
+def _median(runs: list[dict[str, Any]]) -> float:
+    return float(statistics.median(r["records_per_s"] for r in runs))
+
+
+def main(
+    quick: bool = False, as_json: bool = False, profile_relay: str | None = None
+) -> dict[str, Any]:
+    """Run every stream REPEATS times, interleaved; print and return the result."""
+    n = N_QUICK if quick else N_FULL
+    t0 = time.monotonic()
+    runs: dict[str, list[dict[str, Any]]] = {
+        k: [] for k in ("raw", "raw_decoded", "relay", "batched")
+    }
+    seq_start = 0
+    # SIGTERM unwinds the block, so the relay and the workers are stopped.
+    with sigterm_as_exit(), RelayProcess(profile_to=profile_relay, **_relay_keys()) as relay:
+        rss_idle = relay.rss_mb()
+        progress(f"relay up (RSS {rss_idle} MB); {n} records per stream, {REPEATS} rounds")
+        # Interleaved rounds: a slow spell of the machine hits every stream alike.
+        for k in range(REPEATS):
+            progress(f"round {k + 1}/{REPEATS}")
+            runs["raw"].append(measure_raw(n, count="frames"))
+            runs["raw_decoded"].append(measure_raw(n, count="records"))
+            # Seqs continue from stream to stream, so every record is new to the relay.
+            runs["relay"].append(measure_relay(relay, n, batch=1, seq_start=seq_start))
+            seq_start += -(-n // NODES)
+            runs["batched"].append(measure_relay(relay, n, batch=BATCH, seq_start=seq_start))
+            seq_start += -(-n // NODES)
+            for name, rs in runs.items():
+                progress(
+                    f"  {name:12s}{rs[-1]['records_per_s']:>12,.0f} records/s, lost {rs[-1]['lost']}"
+                )
+        status = relay.status()
+        rss = relay.rss_mb()
+        rss_peak = relay.peak_rss_mb()
+        relay_config = {
+            k: getattr(relay.config.relay, k)
+            for k in ("rate_per_node_hz", "rate_burst", "ingest_hwm", "bus_hwm", "dedup_window")
+        }
+        log_tail = relay.log_tail(5)
+
+    counters = status["counters"]
+    relay_counters = {
+        k: v
+        for k, v in sorted(counters.items())
+        if k in ("accepted", "rejected", "duplicates", "acks_dropped", "nodes", "gaps")
+        or (k.startswith("reject_") and v)
+        or k == "handler_errors"
+    }
+    relay_counters["reject_total"] = sum(v for k, v in counters.items() if k.startswith("reject_"))
+    raw, raw_decoded = _median(runs["raw"]), _median(runs["raw_decoded"])
+    single, batched = _median(runs["relay"]), _median(runs["batched"])
+    lost = sum(r["lost"] for r in runs["relay"] + runs["batched"])
+    ratio = single / raw if raw else 0.0
+    cpu_single = statistics.median(r["relay_cpu_us_per_record"] for r in runs["relay"])
+    cpu_batched = statistics.median(r["relay_cpu_us_per_record"] for r in runs["batched"])
+    result: dict[str, Any] = {
+        "bench": "relay_throughput",
+        "quick": quick,
+        "n_records": n,
+        "repeats": REPEATS,
+        "statistic": "median of repeats",
+        "nodes": NODES,
+        "batch_records": BATCH,
+        "raw_msgs_per_s": raw,
+        "relay_msgs_per_s": single,
+        "ratio": round(ratio, 3),
+        "batched_records_per_s": batched,
+        "batched_ratio": round(batched / raw, 3) if raw else 0.0,
+        # The same raw stream with the subscriber decoding each frame as the relay's does.
+        "raw_decoded_msgs_per_s": raw_decoded,
+        "ratio_vs_raw_decoded": round(single / raw_decoded, 3) if raw_decoded else 0.0,
+        "lost": lost,
+        "bus_pseq_gaps": sum(r["pseq_gaps"] for r in runs["relay"] + runs["batched"]),
+        "unacked_nodes": sum(r["unacked_nodes"] or 0 for r in runs["relay"] + runs["batched"]),
+        "relay_rss_mb_1000_nodes": rss,
+        "relay_rss_mb_idle": rss_idle,
+        "relay_rss_mb_peak": rss_peak,
+        "relay_cpu_us_per_record": cpu_single,
+        "relay_cpu_us_per_record_batched": cpu_batched,
+        "relay_counters": relay_counters,
+        "relay_config": relay_config,
+        "targets": TARGETS,
+        "meets_targets": ratio >= TARGETS["ratio_min"]
+        and lost <= TARGETS["lost_max"]
+        and rss <= TARGETS["relay_rss_mb_max"],
+        "runs": runs,
+        "cpu_count": os.cpu_count(),
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        **versions(),
+    }
+    if counters.get("handler_errors"):
+        progress(f"relay handler errors; log tail:\n{log_tail}")
+    if profile_relay:
+        _print_profile(profile_relay)
+    emit(
+        result,
+        as_json,
+        [
+            f"raw pyzmq      {raw:>12,.0f} msgs/s   (subscriber decoding: {raw_decoded:,.0f})",
+            f"relay single   {single:>12,.0f} records/s"
+            f"   ratio {result['ratio']:.2f} (target >= {TARGETS['ratio_min']})",
+            f"relay batch{BATCH}  {batched:>12,.0f} records/s   ratio {result['batched_ratio']:.2f}",
+            f"lost {lost} (target 0)   relay RSS {rss} MB at {NODES} nodes"
+            f" (idle {rss_idle}, peak {rss_peak}; target <= {TARGETS['relay_rss_mb_max']:.0f})",
+            f"relay CPU per record: single {cpu_single} us, batched {cpu_batched} us;"
+            f" {os.cpu_count()} cores shared by publisher, relay and subscriber",
+        ],
+    )
+    return result
+
+
+def _print_profile(path: str) -> None:
+    import pstats
+
+    try:
+        stats = pstats.Stats(path, stream=sys.stderr)
+    except OSError as err:
+        progress(f"no profile at {path}: {err}")
+        return
+    progress(f"relay profile ({path}), by own time:")
+    stats.sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="50,000 records; under 60 s")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument(
+        "--profile-relay",
+        metavar="FILE",
+        help="run the relay under cProfile, save its stats to FILE and print the top",
+    )
+    args = parser.parse_args()
+    main(quick=args.quick, as_json=args.json, profile_relay=args.profile_relay)
