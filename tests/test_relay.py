@@ -264,3 +264,15 @@ def test_ack_frames_decode_as_the_protocol_ack(cluster: Any) -> None:
     assert client.sock.poll(5000)
     ack = codec.decode_ack(client.sock.recv())  # typed decode: the wire form matches Ack
     assert [(e.node_id, e.boot_id, e.first, e.last) for e in ack.acks] == [("n1", 1, 0, 0)]
+
+
+def test_a_frame_beyond_the_socket_limit_costs_only_its_sender(cluster: Any) -> None:
+    relay, client, bus, ctl = cluster
+    hostile = IngestClient(relay.endpoints["ingest"])
+    try:
+        hostile.send(b"\x00" * (2 * 1024 * 1024))  # libzmq drops this peer (MAXMSGSIZE)
+        client.send(tel("calm", 0))
+        wait_for(lambda: any(r.node_id == "calm" for r in bus.pump()), timeout_s=5)
+    finally:
+        hostile.close()
+    assert ctl.call("ping")["service"] == "relay"
