@@ -1,0 +1,75 @@
+"""A service's view of the cluster: snapshot, then bus updates, re-synced after a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.protocol.messages import Telemetry
+from shoal.services.relay import Relay
+from shoal.services.relay_view import RelayView
+from shoal.services.runtime import Service
+from shoal.services.testing import IngestClient, config_on_free_ports, running, wait_for
+
+
+def tel(node: str, seq: int, cpu: float = 1.0) -> Telemetry:
+    return Telemetry(
+        node_id=node,
+        boot_id=1,
+        seq=seq,
+        cpu_pct=cpu,
+        queue_depth=0,
+        queue_capacity=4,
+        load_factor=0.1,
+    )
+
+
+class Console(Service):
+    name = "console"
+
+    def setup(self) -> None:
+        self.view = RelayView(self, self.config.relay)
+
+
+def cpu(view: RelayView, node: str) -> Any:
+    n = view.nodes.get(node)
+    return n.telemetry.cpu_pct if n and n.telemetry else None
+
+
+def test_a_late_joiner_sees_the_whole_cluster_then_follows_updates() -> None:
+    config = config_on_free_ports()
+    with running(Relay(config)) as relay:
+        client = IngestClient(config.relay.ingest)
+        try:
+            for i in range(20):
+                client.send(tel(f"n{i:02d}", 0, cpu=float(i)))
+            wait_for(lambda: len(relay.nodes) == 20, 5)
+            with running(Console(config)) as console:
+                view = console.view
+                wait_for(lambda: view.synced and len(view.nodes) == 20, 5)
+                assert cpu(view, "n07") == 7.0
+                assert 0 <= view.age_ms("n07") < 5000
+                client.send(tel("n07", 1, cpu=70.0))
+                wait_for(lambda: cpu(view, "n07") == 70.0, 5)
+                assert view.nodes["n07"].last_seq == 1
+        finally:
+            client.close()
+
+
+def test_a_relay_restart_makes_the_view_resync() -> None:
+    config = config_on_free_ports()
+    with running(Console(config)) as console:
+        view = console.view
+        client = IngestClient(config.relay.ingest)
+        try:
+            with running(Relay(config)):
+                client.send(tel("a", 0))
+                wait_for(lambda: view.synced and "a" in view.nodes, 10)
+                first_pub = view.relay_pub
+            with running(Relay(config)):
+                client.send(tel("b", 0))
+                wait_for(
+                    lambda: view.synced and view.relay_pub != first_pub and "b" in view.nodes, 10
+                )
+                assert "a" not in view.nodes  # the new relay has not heard from it yet
+        finally:
+            client.close()
