@@ -103,22 +103,43 @@ def sim(config_path: str | None, nodes: int | None, seed: int | None) -> None:
 @click.option(
     "--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for the relay."
 )
-def status(config_path: str | None, as_json: bool, timeout: float) -> None:
+@click.option(
+    "--watch",
+    type=click.FloatRange(0.2),
+    default=None,
+    metavar="SECONDS",
+    help="Refresh every SECONDS until Ctrl-C.",
+)
+def status(config_path: str | None, as_json: bool, timeout: float, watch: float | None) -> None:
     """One row per node from the relay's snapshot, plus the relay's counters."""
+    import time
+
     from shoal.protocol.messages import RelaySnapshot
 
     from .ctl_client import CtlClient, CtlFailed, CtlUnavailable
     from .status import render_table, to_json
 
     config = _load(config_path)
-    try:
-        with CtlClient(config.relay.ctl) as relay:
-            snap: RelaySnapshot = relay.call(
-                "snapshot", result_type=RelaySnapshot, timeout_s=timeout, retries=1
-            )
-    except (CtlUnavailable, CtlFailed) as err:
-        raise click.ClickException(f"relay at {config.relay.ctl}: {err}") from None
-    click.echo(to_json(snap) if as_json else render_table(snap))
+    with CtlClient(config.relay.ctl) as relay:
+        while True:
+            try:
+                snap: RelaySnapshot = relay.call(
+                    "snapshot", result_type=RelaySnapshot, timeout_s=timeout, retries=1
+                )
+                text = to_json(snap) if as_json else render_table(snap)
+            except (CtlUnavailable, CtlFailed) as err:
+                if watch is None:
+                    raise click.ClickException(f"relay at {config.relay.ctl}: {err}") from None
+                text = f"relay at {config.relay.ctl}: {err} (retrying)"
+            if watch is None:
+                click.echo(text)
+                return
+            click.clear()
+            click.echo(text)
+            try:
+                time.sleep(watch)  # the refresh period the user asked for
+            except KeyboardInterrupt:
+                return
 
 
 @main.group()

@@ -58,3 +58,13 @@ def test_relay_outage_loses_nothing_nodes_buffer_and_resend() -> None:
         counters = fleet.status_counters()
         assert counters["node_dropped"] == 0
         assert counters["node_resent"] >= 5
+
+
+def test_a_fleet_stopping_says_goodbye_for_every_node() -> None:
+    config = config_on_free_ports(sim={"nodes": 6})
+    with running(Relay(config)) as relay:
+        with running(Fleet(config)):
+            wait_for(
+                lambda: len(relay.nodes) == 6 and all(s.msgs > 1 for s in relay.nodes.values()), 5
+            )
+        wait_for(lambda: all(s.left for s in relay.nodes.values()), 5)
