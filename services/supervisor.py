@@ -11,8 +11,8 @@ then stops the children in reverse order) with ``SHOAL_SUPERVISED=1`` and
 Usage::
 
     specs = [
-        ProcessSpec("relay", [sys.executable, "-m", "shoal.services.relay"]),
-        ProcessSpec("sim", [sys.executable, "-m", "shoal.services.sim"], env={"X": "1"}),
+        ProcessSpec("relay", [sys.executable, "-m", "shoal.services.cli", "run", "relay"]),
+        ProcessSpec("sim", [sys.executable, "-m", "shoal.services.cli", "run", "sim"]),
     ]
     run_supervisor(specs, load_config().supervisor)   # blocks until Ctrl-C / SIGTERM
 
