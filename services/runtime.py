@@ -38,7 +38,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 import zmq
@@ -74,6 +74,17 @@ class _Timer:
 
 class CtlError(Exception):
     """Raised by a ctl handler: the message goes back to the caller as the error."""
+
+
+A = TypeVar("A")
+
+
+def parse_args(args: dict[str, Any], type_: type[A]) -> A:
+    """A request's args as a typed Struct; a wrong or missing arg is a CtlError naming it."""
+    try:
+        return msgspec.convert(args, type_)
+    except msgspec.ValidationError as err:
+        raise CtlError(f"bad arguments: {err}") from None
 
 
 class Service:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import zmq
@@ -22,9 +22,16 @@ from shoal.firmware.nodecore.prng import XorShift32
 from shoal.protocol import codec, limits
 
 from .config import ShoalConfig, SimConfig
-from .runtime import DRAIN_BUDGET, Service
+from .runtime import DRAIN_BUDGET, CtlError, Service, parse_args
 
 _encoder = msgspec.msgpack.Encoder()
+
+
+class SetRateArgs(msgspec.Struct, forbid_unknown_fields=True):
+    """Args of the sim's "set_rate" op: tasks per second for some nodes (default: all)."""
+
+    rate_hz: Annotated[float, msgspec.Meta(ge=0, le=10_000)]
+    nodes: list[str] = []
 
 
 class SimHal:
@@ -190,17 +197,12 @@ class Fleet(Service):
         return {node_id: node.core.snapshot() for node_id, node in self.nodes.items()}
 
     def _op_set_rate(self, args: dict[str, Any]) -> dict[str, Any]:
-        rate = float(args.get("rate_hz", -1))
-        if rate < 0:
-            from .runtime import CtlError
-
-            raise CtlError("set_rate needs rate_hz >= 0")
-        targets = args.get("nodes") or list(self.nodes)
+        req = parse_args(args, SetRateArgs)
+        unknown = [n for n in req.nodes if n not in self.nodes]
+        if unknown:
+            raise CtlError(f"unknown nodes: {', '.join(unknown[:10])}")
         now = self.now_ms()
-        changed = []
+        targets = req.nodes or list(self.nodes)
         for node_id in targets:
-            node = self.nodes.get(node_id)
-            if node is not None:
-                node.hal.load.set_arrival_rate(rate, now)
-                changed.append(node_id)
-        return {"changed": changed}
+            self.nodes[node_id].hal.load.set_arrival_rate(req.rate_hz, now)
+        return {"changed": targets}

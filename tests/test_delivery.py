@@ -68,3 +68,29 @@ def test_a_fleet_stopping_says_goodbye_for_every_node() -> None:
                 lambda: len(relay.nodes) == 6 and all(s.msgs > 1 for s in relay.nodes.values()), 5
             )
         wait_for(lambda: all(s.left for s in relay.nodes.values()), 5)
+
+
+def test_sim_set_rate_changes_load_and_refuses_bad_arguments() -> None:
+    from shoal.services.ctl_client import CtlFailed
+
+    config = config_on_free_ports(sim={"nodes": 3})
+    with running(Fleet(config)) as fleet, CtlClient(config.sim.ctl) as sim:
+        assert sim.call("set_rate", {"rate_hz": 20.0, "nodes": ["sim-001"]}) == {
+            "changed": ["sim-001"]
+        }
+        assert fleet.nodes["sim-001"].hal.load.arrival_rate_hz == 20.0
+        assert fleet.nodes["sim-000"].hal.load.arrival_rate_hz == config.sim.arrival_rate_hz
+        for bad in (
+            {"rate_hz": "fast"},
+            {"rate_hz": -1},
+            {},
+            {"rate_hz": 1, "nodes": ["nope"]},
+            {"rate_hz": 1, "x": 2},
+        ):
+            try:
+                sim.call("set_rate", bad)
+            except CtlFailed as err:
+                assert "bad arguments" in str(err) or "unknown nodes" in str(err)
+            else:
+                raise AssertionError(f"accepted {bad}")
+        assert fleet.counters["handler_errors"] == 0
