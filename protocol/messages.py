@@ -141,6 +141,8 @@ class ServiceBeat(_BusFrame, tag="svc_beat", frozen=True):
     uptime_s: float
     interval_ms: int
     counters: dict[str, int] = {}
+    # How late the service's own timers ran lately (ms): a stalled loop is visible.
+    loop_lag_ms: float = 0.0
 
 
 BusFrame = NodeRecords | ServiceBeat

@@ -106,6 +106,7 @@ class Service:
         self.bus: zmq.Socket[Any] | None = None  # set by services that publish
         self.ctl_ops: dict[str, CtlHandler] = {"ping": self._op_ping, "status": self._op_status}
         self.loop_lag_ms = 0.0  # how late the last timer ran: the observer's own health
+        self.loop_lag_max_ms = 0.0  # the worst since the last heartbeat
         self._pseq: dict[bytes, int] = {}  # per topic: a subscriber of one topic sees no holes
         self._timers: list[tuple[float, int, _Timer]] = []
         self._timer_ids = itertools.count()
@@ -234,6 +235,8 @@ class Service:
             if timer.cancelled:
                 continue
             self.loop_lag_ms = (now - due) * 1000
+            if self.loop_lag_ms > self.loop_lag_max_ms:
+                self.loop_lag_max_ms = self.loop_lag_ms
             self._guarded(timer.callback)
             if timer.interval is not None and not timer.cancelled:
                 # Schedule from the due time to keep the cadence, but never into the past.
@@ -281,7 +284,9 @@ class Service:
             uptime_s=round(self.uptime_s(), 3),
             interval_ms=self.config.runtime.heartbeat_interval_ms,
             counters=self.status_counters(),
+            loop_lag_ms=round(self.loop_lag_max_ms, 1),
         )
+        self.loop_lag_max_ms = 0.0
 
     def _drain_ctl(self) -> None:
         for _ in range(DRAIN_BUDGET):

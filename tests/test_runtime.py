@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import zmq
@@ -130,3 +131,26 @@ def test_humanize_renders_a_json_log_line_for_a_terminal() -> None:
     assert humanize(line) == '23:59:01.123 info  started pid=7 endpoints={"a":"b"}'
     assert humanize("plain text") == "plain text"
     assert humanize("{not json") == "{not json"
+
+
+def test_heartbeat_reports_how_late_the_loop_ran() -> None:
+    ticker = make_ticker()
+    bus = BusListener(ticker.bus_endpoint)  # type: ignore[attr-defined]
+    try:
+        with running(ticker):
+            wait_for(
+                lambda: (
+                    bus.pump() is not None and any(isinstance(f, ServiceBeat) for f in bus.frames)
+                ),
+                5,
+            )
+            ticker.after(0, lambda: time.sleep(0.3))  # a handler that stalls the loop
+            wait_for(
+                lambda: (
+                    bus.pump() is not None
+                    and any(isinstance(f, ServiceBeat) and f.loop_lag_ms >= 250 for f in bus.frames)
+                ),
+                5,
+            )
+    finally:
+        bus.close()
