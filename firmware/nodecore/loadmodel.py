@@ -1,8 +1,9 @@
 """A node's CPU and task queue, simulated: tasks arrive, wait, and are served one at a time.
 
-Arrivals are a Poisson process (arrival_rate_hz); each task costs about task_cost_ms of CPU
-(uniform between half and one and a half times that); the queue holds queue_capacity tasks
-and refuses more (counted). A sample reports, over the time since the previous sample:
+Arrivals are a Poisson process (arrival_rate_hz); each task costs about task_cost_ms of work
+(uniform between half and one and a half times that); the CPU does `speed` ms of work per ms,
+so it serves speed * 1000 / task_cost_ms tasks a second at most (the service rate); the
+queue holds queue_capacity tasks and refuses more (counted). A sample reports, over the time since the previous sample:
 
 - cpu_pct: the share of time the CPU was busy;
 - queue_depth: tasks waiting or running now;
@@ -35,11 +36,13 @@ class SimulatedLoad:
         "rand",
         "refused",
         "sample_ms",
+        "speed",
         "task_cost_ms",
     )
 
-    def __init__(self, rand, arrival_rate_hz, task_cost_ms, queue_capacity, now_ms=0):
+    def __init__(self, rand, arrival_rate_hz, task_cost_ms, queue_capacity, now_ms=0, speed=1.0):
         self.rand = rand
+        self.speed = speed
         self.arrival_rate_hz = arrival_rate_hz
         self.task_cost_ms = task_cost_ms
         self.queue_capacity = queue_capacity
@@ -94,7 +97,7 @@ class SimulatedLoad:
         if span <= 0:
             return
         self.last_ms = t_ms
-        budget = span * self.capacity_scale  # CPU-ms available to tasks in this span
+        budget = span * self.capacity_scale * self.speed  # work-ms the CPU can do in this span
         while budget > 0:
             if self.current_left_ms <= 0:
                 if not self.queue:
@@ -103,7 +106,7 @@ class SimulatedLoad:
             work = self.current_left_ms if self.current_left_ms < budget else budget
             self.current_left_ms -= work
             budget -= work
-            self.busy_ms += work
+            self.busy_ms += work / self.speed
             if self.current_left_ms <= 0:
                 self.completed += 1
         # Time stolen by a hog counts as busy CPU too.
@@ -121,7 +124,9 @@ class SimulatedLoad:
             return 0.0, self.depth(), self.load_factor
         cpu = 100.0 * self.busy_ms / window
         offered = (
-            self.offered_ms / (window * self.capacity_scale) if self.capacity_scale > 0 else 1000.0
+            self.offered_ms / (window * self.capacity_scale * self.speed)
+            if self.capacity_scale > 0
+            else 1000.0
         )
         if offered > 1000.0:
             offered = 1000.0
