@@ -143,6 +143,9 @@ class ServiceBeat(_BusFrame, tag="svc_beat", frozen=True):
     counters: dict[str, int] = {}
     # How late the service's own timers ran lately (ms): a stalled loop is visible.
     loop_lag_ms: float = 0.0
+    # The last pseq published on each of the service's other topics ("rec": 812): a
+    # subscriber behind that number lost frames, even if no later frame came to show it.
+    pseqs: dict[str, int] = {}
 
 
 BusFrame = NodeRecords | ServiceBeat

@@ -129,8 +129,11 @@ class RelayView:
 
     def _on_frame(self, _topic: bytes, frame: Any) -> None:
         if not isinstance(frame, NodeRecords):
-            if self.synced and frame.pub != self.relay_pub:
-                self.resync()  # a heartbeat of a new relay instance
+            if self.synced and (
+                frame.pub != self.relay_pub  # a heartbeat of a new relay instance
+                or frame.pseqs.get("rec", 0) > self.pseq  # records we never saw
+            ):
+                self.resync()
             return
         if not self.synced:
             self._pending.append(frame)
@@ -142,6 +145,10 @@ class RelayView:
             self.resync()  # a restarted relay: its node table starts anew
             return
         if frame.pseq <= self.pseq:
+            return
+        if frame.pseq > self.pseq + 1:
+            self._pending.append(frame)
+            self.resync()  # frames between the snapshot (or the last one) and this are lost
             return
         self._apply(frame)
 

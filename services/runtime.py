@@ -285,6 +285,11 @@ class Service:
             interval_ms=self.config.runtime.heartbeat_interval_ms,
             counters=self.status_counters(),
             loop_lag_ms=round(self.loop_lag_max_ms, 1),
+            pseqs={
+                topic.decode(): n
+                for topic, n in self._pseq.items()
+                if topic != codec.TOPIC_SERVICE_BEAT
+            },
         )
         self.loop_lag_max_ms = 0.0
 

@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from shoal.protocol import codec
+from shoal.protocol.messages import ServiceBeat
 
 from .runtime import DRAIN_BUDGET, Service
 
@@ -86,6 +87,22 @@ class BusSubscriber:
     def frames(self) -> int:
         return sum(t.frames for t in self.sequences.values())
 
+    def _behind(self, beat: ServiceBeat) -> int:
+        """Frames of other topics the beat says were published and we never saw.
+
+        A PUB socket keeps its order, so every frame sent before the beat has arrived
+        before it, unless it was lost.
+        """
+        missed = 0
+        for name, high in beat.pseqs.items():
+            tracker = self.sequences.get(name.encode())
+            if tracker is not None and tracker.pub == beat.pub and high > tracker.last_pseq:
+                lost = high - tracker.last_pseq
+                tracker.gaps += lost
+                tracker.last_pseq = high
+                missed += lost
+        return missed
+
     def _drain(self) -> None:
         counters = self.service.counters
         for _ in range(DRAIN_BUDGET):
@@ -103,6 +120,8 @@ class BusSubscriber:
             if tracker is None:
                 tracker = self.sequences[topic] = SequenceTracker()
             missed = tracker.observe(frame.pub, frame.pseq)
+            if isinstance(frame, ServiceBeat):
+                missed += self._behind(frame)
             if missed:
                 counters[f"{self.name}_gaps"] += missed
                 if self.on_gap is not None:

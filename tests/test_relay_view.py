@@ -73,3 +73,41 @@ def test_a_relay_restart_makes_the_view_resync() -> None:
                 assert "a" not in view.nodes  # the new relay has not heard from it yet
         finally:
             client.close()
+
+
+def test_a_heartbeat_ahead_of_the_view_reveals_lost_records_and_resyncs() -> None:
+    from shoal.protocol.messages import NodeRecords, RelaySnapshot, ServiceBeat
+
+    console = Console(config_on_free_ports())
+    try:
+        console.setup()  # sockets and handlers, no loop: the view is driven by hand
+        view = console.view
+        view._apply_snapshot(RelaySnapshot(pub=9, pseq=4, nodes=[], counters={}, rejects={}))
+        assert view.synced
+        beat = ServiceBeat(
+            pub=9, pseq=1, service="relay", pid=1, uptime_s=1.0, interval_ms=500, pseqs={"rec": 4}
+        )
+        view._on_frame(b"svc", beat)
+        assert view.synced  # nothing missed: the snapshot covers rec 1..4
+        view._on_frame(b"rec", NodeRecords(pub=9, pseq=5, records=[tel("a", 0)]))
+        assert "a" in view.nodes and view.pseq == 5
+        resyncs = view.resyncs
+        view._on_frame(
+            b"svc",
+            ServiceBeat(
+                pub=9,
+                pseq=2,
+                service="relay",
+                pid=1,
+                uptime_s=2.0,
+                interval_ms=500,
+                pseqs={"rec": 6},
+            ),
+        )
+        assert not view.synced and view.resyncs == resyncs + 1  # rec 6 never came
+        view._apply_snapshot(RelaySnapshot(pub=9, pseq=6, nodes=[], counters={}, rejects={}))
+        view._on_frame(b"rec", NodeRecords(pub=9, pseq=8, records=[tel("b", 0)]))
+        assert not view.synced  # 7 is missing: another snapshot
+    finally:
+        console.sockets.close_all()
+        console.ctx.term()

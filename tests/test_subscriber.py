@@ -109,3 +109,24 @@ def test_a_subscriber_of_one_topic_sees_no_false_gaps_between_heartbeats() -> No
             client.close()
         assert watcher.sub.gaps() == 0
         assert set(watcher.sub.sequences) == {codec.TOPIC_NODE_RECORDS}
+
+
+def test_a_heartbeat_reveals_frames_lost_on_another_topic() -> None:
+    from shoal.protocol.messages import ServiceBeat
+
+    config = config_on_free_ports()
+    watcher = Watcher(config)
+    try:
+        watcher.setup()
+        sub = watcher.sub
+        tracker = sub.sequences.setdefault(codec.TOPIC_NODE_RECORDS, SequenceTracker())
+        tracker.observe(5, 1)
+        sub._behind(
+            ServiceBeat(
+                pub=5, pseq=1, service="relay", pid=1, uptime_s=1, interval_ms=500, pseqs={"rec": 3}
+            )
+        )
+        assert tracker.gaps == 2 and tracker.last_pseq == 3
+    finally:
+        watcher.sockets.close_all()
+        watcher.ctx.term()
