@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from shoal.protocol import codec
-from shoal.protocol.limits import PROTOCOL_VERSION
+from shoal.protocol.limits import MAX_BATCH_RECORDS, PROTOCOL_VERSION
 from shoal.protocol.messages import (
     Goodbye,
     Hello,
@@ -179,7 +179,7 @@ class Relay(Service):
                 break
             body = recv(zmq.NOBLOCK, copy=False)
             if body.more:
-                self._reject("malformed", f"{2 + self._discard_rest()} body frames")
+                self._reject("malformed", f"{1 + self._discard_rest()} body frames")
                 continue
             conn_acks = acks.get(identity)
             if conn_acks is None:
@@ -198,9 +198,10 @@ class Relay(Service):
             if budget <= 0:
                 break  # publish and ack what we have; the loop comes back at once
         self.counters["accepted"] += len(accepted)
-        for start in range(0, len(accepted), 256):
+        step = MAX_BATCH_RECORDS
+        for start in range(0, len(accepted), step):
             self.publish(
-                codec.TOPIC_NODE_RECORDS, NodeRecords, records=accepted[start : start + 256]
+                codec.TOPIC_NODE_RECORDS, NodeRecords, records=accepted[start : start + step]
             )
         for identity, per_node in acks.items():
             if per_node:
