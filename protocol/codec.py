@@ -42,6 +42,12 @@ REJECT_REASONS = (
 )
 
 
+# What a decoder raises on bytes that are not a message at all. msgspec raises
+# UnicodeDecodeError (not DecodeError) for a map key that is not UTF-8 while it reports an
+# unknown field: the fuzz test found it.
+_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError)
+
+
 class Rejected(Exception):
     """A message refused, with the reason counted and a detail for the log.
 
@@ -101,14 +107,14 @@ def _decode(decoder: Any, data: bytes | memoryview) -> Any:
         return decoder.decode(data)
     except msgspec.ValidationError as err:
         raise Rejected(classify_validation_error(err), str(err)) from None
-    except msgspec.DecodeError as err:
+    except _MALFORMED as err:
         raise Rejected("malformed", str(err)) from None
 
 
 def _identify(decoder: Any, data: bytes | memoryview) -> tuple[str, int, int] | None:
     try:
         ident = decoder.decode(data)
-    except msgspec.DecodeError:
+    except _MALFORMED:
         return None
     return (ident.node_id, ident.boot_id, ident.seq)
 
@@ -186,7 +192,7 @@ def decode_ingest(
         # The frame parses; if it is a batch, salvage the records that are valid.
         try:
             batch = raw_batch.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except _MALFORMED:
             reason = classify_validation_error(err)
             raise Rejected(reason, str(err), _identify(ident, data)) from None
         if batch.v != L.PROTOCOL_VERSION:
@@ -201,7 +207,7 @@ def decode_ingest(
             except Rejected as rej:
                 bad.append(rej)
         return _split_bad_ids(good, bad)
-    except msgspec.DecodeError as err:
+    except _MALFORMED as err:
         raise Rejected("malformed", str(err)) from None
     if msg.__class__ is Batch:
         return _split_bad_ids(msg.records, [])

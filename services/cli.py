@@ -53,6 +53,7 @@ def up(config_path: str | None, nodes: int | None, headless: bool) -> None:
     from .supervisor import ProcessSpec, run_supervisor
 
     config = _load(config_path)  # fail here, once, rather than in every child
+    _check_ports_free(config)
     common = ["--config", os.path.abspath(config_path)] if config_path else []
     python = [sys.executable, "-m", "shoal.services.cli"]
     specs = [ProcessSpec("relay", [*python, "run", "relay", *common])]
@@ -162,6 +163,34 @@ def bench_relay(as_json: bool, quick: bool) -> None:
 def show_config(config_path: str | None) -> None:
     """Print the effective configuration as TOML (defaults merged with FILE)."""
     click.echo(dump_toml(_load(config_path)), nl=False)
+
+
+def _check_ports_free(config: ShoalConfig) -> None:
+    """Refuse to start on ports that are taken (most often: a cluster already running)."""
+    import socket
+
+    endpoints = {
+        "relay.ingest": config.relay.ingest,
+        "relay.bus": config.relay.bus,
+        "relay.ctl": config.relay.ctl,
+        "sim.ctl": config.sim.ctl,
+        "supervisor.ctl": config.supervisor.ctl,
+    }
+    for key, endpoint in endpoints.items():
+        if not endpoint.startswith("tcp://") or endpoint.endswith(":*"):
+            continue
+        host, _, port = endpoint[len("tcp://") :].rpartition(":")
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host.strip("[]") or "0.0.0.0", int(port)))
+            except OSError as err:
+                raise click.ClickException(
+                    f"{key} {endpoint} is in use ({err.strerror}): is a cluster already "
+                    "running? Stop it, or move the endpoints with --config or SHOAL_* variables."
+                ) from None
+            except ValueError:
+                continue  # not host:port; the service will report it
 
 
 def _service_class(name: str) -> Any:

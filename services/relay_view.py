@@ -109,7 +109,7 @@ class RelayView:
                 if reply.id != self._waiting_for or not reply.ok:
                     continue  # an answer to an earlier request, or a refusal: retry covers it
                 snap = _snapshot_decoder.decode(reply.result)
-            except (codec.Rejected, msgspec.DecodeError) as err:
+            except (codec.Rejected, msgspec.DecodeError, UnicodeDecodeError) as err:
                 self.service.counters["relay_view_bad_replies"] += 1
                 self.service.rejects.add("relay_view_reply", str(err))
                 continue

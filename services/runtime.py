@@ -34,6 +34,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -48,7 +49,7 @@ from shoal.protocol.messages import Reply, ServiceBeat, ServiceStatus
 
 from .config import ShoalConfig
 from .log import JsonLog, Summary
-from .sockets import Sockets
+from .sockets import BindError, Sockets
 
 # How many frames one handler call drains before the loop looks at other sockets and
 # timers: large enough to batch, small enough to stay fair.
@@ -262,8 +263,9 @@ class Service:
 
     def _shutdown(self) -> None:
         try:
-            self.on_stop()
-        except Exception as err:
+            if self._ready.is_set():  # a setup that failed half way has nothing to flush
+                self.on_stop()
+        except Exception as err:  # the rest of the stop must happen all the same
             self.log.error("stop_error", error=repr(err))
         self.rejects.flush()
         self.sockets.close_all()
@@ -361,7 +363,15 @@ class Service:
 def main_for(service_cls: type[Service], config: ShoalConfig) -> None:
     """Run one service as this process, with signals, until it is stopped."""
     _exit_with_parent()
-    service_cls(config).run()
+    service = service_cls(config)
+    try:
+        service.run()
+    except BindError as err:
+        # A clear line, not a traceback: the usual cause is another cluster running.
+        service.log.error(
+            "bind_failed", error=str(err), hint="another shoal running? see `shoal config`"
+        )
+        sys.exit(2)
 
 
 def _exit_with_parent() -> None:

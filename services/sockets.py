@@ -18,6 +18,10 @@ LINGER_MS = 0
 DEFAULT_HWM = 10_000
 
 
+class BindError(Exception):
+    """An endpoint that cannot be bound (in use, bad address); the message names it."""
+
+
 class Sockets:
     """Creates, tracks and closes sockets for one service (or one client)."""
 
@@ -41,7 +45,11 @@ class Sockets:
 
     def bind(self, kind: int, endpoint: str, **options: Any) -> zmq.Socket[Any]:
         sock = self.make(kind, **options)
-        sock.bind(endpoint)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as err:
+            self.close(sock)
+            raise BindError(f"cannot bind {endpoint}: {err.strerror}") from None
         return sock
 
     def connect(self, kind: int, endpoint: str, **options: Any) -> zmq.Socket[Any]:

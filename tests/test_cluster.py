@@ -128,3 +128,28 @@ def test_ctrl_c_stops_everything_and_releases_ports(tmp_path: Path) -> None:
         config.supervisor.ctl,
     ):
         assert port_free(endpoint), endpoint
+
+
+def test_up_refuses_to_start_on_ports_in_use(tmp_path: Path) -> None:
+    from shoal.services.config import dump_toml
+    from shoal.services.testing import config_on_free_ports
+
+    config = config_on_free_ports()
+    path = tmp_path / "shoal.toml"
+    path.write_text(dump_toml(config))
+    host, port = config.relay.bus.removeprefix("tcp://").rsplit(":", 1)
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen()
+        up = subprocess.run(
+            [sys.executable, "-m", "shoal.services.cli", "up", "--headless", "--config", str(path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        relay = subprocess.run(
+            [sys.executable, "-m", "shoal.services.cli", "run", "relay", "--config", str(path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert up.returncode == 1 and "relay.bus" in up.stderr and "in use" in up.stderr
+    assert (
+        relay.returncode == 2 and "bind_failed" in relay.stderr and "Traceback" not in relay.stderr
+    )

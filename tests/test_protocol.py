@@ -143,7 +143,7 @@ message_like = st.fixed_dictionaries({"kind": kinds}, optional={"v": st.integers
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=2048))
 def test_fuzz_decoder_on_random_bytes_only_ever_rejects(data: bytes) -> None:
     for as_json in (False, True):
@@ -155,7 +155,7 @@ def test_fuzz_decoder_on_random_bytes_only_ever_rejects(data: bytes) -> None:
             assert all(r.reason in codec.REJECT_REASONS for r in bad)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(message_like)
 def test_fuzz_decoder_on_message_shaped_input_validates_or_rejects(msg: dict[str, object]) -> None:
     try:
@@ -172,3 +172,39 @@ def test_fuzz_decoder_on_message_shaped_input_validates_or_rejects(msg: dict[str
         assert 0 <= rec.seq <= limits.SEQ_MAX
         if isinstance(rec, Telemetry):
             assert 0 <= rec.cpu_pct <= limits.CPU_PCT_MAX
+
+
+def test_a_map_key_that_is_not_utf8_is_malformed_not_a_crash() -> None:
+    # Found by the fuzz test: msgspec raises UnicodeDecodeError for it in some paths.
+    data = b"\x81\xae" + b"\x00" * 13 + b"\x80\x00"
+    with pytest.raises(codec.Rejected) as info:
+        codec.decode_ingest(data)
+    assert info.value.reason in ("malformed", "schema")
+
+
+VALID_FRAMES = [
+    codec.encode(TEL),
+    codec.encode(Batch(records=[TEL, Heartbeat(node_id="a", boot_id=1, seq=2)])),
+    codec.encode_json(TEL),
+]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.sampled_from(range(len(VALID_FRAMES))),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=6),
+)
+def test_fuzz_decoder_on_mutated_valid_frames_only_ever_rejects(
+    which: int, flips: list[tuple[int, int]]
+) -> None:
+    data = bytearray(VALID_FRAMES[which])
+    for pos, byte in flips:
+        data[pos % len(data)] = byte
+    for as_json in (False, True):
+        try:
+            records, bad = codec.decode_ingest(bytes(data), json=as_json)
+        except codec.Rejected as rej:
+            assert rej.reason in codec.REJECT_REASONS
+        else:
+            assert all(r.reason in codec.REJECT_REASONS for r in bad)
+            assert all(codec.valid_node_id(r.node_id) for r in records)
