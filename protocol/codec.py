@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -25,8 +25,6 @@ from .messages import (
     Request,
     Seq,
 )
-
-T = TypeVar("T")
 
 # Why a message was refused. Counted per reason by whoever refuses it.
 REJECT_REASONS = (
@@ -224,14 +222,6 @@ def encode(msg: Any) -> bytes:
 def encode_json(msg: Any) -> bytes:
     """JSON, for device payloads."""
     return _js_encoder.encode(msg)
-
-
-def decode_as(data: bytes | memoryview, type_: type[T], *, json: bool = False) -> T:
-    """Decode into a known type, mapping failures onto Rejected."""
-    if len(data) > L.MAX_FRAME_BYTES:
-        raise Rejected("oversize", f"{len(data)} bytes > {L.MAX_FRAME_BYTES}")
-    decoder = (msgspec.json.Decoder if json else msgspec.msgpack.Decoder)(type_)
-    return _decode(decoder, data)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------

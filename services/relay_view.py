@@ -38,7 +38,7 @@ from shoal.protocol.messages import (
 )
 
 from .config import RelayConfig
-from .runtime import Service
+from .runtime import Service, received
 from .subscriber import BusSubscriber
 
 # A snapshot request that gets no answer is sent again after this long.
@@ -99,11 +99,7 @@ class RelayView:
             self._ask_snapshot()
 
     def _on_reply(self) -> None:
-        while True:
-            try:
-                data = self.ctl.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for data in received(self.ctl):
             try:
                 reply = codec.decode_reply(data)
                 if reply.id != self._waiting_for or not reply.ok:

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
@@ -58,6 +58,24 @@ DRAIN_BUDGET = 512
 MAX_POLL_MS = 1000
 
 CtlHandler = Callable[[dict[str, Any]], Any]
+
+
+def received(sock: zmq.Socket[Any]) -> Iterator[bytes]:
+    """The frames waiting on sock, at most DRAIN_BUDGET of them, without blocking."""
+    for _ in range(DRAIN_BUDGET):
+        try:
+            yield sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
+def received_multipart(sock: zmq.Socket[Any]) -> Iterator[list[bytes]]:
+    """The multipart messages waiting on sock, at most DRAIN_BUDGET, without blocking."""
+    for _ in range(DRAIN_BUDGET):
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
 
 
 class _Timer:
@@ -296,11 +314,7 @@ class Service:
         self.loop_lag_max_ms = 0.0
 
     def _drain_ctl(self) -> None:
-        for _ in range(DRAIN_BUDGET):
-            try:
-                frames = self.ctl.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in received_multipart(self.ctl):
             self._answer(frames)
 
     def _answer(self, frames: list[bytes]) -> None:

@@ -22,7 +22,7 @@ from shoal.firmware.nodecore.prng import XorShift32
 from shoal.protocol import codec, limits
 
 from .config import ShoalConfig, SimConfig
-from .runtime import DRAIN_BUDGET, CtlError, Service, parse_args
+from .runtime import CtlError, Service, parse_args, received
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -162,11 +162,7 @@ class Fleet(Service):
 
     def _drain_acks(self) -> None:
         now = self.now_ms()
-        for _ in range(DRAIN_BUDGET):
-            try:
-                body = self.dealer.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for body in received(self.dealer):
             try:
                 ack = codec.decode_ack(body)
             except codec.Rejected as rej:

@@ -21,7 +21,7 @@ import zmq
 from shoal.protocol import codec
 from shoal.protocol.messages import ServiceBeat
 
-from .runtime import DRAIN_BUDGET, Service
+from .runtime import Service, received
 
 
 class SequenceTracker:
@@ -105,11 +105,7 @@ class BusSubscriber:
 
     def _drain(self) -> None:
         counters = self.service.counters
-        for _ in range(DRAIN_BUDGET):
-            try:
-                data = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for data in received(self.sock):
             try:
                 topic, frame = codec.decode_bus(data)
             except codec.Rejected as rej:
