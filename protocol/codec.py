@@ -37,6 +37,9 @@ REJECT_REASONS = (
     "stale",  # older than the de-duplication window, or from a replaced boot
     "rate_limited",  # the node exceeded its message rate
     "too_many_nodes",  # a new node id beyond the relay's node limit
+    # A node id spoken by a connection other than the one that owns it (the relay binds an
+    # id to the connection it was last accepted from; docs/protocol.md §5.7)
+    "impersonation",
 )
 
 
@@ -232,6 +235,7 @@ def encode_json(msg: Any) -> bytes:
 TOPIC_SEP = b"|"
 TOPIC_NODE_RECORDS = b"rec"
 TOPIC_SERVICE_BEAT = b"svc"
+TOPIC_MEMBERSHIP = b"mem"  # the liveness monitor's Membership and ObserverHealth
 
 _bus_decoder = msgspec.msgpack.Decoder(BusFrame)
 

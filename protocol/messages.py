@@ -148,7 +148,61 @@ class ServiceBeat(_BusFrame, tag="svc_beat", frozen=True):
     pseqs: dict[str, int] = {}
 
 
-BusFrame = NodeRecords | ServiceBeat
+# ---------------------------------------------------------------------------------------
+# Membership: what the liveness monitor publishes (topic "mem") and answers (op "members").
+# Every time is on the monitor's own monotonic clock; a node's clock is never used.
+
+MemberState = Literal["alive", "suspect", "dead", "left"]
+# "forgotten": dropped from the table (by the operator, or dead/left for forget_after_s).
+MemberEventKind = Literal["joined", "alive", "suspect", "dead", "rebooted", "left", "forgotten"]
+
+
+class Evidence(Struct, frozen=True, kw_only=True, gc=False):
+    """What the detector saw of one node when it decided (or now, in a snapshot)."""
+
+    silence_ms: int  # since the node was last heard
+    phi: float  # -log10 P(a live node would be this silent); capped at 99
+    mean_ms: float  # mean interval between arrivals (the window's)
+    std_ms: float  # their standard deviation
+    samples: int  # intervals in the window
+    expected_ms: int  # the interval the node announced (hello), else the learned mean
+    suspect_after_ms: int  # silence at which this node becomes suspect
+    dead_after_ms: int  # silence at which it becomes dead
+
+
+class MemberEvent(Struct, frozen=True, kw_only=True):
+    """One membership change of one node."""
+
+    node_id: str
+    boot_id: int
+    event: MemberEventKind
+    state: MemberState  # the state after the event
+    prev: MemberState | None = None  # None for "joined"
+    reason: str
+    evidence: Evidence
+    downtime_ms: int | None = None  # rebooted, or back after dead/left: how long it was gone
+
+
+class Membership(_BusFrame, tag="membership", frozen=True):
+    """Membership events decided in one pass of the monitor, in order."""
+
+    events: list[MemberEvent]
+
+
+class ObserverHealth(_BusFrame, tag="observer", frozen=True):
+    """The monitor's trust in its own view changed.
+
+    While degraded (relay silent, bus gap, own loop stalled, most nodes silent at once),
+    no node is declared suspect or dead; on recovery every node's silence counts anew.
+    """
+
+    healthy: bool
+    reasons: list[str]  # active reasons while degraded; empty when healthy
+    detail: str = ""
+    degraded_ms: int = 0  # on recovery: how long the monitor was degraded
+
+
+BusFrame = NodeRecords | ServiceBeat | Membership | ObserverHealth
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,3 +265,26 @@ class ServiceStatus(Struct, frozen=True, kw_only=True):
     uptime_s: float
     counters: dict[str, int]
     endpoints: dict[str, str]
+
+
+class Member(Struct, frozen=True, kw_only=True):
+    """One node as the liveness monitor sees it (one row of op "members")."""
+
+    node_id: str
+    boot_id: int
+    state: MemberState
+    since_ms: int  # how long it has been in this state
+    reason: str  # why it is in this state
+    boots: int  # boots seen by this monitor instance
+    evidence: Evidence
+
+
+class MembershipSnapshot(Struct, frozen=True, kw_only=True):
+    """Answer to op "members": apply "mem" frames with pseq > this pseq on top of it."""
+
+    pub: int
+    pseq: int
+    healthy: bool
+    reasons: list[str]
+    members: list[Member]
+    counters: dict[str, int]

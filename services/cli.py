@@ -18,7 +18,7 @@ import click
 
 from .config import ConfigError, ShoalConfig, dump_toml, load_config, with_overrides
 
-SERVICES = ("relay", "sim")
+SERVICES = ("relay", "liveness", "sim")
 
 
 def _load(path: str | None) -> ShoalConfig:
@@ -49,14 +49,14 @@ def main() -> None:
 )
 @click.option("--headless", is_flag=True, help="No console; logs only.")
 def up(config_path: str | None, nodes: int | None, headless: bool) -> None:
-    """Start the relay and a simulated fleet (and later services) under the supervisor."""
+    """Start the relay, the liveness monitor and a simulated fleet under the supervisor."""
     from .supervisor import ProcessSpec, run_supervisor
 
     config = _load(config_path)  # fail here, once, rather than in every child
     _check_ports_free(config)
     common = ["--config", os.path.abspath(config_path)] if config_path else []
     python = [sys.executable, "-m", "shoal.services.cli"]
-    specs = [ProcessSpec("relay", [*python, "run", "relay", *common])]
+    specs = [ProcessSpec(name, [*python, "run", name, *common]) for name in ("relay", "liveness")]
     sim_args = ["--nodes", str(nodes)] if nodes is not None else []
     specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
     sys.exit(run_supervisor(specs, config.supervisor))
@@ -173,6 +173,8 @@ def _check_ports_free(config: ShoalConfig) -> None:
         "relay.ingest": config.relay.ingest,
         "relay.bus": config.relay.bus,
         "relay.ctl": config.relay.ctl,
+        "liveness.bus": config.liveness.bus,
+        "liveness.ctl": config.liveness.ctl,
         "sim.ctl": config.sim.ctl,
         "supervisor.ctl": config.supervisor.ctl,
     }
@@ -198,6 +200,10 @@ def _service_class(name: str) -> Any:
         from .relay import Relay
 
         return Relay
+    if name == "liveness":
+        from .liveness import Liveness
+
+        return Liveness
     from .sim import Fleet
 
     return Fleet

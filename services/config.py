@@ -44,6 +44,11 @@ class RelayConfig(_Section, frozen=True):
     # relay's memory; 1,000 keeps throughput and bounds RSS.
     ingest_hwm: PositiveInt = 1_000
     bus_hwm: PositiveInt = 100_000
+    # A node id belongs to the connection it was last accepted from; another connection may
+    # take it over once that one has closed, or once the node has sent nothing for this long
+    # (its link died unnoticed). Three heartbeats of the slowest node (ESP32: 1 s), twelve of
+    # a simulated one: a spoofer cannot take over a node that is talking.
+    rebind_after_ms: PositiveInt = 3_000
 
 
 class SimConfig(_Section, frozen=True):
@@ -69,6 +74,49 @@ class SimConfig(_Section, frozen=True):
     tick_ms: PositiveInt = 50
 
 
+class LivenessConfig(_Section, frozen=True):
+    """The failure detector (docs/architecture.md, "Liveness", says how the defaults were
+    chosen). A node's thresholds follow from its own arrivals:
+
+        base       = mean interval + pause_intervals * expected interval
+        spread     = max(std of intervals, min_std_fraction * expected interval)
+        suspect at   base + z(phi_suspect) * spread of silence
+        dead at      base + z(phi_dead) * spread of silence
+
+    where z(phi) is the normal quantile with tail 10**-phi. With 250 ms heartbeats and a
+    clean link: suspect after ~0.85 s of silence, dead after ~1.4 s; a lossy link widens
+    its own thresholds (its intervals spread).
+    """
+
+    bus: str = "tcp://127.0.0.1:7704"  # membership events and observer health (PUB)
+    ctl: str = "tcp://127.0.0.1:7705"  # members, member, forget (ROUTER)
+    # How often silences are checked: the granularity of a verdict.
+    check_interval_ms: Annotated[int, Meta(ge=5, le=1000)] = 25
+    # Intervals kept per node (a sliding window, as in Akka's phi-accrual detector).
+    window: Annotated[int, Meta(ge=4, le=1000)] = 100
+    # Intervals needed before a node's own statistics replace the prior.
+    min_samples: Annotated[int, Meta(ge=1, le=1000)] = 5
+    # The prior interval for a node that has not announced one (no hello seen yet).
+    default_interval_ms: PositiveInt = 1000
+    pause_intervals: Annotated[float, Meta(ge=0)] = 1.75
+    min_std_fraction: Positive = 0.5
+    phi_suspect: Positive = 1.0
+    phi_dead: Positive = 8.0
+    # Observer health: the relay's heartbeat missing for this many of its intervals...
+    relay_silent_beats: Positive = 2.0
+    # ... the monitor's own loop late by more than this...
+    loop_lag_limit_ms: PositiveInt = 500
+    # ... or at least this fraction (and this many) of live nodes overdue at once.
+    mass_silence_fraction: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    mass_silence_min_nodes: PositiveInt = 3
+    # A fleet-wide silence while the relay itself is healthy is believed after this long
+    # (a real correlated failure, such as a power cut, must not stay unreported).
+    max_suspend_ms: PositiveInt = 10_000
+    # Dead and left nodes are forgotten after this long (or at once with op "forget").
+    forget_after_s: Positive = 3600.0
+    max_nodes: PositiveInt = 10_000
+
+
 class SupervisorConfig(_Section, frozen=True):
     ctl: str = "tcp://127.0.0.1:7790"
     restart_backoff_min_s: Positive = 0.1
@@ -81,6 +129,7 @@ class SupervisorConfig(_Section, frozen=True):
 class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
+    liveness: LivenessConfig = LivenessConfig()
     sim: SimConfig = SimConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
 
@@ -94,6 +143,8 @@ ENV_ENDPOINTS = {
     "SHOAL_RELAY_INGEST": ("relay", "ingest"),
     "SHOAL_RELAY_BUS": ("relay", "bus"),
     "SHOAL_RELAY_CTL": ("relay", "ctl"),
+    "SHOAL_LIVENESS_BUS": ("liveness", "bus"),
+    "SHOAL_LIVENESS_CTL": ("liveness", "ctl"),
     "SHOAL_SIM_CTL": ("sim", "ctl"),
     "SHOAL_SUPERVISOR_CTL": ("supervisor", "ctl"),
 }

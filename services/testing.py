@@ -41,6 +41,7 @@ def config_on_free_ports(
     config = base or load_config(env={})
     endpoints = {
         "relay": {"ingest": tcp(), "bus": tcp(), "ctl": tcp()},
+        "liveness": {"bus": tcp(), "ctl": tcp()},
         "sim": {"ctl": tcp()},
         "supervisor": {"ctl": tcp()},
     }
