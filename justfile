@@ -32,6 +32,7 @@ bench *ARGS:
     python bench/framing.py --json {{ARGS}}
     python bench/relay_throughput.py --json {{ARGS}}
     python bench/relay_restart.py --json {{ARGS}}
+    python bench/liveness.py --json {{ARGS}}
     python bench/nodecore_heap.py --json
     pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
 

@@ -3,8 +3,8 @@
 shoal up [--headless] [--nodes N] [--config FILE]   start the cluster under the supervisor
 shoal run SERVICE [--config FILE]                   run one service in this process
 shoal sim [--nodes N] [--config FILE]               run a simulated fleet
-shoal status [--json] [--config FILE]               one row per node, and relay counters
-shoal bench relay [--json] [--quick]                benchmarks
+shoal status [--json] [--config FILE]               one row per node with its state
+shoal bench relay|liveness [--json] [--quick]       benchmarks
 shoal config [--config FILE]                        print the effective configuration
 """
 
@@ -112,22 +112,28 @@ def sim(config_path: str | None, nodes: int | None, seed: int | None) -> None:
     help="Refresh every SECONDS until Ctrl-C.",
 )
 def status(config_path: str | None, as_json: bool, timeout: float, watch: float | None) -> None:
-    """One row per node from the relay's snapshot, plus the relay's counters."""
+    """One row per node (relay snapshot and liveness state), plus counters."""
+    import contextlib
     import time
 
-    from shoal.protocol.messages import RelaySnapshot
+    from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
 
     from .ctl_client import CtlClient, CtlFailed, CtlUnavailable
     from .status import render_table, to_json
 
     config = _load(config_path)
-    with CtlClient(config.relay.ctl) as relay:
+    with CtlClient(config.relay.ctl) as relay, CtlClient(config.liveness.ctl) as liveness:
         while True:
             try:
                 snap: RelaySnapshot = relay.call(
                     "snapshot", result_type=RelaySnapshot, timeout_s=timeout, retries=1
                 )
-                text = to_json(snap) if as_json else render_table(snap)
+                members: MembershipSnapshot | None = None
+                with contextlib.suppress(CtlUnavailable, CtlFailed):  # states shown as "?"
+                    members = liveness.call(
+                        "members", result_type=MembershipSnapshot, timeout_s=timeout, retries=0
+                    )
+                text = to_json(snap, members) if as_json else render_table(snap, members)
             except (CtlUnavailable, CtlFailed) as err:
                 if watch is None:
                     raise click.ClickException(f"relay at {config.relay.ctl}: {err}") from None
@@ -156,6 +162,16 @@ def bench_relay(as_json: bool, quick: bool) -> None:
     from shoal.bench import relay_throughput
 
     relay_throughput.main(quick=quick, as_json=as_json)
+
+
+@bench.command("liveness")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+@click.option("--quick", is_flag=True, help="Smaller counts; finishes within 60 s.")
+def bench_liveness(as_json: bool, quick: bool) -> None:
+    """Detection latency, false verdicts under loss, relay restarts, monitor cost."""
+    from shoal.bench import liveness
+
+    liveness.main(quick=quick, as_json=as_json)
 
 
 @main.command("config")

@@ -1,4 +1,4 @@
-"""`shoal status`: one row per node from the relay's snapshot, and the relay's counters."""
+"""`shoal status`: one row per node from the relay's snapshot, with its liveness state."""
 
 from __future__ import annotations
 
@@ -6,19 +6,28 @@ from typing import Any
 
 import msgspec
 
-from shoal.protocol.messages import RelaySnapshot
+from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
 
+LIVENESS_STATES = ("alive", "suspect", "dead", "left")
 COLUMNS = ("node", "age", "cpu%", "queue", "load", "gaps", "dups", "msgs", "boots", "state")
 
 
-def snapshot_as_dict(snap: RelaySnapshot) -> dict[str, Any]:
+def _states(members: MembershipSnapshot | None) -> dict[str, str]:
+    return {m.node_id: m.state for m in members.members} if members else {}
+
+
+def snapshot_as_dict(
+    snap: RelaySnapshot, members: MembershipSnapshot | None = None
+) -> dict[str, Any]:
     """The JSON shape of `shoal status --json` (documented in README)."""
+    states = _states(members)
     nodes = []
     for n in snap.nodes:
         t = n.telemetry
         nodes.append(
             {
                 "node_id": n.node_id,
+                "state": states.get(n.node_id),
                 "boot_id": n.boot_id,
                 "first_seq": n.first_seq,
                 "last_seq": n.last_seq,
@@ -50,6 +59,13 @@ def snapshot_as_dict(snap: RelaySnapshot) -> dict[str, Any]:
             "rejects": snap.rejects,
             "counters": counters,
         },
+        "liveness": None
+        if members is None
+        else {
+            "healthy": members.healthy,
+            "reasons": members.reasons,
+            "counters": members.counters,
+        },
         "nodes": nodes,
     }
 
@@ -58,7 +74,8 @@ def _age(ms: int) -> str:
     return f"{ms / 1000:.1f}s" if ms < 60_000 else f"{ms / 60_000:.0f}m"
 
 
-def render_table(snap: RelaySnapshot) -> str:
+def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None) -> str:
+    states = _states(members)
     rows = [COLUMNS]
     for n in snap.nodes:
         t = n.telemetry
@@ -73,7 +90,7 @@ def render_table(snap: RelaySnapshot) -> str:
                 str(n.duplicates),
                 str(n.msgs),
                 str(n.boots),
-                "left" if n.left else "-",
+                states.get(n.node_id) or ("left" if n.left else "?"),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
@@ -88,8 +105,18 @@ def render_table(snap: RelaySnapshot) -> str:
         f"relay: nodes={len(snap.nodes)} accepted={c.get('accepted', 0)} "
         f"duplicates={c.get('duplicates', 0)} gaps={c.get('gaps', 0)} rejects: {rejects}"
     )
+    lines.append(_liveness_line(members))
     return "\n".join(lines)
 
 
-def to_json(snap: RelaySnapshot) -> str:
-    return msgspec.json.format(msgspec.json.encode(snapshot_as_dict(snap)).decode(), indent=2)
+def _liveness_line(members: MembershipSnapshot | None) -> str:
+    if members is None:
+        return "liveness: unavailable (states shown as ?)"
+    counts = " ".join(f"{state}={members.counters.get(state, 0)}" for state in LIVENESS_STATES)
+    health = "healthy" if members.healthy else f"DEGRADED ({', '.join(members.reasons)})"
+    return f"liveness: {counts}; observer {health}"
+
+
+def to_json(snap: RelaySnapshot, members: MembershipSnapshot | None = None) -> str:
+    text = msgspec.json.encode(snapshot_as_dict(snap, members)).decode()
+    return msgspec.json.format(text, indent=2)
