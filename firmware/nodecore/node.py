@@ -12,18 +12,25 @@ The caller drives it: ``tick(now_ms)`` often (every 10-50 ms), ``on_ack(boot_id,
 last)`` for every ack entry the relay sends back. ``now_ms`` is a non-wrapping millisecond
 clock.
 
-Delivery: every message goes into a bounded ring and stays there until the relay acks that
-very seq (acks are selective ranges, so a message lost in flight is never covered by the
-ack of a later one). The link is UP (send at once), DOWN (wait a backoff with full
-jitter), or PROBING (the oldest unacked message was sent as a probe; its ack brings the
+Delivery: every message except heartbeats goes into a bounded ring and stays there until
+the relay acks that very seq (acks are selective ranges, so a message lost in flight is never
+covered by the ack of a later one). The link is UP (send at once), DOWN (wait a backoff with
+full jitter), or PROBING (the oldest unacked message was sent as a probe; its ack brings the
 link UP and everything else follows in order). When the oldest unacked message waits longer
 than ack_timeout_ms, the link goes DOWN and everything unacked is sent again on the next
-UP. The relay de-duplicates, so a repeat costs nothing. Heartbeats are not buffered while
-DOWN (stale proof of life is worthless); telemetry is.
+UP. The relay de-duplicates, so a repeat costs nothing.
+
+Heartbeats are proof of life *now*: when no new message was sent for heartbeat_interval_ms
+(resends do not count: a resend may be a duplicate the relay does not republish), the node
+numbers a heartbeat (the next seq, like every message) and hands it straight to the
+transport, in every link state. It is never buffered and never resent, and it never moves
+the link state: if the transport refuses it, it is counted in heartbeats_skipped and the
+next one is tried an interval later. Its ack finds nothing in the ring. So the relay sees seq
+holes where heartbeats were refused or lost, and the ring's seqs have holes too.
 """
 
 from .backoff import Backoff
-from .ring import ACKED, RESEND, Ring
+from .ring import ACKED, RESEND, UNSENT, Ring
 
 PROTOCOL_VERSION = 1
 
@@ -61,7 +68,8 @@ class NodeCore:
         self.probe_seq = -1
         self.probe_sent_ms = 0
         self.next_telemetry_ms = now_ms
-        self.last_sent_ms = now_ms
+        self.last_sent_ms = now_ms  # the last first send of a message (resends excluded)
+        self.last_beat_ms = now_ms  # the last heartbeat attempt, sent or refused
         self.stats = {
             "sent": 0,
             "resent": 0,
@@ -120,18 +128,23 @@ class NodeCore:
         if self.state == UP:
             self._flush(now_ms)
 
+    def heartbeat(self, now_ms):
+        """Number a heartbeat and hand it to the transport now; never buffered or resent."""
+        msg = self._message("heartbeat", now_ms)
+        self.last_beat_ms = now_ms
+        if self.transport.send(msg):
+            self.stats["sent"] += 1
+            self.last_sent_ms = now_ms
+            return True
+        self.stats["heartbeats_skipped"] += 1
+        return False
+
     # --- the clock ----------------------------------------------------------------------
 
     def tick(self, now_ms):
         if now_ms >= self.next_telemetry_ms:
             self.telemetry(now_ms)
             self.next_telemetry_ms = now_ms + self.cfg["telemetry_interval_ms"]
-        if now_ms - self.last_sent_ms >= self.cfg["heartbeat_interval_ms"]:
-            if self.state == UP:
-                self._enqueue(self._message("heartbeat", now_ms))
-            else:
-                self.stats["heartbeats_skipped"] += 1
-            self.last_sent_ms = now_ms
         if self.state == UP:
             self._flush(now_ms)
             oldest = self.ring.oldest()
@@ -146,6 +159,10 @@ class NodeCore:
                 self._link_down(now_ms)
         elif now_ms >= self.next_attempt_ms:
             self._probe(now_ms)
+        # After the flush or probe, so a tick that sent something new sends no heartbeat.
+        interval = self.cfg["heartbeat_interval_ms"]
+        if now_ms - self.last_sent_ms >= interval and now_ms - self.last_beat_ms >= interval:
+            self.heartbeat(now_ms)
 
     def on_ack(self, boot_id, first, last, now_ms=0):
         """The relay has handled our messages first..last (of this boot)."""
@@ -188,9 +205,10 @@ class NodeCore:
             return False
         if entry[2] == RESEND:
             self.stats["resent"] += 1
+        elif entry[2] == UNSENT:
+            self.last_sent_ms = now_ms  # a new message is proof of life; a resend may not be
         self.stats["sent"] += 1
         entry[2] = now_ms
-        self.last_sent_ms = now_ms
         return True
 
     def _link_down(self, now_ms):

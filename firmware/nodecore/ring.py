@@ -2,8 +2,11 @@
 
 Entries stay until the relay acknowledges them, one by one (selective acks), so a message
 lost in flight is sent again even when later ones got through. Sequence numbers in the
-ring are consecutive (every message of a boot is pushed as it is made), so the entry of a
-seq is found by subtraction.
+ring strictly increase from head to tail, but they need not be consecutive: heartbeats take
+a seq and are never buffered, so the ring has holes where they were. The entry of a seq is
+found by subtraction when there is no hole before it (the common case), and otherwise by a
+binary search between the head and that guess (an entry's index is never more than its seq
+minus the head's seq).
 """
 
 # sent_at_ms markers besides a real send time (>= 0)
@@ -27,6 +30,7 @@ class Ring:
         return self._len
 
     def push(self, seq, msg):
+        """Append a message; seq must be greater than every seq already in the ring."""
         if self._len == self.capacity:
             if self._buf[self._head][2] != ACKED:
                 self.dropped += 1
@@ -46,24 +50,42 @@ class Ring:
     def oldest(self):
         return self._buf[self._head] if self._len else None
 
-    def ack(self, first, last):
-        """Mark seqs first..last acked; drop acked entries from the head. Returns how many
-        entries were newly acked."""
-        if not self._len:
+    def index(self, seq):
+        """The index of the oldest entry whose seq is >= seq (len(self) if there is none)."""
+        n = self._len
+        if not n:
             return 0
-        base = self._buf[self._head][0]
-        lo = first - base
-        if lo < 0:
-            lo = 0
-        hi = last - base
-        if hi >= self._len:
-            hi = self._len - 1
+        guess = seq - self._buf[self._head][0]
+        if guess <= 0:
+            return 0
+        if guess < n and self.entry(guess)[0] == seq:
+            return guess  # no hole before it
+        # Seqs strictly increase, so the answer is at most guess: search [0, guess].
+        lo = 0
+        hi = guess if guess < n else n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.entry(mid)[0] < seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def ack(self, first, last):
+        """Mark the entries with seqs first..last acked (seqs not held are ignored); drop
+        acked entries from the head. Returns how many entries were newly acked."""
+        if not self._len or last < first:
+            return 0
         n = 0
-        for i in range(lo, hi + 1):
+        i = self.index(first)
+        while i < self._len:
             entry = self.entry(i)
+            if entry[0] > last:
+                break
             if entry[2] != ACKED:
                 entry[2] = ACKED
                 n += 1
+            i += 1
         while self._len and self._buf[self._head][2] == ACKED:
             self._pop_head()
         return n
