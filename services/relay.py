@@ -9,7 +9,9 @@ Sockets (docs/protocol.md has the wire details):
 - ctl (ROUTER, bind): ping, status, snapshot (the last-value cache, Clone pattern).
 
 Everything read from the network is untrusted: a bad frame or record is counted by
-reason and dropped, and nothing else is lost.
+reason and dropped, and nothing else is lost. A node id belongs to the connection it was last
+accepted from: another connection speaking for it is refused as ``impersonation`` until that
+connection has closed or the node has been silent for ``rebind_after_ms``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from shoal.protocol import codec
 from shoal.protocol.limits import MAX_BATCH_RECORDS, PROTOCOL_VERSION
@@ -33,7 +36,7 @@ from shoal.protocol.messages import (
 
 from .config import RelayConfig, ShoalConfig
 from .dedup import DUPLICATE, NEW, SeqWindow
-from .runtime import DRAIN_BUDGET, Service
+from .runtime import DRAIN_BUDGET, Service, received_multipart
 
 # Silent nodes are forgotten after this long, so ids seen once cannot fill the node table.
 FORGET_AFTER_S = 600.0
@@ -50,6 +53,7 @@ class NodeState:
     __slots__ = (
         "boot_id",
         "boots",
+        "conn",
         "dups",
         "gaps_done",
         "hello",
@@ -69,6 +73,9 @@ class NodeState:
     def __init__(self, node_id: str, boot_id: int, width: int, burst: float, now: float) -> None:
         self.node_id = node_id
         self.boot_id = boot_id
+        # The routing id of the connection that owns this node id (None once it closed);
+        # stamp, the time of the last message past that check, says how long it is silent.
+        self.conn: bytes | None = None
         self.window_width = width
         self.window = SeqWindow(width)
         self.prev_boots: tuple[int, ...] = ()
@@ -138,11 +145,21 @@ class Relay(Service):
         self.rate_hz = self.cfg.rate_per_node_hz  # read per message: plain attributes
         self.rate_burst = float(self.cfg.rate_burst)
         self.reject_counts: dict[str, int] = dict.fromkeys(codec.REJECT_REASONS, 0)
+        self.rebind_s = self.cfg.rebind_after_ms / 1000
+        # Who owns which node ids, to release them when a connection closes: the node ids
+        # bound to each connection, and each connection's file descriptor (what a
+        # disconnect event names). Bounded by the node table and the open connections.
+        self.conn_nodes: dict[bytes, set[str]] = {}
+        self.fd_conns: dict[int, bytes] = {}
         self.ctl_ops["snapshot"] = self._op_snapshot
 
     def setup(self) -> None:
         cfg = self.cfg
         self.ingest = self.bind("ingest", zmq.ROUTER, cfg.ingest, hwm=cfg.ingest_hwm)
+        # Disconnects release the node ids a connection owned. (ZMQ_ROUTER_NOTIFY would
+        # say it in band, but it is a draft option, absent from the libzmq that pyzmq ships.)
+        self.ingest_events = self.sockets.monitor(self.ingest, zmq.EVENT_DISCONNECTED)
+        self.on_readable(self.ingest_events, self._drain_disconnects)
         self.bus = self.bind("bus", zmq.PUB, cfg.bus, hwm=cfg.bus_hwm)
         self.serve_ctl(cfg.ctl)
         self.on_readable(self.ingest, self._drain_ingest)
@@ -192,7 +209,7 @@ class Relay(Service):
             for bad_record in bad:
                 self._refuse(bad_record, conn_acks)
             for rec in records:
-                if admit(rec, now, conn_acks):
+                if admit(rec, now, conn_acks, identity, body):
                     accepted.append(rec)
             budget -= len(records) + 1
             if budget <= 0:
@@ -222,7 +239,14 @@ class Relay(Service):
             if not self.ingest.recv(zmq.NOBLOCK, copy=False).more:
                 return n
 
-    def _admit(self, rec: NodeMessage, now: float, conn_acks: dict[str, list[list[int]]]) -> bool:
+    def _admit(
+        self,
+        rec: NodeMessage,
+        now: float,
+        conn_acks: dict[str, list[list[int]]],
+        identity: bytes,
+        body: zmq.Frame,
+    ) -> bool:
         """Decide one record. Acked whenever the node should not send it again."""
         node_id = rec.node_id
         st = self.nodes.get(node_id)
@@ -234,6 +258,14 @@ class Relay(Service):
             st = self.nodes[node_id] = NodeState(
                 node_id, rec.boot_id, cfg.dedup_window, cfg.rate_burst, now
             )
+            self._bind(st, identity, body)
+        elif st.conn != identity and not self._rebind(st, identity, body, now):
+            # Before the token bucket and the boot: another connection must not spend the
+            # node's tokens or replace its boot. Not acked: if this is the node itself on a
+            # new connection, it resends, and gets in once the rebind rule lets it.
+            st.rejects += 1
+            self._reject("impersonation", f"{node_id}: owned by another connection")
+            return False
         # Token bucket: refill by elapsed time, spend one per message (duplicates included).
         # (This is the relay's hot path: plain ifs instead of min() and isinstance().)
         tokens = st.tokens + (now - st.stamp) * self.rate_hz
@@ -287,6 +319,58 @@ class Relay(Service):
             _ack(conn_acks, node_id, rec.boot_id, seq)
         return True
 
+    # --- which connection owns a node id ----------------------------------------------------
+
+    def _rebind(self, st: NodeState, identity: bytes, body: zmq.Frame, now: float) -> bool:
+        """Move the node to this connection if its owner closed or it has been silent."""
+        if st.conn is not None:
+            self._drain_disconnects()  # the owner's disconnect may be waiting
+            if st.conn is not None and now - st.stamp < self.rebind_s:
+                return False
+        self._bind(st, identity, body)
+        self.counters["rebinds"] += 1
+        return True
+
+    def _bind(self, st: NodeState, identity: bytes, body: zmq.Frame) -> None:
+        owned = self.conn_nodes.get(identity)
+        if owned is None:
+            # A new owner: note its descriptor, which is what a disconnect event names.
+            # Pending events first: one may name an earlier connection on this descriptor.
+            self._drain_disconnects()
+            try:
+                fd = body.get(zmq.SRCFD)
+            except zmq.ZMQError:  # a transport without descriptors: only silence rebinds
+                fd = -1
+            if fd >= 0:
+                self.fd_conns[fd] = identity
+            owned = self.conn_nodes[identity] = set()
+        self._unbind(st)
+        st.conn = identity
+        owned.add(st.node_id)
+
+    def _unbind(self, st: NodeState) -> None:
+        if st.conn is not None:
+            owned = self.conn_nodes.get(st.conn)
+            if owned is not None:
+                owned.discard(st.node_id)
+                if not owned:
+                    del self.conn_nodes[st.conn]
+            st.conn = None
+
+    def _drain_disconnects(self) -> None:
+        """Release the node ids of connections that closed: the next speaker gets them."""
+        for frames in received_multipart(self.ingest_events):
+            event = parse_monitor_message(frames)
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            identity = self.fd_conns.pop(event["value"], None)
+            if identity is None:
+                continue  # a connection that owned nothing
+            for node_id in self.conn_nodes.pop(identity, ()):
+                st = self.nodes.get(node_id)
+                if st is not None and st.conn == identity:
+                    st.conn = None
+
     def _refuse(self, rej: codec.Rejected, conn_acks: dict[str, list[list[int]]]) -> None:
         """Count a rejected frame or record; ack it if it says who sent it (no resends)."""
         self._reject(rej.reason, rej.detail)
@@ -303,7 +387,7 @@ class Relay(Service):
     def _forget_silent(self) -> None:
         cutoff = time.monotonic() - FORGET_AFTER_S
         for node_id in [n for n, st in self.nodes.items() if st.last_seen < cutoff]:
-            del self.nodes[node_id]
+            self._unbind(self.nodes.pop(node_id))
             self.counters["forgotten"] += 1
 
     def _op_snapshot(self, _args: dict[str, Any]) -> RelaySnapshot:

@@ -57,6 +57,17 @@ class Sockets:
         sock.connect(endpoint)
         return sock
 
+    def monitor(self, sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
+        """A PAIR socket that receives sock's connection events (zmq_socket_monitor).
+
+        Each event is two frames (see ``zmq.utils.monitor.parse_monitor_message``); for
+        ``EVENT_DISCONNECTED`` the value is the closed connection's file descriptor. It is
+        closed with the other sockets.
+        """
+        events_sock: zmq.Socket[Any] = sock.get_monitor_socket(events)
+        self._open.append(events_sock)
+        return events_sock
+
     def close(self, sock: zmq.Socket[Any]) -> None:
         if sock in self._open:
             self._open.remove(sock)

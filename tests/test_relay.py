@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -276,3 +277,171 @@ def test_a_frame_beyond_the_socket_limit_costs_only_its_sender(cluster: Any) -> 
     finally:
         hostile.close()
     assert ctl.call("ping")["service"] == "relay"
+
+
+# --- which connection owns a node id ----------------------------------------------------------
+
+
+def acked(client: IngestClient, node: str, seq: int, boot: int = 1) -> bool:
+    return seq in client.pump_acks().get((node, boot), set())
+
+
+def n1_records(bus: BusListener) -> list[tuple[str, int, int]]:
+    return [(type(r).__name__, r.boot_id, r.seq) for r in bus.pump() if r.node_id == "n1"]
+
+
+@pytest.mark.parametrize("cluster", [{"rebind_after_ms": 60_000}], indirect=True)
+def test_a_connection_speaking_for_another_connections_node_is_refused_and_counted(
+    cluster: Any,
+) -> None:
+    relay, a, bus, ctl = cluster
+    b = IngestClient(relay.endpoints["ingest"])
+    try:
+        a.send(tel("n1", 0))
+        assert wait_for(lambda: acked(a, "n1", 0), timeout_s=5)
+        b.send(Heartbeat(node_id="n1", boot_id=1, seq=1))
+        b.send(Heartbeat(node_id="n1", boot_id=9, seq=0))  # nor may it replace the boot
+        wait_for(lambda: snapshot(ctl).rejects["impersonation"] == 2, timeout_s=5)
+        # Not acked: b's own node is acked in the pass after, and n1 never is.
+        b.send(tel("b1", 0))
+        assert wait_for(lambda: acked(b, "b1", 0), timeout_s=5)
+        assert ("n1", 1) not in b.acks and ("n1", 9) not in b.acks
+        # The owner keeps being accepted; nothing of b's for n1 was published.
+        a.send(tel("n1", 1))
+        assert wait_for(lambda: acked(a, "n1", 1), timeout_s=5)
+        wait_for(lambda: len(n1_records(bus)) >= 2, timeout_s=5)
+        assert n1_records(bus) == [("Telemetry", 1, 0), ("Telemetry", 1, 1)]
+        snap = snapshot(ctl)
+        n1 = next(n for n in snap.nodes if n.node_id == "n1")
+        assert (n1.boot_id, n1.boots, n1.msgs, n1.rejects) == (1, 1, 2, 2)
+        assert snap.counters["reject_impersonation"] == 2
+        assert snap.counters.get("rebinds", 0) == 0
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("cluster", [{"rebind_after_ms": 60_000}], indirect=True)
+def test_a_node_id_moves_to_a_new_connection_once_its_owner_disconnects(cluster: Any) -> None:
+    relay, _, bus, ctl = cluster
+    a = IngestClient(relay.endpoints["ingest"])
+    b = IngestClient(relay.endpoints["ingest"])
+    try:
+        a.send(tel("n1", 0))
+        assert wait_for(lambda: acked(a, "n1", 0), timeout_s=5)
+        b.send(tel("n1", 1))
+        wait_for(lambda: snapshot(ctl).rejects["impersonation"] == 1, timeout_s=5)
+        a.close()  # the node's old connection closes (a gateway restarting, say)
+
+        def b_gets_through() -> bool:
+            b.send(tel("n1", 1))  # the node resends what was not acked, as a node does
+            return acked(b, "n1", 1)
+
+        # Well before rebind_after_ms: the disconnect released n1.
+        assert wait_for(b_gets_through, timeout_s=5)
+        wait_for(lambda: len(n1_records(bus)) >= 2, timeout_s=5)
+        assert n1_records(bus) == [("Telemetry", 1, 0), ("Telemetry", 1, 1)]
+        assert snapshot(ctl).counters["rebinds"] == 1
+        assert list(relay.conn_nodes.values()) == [{"n1"}]  # a's entry went with it
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("cluster", [{"rebind_after_ms": 300}], indirect=True)
+def test_a_node_id_silent_for_rebind_after_ms_can_be_taken_over(cluster: Any) -> None:
+    relay, a, bus, ctl = cluster
+    b = IngestClient(relay.endpoints["ingest"])
+    try:
+        started = time.monotonic()
+        a.send(tel("n1", 0))
+        assert wait_for(lambda: acked(a, "n1", 0), timeout_s=5)
+
+        def b_gets_through() -> bool:
+            b.send(Heartbeat(node_id="n1", boot_id=1, seq=1))
+            return acked(b, "n1", 1)
+
+        # a stays connected but silent (its link died without the relay noticing).
+        assert wait_for(b_gets_through, timeout_s=5)
+        assert time.monotonic() - started >= 0.3
+        assert snapshot(ctl).counters["rebinds"] == 1
+        # Now b owns n1, and a is the one refused.
+        refused = snapshot(ctl).rejects["impersonation"]
+        a.send(tel("n1", 2))
+        b.send(Heartbeat(node_id="n1", boot_id=1, seq=3))
+        assert wait_for(lambda: acked(b, "n1", 3), timeout_s=5)
+        wait_for(lambda: snapshot(ctl).rejects["impersonation"] == refused + 1, timeout_s=5)
+        assert [seq for _, _, seq in n1_records(bus)] == [0, 1, 3]
+    finally:
+        b.close()
+
+
+def test_a_gateway_carries_many_node_ids_on_one_connection(cluster: Any) -> None:
+    relay, gw_a, bus, ctl = cluster
+    gw_b = IngestClient(relay.endpoints["ingest"])
+    try:
+        for seq in range(3):
+            gw_a.send(Batch(records=[tel(f"a-{i}", seq) for i in range(10)]))  # type: ignore[arg-type]
+            gw_b.send(Batch(records=[tel(f"b-{i}", seq) for i in range(10)]))  # type: ignore[arg-type]
+        for gw, prefix in ((gw_a, "a"), (gw_b, "b")):
+            assert wait_for(
+                lambda gw=gw, prefix=prefix: all(
+                    gw.pump_acks().get((f"{prefix}-{i}", 1)) == {0, 1, 2} for i in range(10)
+                ),
+                timeout_s=5,
+            )
+        wait_for(lambda: len(bus.pump()) >= 60, timeout_s=5)
+        assert len(bus.records) == 60
+        # One of a's nodes spoken for by b, inside a batch: refused alone.
+        gw_b.send(Batch(records=[tel("b-0", 3), tel("a-5", 3), tel("b-1", 3)]))  # type: ignore[arg-type]
+        assert wait_for(lambda: acked(gw_b, "b-0", 3) and acked(gw_b, "b-1", 3), timeout_s=5)
+        snap = snapshot(ctl)
+        assert snap.rejects["impersonation"] == 1
+        assert ("a-5", 1) not in gw_b.acks
+        assert {n.node_id: n.msgs for n in snap.nodes} == {
+            **{f"a-{i}": 3 for i in range(10)},
+            **{f"b-{i}": 4 if i < 2 else 3 for i in range(10)},
+        }
+    finally:
+        gw_b.close()
+
+
+@pytest.mark.parametrize("cluster", [{"rebind_after_ms": 60_000}], indirect=True)
+def test_a_disconnect_releases_only_the_node_ids_of_the_closed_connection(cluster: Any) -> None:
+    # Connections come and go and their descriptors are reused: a disconnect must still
+    # release exactly what the closed connection owned.
+    relay, _, bus, ctl = cluster
+    clients: list[IngestClient] = []
+
+    def connect() -> IngestClient:
+        clients.append(IngestClient(relay.endpoints["ingest"]))
+        return clients[-1]
+
+    def gets_through(client: IngestClient, node: str) -> Callable[[], bool]:
+        def attempt() -> bool:
+            client.send(tel(node, 0))  # resent until acked, as a node does
+            return acked(client, node, 0)
+
+        return attempt
+
+    try:
+        a, b = connect(), connect()
+        for client, node in ((a, "a1"), (b, "b1")):
+            assert wait_for(gets_through(client, node), timeout_s=5)
+        a.close()
+        wait_for(lambda: len(relay.conn_nodes) == 1, timeout_s=5)  # a's disconnect seen
+        c = connect()  # on a's old descriptor, most likely
+        assert wait_for(gets_through(c, "c1"), timeout_s=5)
+        d = connect()
+        assert wait_for(gets_through(d, "a1"), timeout_s=5)
+        c.close()
+        assert wait_for(gets_through(d, "c1"), timeout_s=5)
+        refused = snapshot(ctl).rejects["impersonation"]
+        d.send(tel("b1", 1))  # b is still connected: b1 is still b's
+        b.send(tel("b1", 1))
+        assert wait_for(lambda: acked(b, "b1", 1), timeout_s=5)
+        wait_for(lambda: snapshot(ctl).rejects["impersonation"] == refused + 1, timeout_s=5)
+        assert sorted(map(sorted, relay.conn_nodes.values())) == [["a1", "c1"], ["b1"]]
+        assert snapshot(ctl).counters["rebinds"] == 2
+    finally:
+        for client in clients:
+            client.close()
