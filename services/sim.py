@@ -5,13 +5,36 @@ queue. The process talks to the relay like a gateway would: one DEALER connectio
 of many nodes batched per frame, acks routed back to the node they name.
 
 Usage: ``shoal sim --nodes 50`` (or ``shoal up``, which starts one).
+
+Ctl ops besides ping and status: ``nodes`` (each node's core counters, boot and fault),
+``set_rate`` (task arrival rate), and ``fault``, which injects faults inside the fleet:
+
+- ``crash``: the node stops at once: no ticks, no sends, acks ignored; what it had not
+  delivered is gone with it. ``resume`` boots it again (a new boot_id, hello at seq 0).
+- ``hang``: it stops ticking and sending, acks ignored, but its "connection" stays open;
+  ``resume`` continues the same boot, which catches up (heartbeats, then its buffer).
+- ``reboot``: a new boot at once (new boot_id), running.
+- ``leave``: the node sends a goodbye (reason "leave"), then stops like a crash.
+- ``link``: a lossy, slow link: each message node -> relay and each ack entry relay -> node
+  is dropped with probability ``drop``; the surviving messages are held for ``delay_ms`` +
+  U[0, ``jitter_ms``] (released on the sim tick, so they may be reordered). ``heal``
+  clears it. The node does not know: a dropped message counts as sent.
+
+Args: ``action``, ``nodes`` (default all), ``duration_ms`` (> 0: crash/hang/leave resume
+and link heals by itself after that long), ``drop``/``delay_ms``/``jitter_ms`` (link only).
+The reply is ``{"applied_at": time.monotonic() of this process, "nodes": [ids]}``: the
+same CLOCK_MONOTONIC other processes on the machine read, to measure detection latency.
+Fault randomness comes from its own generator seeded from ``sim.seed``, so faults do not
+change the load model's stream. A node without a link fault uses the shared gateway link
+directly: the hot path costs nothing extra.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import zmq
@@ -32,6 +55,21 @@ class SetRateArgs(msgspec.Struct, forbid_unknown_fields=True):
 
     rate_hz: Annotated[float, msgspec.Meta(ge=0, le=10_000)]
     nodes: list[str] = []
+
+
+FaultAction = Literal["crash", "hang", "reboot", "leave", "resume", "link", "heal"]
+STOPPING = {"crash": "crashed", "hang": "hung", "leave": "left"}
+
+
+class FaultArgs(msgspec.Struct, forbid_unknown_fields=True):
+    """Args of the sim's "fault" op (see the module docstring)."""
+
+    action: FaultAction
+    nodes: list[str] = []
+    duration_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    drop: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    delay_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    jitter_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class SimHal:
@@ -75,15 +113,62 @@ class GatewayLink:
         return True
 
 
+class LinkFault:
+    """A node's faulty link: a transport in front of the gateway that drops and delays."""
+
+    __slots__ = ("delay_ms", "drop", "fleet", "jitter_ms")
+
+    def __init__(self, fleet: Fleet, drop: float, delay_ms: int, jitter_ms: int) -> None:
+        self.fleet = fleet
+        self.drop = drop
+        self.delay_ms = delay_ms
+        self.jitter_ms = jitter_ms
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        fleet = self.fleet
+        if self.drop and fleet.fault_rng.random() < self.drop:
+            fleet.counters["link_dropped"] += 1
+            return True  # lost on the way: the node believes it was sent
+        if self.delay_ms or self.jitter_ms:
+            delay = self.delay_ms + fleet.fault_rng.random() * self.jitter_ms
+            fleet.hold(msg, fleet.now_ms() + int(delay))
+            return True
+        return fleet.link.send(msg)
+
+    def describe(self) -> dict[str, Any]:
+        return {"drop": self.drop, "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms}
+
+
 class SimNode:
-    """One simulated node: its core, its hardware, and a crashed flag for later faults."""
+    """One simulated node: its core, its hardware, and its faults.
+
+    ``fault`` is None (running), "crashed", "hung" or "left"; ``link`` is its LinkFault or
+    None. ``transport`` is what its core sends through: the shared gateway link, or the
+    LinkFault in front of it."""
 
     def __init__(
         self, node_id: str, index: int, cfg: SimConfig, link: GatewayLink, now_ms: int
     ) -> None:
+        self.node_id = node_id
+        self.cfg = cfg
         rng = XorShift32((cfg.seed * 1_000_003 + index * 7919) & 0xFFFFFFFF)
         self.hal = SimHal(rng, cfg, now_ms)
+        self.fault: str | None = None
+        self.link: LinkFault | None = None
+        self.transport: GatewayLink | LinkFault = link
+        self.resume_at_ms: int | None = None  # a timed crash, hang or leave ends then
+        self.heal_at_ms: int | None = None  # a timed link fault ends then
+        self.boot(now_ms)
+        # Spread the fleet's telemetry over the interval, as real boards booted apart would.
+        self.core.next_telemetry_ms = now_ms + int(rng.random() * cfg.telemetry_interval_ms)
+
+    def boot(self, now_ms: int) -> None:
+        """A new boot: a fresh core (new boot_id, empty ring, hello at seq 0)."""
+        cfg = self.cfg
+        old = getattr(self, "core", None)
         boot_id = int.from_bytes(os.urandom(4), "big") or 1
+        while old is not None and boot_id == old.boot_id:
+            boot_id = int.from_bytes(os.urandom(4), "big") or 1
         settings = {
             "telemetry_interval_ms": cfg.telemetry_interval_ms,
             "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
@@ -94,9 +179,11 @@ class SimNode:
             "fw": "shoal-sim/0.1",
             "queue_capacity": cfg.queue_capacity,
         }
-        self.core = NodeCore(node_id, boot_id, self.hal, link, settings, now_ms)
-        # Spread the fleet's telemetry over the interval, as real boards booted apart would.
-        self.core.next_telemetry_ms = now_ms + int(rng.random() * cfg.telemetry_interval_ms)
+        self.core = NodeCore(self.node_id, boot_id, self.hal, self.transport, settings, now_ms)
+
+    def set_transport(self, transport: GatewayLink | LinkFault) -> None:
+        self.transport = transport
+        self.core.transport = transport
 
 
 class Fleet(Service):
@@ -112,8 +199,15 @@ class Fleet(Service):
         for i in range(self.cfg.nodes):
             node_id = f"{self.cfg.id_prefix}-{i:03d}"
             self.nodes[node_id] = SimNode(node_id, i, self.cfg, self.link, now)
+        # Faults draw from their own generator: the load model's streams stay unchanged.
+        self.fault_rng = XorShift32((self.cfg.seed * 2_654_435_761 + 0x5EED) & 0xFFFFFFFF)
+        self._running: list[SimNode] = list(self.nodes.values())  # the nodes that tick
+        self._timed: dict[str, SimNode] = {}  # nodes with a fault that ends by itself
+        self._held: list[tuple[int, int, dict[str, Any]]] = []  # (due_ms, n, msg): delayed
+        self._held_n = 0
         self.ctl_ops["nodes"] = self._op_nodes
         self.ctl_ops["set_rate"] = self._op_set_rate
+        self.ctl_ops["fault"] = self._op_fault
 
     def now_ms(self) -> int:
         return int((time.monotonic() - self.t0) * 1000) + 1
@@ -132,9 +226,22 @@ class Fleet(Service):
     def _tick(self) -> None:
         now = self.now_ms()
         self.link.up = True
-        for node in self.nodes.values():
+        if self._timed:
+            self._end_timed_faults(now)
+        held = self._held
+        if held and held[0][0] <= now:
+            outbox = self.link.outbox
+            while held and held[0][0] <= now:
+                outbox.append(heapq.heappop(held)[2])
+        for node in self._running:
             node.core.tick(now)
         self._flush()
+
+    def hold(self, msg: dict[str, Any], due_ms: int) -> None:
+        """Delay a message on a faulty link until due_ms (released by the tick)."""
+        self._held_n += 1
+        heapq.heappush(self._held, (due_ms, self._held_n, msg))
+        self.counters["link_delayed"] += 1
 
     def _flush(self) -> None:
         outbox = self.link.outbox
@@ -155,7 +262,8 @@ class Fleet(Service):
                 self.counters["frames_sent"] += 1
                 self.counters["records_sent"] += len(chunk)
             except zmq.Again:
-                # Nothing is lost: these stay in the nodes' rings until acked.
+                # Buffered messages stay in the nodes' rings until acked; the heartbeats
+                # of the unsent chunks are lost (best effort: never resent).
                 self.link.up = False
                 self.counters["send_failed"] += 1
                 return
@@ -171,13 +279,18 @@ class Fleet(Service):
                 continue
             for entry in ack.acks:
                 node = self.nodes.get(entry.node_id)
-                if node is not None:
-                    node.core.on_ack(entry.boot_id, entry.first, entry.last, now)
+                if node is None or node.fault is not None:
+                    continue  # unknown, or stopped: a stopped node hears nothing
+                link = node.link
+                if link is not None and link.drop and self.fault_rng.random() < link.drop:
+                    self.counters["link_acks_dropped"] += 1
+                    continue
+                node.core.on_ack(entry.boot_id, entry.first, entry.last, now)
         self._flush()  # a probe's ack brings a node UP with a backlog to send
 
     def on_stop(self) -> None:
         now = self.now_ms()
-        for node in self.nodes.values():
+        for node in self._running:
             node.core.goodbye(now, "shutdown")
         self._flush()
 
@@ -188,10 +301,20 @@ class Fleet(Service):
             counters[f"node_{key}"] = sum(n.core.stats[key] for n in self.nodes.values())
         counters["node_dropped"] = sum(n.core.ring.dropped for n in self.nodes.values())
         counters["node_buffered"] = sum(len(n.core.ring) for n in self.nodes.values())
+        counters["nodes_stopped"] = len(self.nodes) - len(self._running)
+        for key in ("link_dropped", "link_acks_dropped", "link_delayed", "faults_applied"):
+            counters[key] = self.counters[key]
         return counters
 
     def _op_nodes(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return {node_id: node.core.snapshot() for node_id, node in self.nodes.items()}
+        out = {}
+        for node_id, node in self.nodes.items():
+            snap = node.core.snapshot()
+            snap["boot_id"] = node.core.boot_id
+            snap["fault"] = node.fault
+            snap["link"] = node.link.describe() if node.link is not None else None
+            out[node_id] = snap
+        return out
 
     def _op_set_rate(self, args: dict[str, Any]) -> dict[str, Any]:
         req = parse_args(args, SetRateArgs)
@@ -203,3 +326,84 @@ class Fleet(Service):
         for node_id in targets:
             self.nodes[node_id].hal.load.set_arrival_rate(req.rate_hz, now)
         return {"changed": targets}
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def _op_fault(self, args: dict[str, Any]) -> dict[str, Any]:
+        req = parse_args(args, FaultArgs)
+        unknown = [n for n in req.nodes if n not in self.nodes]
+        if unknown:
+            raise CtlError(f"unknown nodes: {', '.join(unknown[:10])}")
+        if req.action != "link" and (req.drop or req.delay_ms or req.jitter_ms):
+            raise CtlError("drop, delay_ms and jitter_ms apply to action 'link' only")
+        if req.duration_ms and req.action not in ("crash", "hang", "leave", "link"):
+            raise CtlError("duration_ms applies to crash, hang, leave and link only")
+        now = self.now_ms()
+        targets = req.nodes or list(self.nodes)
+        for node_id in targets:
+            self._apply(self.nodes[node_id], req, now)
+        self._running = [n for n in self.nodes.values() if n.fault is None]
+        applied_at = time.monotonic()
+        self.counters["faults_applied"] += len(targets)
+        self._flush()  # a leave's goodbye, a reboot's hello: out now, not at the next tick
+        return {"applied_at": applied_at, "nodes": targets}
+
+    def _apply(self, node: SimNode, req: FaultArgs, now: int) -> None:
+        action = req.action
+        until = now + req.duration_ms if req.duration_ms else None
+        if action in STOPPING:
+            if action == "crash":
+                node.fault = "crashed"  # whatever it was doing, hung or not
+            elif node.fault is None:  # a stopped node can neither hang nor say goodbye
+                if action == "leave":
+                    node.core.goodbye(now, "leave")
+                node.fault = STOPPING[action]
+            node.resume_at_ms = until
+            self._untime(node)
+        elif action == "resume":
+            self._resume(node, now)
+        elif action == "reboot":
+            node.fault = None
+            node.resume_at_ms = None
+            node.boot(now)
+            self._untime(node)
+        elif action == "link":
+            if req.drop or req.delay_ms or req.jitter_ms:
+                node.link = LinkFault(self, req.drop, req.delay_ms, req.jitter_ms)
+                node.set_transport(node.link)
+                node.heal_at_ms = until
+                self._untime(node)
+            else:
+                self._heal(node)
+        else:  # heal
+            self._heal(node)
+
+    def _resume(self, node: SimNode, now: int) -> None:
+        if node.fault in ("crashed", "left"):
+            node.boot(now)  # a new boot: what it had not delivered died with it
+        node.fault = None  # a hung node carries on with the same core
+        node.resume_at_ms = None
+        self._untime(node)
+
+    def _heal(self, node: SimNode) -> None:
+        node.link = None
+        node.heal_at_ms = None
+        node.set_transport(self.link)
+        self._untime(node)
+
+    def _untime(self, node: SimNode) -> None:
+        if node.resume_at_ms is None and node.heal_at_ms is None:
+            self._timed.pop(node.node_id, None)
+        else:
+            self._timed[node.node_id] = node
+
+    def _end_timed_faults(self, now: int) -> None:
+        ended = False
+        for node in list(self._timed.values()):
+            if node.resume_at_ms is not None and now >= node.resume_at_ms:
+                self._resume(node, now)
+                ended = True
+            if node.heal_at_ms is not None and now >= node.heal_at_ms:
+                self._heal(node)
+        if ended:
+            self._running = [n for n in self.nodes.values() if n.fault is None]
