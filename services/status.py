@@ -93,6 +93,13 @@ def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None)
                 states.get(n.node_id) or ("left" if n.left else "?"),
             )
         )
+    # Nodes the relay has forgotten (silent for 10 minutes) but the monitor still lists as
+    # dead or left: an operator should see them until they are forgotten there too.
+    known = {n.node_id for n in snap.nodes}
+    for m in members.members if members else []:
+        if m.node_id not in known:
+            age = _age(m.evidence.silence_ms)
+            rows.append((m.node_id, age, "-", "-", "-", "-", "-", "-", str(m.boots), m.state))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -84,6 +84,12 @@ def test_status_lists_every_node_with_fresh_telemetry(cluster: Cluster) -> None:
         capture_output=True, text=True, timeout=30,
     ).stdout  # fmt: skip
     assert "sim-007" in table and "accepted=" in table
+    # The liveness monitor's state for each node (it may still be learning at first).
+    wait_for(lambda: (s := status_json(cluster)) and {n["state"] for n in s["nodes"]} == {"alive"})
+    assert "liveness: alive=8" in subprocess.run(
+        [sys.executable, "-m", "shoal.services.cli", "status", "--config", str(cluster.config_path)],
+        capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
 
 
 def test_killed_relay_comes_back_and_nodes_deliver_their_buffer(
@@ -139,6 +145,8 @@ def test_ctrl_c_stops_everything_and_releases_ports(tmp_path: Path) -> None:
         config.relay.ingest,
         config.relay.bus,
         config.relay.ctl,
+        config.liveness.bus,
+        config.liveness.ctl,
         config.sim.ctl,
         config.supervisor.ctl,
     ):
