@@ -48,6 +48,7 @@ class ClonedState:
         self.pseq = 0  # the last state frame applied
         self.resyncs = 0
         self.on_update: Callable[[Any], None] | None = None  # called after each frame
+        self.on_beat: Callable[[ServiceBeat], None] | None = None  # the publisher's beats
         self._pending: list[Any] = []
         self._req_ids = itertools.count(random.randrange(1, 2**31))
         self._waiting_for = 0
@@ -118,6 +119,8 @@ class ClonedState:
 
     def _on_frame(self, _topic: bytes, frame: Any) -> None:
         if isinstance(frame, ServiceBeat):
+            if self.on_beat is not None:
+                self.on_beat(frame)
             if self.synced and (
                 frame.pub != self.pub  # a heartbeat of a new instance
                 or frame.pseqs.get(self.topic.decode(), 0) > self.pseq  # frames we never saw

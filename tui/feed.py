@@ -1,0 +1,365 @@
+"""The console's live data: a small shoal service in a background thread.
+
+It follows the relay's node table (RelayView) and the liveness monitor's membership
+(MembershipView), polls the supervisor's process table, turns what changes into events,
+and every ``BUILD_INTERVAL_S`` builds one immutable ``ClusterState`` that the UI thread
+picks up (one reference swap: no lock on the UI's path). Operator actions go out on their
+own short-lived control connections.
+
+Usage::
+
+    feed = LiveFeed(load_config())
+    feed.start()
+    state = feed.snapshot()
+    ...
+    feed.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+import zmq
+
+from shoal.protocol import codec
+from shoal.protocol.messages import (
+    MemberEvent,
+    NodeMessage,
+    ObserverHealth,
+    Request,
+    ServiceBeat,
+    Telemetry,
+)
+from shoal.services.config import ShoalConfig
+from shoal.services.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.membership_view import MembershipView
+from shoal.services.relay_view import RelayView
+from shoal.services.runtime import Service, received
+
+from .model import (
+    JOINED_SHOW_S,
+    ActionError,
+    ClusterState,
+    Event,
+    NodeRow,
+    Sample,
+    ServiceRow,
+)
+
+# How often a new ClusterState is built: the console refreshes at most this often.
+BUILD_INTERVAL_S = 0.25
+# How often the supervisor's process table is asked for.
+PS_INTERVAL_S = 1.0
+# A relay silent (no frame) for longer than this counts as disconnected.
+RELAY_STALE_S = 3.0
+EVENTS_KEPT = 5000
+HISTORY_KEPT = 300  # samples per node: five minutes of 1 s telemetry
+ACTION_TIMEOUT_S = 1.5
+# Node faults the console can apply through the simulated fleet's "fault" op.
+SIM_FAULTS = {"crash": "crash", "hang": "hang", "reboot": "reboot"}
+
+
+class _Console(Service):
+    name = "console"
+
+    def __init__(self, config: ShoalConfig, feed: LiveFeed) -> None:
+        super().__init__(config)
+        self.feed = feed
+
+    def setup(self) -> None:
+        feed = self.feed
+        self.relay = RelayView(self, self.config.relay)
+        self.relay.on_change = feed._on_records
+        self.relay.on_beat = feed._on_relay_beat
+        self.members = MembershipView(self, self.config.liveness)
+        self.members.on_event = feed._on_member_event
+        self.members.on_update = feed._on_membership_frame
+        self.members.on_beat = feed._on_beat
+        self.ps_sock = self.sockets.connect(zmq.DEALER, self.config.supervisor.ctl)
+        self.on_readable(self.ps_sock, self._on_ps)
+        self._ps_ids = itertools.count(1)
+        self.every(PS_INTERVAL_S, self._ask_ps)
+        self.every(BUILD_INTERVAL_S, feed._build)
+        self._ask_ps()
+
+    def _ask_ps(self) -> None:
+        request = Request(id=next(self._ps_ids), op="ps")
+        with contextlib.suppress(zmq.Again):
+            self.ps_sock.send(codec.encode(request), zmq.NOBLOCK)
+
+    def _on_ps(self) -> None:
+        for data in received(self.ps_sock):
+            try:
+                reply = codec.decode_reply(data)
+                rows = msgspec.msgpack.decode(reply.result) if reply.ok else None
+            except (codec.Rejected, msgspec.DecodeError):
+                continue
+            if isinstance(rows, list):
+                self.feed._on_ps(rows)
+
+
+class LiveFeed:
+    """A Source (tui/model.py) reading a running cluster."""
+
+    def __init__(self, config: ShoalConfig) -> None:
+        self.config = config
+        self.service = _Console(config, self)
+        self._thread: threading.Thread | None = None
+        self._state = ClusterState(connected=False, detail="connecting...")
+        self._lock = threading.Lock()  # events, histories and ps; the UI reads them too
+        self._events: deque[tuple[int, Event]] = deque(maxlen=EVENTS_KEPT)
+        self._cursor = 0
+        self._history: dict[str, deque[Sample]] = {}
+        self._ps: dict[str, dict[str, Any]] = {}
+        self._ps_at = 0.0
+        self._beats: dict[str, float] = {}  # service -> monotonic time of its last beat
+        self._relay_counters: dict[str, int] = {}
+        self._rate: tuple[float, int] | None = None  # (time, accepted) at the last beat
+        self._msgs_per_s = 0.0
+        self._shown_since: dict[str, tuple[str, float]] = {}  # node -> (joined|rebooted, t)
+        self._hidden: set[str] = set()  # removed by the operator until heard again
+        self._version = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> LiveFeed:
+        self._thread = threading.Thread(target=self._run, name="shoal-feed", daemon=True)
+        self._thread.start()
+        self.service.wait_ready(10)
+        return self
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):  # the UI shows "disconnected", never a traceback
+            self.service.run(install_signals=False)
+
+    def close(self) -> None:
+        self.service.stop()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # --- what the UI calls -------------------------------------------------------------
+
+    def snapshot(self) -> ClusterState:
+        return self._state
+
+    def events(self, since: int = 0) -> tuple[int, list[Event]]:
+        with self._lock:
+            new = [e for n, e in self._events if n > since]
+            return self._cursor, new
+
+    def history(self, node_id: str) -> list[Sample]:
+        with self._lock:
+            return list(self._history.get(node_id, ()))
+
+    def available(self, action: str) -> str | None:
+        if action in ("drain", "flood"):
+            return f"{action} needs task delegation, which is not built yet"
+        if action in SIM_FAULTS and not self._ps.get("sim"):
+            return "no simulated fleet in this cluster (faults go through its fault op)"
+        return None
+
+    def act(self, action: str, node_id: str) -> str:
+        reason = self.available(action)
+        if reason is not None:
+            raise ActionError(reason)
+        try:
+            if action == "remove":
+                self._call(self.config.liveness.ctl, "forget", {"node_id": node_id})
+                with self._lock:
+                    self._hidden.add(node_id)
+                self._add_event("action", node_id, "removed by the operator")
+                return f"{node_id} removed"
+            if action in SIM_FAULTS:
+                args = {"action": SIM_FAULTS[action], "nodes": [node_id]}
+                self._call(self.config.sim.ctl, "fault", args)
+                self._add_event("fault", node_id, f"{action} applied by the operator")
+                return f"{action} applied to {node_id}"
+        except CtlUnavailable as err:
+            raise ActionError(f"{action}: no answer ({err})") from None
+        except CtlFailed as err:
+            raise ActionError(f"{action}: {err}") from None
+        raise ActionError(f"unknown action '{action}'")
+
+    def _call(self, endpoint: str, op: str, args: dict[str, Any]) -> Any:
+        with CtlClient(endpoint) as client:
+            return client.call(op, args, timeout_s=ACTION_TIMEOUT_S, retries=0)
+
+    # --- inputs (on the feed thread) ---------------------------------------------------
+
+    def _add_event(self, kind: str, node_id: str | None, text: str) -> None:
+        with self._lock:
+            self._cursor += 1
+            self._events.append((self._cursor, Event(time.time(), kind, node_id, text)))
+
+    def _on_records(self, records: list[NodeMessage]) -> None:
+        now = time.time()
+        with self._lock:
+            for rec in records:
+                if rec.__class__ is Telemetry:
+                    t: Telemetry = rec  # type: ignore[assignment]
+                    hist = self._history.get(t.node_id)
+                    if hist is None:
+                        hist = self._history[t.node_id] = deque(maxlen=HISTORY_KEPT)
+                    hist.append(Sample(now, t.cpu_pct, t.load_factor, t.queue_depth))
+
+    def _on_relay_beat(self, beat: ServiceBeat) -> None:
+        self._on_beat(beat)
+        counters = beat.counters
+        now = time.monotonic()
+        accepted = counters.get("accepted", 0)
+        if self._rate is not None and now > self._rate[0] and accepted >= self._rate[1]:
+            self._msgs_per_s = (accepted - self._rate[1]) / (now - self._rate[0])
+        self._rate = (now, accepted)
+        old = self._relay_counters
+        refused = {
+            k.removeprefix("reject_"): v - old.get(k, 0)
+            for k, v in counters.items()
+            if k.startswith("reject_") and k != "reject_duplicate" and v > old.get(k, 0)
+        }
+        if old and refused:
+            text = ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()))
+            self._add_event("reject", None, f"relay refused {text}")
+        self._relay_counters = dict(counters)
+
+    def _on_beat(self, beat: ServiceBeat) -> None:
+        self._beats[beat.service] = time.monotonic()
+
+    def _on_member_event(self, event: MemberEvent) -> None:
+        node = event.node_id
+        if event.event in ("joined", "rebooted"):
+            self._shown_since[node] = (event.event, time.monotonic())
+        if event.event in ("joined", "rebooted", "alive"):
+            with self._lock:
+                self._hidden.discard(node)
+        text = f"{event.event}: {event.reason}"
+        if event.downtime_ms is not None:
+            text += f" (down {event.downtime_ms / 1000:.1f}s)"
+        self._add_event("membership", node, text)
+
+    def _on_membership_frame(self, frame: Any) -> None:
+        if isinstance(frame, ObserverHealth):
+            if frame.healthy:
+                text = f"observer healthy again after {frame.degraded_ms} ms ({frame.detail})"
+            else:
+                text = f"observer DEGRADED: {', '.join(frame.reasons)}; {frame.detail}"
+            self._add_event("observer", None, text)
+
+    def _on_ps(self, rows: list[dict[str, Any]]) -> None:
+        old = self._ps
+        new = {row.get("name", "?"): row for row in rows if isinstance(row, dict)}
+        for name, row in new.items():
+            before = old.get(name)
+            if before is not None and row.get("restarts", 0) > before.get("restarts", 0):
+                self._add_event("service", None, f"{name} restarted (pid {row.get('pid')})")
+        with self._lock:
+            self._ps = new
+        self._ps_at = time.monotonic()
+
+    # --- the snapshot ------------------------------------------------------------------
+
+    def _build(self) -> None:
+        view = self.service.relay
+        members = self.service.members.members
+        now = time.monotonic()
+        with self._lock:
+            hidden = set(self._hidden)
+        nodes: dict[str, NodeRow] = {}
+        for node_id, nv in view.nodes.items():
+            if node_id in hidden:
+                continue
+            t = nv.telemetry
+            member = members.get(node_id)
+            nodes[node_id] = NodeRow(
+                node_id=node_id,
+                state=self._display_state(node_id, member.state if member else None, t, now),
+                age_ms=view.age_ms(node_id),
+                cpu_pct=t.cpu_pct if t else None,
+                queue_depth=t.queue_depth if t else None,
+                queue_capacity=t.queue_capacity if t else None,
+                load_factor=t.load_factor if t else None,
+                tasks_running=getattr(t, "tasks_running", None),
+                delegated_in=getattr(t, "delegated_in", None),
+                delegated_out=getattr(t, "delegated_out", None),
+                gaps=nv.gaps,
+                free_heap=t.free_heap if t else None,
+                rssi=t.rssi if t else None,
+                fw=(t.fw if t else None) or (nv.hello.fw if nv.hello else None),
+                boot_id=nv.boot_id,
+                boots=nv.boots,
+                reason=member.reason if member else "",
+            )
+        for node_id, member in members.items():
+            if node_id not in nodes and node_id not in hidden:
+                # The relay forgot it (long silent); the monitor still lists it.
+                nodes[node_id] = NodeRow(
+                    node_id=node_id,
+                    state=member.state,
+                    age_ms=member.evidence.silence_ms,
+                    boot_id=member.boot_id,
+                    boots=member.boots,
+                    reason=member.reason,
+                )
+        relay_seen = self.service.relay.sub.frames() > 0
+        relay_age = now - self._beats.get("relay", 0.0)
+        connected = view.synced and relay_seen and relay_age < RELAY_STALE_S
+        missing = []
+        if not connected:
+            missing.append(f"relay at {self.config.relay.ctl} not answering")
+        if not self.service.members.synced:
+            missing.append(f"liveness at {self.config.liveness.ctl} not answering")
+        counters = self._relay_counters
+        self._version += 1
+        self._state = ClusterState(
+            connected=connected,
+            detail="; ".join(missing),
+            nodes=nodes,
+            services=self._services(now),
+            msgs_per_s=round(self._msgs_per_s, 1),
+            duplicates=counters.get("duplicates", 0),
+            gaps=sum(n.gaps for n in view.nodes.values()),
+            rejected=counters.get("rejected", 0),
+            observer_healthy=self.service.members.healthy
+            if self.service.members.synced
+            else None,
+            observer_reasons=tuple(self.service.members.reasons),
+            version=self._version,
+        )
+
+    def _display_state(self, node_id: str, state: str | None, t: Any, now: float) -> str:
+        if state is None:
+            return "unknown"
+        if state != "alive":
+            return state
+        shown = self._shown_since.get(node_id)
+        if shown is not None and now - shown[1] < JOINED_SHOW_S:
+            return shown[0]
+        if getattr(t, "overloaded", None):
+            return "overloaded"
+        return "alive"
+
+    def _services(self, now: float) -> tuple[ServiceRow, ...]:
+        with self._lock:
+            ps = dict(self._ps)
+        stale = now - self._ps_at > 3 * PS_INTERVAL_S
+        names = list(ps) or ["relay", "liveness", "sim"]
+        rows = []
+        for name in names:
+            row = {} if stale else ps.get(name, {})
+            beat = self._beats.get(name)
+            rows.append(
+                ServiceRow(
+                    name=name,
+                    state=str(row.get("state", "?")),
+                    pid=row.get("pid"),
+                    restarts=int(row.get("restarts", 0)),
+                    uptime_s=float(row.get("uptime_s", 0.0)),
+                    beat_age_ms=None if beat is None else int((now - beat) * 1000),
+                )
+            )
+        return tuple(rows)
