@@ -171,7 +171,8 @@ def false_verdicts(
     start = time.monotonic()
     end = start + duration_s
     bursts = 0
-    next_burst = start + rng.uniform(20, 40)
+    # ~every 30 s; a short (quick) run still gets one, a third of the way in.
+    next_burst = start + rng.uniform(min(20, duration_s / 3), min(40, duration_s / 2))
     while time.monotonic() < end:
         if time.monotonic() >= next_burst and time.monotonic() + 1.5 < end:
             sim.call("fault", {"action": "link", "drop": 1.0, "jitter_ms": 50})

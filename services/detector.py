@@ -68,6 +68,7 @@ class Detector:
         "intervals",
         "last",
         "next_slot",
+        "overdue_after_s",
         "settings",
         "skip_next",
         "spread_s",
@@ -86,6 +87,7 @@ class Detector:
         self.last = now
         self.skip_next = False
         self.base_s = self.spread_s = self.suspect_after_s = self.dead_after_s = 0.0
+        self.overdue_after_s = 0.0
         self._update()
 
     # --- evidence in -------------------------------------------------------------------
@@ -172,7 +174,11 @@ class Detector:
     def _update(self) -> None:
         s = self.settings
         expected = self.expected_s()
-        self.base_s = self.mean_s() + s.pause_intervals * expected
+        mean = self.mean_s()
+        self.base_s = mean + s.pause_intervals * expected
+        # One whole interval late: what the monitor's mass-silence check counts. Well before
+        # suspect, so a fleet-wide blackout is recognised before its first node is judged.
+        self.overdue_after_s = mean + expected
         self.spread_s = max(self.std_s(), s.min_std_fraction * expected)
         self.suspect_after_s = self.base_s + s.z_suspect * self.spread_s
         self.dead_after_s = self.base_s + s.z_dead * self.spread_s

@@ -247,7 +247,7 @@ class Liveness(Service):
                 live += 1
                 detector = node.detector
                 silence = now - detector.last
-                if silence > detector.base_s:
+                if silence > detector.overdue_after_s:
                     overdue += 1
                     if silence >= detector.suspect_after_s:
                         candidates.append(node)
@@ -274,7 +274,8 @@ class Liveness(Service):
             if node.state != "dead":
                 reason = f"silent {silence:.2f}s >= dead threshold {detector.dead_after_s:.2f}s"
                 self._emit(node, "dead", "dead", now, reason)
-        elif node.state == "alive":
+        elif node.state == "alive" and silence >= detector.suspect_after_s:
+            # (Re-checked: a recovery in this same pass restarted every clock.)
             reason = f"silent {silence:.2f}s >= suspect threshold {detector.suspect_after_s:.2f}s"
             self._emit(node, "suspect", "suspect", now, reason)
 
