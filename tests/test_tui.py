@@ -1,0 +1,623 @@
+"""The operator console, driven with Textual's Pilot against fixed data (tui/fixtures.py).
+
+No pytest-asyncio here: each test runs its Pilot session with ``asyncio.run``. Snapshot
+tests (pytest-textual-snapshot) keep their SVGs in tests/__snapshots__/test_tui/;
+regenerate them with ``pytest tests/test_tui.py --snapshot-update`` after a deliberate
+change, and look at them before committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, OptionList
+from textual.widgets.data_table import ColumnKey
+
+from shoal.tui import format as fmt
+from shoal.tui import query
+from shoal.tui.actions import ACTION_KEYS
+from shoal.tui.app import ShoalConsole
+from shoal.tui.base import StatusBanner
+from shoal.tui.command import resolve
+from shoal.tui.confirm import ConfirmScreen
+from shoal.tui.detail import NO_TASKS, NodeDetailScreen
+from shoal.tui.event_log import EventsScreen
+from shoal.tui.fixtures import FIXED_EVENTS, FIXED_NODES, FixedSource
+from shoal.tui.help import HelpScreen
+from shoal.tui.model import ACTIONS, STATES, ActionError
+from shoal.tui.node_table import OFFSCREEN_MARGIN, NodeTable
+from shoal.tui.nodes import NodesScreen
+from shoal.tui.scenarios import NOT_BUILT, ScenariosScreen
+
+SIZE = (160, 48)
+ALL_IDS = sorted(row.node_id for row in FIXED_NODES)
+SCENARIO = """\
+# Crash one node, then check that it is declared dead and comes back.
+[scenario]
+name = "node-crash"
+description = "crash sim-001 for 10 s"
+
+[[step]]
+at_s = 0
+fault = "crash"
+nodes = ["sim-001"]
+
+[[step]]
+at_s = 10
+fault = "resume"
+nodes = ["sim-001"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    """Event times print as local time: pin the zone so the screens are the same anywhere."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+@pytest.fixture
+def scenarios_dir(tmp_path: Path) -> Path:
+    (tmp_path / "README.md").write_text("# scenarios\n")
+    (tmp_path / "node-crash.toml").write_text(SCENARIO)
+    (tmp_path / "relay-restart.toml").write_text('[scenario]\nname = "relay-restart"\n')
+    return tmp_path
+
+
+class Notes:
+    """What the app told the operator (its notify calls), still shown as usual."""
+
+    def __init__(self, app: ShoalConsole) -> None:
+        self.seen: list[tuple[str, str]] = []
+        show = app.notify
+
+        def notify(message: str, **kwargs: Any) -> None:
+            self.seen.append((message, kwargs.get("severity", "information")))
+            show(message, **kwargs)
+
+        app.notify = notify  # type: ignore[method-assign]
+
+    def text(self) -> str:
+        return "\n".join(message for message, _ in self.seen)
+
+
+def drive(app: ShoalConsole, steps: Callable[[Pilot[None]], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await steps(pilot)
+
+    asyncio.run(main())
+
+
+def table_of(app: ShoalConsole) -> NodeTable:
+    screen = app.screen
+    assert isinstance(screen, NodesScreen)
+    return screen.table
+
+
+def shown_ids(app: ShoalConsole) -> list[str]:
+    table = table_of(app)
+    return [str(table.coordinate_to_cell_key((i, 0)).row_key.value) for i in range(table.row_count)]
+
+
+async def settle(pilot: Pilot[None]) -> None:
+    """Let action workers finish and the app handle what they posted."""
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def type_filter(pilot: Pilot[None], text: str) -> None:
+    await pilot.press("slash", *text, "enter")
+    await pilot.pause()
+
+
+def select(app: ShoalConsole, node_id: str) -> None:
+    table = table_of(app)
+    table.move_cursor(row=table.get_row_index(node_id))
+
+
+# --- pure parts ----------------------------------------------------------------------------
+
+
+def test_query_regex_bang_and_field() -> None:
+    q = query.parse("sim-00[1-3]", ("state",))
+    assert q.matches(("sim-002", "alive"), {"state": "alive"})
+    assert not q.matches(("sim-004", "dead"), {"state": "dead"})
+    inverted = query.parse("!sim", ("state",))
+    assert inverted.matches(("esp32-7c9e", "alive"), {"state": "alive"})
+    assert not inverted.matches(("sim-000", "alive"), {"state": "alive"})
+    states = query.parse("state:suspect|dead", ("state",))
+    assert states.matches(("x", "dead"), {"state": "dead"})
+    assert not states.matches(("dead-node", "alive"), {"state": "alive"})  # field, not id
+    assert query.parse("", ()).matches(("anything",), {})
+    with pytest.raises(ValueError, match="bad regex"):
+        query.parse("sim-(", ())
+
+
+def test_commands_resolve_names_prefixes_and_quit() -> None:
+    assert resolve("nodes") == "nodes"
+    assert resolve("ev") == "events"
+    assert resolve("sc") == "scenarios"
+    assert resolve("no") == "nodes"
+    assert resolve("q") == resolve("quit") == "quit"
+    assert resolve("help") == "help"
+    assert resolve("xyz") is None
+
+
+def test_every_action_has_its_own_key() -> None:
+    assert set(ACTION_KEYS) == set(ACTIONS)
+    assert len(set(ACTION_KEYS.values())) == len(ACTIONS)
+
+
+# --- nodes view: rows, filter, sort ------------------------------------------------------
+
+
+def test_nodes_view_lists_every_node_keyed_by_id_sorted_by_id() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        assert shown_ids(app) == ALL_IDS
+        header = app.screen.query_one("#summary").render()
+        assert "dead 2" in str(header) and "lost -" in str(header)
+
+    drive(app, steps)
+
+
+def test_filter_regex_keeps_matching_nodes_and_escape_clears_it() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await type_filter(pilot, "sim-00[1-3]")
+        assert shown_ids(app) == ["sim-001", "sim-002", "sim-003"]
+        assert "filter: sim-00[1-3]" in str(table_of(app).border_title)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert shown_ids(app) == ALL_IDS
+
+    drive(app, steps)
+
+
+def test_filter_bang_inverts_the_match() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await type_filter(pilot, "!sim")
+        assert shown_ids(app) == ["esp32-7c9e", "esp32-a41f"]
+
+    drive(app, steps)
+
+
+def test_filter_state_prefix_matches_the_state_whole() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await type_filter(pilot, "state:dead")
+        assert shown_ids(app) == ["sim-004", "sim-008"]
+        await type_filter(pilot, "state:suspect|dead")  # `/` selects the old text: replaced
+        assert shown_ids(app) == ["sim-003", "sim-004", "sim-008"]
+
+    drive(app, steps)
+
+
+def test_filter_with_a_bad_regex_keeps_the_last_good_one() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await type_filter(pilot, "esp")
+        await pilot.press("slash", "(")
+        await pilot.pause()
+        assert app.screen.query_one("#filter").has_class("-bad")
+        assert shown_ids(app) == ["esp32-7c9e", "esp32-a41f"]
+
+    drive(app, steps)
+
+
+def test_sort_keys_cycle_the_column_and_reverse_it() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        table = table_of(app)
+        await pilot.press("r")
+        await pilot.pause()
+        assert shown_ids(app) == ALL_IDS[::-1]
+        await pilot.press("s")  # next column: state, ascending (in the order of STATES)
+        await pilot.pause()
+        assert table.sort_column == "state" and not table.sort_reverse
+        states = [table.nodes[i].state for i in shown_ids(app)]
+        assert states == sorted(states, key=STATES.index)
+        table.sort_by("cpu", reverse=True)
+        await pilot.pause()
+        assert shown_ids(app)[:3] == ["sim-001", "sim-009", "sim-000"]  # 99, 67, 45.5
+        assert shown_ids(app)[-3:] == ["sim-004", "sim-006", "sim-008"]  # no cpu: last
+        assert "sort: cpu% ↓" in str(table.border_title)
+
+    drive(app, steps)
+
+
+def test_clicking_a_header_sorts_by_it_and_again_reverses() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        table = table_of(app)
+        load = ColumnKey("load")
+        table.post_message(DataTable.HeaderSelected(table, load, 5, table.columns[load].label))
+        await pilot.pause()
+        assert (table.sort_column, table.sort_reverse) == ("load", False)
+        assert shown_ids(app)[0] == "sim-005"  # 0.05
+        table.post_message(DataTable.HeaderSelected(table, load, 5, table.columns[load].label))
+        await pilot.pause()
+        assert (table.sort_column, table.sort_reverse) == ("load", True)
+        assert shown_ids(app)[0] == "sim-001"  # 1.87
+
+    drive(app, steps)
+
+
+def test_refresh_writes_only_changed_cells_in_view_and_the_rest_on_scroll() -> None:
+    source = FixedSource(n=1000)
+    app = ShoalConsole(source, refresh_s=3600)  # polled by hand below
+
+    async def steps(pilot: Pilot[None]) -> None:
+        table = table_of(app)
+        before = dict(source.snapshot().nodes)
+        calls: list[tuple[str, str]] = []
+        update_cell = table.update_cell
+
+        def counting(row_key: Any, column_key: Any, *args: Any, **kwargs: Any) -> None:
+            calls.append((str(row_key), str(column_key)))
+            update_cell(row_key, column_key, *args, **kwargs)
+
+        table.update_cell = counting  # type: ignore[method-assign]
+        source.tick()
+        app.poll()
+        nodes = source.snapshot().nodes
+        changed = {i for i, row in nodes.items() if row != before[i]}
+        written = {node for node, _ in calls}
+        in_view = set(shown_ids(app)[: table.size.height + OFFSCREEN_MARGIN])
+        assert written and written == changed & in_view  # not the other ~130
+        assert {column for _, column in calls} <= {"age", "cpu", "load"}  # what tick changes
+
+        table.scroll_end(animate=False)
+        await pilot.pause()
+        for node_id in shown_ids(app)[-table.size.height :]:
+            assert [str(c) for c in table.get_row(node_id)] == list(fmt.cells(nodes[node_id]))
+        assert table.row_count == 1000
+        source.act("remove", "sim-007")
+        app.poll()
+        assert table.row_count == 999 and "sim-007" not in table.rows
+
+    drive(app, steps)
+
+
+def test_a_changed_cell_is_drawn_with_its_new_value() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source, refresh_s=3600)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        table = table_of(app)
+
+        def line_of(node_id: str) -> str:
+            return table.render_line(1 + table.get_row_index(node_id)).text  # 1: the header
+
+        before = source.snapshot().nodes
+        source.tick()
+        source.tick()  # the second tick changes sim-003 (cpu 18 -> 99, load 0.25 -> 0.41)
+        app.poll()
+        await pilot.pause()
+        row = source.snapshot().nodes["sim-003"]
+        assert row != before["sim-003"]
+        assert f" {row.load_factor:.2f} " in line_of("sim-003")
+        assert f" {before['sim-003'].load_factor:.2f} " not in line_of("sim-003")
+        table.move_cursor(row=table.get_row_index("sim-003"))
+        await pilot.pause()
+        assert f" {row.load_factor:.2f} " in line_of("sim-003")  # with the cursor on it
+
+    drive(app, steps)
+
+
+# --- detail ------------------------------------------------------------------------------
+
+
+def test_enter_opens_the_node_detail_and_escape_goes_back() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        select(app, "sim-004")
+        await pilot.press("enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NodeDetailScreen) and screen.node_id == "sim-004"
+        assert NO_TASKS in str(screen.query_one("#tasks").render())
+        events = screen.query_one("#node-events", DataTable)
+        assert events.row_count == 2  # its suspect and dead events
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, NodesScreen)
+        assert table_of(app).selected == "sim-004"
+
+    drive(app, steps)
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+def test_action_runs_after_yes() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        select(app, "sim-002")
+        await pilot.press("c")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "crash" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await settle(pilot)
+        assert source.actions == [("crash", "sim-002")]
+        assert "crash applied to sim-002" in notes.text()
+        assert isinstance(app.screen, NodesScreen)
+
+    drive(app, steps)
+
+
+def test_action_does_not_run_after_no_or_escape() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("b")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause()
+        await pilot.press("x", "escape")
+        await settle(pilot)
+        assert source.actions == []
+        assert isinstance(app.screen, NodesScreen)
+
+    drive(app, steps)
+
+
+def test_remove_from_the_detail_view_takes_the_node_off_the_list() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        app.open_detail("sim-008")
+        await pilot.pause()
+        await pilot.press("x", "y")
+        await settle(pilot)
+        assert source.actions == [("remove", "sim-008")]
+        await pilot.press("escape")
+        await pilot.pause()
+        assert "sim-008" not in shown_ids(app)
+
+    drive(app, steps)
+
+
+def test_unavailable_action_says_why_and_asks_nothing() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("f")  # flood: needs delegation
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert "needs task delegation" in notes.text()
+        assert source.actions == []
+
+    drive(app, steps)
+
+
+def test_action_error_is_shown_as_an_error() -> None:
+    class Refusing(FixedSource):
+        def act(self, action: str, node_id: str) -> str:
+            raise ActionError(f"{action}: no answer from sim")
+
+    app = ShoalConsole(Refusing())
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("h", "y")
+        await settle(pilot)
+        assert ("hang: no answer from sim", "error") in notes.seen
+
+    drive(app, steps)
+
+
+def test_readonly_refuses_every_action_without_confirmation() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source, readonly=True)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        for key in ACTION_KEYS.values():
+            await pilot.press(key)
+            await pilot.pause()
+            assert not isinstance(app.screen, ConfirmScreen)
+        assert len([m for m, _ in notes.seen if m.startswith("read-only")]) == len(ACTIONS)
+        assert source.actions == []
+
+    drive(app, steps)
+
+
+# --- a cluster that is not there -----------------------------------------------------------
+
+
+def test_disconnected_state_shows_the_banner_and_keeps_polling() -> None:
+    source = FixedSource(connected=False, detail="relay at tcp://127.0.0.1:5601 not answering")
+    app = ShoalConsole(source)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        banner = app.screen.query_one(StatusBanner)
+        assert banner.display and "disconnected: relay at" in str(banner.render())
+        source.set_connected(True)
+        app.poll()
+        await pilot.pause()
+        assert not banner.display
+        assert shown_ids(app) == ALL_IDS
+
+    drive(app, steps)
+
+
+def test_a_source_that_raises_keeps_the_app_alive_and_says_so() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        source.fail = ConnectionError("feed thread died")
+        app.poll()
+        await pilot.pause()
+        banner = app.screen.query_one(StatusBanner)
+        text = str(banner.render())
+        assert "disconnected: ConnectionError: feed thread died (retrying)" in text
+        assert shown_ids(app) == ALL_IDS  # the last good state stays on screen
+        await pilot.press("enter")  # still answering keys
+        await pilot.pause()
+        assert isinstance(app.screen, NodeDetailScreen)
+        source.fail = None
+        app.poll()
+        await pilot.pause()
+        assert not banner.display
+        assert app.is_running
+
+    drive(app, steps)
+
+
+# --- events, scenarios, help, command mode ------------------------------------------------
+
+
+def test_events_view_follows_the_newest_and_filters() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"events", "enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, EventsScreen)
+        table = screen.table
+        assert table.row_count == len(FIXED_EVENTS)
+        source.tick()
+        app.poll()
+        await pilot.pause()
+        assert table.row_count == len(FIXED_EVENTS) + 1
+        assert table.cursor_row == table.row_count - 1  # following
+        await pilot.press("f")  # follow off
+        table.move_cursor(row=0)
+        source.tick()
+        app.poll()
+        await pilot.pause()
+        assert table.cursor_row == 0
+        await pilot.press("slash", *"kind:observer", "enter")
+        await pilot.pause()
+        assert table.row_count == 2
+        await pilot.press("escape")
+        await pilot.pause()
+        assert table.row_count == len(FIXED_EVENTS) + 2
+        await pilot.press("escape")  # no filter: back to the nodes
+        await pilot.pause()
+        assert isinstance(app.screen, NodesScreen)
+
+    drive(app, steps)
+
+
+def test_scenarios_view_lists_toml_files_and_running_one_waits_for_the_injector(
+    scenarios_dir: Path,
+) -> None:
+    app = ShoalConsole(FixedSource(), scenarios_dir=scenarios_dir)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"scenarios", "enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ScenariosScreen)
+        assert screen.query_one(OptionList).option_count == 2  # the README is not one
+        await pilot.press("enter")
+        await pilot.pause()
+        assert NOT_BUILT in notes.text()
+
+    drive(app, steps)
+
+
+def test_command_mode_jumps_between_views_and_quits() -> None:
+    app = ShoalConsole(FixedSource())
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"ev", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, EventsScreen)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape", "colon", *"nodes", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, NodesScreen)
+        await pilot.press("colon", *"bogus", "enter")
+        await pilot.pause()
+        assert "unknown command ':bogus'" in notes.text()
+        await pilot.press("colon", "q", "enter")
+        await pilot.pause()
+        assert not app.is_running
+
+    drive(app, steps)
+
+
+# --- snapshots -------------------------------------------------------------------------------
+
+
+def test_snapshot_nodes_view(snap_compare: Any) -> None:
+    assert snap_compare(ShoalConsole(FixedSource()), terminal_size=SIZE)
+
+
+def test_snapshot_node_detail(snap_compare: Any) -> None:
+    async def open_sim_004(pilot: Pilot[None]) -> None:
+        pilot.app.open_detail("sim-004")  # type: ignore[attr-defined]
+        await pilot.pause()
+
+    assert snap_compare(ShoalConsole(FixedSource()), terminal_size=SIZE, run_before=open_sim_004)
+
+
+def test_snapshot_events_view(snap_compare: Any) -> None:
+    assert snap_compare(
+        ShoalConsole(FixedSource()), press=["colon", *"events", "enter"], terminal_size=SIZE
+    )
+
+
+def test_snapshot_scenarios_view(snap_compare: Any, scenarios_dir: Path) -> None:
+    assert snap_compare(
+        ShoalConsole(FixedSource(), scenarios_dir=scenarios_dir),
+        press=["colon", *"scenarios", "enter"],
+        terminal_size=SIZE,
+    )
+
+
+def test_snapshot_help(snap_compare: Any) -> None:
+    assert snap_compare(ShoalConsole(FixedSource()), press=["question_mark"], terminal_size=SIZE)
+
+
+def test_snapshot_confirmation(snap_compare: Any) -> None:
+    assert snap_compare(ShoalConsole(FixedSource()), press=["down", "b"], terminal_size=SIZE)
+
+
+def test_snapshot_disconnected(snap_compare: Any) -> None:
+    source = FixedSource(connected=False, detail="relay at tcp://127.0.0.1:5601 not answering")
+    assert snap_compare(ShoalConsole(source), terminal_size=SIZE)

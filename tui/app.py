@@ -1,0 +1,200 @@
+"""The operator console: ``ShoalConsole(source)`` polls the source and shows the cluster.
+
+    from shoal.tui.app import ShoalConsole
+    from shoal.tui.fixtures import FixedSource
+
+    ShoalConsole(FixedSource()).run()
+
+The app is the only thing that talks to the Source (tui/model.py): it polls
+``snapshot()`` and ``events()`` at most four times a second, keeps an event log, hands
+every new state to the screens on the stack, and carries out operator actions (read-only
+check, ``available``, confirmation, ``act`` on a worker thread). Nothing the source raises
+reaches the screen as a traceback: it becomes the "disconnected ... retrying" banner.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.reactive import reactive
+
+from .base import ConsoleScreen
+from .command import CommandScreen, resolve
+from .confirm import ConfirmScreen
+from .detail import NodeDetailScreen
+from .event_log import EventsScreen
+from .help import HelpScreen
+from .model import ActionError, ClusterState, Event, Sample, Source
+from .nodes import NodesScreen
+from .scenarios import ScenariosScreen
+
+MIN_REFRESH_S = 0.25  # at most four refreshes a second, whatever the caller asks
+EVENT_LOG_KEPT = 5000
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class ShoalConsole(App[None]):
+    CSS_PATH = "console.tcss"
+    TITLE = "shoal"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("colon", "command", "command"),
+        Binding("question_mark", "help", "help"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+    ]
+
+    # (level, text) of the banner: ("", "") hidden, "warn" partial data, "error" no data.
+    link: reactive[tuple[str, str]] = reactive(("", ""), init=False)
+
+    def __init__(
+        self,
+        source: Source,
+        readonly: bool = False,
+        scenarios_dir: Path | None = None,
+        refresh_s: float = 0.25,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.readonly = readonly
+        self.scenarios_dir = scenarios_dir
+        self.refresh_s = max(refresh_s, MIN_REFRESH_S)
+        self.state = ClusterState(connected=False, detail="connecting...")
+        self.event_log: deque[tuple[int, Event]] = deque(maxlen=EVENT_LOG_KEPT)
+        self._event_n = 0
+        self._cursor = 0  # the source's event cursor
+
+    def on_mount(self) -> None:
+        self.add_mode("nodes", NodesScreen)
+        self.add_mode("events", EventsScreen)
+        self.add_mode("scenarios", lambda: ScenariosScreen(self.scenarios_dir))
+        self.poll()
+        self.switch_mode("nodes")
+        self.set_interval(self.refresh_s, self.poll)
+
+    # --- the source --------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Take the source's newest state and events and hand them to the screens."""
+        try:
+            state = self.source.snapshot()
+            cursor, new = self.source.events(self._cursor)
+        except Exception as err:  # whatever it is, the console stays up and says so
+            self.link = ("error", f"disconnected: {_describe(err)} (retrying)")
+            return
+        self._cursor = cursor
+        for event in new:
+            self._event_n += 1
+            self.event_log.append((self._event_n, event))
+        if not state.connected:
+            self.link = ("error", f"disconnected: {state.detail or 'no cluster'} (retrying)")
+        elif state.detail:
+            self.link = ("warn", state.detail)
+        else:
+            self.link = ("", "")
+        if state is self.state and not new:
+            return
+        self.state = state
+        for screen in self.screen_stack:
+            if isinstance(screen, ConsoleScreen) and screen.is_mounted:
+                screen.show_state(state)
+
+    def events_after(self, n: int) -> list[tuple[int, Event]]:
+        """The logged events numbered after ``n``, oldest first."""
+        out = []
+        for item in reversed(self.event_log):
+            if item[0] <= n:
+                break
+            out.append(item)
+        out.reverse()
+        return out
+
+    def history(self, node_id: str) -> list[Sample]:
+        try:
+            return self.source.history(node_id)
+        except Exception:  # shown as no history; the banner tells about the link
+            return []
+
+    # --- navigation --------------------------------------------------------------------
+
+    def go(self, view: str) -> None:
+        """Show a view: nodes, events, scenarios (their own stacks) or help."""
+        if view == "help":
+            self.action_help()
+            return
+        if view == self.current_mode:
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
+        else:
+            self.switch_mode(view)
+
+    def open_detail(self, node_id: str) -> None:
+        self.push_screen(NodeDetailScreen(node_id))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_go(self, view: str) -> None:
+        self.go(view)
+
+    def action_command(self) -> None:
+        self.push_screen(CommandScreen(), self._on_command)
+
+    def _on_command(self, text: str | None) -> None:
+        if text is None or not text.strip():
+            return
+        target = resolve(text)
+        if target is None:
+            self.notify(f"unknown command ':{text.strip()}'", severity="error")
+        elif target == "quit":
+            self.exit()
+        else:
+            self.go(target)
+
+    # --- actions -----------------------------------------------------------------------
+
+    def request_action(self, action: str, node_id: str | None) -> None:
+        """Refuse (read-only, nothing selected, not available), or confirm then run."""
+        if self.readonly:
+            self.notify(f"read-only: {action} refused", severity="warning")
+            return
+        if node_id is None:
+            self.notify(f"{action}: no node selected", severity="warning")
+            return
+        try:
+            reason = self.source.available(action)
+        except Exception as err:
+            self.notify(f"{action}: {_describe(err)}", severity="error")
+            return
+        if reason is not None:
+            self.notify(f"{action}: {reason}", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._act(action, node_id)
+
+        self.push_screen(ConfirmScreen(action, node_id), answered)
+
+    @work(thread=True, group="actions")
+    def _act(self, action: str, node_id: str) -> None:
+        """The action on a worker thread: a source may wait on the cluster to answer."""
+        try:
+            line = self.source.act(action, node_id)
+        except ActionError as err:
+            self.call_from_thread(self.notify, str(err), title=action, severity="error")
+        except Exception as err:
+            self.call_from_thread(
+                self.notify, f"{action}: {_describe(err)}", title=action, severity="error"
+            )
+        else:
+            self.call_from_thread(self.notify, line, title=action)
+            self.call_from_thread(self.poll)

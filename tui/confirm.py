@@ -1,0 +1,45 @@
+"""The confirmation before an action: y runs it, n or Esc does not."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+from .actions import ACTION_TEXT
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS = [
+        Binding("y", "answer(True)", "yes"),
+        Binding("n", "answer(False)", "no"),
+        Binding("escape", "answer(False)", "no", show=False),
+    ]
+
+    def __init__(self, action: str, node_id: str) -> None:
+        super().__init__()
+        self.verb = action
+        self.node_id = node_id
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(
+                Text.assemble((self.verb, "bold"), " node ", (self.node_id, "bold"), "?"),
+                id="question",
+            )
+            yield Static(Text(ACTION_TEXT.get(self.verb, ""), "dim"), id="what")
+            with Horizontal(id="buttons"):
+                yield Button("yes (y)", variant="error", id="yes")
+                yield Button("no (n)", variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

@@ -1,0 +1,101 @@
+"""The nodes view's header: cluster counters on the left, the services on the right."""
+
+from __future__ import annotations
+
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from . import format as fmt
+from .model import STATES, ClusterState, ServiceRow
+
+
+def summary(state: ClusterState, readonly: bool = False) -> Text:
+    """Counts by state, rates and counters, the observer's health, read-only mode."""
+    counts = state.counts()
+    text = Text()
+    text.append("nodes ", "bold")
+    text.append(str(len(state.nodes)), "bold")
+    for name in STATES:
+        text.append("  ")
+        n = counts.get(name, 0)
+        text.append(f"{name} ", fmt.STATE_STYLES[name] if n else "dim")
+        text.append(str(n), "bold" if n else "dim")
+    text.append("\n")
+    pairs = (
+        ("msgs/s", f"{state.msgs_per_s:.1f}"),
+        ("tasks/s", fmt.num(state.tasks_per_s, "{:.1f}")),
+        ("lost", fmt.num(state.lost)),
+        ("duplicates", str(state.duplicates)),
+        ("gaps", str(state.gaps)),
+        ("rejected", str(state.rejected)),
+    )
+    for i, (label, value) in enumerate(pairs):
+        if i:
+            text.append("  ")
+        text.append(f"{label} ", "dim")
+        text.append(value, "bold")
+    text.append("\n")
+    text.append("observer ", "dim")
+    if state.observer_healthy is None:
+        text.append("?", "bold")
+    elif state.observer_healthy:
+        text.append("healthy", "bold green")
+    else:
+        text.append("DEGRADED", "bold red")
+        if state.observer_reasons:
+            text.append(": " + ", ".join(state.observer_reasons), "red")
+    if readonly:
+        text.append("    read-only: actions are refused", "bold yellow")
+    return text
+
+
+SERVICE_STYLES = {"running": "green", "backoff": "yellow", "paused": "yellow", "stopped": "red"}
+
+
+def services(state: ClusterState) -> RenderableType:
+    """One line per service: state, restarts, heartbeat age."""
+    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
+    table.add_column("service")
+    table.add_column("state")
+    table.add_column("restarts", justify="right")
+    table.add_column("heartbeat", justify="right")
+    for svc in state.services:
+        table.add_row(
+            svc.name,
+            Text(svc.state, SERVICE_STYLES.get(svc.state, "dim")),
+            str(svc.restarts),
+            fmt.age(svc.beat_age_ms),
+        )
+    if not state.services:
+        table.add_row(Text("no services known", "dim"), "", "", "")
+    return table
+
+
+class ClusterSummary(Static):
+    _shown: Text | None = None
+
+    def show(self, state: ClusterState, readonly: bool = False) -> None:
+        text = summary(state, readonly)
+        if text != self._shown:
+            # Always three lines: a new layout (costly, the whole screen) only the first time.
+            self.update(text, layout=self._shown is None)
+            self._shown = text
+
+
+class ServicesPanel(Static):
+    _shown: tuple[ServiceRow, ...] | None = None
+    _shape: tuple[int, ...] = ()
+
+    def show(self, state: ClusterState) -> None:
+        if state.services == self._shown:
+            return
+        self._shown = state.services
+        # The panel's size follows its text: a new layout only when that could change.
+        shape = tuple(
+            len(s.name) + len(s.state) + len(str(s.restarts)) + len(fmt.age(s.beat_age_ms))
+            for s in state.services
+        )
+        self.update(services(state), layout=shape != self._shape)
+        self._shape = shape

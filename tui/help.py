@@ -1,0 +1,105 @@
+"""The `?` view: every key, read from the BINDINGS of the screens that own them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from .actions import ACTION_KEYS, ACTION_TEXT
+from .command import VIEWS
+from .model import ACTIONS
+
+KEY_NAMES = {
+    "colon": ":",
+    "question_mark": "?",
+    "slash": "/",
+    "escape": "Esc",
+    "enter": "Enter",
+    "ctrl+c": "Ctrl+C",
+    "ctrl+q": "Ctrl+Q",
+}
+
+FILTER_HELP = (
+    ("sim-00[1-3]", "a regex on node id or state (events: kind, node, text); any case"),
+    ("!regex", "everything that does not match"),
+    ("state:dead", "one field in full: state:suspect|dead; events: kind:fault, node:sim-003"),
+    ("Esc", "clear the filter"),
+)
+
+
+def key_label(keys: str) -> str:
+    return " ".join(KEY_NAMES.get(k, k) for k in keys.split(","))
+
+
+def section(
+    title: str, bindings: Iterable[BindingType], extra: tuple[tuple[str, str], ...] = ()
+) -> Table:
+    table = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        padding=(0, 2, 0, 0),
+        show_header=False,
+    )
+    table.add_column("key", style="bold cyan", min_width=8)
+    table.add_column("does")
+    for binding in Binding.make_bindings(bindings):
+        if binding.description and not binding.action.startswith("node_action"):
+            table.add_row(key_label(binding.key), binding.description)
+    for key, does in extra:
+        table.add_row(key, does)
+    return table
+
+
+def help_sections() -> list[Table]:
+    # Imported here: the screens import this module's neighbours, not the other way round.
+    from .app import ShoalConsole
+    from .confirm import ConfirmScreen
+    from .detail import NodeDetailScreen
+    from .event_log import EventsScreen
+    from .node_table import NodeTable
+    from .nodes import NodesScreen
+    from .scenarios import ScenariosScreen
+
+    actions = tuple((ACTION_KEYS[a], f"{a}: {ACTION_TEXT[a]}") for a in ACTIONS)
+    commands = (*((f":{v}", f"the {v} view") for v in VIEWS), (":q", "quit"))
+    return [
+        section("everywhere", ShoalConsole.BINDINGS, commands),
+        section(
+            "nodes",
+            [*NodesScreen.BINDINGS, *NodeTable.BINDINGS],
+            (("Enter", "node detail"), ("click header", "sort by it (again: reverse)")),
+        ),
+        section("node detail", NodeDetailScreen.BINDINGS),
+        section("actions (nodes view and detail; y/n to confirm)", [], actions),
+        section("events", EventsScreen.BINDINGS),
+        section("scenarios", ScenariosScreen.BINDINGS),
+        section("confirmation", ConfirmScreen.BINDINGS),
+        section("filter (/)", [], FILTER_HELP),
+    ]
+
+
+class HelpScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "back"),
+        Binding("question_mark", "app.pop_screen", "back", show=False),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help"):
+            title = Text("shoal console: keys", "bold")
+            if getattr(self.app, "readonly", False):
+                title.append("   read-only: actions are refused", "bold yellow")
+            yield Static(title, id="help-title")
+            with Grid(id="help-grid"):
+                for table in help_sections():
+                    yield Static(table, classes="help-section")
+        yield Footer()
