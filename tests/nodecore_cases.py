@@ -459,6 +459,14 @@ def test_ack_of_another_boot_is_ignored():
     assert len(node.ring) >= 1
 
 
+def test_goodbye_goes_out_even_while_the_first_probe_is_unanswered():
+    node, link = make_node()
+    node.tick(0)  # the hello goes out as a probe; no ack yet
+    assert node.state == PROBING
+    node.goodbye(20, "leave")
+    assert link.sent[-1]["kind"] == "goodbye" and link.sent[-1]["reason"] == "leave"
+
+
 def test_goodbye_is_the_last_message_sent():
     node, link = make_node()
     node.tick(0)

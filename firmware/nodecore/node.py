@@ -121,12 +121,19 @@ class NodeCore:
         self._enqueue(msg)
 
     def goodbye(self, now_ms, reason="shutdown"):
-        """Queue a goodbye and try to send it now; the caller stops ticking afterwards."""
+        """Queue a goodbye and send it now; the caller stops ticking afterwards.
+
+        While the link is UP it goes out with the rest of the buffer, in order. Otherwise
+        (a probe not answered yet) it goes straight to the transport too: the node is about
+        to stop, so there is no later flush, and the relay de-duplicates a resend.
+        """
         msg = self._message("goodbye", now_ms)
         msg["reason"] = reason
         self._enqueue(msg)
         if self.state == UP:
             self._flush(now_ms)
+        elif self.transport.send(msg):
+            self.stats["sent"] += 1
 
     def heartbeat(self, now_ms):
         """Number a heartbeat and hand it to the transport now; never buffered or resent."""
