@@ -6,9 +6,13 @@ export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
 default:
     @just --list
 
-# Start the cluster: relay + 8 simulated nodes (pass e.g. --nodes 50 --headless)
+# Start the cluster (relay, liveness, 8 simulated nodes) and, on a terminal, the console
 up *ARGS:
     shoal up {{ARGS}}
+
+# The operator console on a running cluster (pass --readonly to watch only)
+tui *ARGS:
+    shoal tui {{ARGS}}
 
 # Run the test suite (slow soak tests excluded; they run in `just bench`)
 test *ARGS:
@@ -20,7 +24,7 @@ lint:
     ruff format --check .
     mkdir -p .typecheck/shoal
     for d in protocol services tui firmware bench; do ln -sfn "../../$d" ".typecheck/shoal/$d"; done
-    MYPYPATH=.typecheck mypy --namespace-packages --explicit-package-bases -p shoal.protocol -p shoal.services -p shoal.bench
+    MYPYPATH=.typecheck mypy --namespace-packages --explicit-package-bases -p shoal.protocol -p shoal.services -p shoal.bench -p shoal.tui
 
 # Format the code
 fmt:
@@ -33,6 +37,7 @@ bench *ARGS:
     python bench/relay_throughput.py --json {{ARGS}}
     python bench/relay_restart.py --json {{ARGS}}
     python bench/liveness.py --json {{ARGS}}
+    python bench/tui.py --json {{ARGS}}
     python bench/nodecore_heap.py --json
     pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
 

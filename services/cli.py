@@ -1,10 +1,11 @@
 """The `shoal` command.
 
-shoal up [--headless] [--nodes N] [--config FILE]   start the cluster under the supervisor
+shoal up [--headless] [--nodes N] [--config FILE]   start the cluster (and the console on a TTY)
+shoal tui [--readonly] [--config FILE]              the operator console on a running cluster
 shoal run SERVICE [--config FILE]                   run one service in this process
 shoal sim [--nodes N] [--config FILE]               run a simulated fleet
 shoal status [--json] [--config FILE]               one row per node with its state
-shoal bench relay|liveness [--json] [--quick]       benchmarks
+shoal bench relay|liveness|tui [--json] [--quick]   benchmarks
 shoal config [--config FILE]                        print the effective configuration
 """
 
@@ -48,18 +49,80 @@ def main() -> None:
     "--nodes", type=click.IntRange(0, 100_000), default=None, help="Simulated nodes (default 8)."
 )
 @click.option("--headless", is_flag=True, help="No console; logs only.")
-def up(config_path: str | None, nodes: int | None, headless: bool) -> None:
-    """Start the relay, the liveness monitor and a simulated fleet under the supervisor."""
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False),
+    default="shoal-up.log",
+    show_default=True,
+    help="With the console: where the cluster's logs go.",
+)
+def up(config_path: str | None, nodes: int | None, headless: bool, log_path: str) -> None:
+    """Start the relay, the liveness monitor and a simulated fleet under the supervisor.
+
+    On a terminal, the operator console opens on the cluster (logs go to --log); quitting
+    the console stops the cluster. --headless: no console, logs on stdout.
+    """
     from .supervisor import ProcessSpec, run_supervisor
 
     config = _load(config_path)  # fail here, once, rather than in every child
     _check_ports_free(config)
+    if not headless and sys.stdin.isatty() and sys.stdout.isatty():
+        sys.exit(_up_with_console(config, config_path, nodes, log_path))
     common = ["--config", os.path.abspath(config_path)] if config_path else []
     python = [sys.executable, "-m", "shoal.services.cli"]
     specs = [ProcessSpec(name, [*python, "run", name, *common]) for name in ("relay", "liveness")]
     sim_args = ["--nodes", str(nodes)] if nodes is not None else []
     specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
     sys.exit(run_supervisor(specs, config.supervisor))
+
+
+def _up_with_console(
+    config: ShoalConfig, config_path: str | None, nodes: int | None, log_path: str
+) -> int:
+    """The cluster as a headless child process (logs to a file), the console in front."""
+    import signal
+    import subprocess
+
+    argv = [sys.executable, "-m", "shoal.services.cli", "up", "--headless"]
+    argv += ["--config", os.path.abspath(config_path)] if config_path else []
+    argv += ["--nodes", str(nodes)] if nodes is not None else []
+    with open(log_path, "ab") as log:
+        cluster = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _run_console(config, readonly=False)
+    finally:
+        cluster.send_signal(signal.SIGINT)
+        try:
+            code = cluster.wait(config.supervisor.stop_timeout_s + 5)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            code = cluster.wait()
+    click.echo(f"cluster stopped (exit {code}); its log: {log_path}")
+    return 0
+
+
+def _run_console(config: ShoalConfig, readonly: bool) -> None:
+    from pathlib import Path
+
+    from shoal.tui.app import ShoalConsole
+    from shoal.tui.feed import LiveFeed
+
+    feed = LiveFeed(config).start()
+    try:
+        ShoalConsole(feed, readonly=readonly, scenarios_dir=Path("scenarios")).run()
+    finally:
+        feed.close()
+
+
+@main.command()
+@config_option
+@click.option("--readonly", is_flag=True, help="Watch only: every action is refused.")
+def tui(config_path: str | None, readonly: bool) -> None:
+    """The operator console, attached to a running cluster (keeps retrying until one is up)."""
+    _run_console(_load(config_path), readonly)
 
 
 @main.command()
@@ -172,6 +235,16 @@ def bench_liveness(as_json: bool, quick: bool) -> None:
     from shoal.bench import liveness
 
     liveness.main(quick=quick, as_json=as_json)
+
+
+@bench.command("tui")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+@click.option("--quick", is_flag=True, help="Shorter windows; finishes within 60 s.")
+def bench_tui(as_json: bool, quick: bool) -> None:
+    """The console's CPU with 1,000 live nodes, against its feed alone."""
+    from shoal.bench import tui
+
+    tui.main(quick=quick, as_json=as_json)
 
 
 @main.command("config")

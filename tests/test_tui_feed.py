@@ -81,3 +81,42 @@ def test_without_a_cluster_the_feed_says_disconnected(tmp_path: Path) -> None:
             live.act("crash", "sim-000")
     finally:
         live.close()
+
+
+def test_the_console_attached_to_a_real_cluster_shows_its_nodes_and_a_crash(
+    feed: tuple[Cluster, LiveFeed],
+) -> None:
+    """End to end: the Textual app on the live feed, driven by Pilot."""
+    import asyncio
+
+    from textual.widgets import DataTable
+
+    from shoal.tui.app import ShoalConsole
+
+    _, live = feed
+    wait_for(lambda: alive(live), timeout_s=30)
+
+    async def scenario() -> None:
+        app = ShoalConsole(live)
+        async with app.run_test(size=(160, 48)) as pilot:
+            table = app.screen.query_one(DataTable)
+
+            async def until(cond: object, timeout_s: float = 10.0) -> None:
+                deadline = asyncio.get_running_loop().time() + timeout_s
+                while not cond():  # type: ignore[operator]
+                    assert asyncio.get_running_loop().time() < deadline, "console never showed it"
+                    await pilot.pause(0.1)
+
+            def ids() -> set[str]:
+                return {str(key.value) for key in table.rows}
+
+            await until(lambda: ids() == {f"sim-{i:03d}" for i in range(NODES)})
+            live.act("crash", "sim-003")
+
+            def state_of(node: str) -> str:
+                return str(table.get_cell(node, "state"))
+
+            await until(lambda: "dead" in state_of("sim-003"), 10.0)
+            assert "alive" in state_of("sim-000") or "joined" in state_of("sim-000")
+
+    asyncio.run(scenario())

@@ -36,7 +36,7 @@ from shoal.protocol.messages import (
     ServiceBeat,
     Telemetry,
 )
-from shoal.services.config import ShoalConfig
+from shoal.services.config import ShoalConfig, with_overrides
 from shoal.services.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from shoal.services.membership_view import MembershipView
 from shoal.services.relay_view import RelayView
@@ -69,7 +69,8 @@ class _Console(Service):
     name = "console"
 
     def __init__(self, config: ShoalConfig, feed: LiveFeed) -> None:
-        super().__init__(config)
+        # Quiet: the console owns the terminal, and a log line would tear its screen.
+        super().__init__(with_overrides(config, "runtime", log_level="error"))
         self.feed = feed
 
     def setup(self) -> None:
@@ -324,9 +325,7 @@ class LiveFeed:
             duplicates=counters.get("duplicates", 0),
             gaps=sum(n.gaps for n in view.nodes.values()),
             rejected=counters.get("rejected", 0),
-            observer_healthy=self.service.members.healthy
-            if self.service.members.synced
-            else None,
+            observer_healthy=self.service.members.healthy if self.service.members.synced else None,
             observer_reasons=tuple(self.service.members.reasons),
             version=self._version,
         )

@@ -1,0 +1,120 @@
+"""The operator console's CPU with 1,000 live nodes (goal: at most 25% of one core).
+
+A real cluster (`shoal up --headless --nodes 1000`) on free ports; the console runs
+headless (Textual renders every frame, nothing is drawn on a terminal) in its own process,
+attached through its live feed, on the nodes view. Its CPU is sampled over a window after
+warm-up. The baseline, measured in the same run, is the live feed alone (the same
+subscriptions and snapshots, no UI): what the UI adds is the difference.
+
+    python bench/tui.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from shoal.bench._util import emit, progress, versions
+from shoal.services.config import load_config
+from shoal.services.ctl_client import CtlClient, CtlUnavailable
+from shoal.services.testing import Cluster, wait_for
+
+TARGET_CPU_PCT = 25.0
+
+
+def child(config_path: str, mode: str, seconds: float) -> None:
+    """Run the console (mode "app") or only its feed (mode "feed") for `seconds`."""
+    from shoal.tui.feed import LiveFeed
+
+    feed = LiveFeed(load_config(config_path)).start()
+    try:
+        if mode == "feed":
+            time.sleep(seconds)  # the feed works on its own thread; this is the window
+            return
+        from shoal.tui.app import ShoalConsole
+
+        app = ShoalConsole(feed)
+        app.call_later(lambda: app.set_timer(seconds, app.exit))
+        app.run(headless=True, size=(200, 60))
+    finally:
+        feed.close()
+
+
+def measure(config_path: Path, mode: str, warmup_s: float, window_s: float) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", str(config_path), mode, str(warmup_s + window_s + 5)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ps = psutil.Process(proc.pid)
+        time.sleep(warmup_s)  # connect, first snapshot, all rows built
+        t0 = time.monotonic()
+        c0 = sum(ps.cpu_times()[:2])
+        time.sleep(window_s)  # the measurement window
+        c1 = sum(ps.cpu_times()[:2])
+        elapsed = time.monotonic() - t0
+        rss = ps.memory_info().rss / 2**20
+        return {"cpu_pct": round((c1 - c0) / elapsed * 100, 1), "rss_mb": round(rss, 1)}
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
+    nodes = 1000
+    warmup_s, window_s = (6.0, 5.0) if quick else (10.0, 20.0)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, Cluster(tmp, nodes=nodes) as cluster:
+        progress(f"cluster of {nodes} nodes starting")
+        with CtlClient(cluster.config.relay.ctl) as relay:
+            wait_for(
+                lambda: len(relay.call("snapshot", timeout_s=2, retries=0)["nodes"]) == nodes,
+                60,
+                0.5,
+                (CtlUnavailable,),
+            )
+        progress("baseline: the live feed alone")
+        feed = measure(cluster.config_path, "feed", warmup_s, window_s)
+        progress("the console, headless, nodes view")
+        app = measure(cluster.config_path, "app", warmup_s, window_s)
+    result = {
+        "bench": "tui",
+        "quick": quick,
+        "nodes": nodes,
+        "console_cpu_pct_1000_nodes": app["cpu_pct"],
+        "console_rss_mb_1000_nodes": app["rss_mb"],
+        "baseline_feed_cpu_pct_1000_nodes": feed["cpu_pct"],
+        "baseline_feed_rss_mb_1000_nodes": feed["rss_mb"],
+        "target_cpu_pct": TARGET_CPU_PCT,
+        "meets_target": app["cpu_pct"] <= TARGET_CPU_PCT,
+        "window_s": window_s,
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        **versions(),
+    }
+    emit(
+        result,
+        as_json,
+        [
+            f"console at {nodes} nodes: {app['cpu_pct']}% of a core, {app['rss_mb']} MB"
+            f" (feed alone {feed['cpu_pct']}%; goal <= {TARGET_CPU_PCT}%)"
+        ],
+    )
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter windows, within 60 s")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args()
+    main(quick=args.quick, as_json=args.json)
