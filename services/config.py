@@ -112,8 +112,9 @@ class LivenessConfig(_Section, frozen=True):
     # A fleet-wide silence while the relay itself is healthy is believed after this long
     # (a real correlated failure, such as a power cut, must not stay unreported).
     max_suspend_ms: PositiveInt = 10_000
-    # Dead and left nodes are forgotten after this long (or at once with op "forget").
-    forget_after_s: Positive = 3600.0
+    # Dead and left nodes stay listed until an operator removes them (op "forget", the
+    # console's remove); > 0: forgotten automatically after this long. max_nodes bounds them.
+    forget_after_s: Annotated[float, Meta(ge=0)] = 0.0
     max_nodes: PositiveInt = 10_000
 
 

@@ -354,6 +354,8 @@ class Liveness(Service):
             self.publish(codec.TOPIC_MEMBERSHIP, Membership, events=events)
 
     def _forget_old(self) -> None:
+        if not self.cfg.forget_after_s:
+            return  # listed until an operator removes them
         cutoff = self.clock() - self.cfg.forget_after_s
         for node in list(self.nodes.values()):
             if node.state in ("dead", "left") and node.since < cutoff:

@@ -262,3 +262,17 @@ def test_queries_answer_and_refuse_unknown_ids_and_bad_args(h: Harness) -> None:
     assert [m.node_id for m in h.lv._op_members({"state": "dead"}).members] == ["n7"]
     assert h.lv._op_forget({"node_id": "n7"}) == {"forgotten": "n7"}
     assert "n7" not in h.lv.nodes and h.events("forgotten", "n7")
+
+
+def test_dead_nodes_stay_listed_unless_forget_after_s_is_set() -> None:
+    for forget_after_s, kept in ((0.0, True), (2.0, False)):
+        h = Harness(forget_after_s=forget_after_s)
+        try:
+            h.run(2.0)
+            h.silent.add("n8")
+            h.run(5.0)
+            h.lv._forget_old()
+            assert ("n8" in h.lv.nodes) is kept
+            assert bool(h.events("forgotten", "n8")) is not kept
+        finally:
+            h.close()
