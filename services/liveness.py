@@ -291,7 +291,8 @@ class Liveness(Service):
                 self.counters["degraded"] += 1
             self.healthy = False
             self.reasons = ordered
-            detail = f"{overdue} of {live} live nodes overdue; relay silent {now - self.relay_heard:.2f}s"
+            relay = f"{now - self.relay_heard:.2f}s" if self.relay_heard else "never heard"
+            detail = f"{overdue} of {live} live nodes overdue; relay silent {relay}"
             self.log.warning("observer_degraded", reasons=ordered, detail=detail)
             self.publish(
                 codec.TOPIC_MEMBERSHIP,

@@ -263,9 +263,17 @@ class Fleet(Service):
                 self.counters["records_sent"] += len(chunk)
             except zmq.Again:
                 # Buffered messages stay in the nodes' rings until acked; the heartbeats
-                # of the unsent chunks are lost (best effort: never resent).
+                # of the unsent chunks are lost (best effort: never resent). The nodes
+                # whose messages did not leave go DOWN now (a backoff, then a probe),
+                # instead of waiting an ack timeout for a probe that never left.
                 self.link.up = False
                 self.counters["send_failed"] += 1
+                now = self.now_ms()
+                unsent = {rec["node_id"] for part in (chunk, *chunks) for rec in part}
+                for node_id in unsent:
+                    node = self.nodes.get(node_id)
+                    if node is not None and node.fault is None:
+                        node.core.link_lost(now)
                 return
 
     def _drain_acks(self) -> None:

@@ -114,3 +114,21 @@ def test_sim_set_rate_changes_load_and_refuses_bad_arguments() -> None:
             else:
                 raise AssertionError(f"accepted {bad}")
         assert fleet.counters["handler_errors"] == 0
+
+
+def test_nodes_whose_batch_could_not_leave_go_down_at_once_not_after_an_ack_timeout() -> None:
+    """A fleet started before its relay: the gateway's send fails, so no probe is in flight,
+    and no node may sit in PROBING waiting ack_timeout_ms for an answer that cannot come."""
+    from shoal.services.ctl_client import CtlClient
+    from shoal.services.sim import Fleet
+
+    config = config_on_free_ports(sim={"nodes": 4, "tick_ms": 10, "ack_timeout_ms": 60_000})
+    with running(Fleet(config)) as fleet, CtlClient(config.sim.ctl) as sim:
+        wait_for(lambda: fleet.counters["send_failed"] >= 3, 10)
+        states = {n["state"] for n in sim.call("nodes", timeout_s=2).values()}
+        assert states == {"down"}
+        with running(Relay(config)) as relay:
+            wait_for(lambda: relay.counters["accepted"] >= 4, 10)
+            wait_for(
+                lambda: {n["state"] for n in sim.call("nodes", timeout_s=2).values()} == {"up"}, 10
+            )

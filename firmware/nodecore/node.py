@@ -218,6 +218,11 @@ class NodeCore:
         entry[2] = now_ms
         return True
 
+    def link_lost(self, now_ms):
+        """The transport learned too late that what it took did not leave (a gateway whose
+        batch could not be sent): the link is DOWN now, rather than after an ack timeout."""
+        self._link_down(now_ms)
+
     def _link_down(self, now_ms):
         if self.state != DOWN:
             self.stats["disconnects"] += 1
