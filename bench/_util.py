@@ -92,6 +92,18 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def run_cli(main: Any, doc: str | None, quick_help: str) -> None:
+    """The command line every benchmark shares: [--quick] [--json]; SIGTERM unwinds it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args()
+    with sigterm_as_exit():
+        main(quick=args.quick, as_json=args.json)
+
+
 def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 

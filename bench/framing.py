@@ -23,7 +23,6 @@ Progress goes to stderr, the JSON object to stdout.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -36,7 +35,7 @@ from shoal.bench._util import (
     progress,
     pub_sub_run,
     rate,
-    sigterm_as_exit,
+    run_cli,
     versions,
 )
 
@@ -134,9 +133,4 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help=f"{N_QUICK:,} records per case")
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    args = parser.parse_args()
-    with sigterm_as_exit():
-        main(quick=args.quick, as_json=args.json)
+    run_cli(main, __doc__, f"{N_QUICK:,} records per case")

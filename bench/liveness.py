@@ -21,7 +21,6 @@ phi-accrual after ~5.5 s, Zyre after 5 s (evasive) and 30 s (expired).
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import signal
@@ -34,7 +33,7 @@ from typing import Any
 import psutil
 import zmq
 
-from shoal.bench._util import emit, progress, versions
+from shoal.bench._util import emit, progress, run_cli, versions
 from shoal.protocol import codec
 from shoal.protocol.messages import Membership, ObserverHealth
 from shoal.services.ctl_client import CtlClient, CtlUnavailable
@@ -326,8 +325,4 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller counts, within 60 s")
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    args = parser.parse_args()
-    main(quick=args.quick, as_json=args.json)
+    run_cli(main, __doc__, "smaller counts, within 60 s")

@@ -15,7 +15,6 @@ answer: the restart can be no faster than the relay starting at all. Prints JSON
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoal.bench._util import emit, progress, versions
+from shoal.bench._util import emit, progress, run_cli, versions
 from shoal.services.config import dump_toml
 from shoal.services.ctl_client import CtlClient, CtlUnavailable
 from shoal.services.testing import BusListener, Cluster, config_on_free_ports, wait_for
@@ -151,8 +150,4 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 kills instead of 10")
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    args = parser.parse_args()
-    main(quick=args.quick, as_json=args.json)
+    run_cli(main, __doc__, "3 kills instead of 10")

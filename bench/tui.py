@@ -11,7 +11,6 @@ subscriptions and snapshots, no UI): what the UI adds is the difference.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from shoal.bench._util import emit, progress, versions
+from shoal.bench._util import emit, progress, run_cli, versions
 from shoal.services.config import load_config
 from shoal.services.ctl_client import CtlClient, CtlUnavailable
 from shoal.services.testing import Cluster, wait_for
@@ -113,8 +112,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
         sys.exit(0)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter windows, within 60 s")
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    args = parser.parse_args()
-    main(quick=args.quick, as_json=args.json)
+    run_cli(main, __doc__, "shorter windows, within 60 s")
