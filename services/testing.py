@@ -42,6 +42,7 @@ def config_on_free_ports(
     endpoints = {
         "relay": {"ingest": tcp(), "bus": tcp(), "ctl": tcp()},
         "liveness": {"bus": tcp(), "ctl": tcp()},
+        "delegator": {"tasks": tcp(), "bus": tcp(), "ctl": tcp()},
         "sim": {"ctl": tcp()},
         "supervisor": {"ctl": tcp()},
     }
