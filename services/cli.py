@@ -19,7 +19,7 @@ import click
 
 from .config import ConfigError, ShoalConfig, dump_toml, load_config, with_overrides
 
-SERVICES = ("relay", "liveness", "sim")
+SERVICES = ("relay", "liveness", "delegator", "sim")
 
 
 def _load(path: str | None) -> ShoalConfig:
@@ -71,7 +71,10 @@ def up(config_path: str | None, nodes: int | None, headless: bool, log_path: str
         sys.exit(_up_with_console(config, config_path, nodes, log_path))
     common = ["--config", os.path.abspath(config_path)] if config_path else []
     python = [sys.executable, "-m", "shoal.services.cli"]
-    specs = [ProcessSpec(name, [*python, "run", name, *common]) for name in ("relay", "liveness")]
+    specs = [
+        ProcessSpec(name, [*python, "run", name, *common])
+        for name in ("relay", "liveness", "delegator")
+    ]
     sim_args = ["--nodes", str(nodes)] if nodes is not None else []
     specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
     sys.exit(run_supervisor(specs, config.supervisor))
@@ -212,6 +215,37 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
                 return
 
 
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--latest", type=click.IntRange(0, 1000), default=20, show_default=True)
+def tasks(config_path: str | None, as_json: bool, latest: int) -> None:
+    """The delegator's ledger: tasks by state, and the latest ones."""
+    import json
+
+    from .ctl_client import CtlClient, CtlFailed, CtlUnavailable
+
+    config = _load(config_path)
+    try:
+        with CtlClient(config.delegator.ctl) as delegator:
+            result: dict[str, Any] = delegator.call(
+                "tasks", {"latest": latest}, timeout_s=2.0, retries=1
+            )
+    except (CtlUnavailable, CtlFailed) as err:
+        raise click.ClickException(f"delegator at {config.delegator.ctl}: {err}") from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    counts = result["counts"]
+    click.echo("  ".join(f"{state}={n}" for state, n in counts.items()))
+    for row in result["latest"]:
+        click.echo(
+            f"{row['task_id']:<28} {row['state']:<12} {row.get('owner') or '-':<10}"
+            f" epoch={row.get('epoch', 0)} redeliveries={row.get('redeliveries', 0)}"
+            f" {row.get('reason') or ''}"
+        )
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (each prints JSON with a baseline measured in the same run)."""
@@ -264,6 +298,9 @@ def _check_ports_free(config: ShoalConfig) -> None:
         "relay.ctl": config.relay.ctl,
         "liveness.bus": config.liveness.bus,
         "liveness.ctl": config.liveness.ctl,
+        "delegator.tasks": config.delegator.tasks,
+        "delegator.bus": config.delegator.bus,
+        "delegator.ctl": config.delegator.ctl,
         "sim.ctl": config.sim.ctl,
         "supervisor.ctl": config.supervisor.ctl,
     }
@@ -293,6 +330,10 @@ def _service_class(name: str) -> Any:
         from .liveness import Liveness
 
         return Liveness
+    if name == "delegator":
+        from .delegator import Delegator
+
+        return Delegator
     from .sim import Fleet
 
     return Fleet

@@ -194,7 +194,8 @@ class Cluster:
 
         self.workdir = Path(workdir)
         self.nodes = nodes
-        self.config = config_on_free_ports(None, **sections)
+        delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
+        self.config = config_on_free_ports(None, delegator=delegator, **sections)
         self.config_path = self.workdir / "shoal.toml"
         self.config_path.write_text(dump_toml(self.config))
         self.log_path = self.workdir / "cluster.log"
