@@ -132,8 +132,8 @@ class DelegatorConfig(_Section, frozen=True):
     assign_tries: PositiveInt = 3
     # A completed result not acknowledged by its origin is sent again this often.
     completed_retry_ms: PositiveInt = 1000
-    # After this many redeliveries (dead owner, lapsed lease, refusals) a task is
-    # dead-lettered with its reason.
+    # After this many redeliveries (dead owner, lapsed lease; a peer's refusal is not
+    # one) a task is dead-lettered with its reason.
     max_redeliveries: Annotated[int, Meta(ge=0, le=100)] = 3
     # Placement: a peer takes delegated work while its queue is below this fill.
     accept_fill: Annotated[float, Meta(gt=0, le=1)] = 0.5
