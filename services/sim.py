@@ -1,8 +1,14 @@
 """A fleet of simulated nodes in one process, running the firmware's node core.
 
-Each node has its own id, boot id, sequence numbers, retry ring and simulated CPU and task
-queue. The process talks to the relay like a gateway would: one DEALER connection, records
-of many nodes batched per frame, acks routed back to the node they name.
+Each node has its own id, boot id, sequence numbers, retry ring, and a task engine (the
+node core's engine.py: a bounded task queue served by a simulated CPU, Poisson arrivals at
+``sim.arrival_rate_hz``, real handlers) with the node side of task delegation
+(delegation.py). The process talks to the relay like a gateway would: one DEALER
+connection, records of many nodes batched per frame, acks routed back to the node they
+name. It talks to the delegator (``delegator.tasks``) over a second DEALER, one message per
+frame, and routes the delegator's messages to the node they name. With no delegator there
+(the DEALER's immediate=1 refuses at once), offers are given back and every node runs its
+tasks locally: degraded mode, nothing lost.
 
 Usage: ``shoal sim --nodes 50`` (or ``shoal up``, which starts one).
 
@@ -34,20 +40,24 @@ from __future__ import annotations
 import heapq
 import os
 import time
+from collections import defaultdict
 from typing import Annotated, Any, Literal
 
 import msgspec
 import zmq
 
-from shoal.firmware.nodecore.loadmodel import SimulatedLoad
+from shoal.firmware.nodecore.delegation import Delegation
+from shoal.firmware.nodecore.engine import Engine
 from shoal.firmware.nodecore.node import NodeCore
 from shoal.firmware.nodecore.prng import XorShift32
 from shoal.protocol import codec, limits
+from shoal.protocol.tasks import DelegatorMessage
 
 from .config import ShoalConfig, SimConfig
 from .runtime import CtlError, Service, parse_args, received
 
 _encoder = msgspec.msgpack.Encoder()
+_task_decoder = msgspec.msgpack.Decoder(DelegatorMessage)
 
 
 class SetRateArgs(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,6 +66,20 @@ class SetRateArgs(msgspec.Struct, forbid_unknown_fields=True):
     rate_hz: Annotated[float, msgspec.Meta(ge=0, le=10_000)]
     nodes: list[str] = []
 
+
+# Task counters summed over the fleet in status (as tasks_<key>): the current boots' only.
+TASK_TOTALS = (
+    "created",
+    "shed",
+    "done_local",
+    "offered",
+    "taken",
+    "given_back",
+    "delegated_in",
+    "executed_delegated",
+    "results_acked",
+    "completed_remote",
+)
 
 FaultAction = Literal["crash", "hang", "reboot", "leave", "resume", "link", "heal"]
 STOPPING = {"crash": "crashed", "hang": "hung", "leave": "left"}
@@ -73,14 +97,12 @@ class FaultArgs(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SimHal:
-    """The simulator's hardware: a CPU and task queue model, plus heap and radio figures."""
+    """The simulator's hardware: heap and radio figures. The CPU and the task queue are the
+    node's task engine (``engine``), whose depth the free heap follows."""
 
-    def __init__(self, rng: XorShift32, cfg: SimConfig, now_ms: int) -> None:
+    def __init__(self, rng: XorShift32) -> None:
         self.rng = rng
-        speed = cfg.service_rate_hz * cfg.task_cost_ms / 1000 if cfg.service_rate_hz else 1.0
-        self.load = SimulatedLoad(
-            rng.random, cfg.arrival_rate_hz, cfg.task_cost_ms, cfg.queue_capacity, now_ms, speed
-        )
+        self.engine: Engine | None = None
         self.base_heap = 110_000 + int(rng.random() * 20_000)
         self.base_rssi = -45 - int(rng.random() * 30)
 
@@ -88,12 +110,8 @@ class SimHal:
         return self.rng.random()
 
     def sample(self, now_ms: int) -> dict[str, Any]:
-        cpu, depth, load = self.load.sample(now_ms)
+        depth = self.engine.depth() if self.engine is not None else 0
         return {
-            "cpu_pct": cpu,
-            "queue_depth": depth,
-            "queue_capacity": self.load.queue_capacity,
-            "load_factor": min(load, limits.LOAD_FACTOR_MAX),
             "free_heap": self.base_heap - 180 * depth,
             "rssi": max(-127, min(0, self.base_rssi + int(self.rng.random() * 7) - 3)),
         }
@@ -139,20 +157,52 @@ class LinkFault:
         return {"drop": self.drop, "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms}
 
 
+class TaskLink:
+    """The fleet's connection to the delegator, as each node's delegation sees it: one
+    msgpack frame per message, False at once when no delegator is connected."""
+
+    def __init__(self, counters: Any) -> None:
+        self.dealer: zmq.Socket[Any] | None = None  # set by Fleet.setup
+        self.counters = counters
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        if self.dealer is None:
+            return False
+        try:
+            self.dealer.send(_encoder.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["task_send_failed"] += 1
+            return False
+        self.counters["task_frames_sent"] += 1
+        return True
+
+
 class SimNode:
-    """One simulated node: its core, its hardware, and its faults.
+    """One simulated node: its core, its hardware, its tasks, and its faults.
 
     ``fault`` is None (running), "crashed", "hung" or "left"; ``link`` is its LinkFault or
     None. ``transport`` is what its core sends through: the shared gateway link, or the
-    LinkFault in front of it."""
+    LinkFault in front of it. Task messages go through ``task_link`` (link faults do not
+    apply to them). ``rate_hz`` (its task arrival rate) survives reboots."""
 
     def __init__(
-        self, node_id: str, index: int, cfg: SimConfig, link: GatewayLink, now_ms: int
+        self,
+        node_id: str,
+        index: int,
+        cfg: SimConfig,
+        link: GatewayLink,
+        now_ms: int,
+        task_link: TaskLink | None = None,
+        accept_fill: float = 0.5,
     ) -> None:
         self.node_id = node_id
         self.cfg = cfg
         rng = XorShift32((cfg.seed * 1_000_003 + index * 7919) & 0xFFFFFFFF)
-        self.hal = SimHal(rng, cfg, now_ms)
+        self.rng = rng
+        self.hal = SimHal(rng)
+        self.rate_hz = cfg.arrival_rate_hz
+        self.task_link = task_link if task_link is not None else TaskLink(defaultdict(int))
+        self.accept_fill = accept_fill
         self.fault: str | None = None
         self.link: LinkFault | None = None
         self.transport: GatewayLink | LinkFault = link
@@ -162,8 +212,13 @@ class SimNode:
         # Spread the fleet's telemetry over the interval, as real boards booted apart would.
         self.core.next_telemetry_ms = now_ms + int(rng.random() * cfg.telemetry_interval_ms)
 
+    @property
+    def engine(self) -> Engine:
+        return self.delegation.engine
+
     def boot(self, now_ms: int) -> None:
-        """A new boot: a fresh core (new boot_id, empty ring, hello at seq 0)."""
+        """A new boot: a fresh core (new boot_id, empty ring, hello at seq 0) and a fresh
+        task engine (empty queue: what the last boot had queued died with it)."""
         cfg = self.cfg
         old = getattr(self, "core", None)
         boot_id = int.from_bytes(os.urandom(4), "big") or 1
@@ -177,9 +232,29 @@ class SimNode:
             "backoff_min_ms": cfg.backoff_min_ms,
             "backoff_max_ms": cfg.backoff_max_ms,
             "fw": "shoal-sim/0.1",
+            # Tasks (engine.py, overload.py and delegation.py have the rest of the defaults).
             "queue_capacity": cfg.queue_capacity,
+            "rate_hz": self.rate_hz,
+            "task_cost_ms": cfg.task_cost_ms,
+            "speed": cfg.service_rate_hz * cfg.task_cost_ms / 1000 if cfg.service_rate_hz else 1.0,
+            "accept_fill": self.accept_fill,
         }
-        self.core = NodeCore(self.node_id, boot_id, self.hal, self.transport, settings, now_ms)
+        engine = Engine(self.node_id, boot_id, self.rng.random, settings, now_ms)
+        self.hal.engine = engine
+        self.delegation = Delegation(engine, self.task_link, settings, now_ms)
+        self.core = NodeCore(
+            self.node_id,
+            boot_id,
+            self.hal,
+            self.transport,
+            settings,
+            now_ms,
+            delegation=self.delegation,
+        )
+
+    def set_rate(self, rate_hz: float, now_ms: int) -> None:
+        self.rate_hz = rate_hz
+        self.engine.set_rate(rate_hz, now_ms)
 
     def set_transport(self, transport: GatewayLink | LinkFault) -> None:
         self.transport = transport
@@ -193,12 +268,16 @@ class Fleet(Service):
         super().__init__(config, **kwargs)
         self.cfg = config.sim
         self.link = GatewayLink()
+        self.task_link = TaskLink(self.counters)
         self.t0 = time.monotonic()
         now = self.now_ms()
         self.nodes: dict[str, SimNode] = {}
+        accept_fill = config.delegator.accept_fill
         for i in range(self.cfg.nodes):
             node_id = f"{self.cfg.id_prefix}-{i:03d}"
-            self.nodes[node_id] = SimNode(node_id, i, self.cfg, self.link, now)
+            self.nodes[node_id] = SimNode(
+                node_id, i, self.cfg, self.link, now, self.task_link, accept_fill
+            )
         # Faults draw from their own generator: the load model's streams stay unchanged.
         self.fault_rng = XorShift32((self.cfg.seed * 2_654_435_761 + 0x5EED) & 0xFFFFFFFF)
         self._running: list[SimNode] = list(self.nodes.values())  # the nodes that tick
@@ -219,8 +298,16 @@ class Fleet(Service):
             zmq.DEALER, self.config.relay.ingest, immediate=1, linger=500, hwm=50_000
         )
         self.endpoints["ingest"] = self.config.relay.ingest
+        # The delegator: immediate too, so with none there a node's offer fails at once
+        # (degraded mode: it runs its tasks locally) instead of waiting in a queue.
+        self.task_dealer = self.sockets.connect(
+            zmq.DEALER, self.config.delegator.tasks, immediate=1, linger=0, hwm=10_000
+        )
+        self.task_link.dealer = self.task_dealer
+        self.endpoints["tasks"] = self.config.delegator.tasks
         self.serve_ctl(self.cfg.ctl)
         self.on_readable(self.dealer, self._drain_acks)
+        self.on_readable(self.task_dealer, self._drain_tasks)
         self.every(self.cfg.tick_ms / 1000, self._tick)
 
     def _tick(self) -> None:
@@ -296,6 +383,27 @@ class Fleet(Service):
                 node.core.on_ack(entry.boot_id, entry.first, entry.last, now)
         self._flush()  # a probe's ack brings a node UP with a backlog to send
 
+    def _drain_tasks(self) -> None:
+        """The delegator's messages, each to the node it names (a stopped node hears none)."""
+        now = self.now_ms()
+        counters = self.counters
+        for body in received(self.task_dealer):
+            try:
+                msg = _task_decoder.decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as err:
+                counters["task_bad_frames"] += 1
+                self.rejects.add("task_frame", str(err))
+                continue
+            node = self.nodes.get(msg.node_id)
+            if node is None:
+                counters["task_unknown_node"] += 1
+                continue
+            if node.fault is not None:
+                counters["task_to_stopped"] += 1
+                continue
+            counters["task_frames_in"] += 1
+            node.core.on_task_message(msgspec.to_builtins(msg), now)
+
     def on_stop(self) -> None:
         now = self.now_ms()
         for node in self._running:
@@ -312,6 +420,11 @@ class Fleet(Service):
         counters["nodes_stopped"] = len(self.nodes) - len(self._running)
         for key in ("link_dropped", "link_acks_dropped", "link_delayed", "faults_applied"):
             counters[key] = self.counters[key]
+        for key in TASK_TOTALS:
+            counters[f"tasks_{key}"] = sum(n.engine.stats[key] for n in self.nodes.values())
+        counters["tasks_overloaded"] = sum(
+            n.delegation.detector.overloaded for n in self.nodes.values()
+        )
         return counters
 
     def _op_nodes(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -332,7 +445,7 @@ class Fleet(Service):
         now = self.now_ms()
         targets = req.nodes or list(self.nodes)
         for node_id in targets:
-            self.nodes[node_id].hal.load.set_arrival_rate(req.rate_hz, now)
+            self.nodes[node_id].set_rate(req.rate_hz, now)
         return {"changed": targets}
 
     # --- faults ---------------------------------------------------------------------------
