@@ -92,6 +92,7 @@ class Delegator(Service):
         self.rng = random.Random()
         self.ctl_ops["tasks"] = self._op_tasks
         self.ctl_ops["task"] = self._op_task
+        self.ctl_ops["audit"] = lambda _args: self.ledger.audit()
 
     def setup(self) -> None:
         cfg = self.cfg

@@ -653,3 +653,26 @@ class Ledger:
                     "SELECT count(*) FROM commits WHERE task_id = ?", (task_id,)
                 ).fetchone()[0]
             )
+
+    def audit(self) -> dict[str, int]:
+        """Whole-ledger figures for tests, benchmarks and scenarios, from the ledger's own
+        history: tasks by state, tasks whose result was committed more than once (counted
+        from the event log, independently of the schema that forbids it), tasks redelivered
+        at least once, and redeliveries in all."""
+        with self._guard():
+            db = self._db
+            total = db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+            twice = db.execute(
+                "SELECT count(*) FROM (SELECT task_id FROM events WHERE to_state = 'done' "
+                "GROUP BY task_id HAVING count(*) > 1)"
+            ).fetchone()[0]
+            redelivered, redeliveries = db.execute(
+                "SELECT count(*), coalesce(sum(redeliveries), 0) FROM tasks WHERE redeliveries > 0"
+            ).fetchone()
+        return {
+            "total": int(total),
+            **self.counts(),
+            "committed_twice": int(twice),
+            "redelivered_tasks": int(redelivered),
+            "redeliveries": int(redeliveries),
+        }
