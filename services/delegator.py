@@ -77,6 +77,11 @@ class TasksArgs(msgspec.Struct, forbid_unknown_fields=True):
     latest: int = 20
 
 
+class DrainArgs(msgspec.Struct, forbid_unknown_fields=True):
+    node_id: str
+    drain: bool = True  # False: take work again
+
+
 class Delegator(Service):
     """Usage: ``Delegator(load_config()).run()``, or ``shoal run delegator``."""
 
@@ -93,6 +98,8 @@ class Delegator(Service):
         self.ctl_ops["tasks"] = self._op_tasks
         self.ctl_ops["task"] = self._op_task
         self.ctl_ops["audit"] = lambda _args: self.ledger.audit()
+        self.ctl_ops["drain"] = self._op_drain
+        self.drained: set[str] = set()  # nodes an operator took out of placement
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -248,6 +255,8 @@ class Delegator(Service):
                 continue
             if self.members.state(node_id) != "alive" or t.overloaded or not t.queue_capacity:
                 continue
+            if node_id in self.drained:
+                continue
             spare = (
                 self.cfg.accept_fill * t.queue_capacity
                 - t.queue_depth
@@ -362,6 +371,16 @@ class Delegator(Service):
             "counts": self.ledger.counts(),
             "latest": [msgspec.to_builtins(r) for r in self.ledger.latest(req.latest)],
         }
+
+    def _op_drain(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Take a node out of placement (its running work finishes), or put it back."""
+        req = parse_args(args, DrainArgs)
+        if req.drain:
+            self.drained.add(req.node_id)
+        else:
+            self.drained.discard(req.node_id)
+        self.log.info("drain", node=req.node_id, drain=req.drain)
+        return {"node_id": req.node_id, "drained": req.drain, "all": sorted(self.drained)}
 
     def _op_task(self, args: dict[str, Any]) -> dict[str, Any]:
         req = parse_args(args, TaskArgs)
