@@ -51,6 +51,18 @@ class RelayConfig(_Section, frozen=True):
     rebind_after_ms: PositiveInt = 3_000
 
 
+class Burst(_Section, frozen=True):
+    """A periodic burst of the simulated workload: from ``start_s`` after the fleet starts
+    and then every ``every_s`` seconds, the arrival rate of ``nodes`` (default: all) is
+    multiplied by ``factor`` for ``duration_s`` seconds. Overlapping bursts multiply."""
+
+    every_s: Positive
+    duration_s: Positive
+    factor: Annotated[float, Meta(ge=0, le=1000)] = 2.0
+    start_s: Annotated[float, Meta(ge=0)] = 0.0
+    nodes: list[str] = []
+
+
 class SimConfig(_Section, frozen=True):
     ctl: str = "tcp://127.0.0.1:7703"  # per-node state and load control (ROUTER)
     nodes: Annotated[int, Meta(ge=0, le=100_000)] = 8
@@ -66,6 +78,14 @@ class SimConfig(_Section, frozen=True):
     # per ms). Load factor = arrival rate / service rate.
     service_rate_hz: Annotated[float, Meta(ge=0)] = 0.0
     queue_capacity: PositiveInt = 64
+    # Workload beyond the uniform arrival_rate_hz (services/sim.py, "Workload"). A node's
+    # base rate is, by precedence: its entry in ``rates`` ([sim.rates] "sim-003" = 12.0,
+    # tasks/s); hot_spot_factor x its capacity if it is a hot spot; arrival_rate_hz.
+    # hot_spots: node ids, or a count N (N nodes spread evenly over the fleet).
+    rates: dict[str, Annotated[float, Meta(ge=0, le=10_000)]] = {}
+    hot_spots: Annotated[int, Meta(ge=0)] | list[str] = []
+    hot_spot_factor: Annotated[float, Meta(ge=0, le=1000)] = 3.0
+    bursts: list[Burst] = []
     # Node-side delivery: retry buffer, ack timeout and reconnect backoff.
     ring_capacity: PositiveInt = 512
     ack_timeout_ms: PositiveInt = 1500
