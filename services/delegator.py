@@ -147,6 +147,7 @@ class Delegator(Service):
 
     def _drain(self) -> None:
         now = time.time()
+        taken_before = self.counters["taken"]
         for frames in received_multipart(self.router):
             if len(frames) != 2:
                 self._refuse("malformed", f"{len(frames)} frames")
@@ -162,6 +163,10 @@ class Delegator(Service):
                 continue
             self.routes[msg.node_id] = (identity, time.monotonic())
             self._handle(msg, now)
+        if self.counters["taken"] != taken_before:
+            # Place what was just taken in this same pass: one commit, and no wait for the
+            # placement timer (it was most of the hand-off latency).
+            self._place_pending(now)
         self._commit_and_send()
 
     def _refuse(self, reason: str, detail: str) -> None:
@@ -195,6 +200,17 @@ class Delegator(Service):
         if wrong:
             self._refuse("schema", f"{msg.node_id} offered tasks of {wrong[0].origin}")
         tasks = [t for t in msg.tasks if t.origin == msg.node_id]
+        if tasks and not any(p.spare > 0 for p in self._peers() if p.node_id != msg.node_id):
+            # Nobody could run them: taking them would only park them in the ledger while
+            # their origin could be working on them. It keeps them and offers again later.
+            self.counters["refused_no_room"] += len(tasks)
+            refused = [(t.task_id, "no peer has room") for t in tasks]
+            refused += [(t.task_id, "origin is not the sender") for t in wrong]
+            self._tell(
+                msg.node_id,
+                Taken(node_id=msg.node_id, msg_id=msg.msg_id, taken=[], refused=refused),
+            )
+            return
         taken, refused = self.ledger.offer(msg.node_id, tasks, now)
         refused += [(t.task_id, "origin is not the sender") for t in wrong]
         self.counters["offered"] += len(msg.tasks)
@@ -266,11 +282,15 @@ class Delegator(Service):
         return peers
 
     def _place(self) -> None:
+        if self._place_pending(time.time()):
+            self._commit_and_send()
+
+    def _place_pending(self, now: float) -> bool:
+        """Assign what the ledger holds pending to peers with room; True if any."""
         rows = self.ledger.placeable(PLACE_BATCH)
         if not rows:
-            return
+            return False
         peers = self._peers()
-        now = time.time()
         sent = time.monotonic()
         for row in rows:
             peer = choose([p for p in peers if p.node_id != row.origin], self.rng)
@@ -284,7 +304,7 @@ class Delegator(Service):
             self.assigning[row.task_id] = Assignment(epoch, peer.node_id, task, sent, 1)
             self._send_assign(peer.node_id, task, epoch)
             self.counters["assigned"] += 1
-        self._commit_and_send()
+        return True
 
     def _send_assign(self, node_id: str, task: Task, epoch: int) -> None:
         self._tell(

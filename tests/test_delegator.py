@@ -16,6 +16,7 @@ from shoal.protocol.tasks import DelegatorMessage, Offer, Result, ResultAck, Tak
 from shoal.services.ctl_client import CtlClient
 from shoal.services.delegator import Delegator
 from shoal.services.ledger import Ledger
+from shoal.services.placement import Peer
 from shoal.services.testing import config_on_free_ports, running, wait_for
 
 _decode = msgspec.msgpack.Decoder(DelegatorMessage).decode
@@ -62,7 +63,11 @@ def env(tmp_path: Path) -> Iterator[tuple[Delegator, Node]]:
     ledger.commit()
     ledger.close()
     config = config_on_free_ports(delegator={"ledger": str(path)})
-    with running(Delegator(config)) as delegator:
+    delegator = Delegator(config)
+    # No relay or monitor here: one peer with room, so offers are taken (and stay pending:
+    # it has no route, so nothing is assigned to it).
+    delegator._peers = lambda: [Peer("n7", 5.0)]  # type: ignore[method-assign]
+    with running(delegator):
         node = Node(config.delegator.tasks)
         try:
             yield delegator, node
@@ -76,7 +81,8 @@ def test_an_offer_is_in_the_ledger_before_it_is_taken(env: tuple[Delegator, Node
     answer = node.recv()
     assert isinstance(answer, Taken) and answer.msg_id == 7
     assert answer.taken == ["n1.1.1", "n1.1.2"]
-    assert audit(delegator)["pending"] == 2
+    a = audit(delegator)
+    assert a["pending"] + a["assigned"] == 2 + 1  # (placed at once on the one peer)
     node.send(Offer(node_id="n1", boot_id=1, msg_id=7, tasks=[task(1), task(2)]))  # a resend
     assert node.recv().taken == ["n1.1.1", "n1.1.2"]
     assert audit(delegator)["total"] == 3  # the two, and the one assigned to n9
@@ -93,7 +99,8 @@ def test_tasks_of_another_origin_are_refused(env: tuple[Delegator, Node]) -> Non
     ("result", "status"),
     [
         (dict(task_id="nope.1.1", epoch=1), "unknown_task"),
-        (dict(task_id="n1.1.1", epoch=1), "stale_epoch"),  # pending: no live epoch
+        (dict(task_id="n1.1.1", epoch=2), "stale_epoch"),  # not the live epoch
+        (dict(task_id="n1.1.1", epoch=1), "wrong_node"),  # placed on n7, not n3
     ],
 )
 def test_bad_results_are_refused_with_a_reason_and_counted(
@@ -135,3 +142,14 @@ def test_malformed_frames_are_counted_and_the_delegator_keeps_serving(
     wait_for(counted, 5)
     node.send(Offer(node_id="n1", boot_id=1, msg_id=2, tasks=[task(5)]))
     assert node.recv().taken == ["n1.1.5"]
+
+
+def test_an_offer_nobody_could_run_is_refused_and_stays_with_its_origin(
+    env: tuple[Delegator, Node],
+) -> None:
+    delegator, node = env
+    delegator._peers = lambda: []  # type: ignore[method-assign]
+    node.send(Offer(node_id="n1", boot_id=1, msg_id=3, tasks=[task(9)]))
+    answer = node.recv()
+    assert answer.taken == [] and answer.refused == [("n1.1.9", "no peer has room")]
+    assert audit(delegator)["total"] == 1  # only the task assigned to n9 before the start
