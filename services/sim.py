@@ -614,10 +614,10 @@ class Fleet(Service):
     def _completed(self, node: SimNode, msg: Completed, now: int) -> None:
         """A result for its origin; counted when a boot of the origin takes it as new again."""
         stats = node.engine.stats
-        before = stats["completed_remote"] + stats["completed_other"]
+        before = stats["completed_remote"]
         node.core.on_task_message(msgspec.to_builtins(msg), now)
-        if stats["completed_remote"] + stats["completed_other"] == before:
-            return  # a repeat the origin recognised (or one it ignored)
+        if stats["completed_remote"] == before:
+            return  # a repeat the origin recognised, or not a task it handed over
         boot = node.core.boot_id
         seen = self._completions.pop(msg.task_id, None)
         if seen is not None and seen[0] == boot:

@@ -34,8 +34,13 @@ Rules:
   keeps the last result_memory results (acked ones are evicted first).
 - ``renew`` every renew_interval_ms, with or without leases: [task_id, epoch] of the
   delegated-in tasks queued or running, the queue depth and capacity.
-- ``completed`` (a task this node offered, done elsewhere): counted once per task_id
-  (a bounded memory of the last completed_memory ids), always answered ``completed_ack``.
+- ``completed`` (a task this node offered, done elsewhere): counted once. The node knows
+  which of its tasks it handed over and are not completed yet (the outstanding set, at most
+  outstanding_max ids): the first completed of one of those counts (completed_remote), any
+  later one is a repeat, however long after. (A memory of the last N completed ids was not
+  enough: a hot origin completes dozens a second, and a resend after a lost ack outlived
+  it.) A task of this boot not in the set is a repeat, or one whose "taken" came after it
+  ran here; one of an earlier boot is counted apart. Always answered ``completed_ack``.
 """
 
 from .engine import LOCAL
@@ -51,7 +56,7 @@ DEFAULTS = {
     "accept_fill": 0.5,
     "result_retry_ms": 1000,
     "result_memory": 32,
-    "completed_memory": 64,
+    "outstanding_max": 256,
     "renew_interval_ms": 1000,
 }
 
@@ -70,6 +75,7 @@ STAT_KEYS = (
     "results_dropped",
     "completed_remote",
     "completed_other",
+    "completed_repeat",
     "renews",
     "link_refused",
     "bad_msgs",
@@ -119,7 +125,7 @@ class Delegation:
         self.degraded = False
         self.backoff_ms = self.detector.cooldown_ms
         self.results = []  # result records, oldest first
-        self.completed = []  # ids of our tasks reported completed, oldest first
+        self.outstanding = set()  # ids of our tasks the ledger took, not completed yet
         self.next_renew_ms = now_ms
         self.stats = engine.stats  # one set of counters for the engine and delegation
         for key in STAT_KEYS:
@@ -256,6 +262,10 @@ class Delegation:
                 return False
         offer = self.offer
         if offer is not None and offer[0] == msg_id:
+            # Await the completion of exactly what leaves now (a task already completed
+            # while its offer waited for this answer has left already).
+            held = [e[0]["task_id"] for e in self.engine.queue if e[2] == msg_id]
+            self._taken([t for t in taken if t in held])
             self.offer = None
             self.stats["refused"] += self.engine.release(msg_id, taken)[1]
             self.settled.append(msg_id)
@@ -269,10 +279,19 @@ class Delegation:
         eng = self.engine
         for task_id in taken:
             if eng.remove_local(task_id):
+                self._taken((task_id,))
                 self.stats["taken_late"] += 1
             else:
                 self.stats["taken_late_ran"] += 1
         return True
+
+    def _taken(self, task_ids):
+        """The ledger owns these now: their completion is awaited (once each)."""
+        out = self.outstanding
+        for task_id in task_ids:
+            out.add(task_id)
+        while len(out) > self.cfg["outstanding_max"]:
+            out.pop()  # never answered (dead-lettered): forget one; rare
 
     def _on_assign(self, msg, now_ms):
         task = msg.get("task")
@@ -343,14 +362,19 @@ class Delegation:
         task_id = msg.get("task_id")
         if not isinstance(task_id, str) or task_id == "":
             return False
-        if task_id not in self.completed:
-            self.completed.append(task_id)
-            if len(self.completed) > self.cfg["completed_memory"]:
-                self.completed.pop(0)
-            if task_id.startswith(self.engine.prefix):
-                self.stats["completed_remote"] += 1
-            else:
-                self.stats["completed_other"] += 1  # a task of an earlier boot
+        if task_id in self.outstanding:
+            self.outstanding.discard(task_id)
+            self.stats["completed_remote"] += 1
+        elif self.engine.remove_local(task_id):
+            # Still held or queued here: the answer that the ledger took it was lost, and
+            # it is done already. It leaves now (counted as taken) and completes here.
+            self.stats["completed_remote"] += 1
+        elif task_id.startswith(self.engine.prefix):
+            # Counted already (a resend after a lost ack), or one this node never handed
+            # over knowingly (its "taken" came too late: it ran here too).
+            self.stats["completed_repeat"] += 1
+        else:
+            self.stats["completed_other"] += 1  # a task of an earlier boot
         ack = self._msg("completed_ack")
         ack["task_id"] = task_id
         self._send(ack)
