@@ -38,6 +38,8 @@ bench *ARGS:
     python bench/relay_restart.py --json {{ARGS}}
     python bench/liveness.py --json {{ARGS}}
     python bench/tui.py --json {{ARGS}}
+    python bench/delegation.py --json {{ARGS}}
+    python bench/ledger.py --json {{ARGS}}
     python bench/nodecore_heap.py --json
     pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
 

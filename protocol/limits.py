@@ -38,3 +38,11 @@ REASON_MAX_LEN = 64
 # A node's heartbeat interval, as it announces it in its hello.
 HEARTBEAT_INTERVAL_MIN_MS = 50
 HEARTBEAT_INTERVAL_MAX_MS = 600_000
+
+# Tasks (protocol/tasks.py).
+TASK_ID_MAX_LEN = 64
+TASK_PAYLOAD_MAX_LEN = 256
+TASK_OUTPUT_MAX_LEN = 128
+TASK_COST_MAX_MS = 60_000
+TASK_ARG_MAX = 1_000_000
+MAX_OFFER_TASKS = 32

@@ -69,6 +69,12 @@ class Telemetry(_NodeMessage, tag="telemetry", frozen=True, gc=False):
     free_heap: FreeHeap | None = None
     rssi: Rssi | None = None
     fw: FirmwareVersion | None = None
+    # Task state (nodes that take tasks; docs/delegation.md): in overload (hysteresis),
+    # running now, and tasks handed out / taken in since boot.
+    overloaded: bool | None = None
+    tasks_running: QueueLen | None = None
+    delegated_out: Annotated[int, Meta(ge=0, le=L.SEQ_MAX)] | None = None
+    delegated_in: Annotated[int, Meta(ge=0, le=L.SEQ_MAX)] | None = None
 
 
 class Heartbeat(_NodeMessage, tag="heartbeat", frozen=True, gc=False):

@@ -51,6 +51,18 @@ class RelayConfig(_Section, frozen=True):
     rebind_after_ms: PositiveInt = 3_000
 
 
+class Burst(_Section, frozen=True):
+    """A periodic burst of the simulated workload: from ``start_s`` after the fleet starts
+    and then every ``every_s`` seconds, the arrival rate of ``nodes`` (default: all) is
+    multiplied by ``factor`` for ``duration_s`` seconds. Overlapping bursts multiply."""
+
+    every_s: Positive
+    duration_s: Positive
+    factor: Annotated[float, Meta(ge=0, le=1000)] = 2.0
+    start_s: Annotated[float, Meta(ge=0)] = 0.0
+    nodes: list[str] = []
+
+
 class SimConfig(_Section, frozen=True):
     ctl: str = "tcp://127.0.0.1:7703"  # per-node state and load control (ROUTER)
     nodes: Annotated[int, Meta(ge=0, le=100_000)] = 8
@@ -66,6 +78,14 @@ class SimConfig(_Section, frozen=True):
     # per ms). Load factor = arrival rate / service rate.
     service_rate_hz: Annotated[float, Meta(ge=0)] = 0.0
     queue_capacity: PositiveInt = 64
+    # Workload beyond the uniform arrival_rate_hz (services/sim.py, "Workload"). A node's
+    # base rate is, by precedence: its entry in ``rates`` ([sim.rates] "sim-003" = 12.0,
+    # tasks/s); hot_spot_factor x its capacity if it is a hot spot; arrival_rate_hz.
+    # hot_spots: node ids, or a count N (N nodes spread evenly over the fleet).
+    rates: dict[str, Annotated[float, Meta(ge=0, le=10_000)]] = {}
+    hot_spots: Annotated[int, Meta(ge=0)] | list[str] = []
+    hot_spot_factor: Annotated[float, Meta(ge=0, le=1000)] = 3.0
+    bursts: list[Burst] = []
     # Node-side delivery: retry buffer, ack timeout and reconnect backoff.
     ring_capacity: PositiveInt = 512
     ack_timeout_ms: PositiveInt = 1500
@@ -118,6 +138,29 @@ class LivenessConfig(_Section, frozen=True):
     max_nodes: PositiveInt = 10_000
 
 
+class DelegatorConfig(_Section, frozen=True):
+    """Task delegation (docs/delegation.md)."""
+
+    tasks: str = "tcp://127.0.0.1:7706"  # nodes and gateways connect here (ROUTER)
+    bus: str = "tcp://127.0.0.1:7707"  # task events (PUB)
+    ctl: str = "tcp://127.0.0.1:7708"  # tasks, task (ROUTER)
+    ledger: str = "shoal-ledger.db"  # SQLite file (WAL); relative to the working directory
+    lease_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 3000
+    # An assignment not answered within this is sent again, up to assign_tries times; then
+    # the task goes back to pending for another peer.
+    assign_timeout_ms: PositiveInt = 500
+    assign_tries: PositiveInt = 3
+    # A completed result not acknowledged by its origin is sent again this often.
+    completed_retry_ms: PositiveInt = 1000
+    # After this many redeliveries (dead owner, lapsed lease; a peer's refusal is not
+    # one) a task is dead-lettered with its reason.
+    max_redeliveries: Annotated[int, Meta(ge=0, le=100)] = 3
+    # Placement: a peer takes delegated work while its queue is below this fill.
+    accept_fill: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    placement_interval_ms: PositiveInt = 20
+    enabled: bool = True  # False: offers are refused (the baseline of bench/delegation.py)
+
+
 class SupervisorConfig(_Section, frozen=True):
     ctl: str = "tcp://127.0.0.1:7790"
     restart_backoff_min_s: Positive = 0.1
@@ -131,6 +174,7 @@ class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
     liveness: LivenessConfig = LivenessConfig()
+    delegator: DelegatorConfig = DelegatorConfig()
     sim: SimConfig = SimConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
 
@@ -146,6 +190,9 @@ ENV_ENDPOINTS = {
     "SHOAL_RELAY_CTL": ("relay", "ctl"),
     "SHOAL_LIVENESS_BUS": ("liveness", "bus"),
     "SHOAL_LIVENESS_CTL": ("liveness", "ctl"),
+    "SHOAL_DELEGATOR_TASKS": ("delegator", "tasks"),
+    "SHOAL_DELEGATOR_BUS": ("delegator", "bus"),
+    "SHOAL_DELEGATOR_CTL": ("delegator", "ctl"),
     "SHOAL_SIM_CTL": ("sim", "ctl"),
     "SHOAL_SUPERVISOR_CTL": ("supervisor", "ctl"),
 }

@@ -1,8 +1,14 @@
 """A fleet of simulated nodes in one process, running the firmware's node core.
 
-Each node has its own id, boot id, sequence numbers, retry ring and simulated CPU and task
-queue. The process talks to the relay like a gateway would: one DEALER connection, records
-of many nodes batched per frame, acks routed back to the node they name.
+Each node has its own id, boot id, sequence numbers, retry ring, and a task engine (the
+node core's engine.py: a bounded task queue served by a simulated CPU, Poisson arrivals at
+``sim.arrival_rate_hz``, real handlers) with the node side of task delegation
+(delegation.py). The process talks to the relay like a gateway would: one DEALER
+connection, records of many nodes batched per frame, acks routed back to the node they
+name. It talks to the delegator (``delegator.tasks``) over a second DEALER, one message per
+frame, and routes the delegator's messages to the node they name. With no delegator there
+(the DEALER's immediate=1 refuses at once), offers are given back and every node runs its
+tasks locally: degraded mode, nothing lost.
 
 Usage: ``shoal sim --nodes 50`` (or ``shoal up``, which starts one).
 
@@ -15,10 +21,11 @@ Ctl ops besides ping and status: ``nodes`` (each node's core counters, boot and 
   ``resume`` continues the same boot, which catches up (heartbeats, then its buffer).
 - ``reboot``: a new boot at once (new boot_id), running.
 - ``leave``: the node sends a goodbye (reason "leave"), then stops like a crash.
-- ``link``: a lossy, slow link: each message node -> relay and each ack entry relay -> node
-  is dropped with probability ``drop``; the surviving messages are held for ``delay_ms`` +
-  U[0, ``jitter_ms``] (released on the sim tick, so they may be reordered). ``heal``
-  clears it. The node does not know: a dropped message counts as sent.
+- ``link``: a lossy, slow link: each message node -> relay and each ack entry relay -> node,
+  and each task message either way (node <-> delegator), is dropped with probability
+  ``drop``; the surviving messages from the node are held for ``delay_ms`` + U[0,
+  ``jitter_ms``] (released on the sim tick, so they may be reordered). ``heal`` clears it.
+  The node does not know: a dropped message counts as sent.
 
 Args: ``action``, ``nodes`` (default all), ``duration_ms`` (> 0: crash/hang/leave resume
 and link heals by itself after that long), ``drop``/``delay_ms``/``jitter_ms`` (link only).
@@ -27,6 +34,20 @@ same CLOCK_MONOTONIC other processes on the machine read, to measure detection l
 Fault randomness comes from its own generator seeded from ``sim.seed``, so faults do not
 change the load model's stream. A node without a link fault uses the shared gateway link
 directly: the hot path costs nothing extra.
+
+Workload (``[sim]`` keys, or ``shoal sim`` / ``shoal up`` flags). Each node has a base
+arrival rate: its entry in ``rates`` if it has one; else ``hot_spot_factor`` x its capacity
+(``service_rate_hz``, or 1000 / ``task_cost_ms``) if it is one of ``hot_spots`` (ids, or a
+count N: N nodes spread evenly over the fleet); else ``arrival_rate_hz``. ``set_rate``
+replaces base rates at run time. ``bursts`` multiply the base rate of their nodes by their
+factor while they last (the engine's arrival process restarts at each change; a reboot
+keeps the node's rate). Work is counted for benchmarks in task-ms, fleet-wide and across
+reboots: ``work_offered_ms`` (every local arrival's cost, shed ones included),
+``work_done_local_ms`` and ``work_done_delegated_ms`` (tasks run to completion here), with
+``clock_ms`` (this fleet's clock) to measure windows. The origin's view of results:
+``completions_twice`` counts a task whose result one boot of its origin took as new twice
+(its memory of completed ids forgot it), ``completions_after_reboot`` one a later boot took
+again (at least once across a power cut).
 """
 
 from __future__ import annotations
@@ -34,20 +55,24 @@ from __future__ import annotations
 import heapq
 import os
 import time
+from collections import defaultdict
 from typing import Annotated, Any, Literal
 
 import msgspec
 import zmq
 
-from shoal.firmware.nodecore.loadmodel import SimulatedLoad
+from shoal.firmware.nodecore.delegation import Delegation
+from shoal.firmware.nodecore.engine import LOCAL, Engine
 from shoal.firmware.nodecore.node import NodeCore
 from shoal.firmware.nodecore.prng import XorShift32
 from shoal.protocol import codec, limits
+from shoal.protocol.tasks import Completed, DelegatorMessage
 
-from .config import ShoalConfig, SimConfig
+from .config import Burst, ShoalConfig, SimConfig
 from .runtime import CtlError, Service, parse_args, received
 
 _encoder = msgspec.msgpack.Encoder()
+_task_decoder = msgspec.msgpack.Decoder(DelegatorMessage)
 
 
 class SetRateArgs(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,6 +81,92 @@ class SetRateArgs(msgspec.Struct, forbid_unknown_fields=True):
     rate_hz: Annotated[float, msgspec.Meta(ge=0, le=10_000)]
     nodes: list[str] = []
 
+
+# Task counters summed over the fleet in status (as tasks_<key>): the current boots' only.
+TASK_TOTALS = (
+    "created",
+    "shed",
+    "done_local",
+    "offered",
+    "taken",
+    "given_back",
+    "delegated_in",
+    "executed_delegated",
+    "results_acked",
+    "completed_remote",
+)
+
+# The origin's memory of completed task ids, for completions_twice (bounded: FIFO).
+COMPLETIONS_MEMORY = 200_000
+
+
+class WorkloadError(ValueError):
+    """A workload that does not fit the fleet (an unknown node id, too many hot spots)."""
+
+
+def node_ids(cfg: SimConfig) -> list[str]:
+    return [f"{cfg.id_prefix}-{i:03d}" for i in range(cfg.nodes)]
+
+
+def capacity_hz(cfg: SimConfig) -> float:
+    """Tasks a node serves per second (its capacity), at the mean task cost."""
+    return cfg.service_rate_hz or 1000.0 / cfg.task_cost_ms
+
+
+def hot_spot_ids(cfg: SimConfig) -> list[str]:
+    """The hot spots' ids: as listed, or N spread evenly over the fleet (sim-000 first)."""
+    ids = node_ids(cfg)
+    if isinstance(cfg.hot_spots, int):
+        if cfg.hot_spots > len(ids):
+            raise WorkloadError(f"sim.hot_spots: {cfg.hot_spots} hot spots in {len(ids)} nodes")
+        return [ids[k * len(ids) // cfg.hot_spots] for k in range(cfg.hot_spots)]
+    known = set(ids)
+    unknown = [n for n in cfg.hot_spots if n not in known]
+    if unknown:
+        raise WorkloadError(f"sim.hot_spots: unknown nodes {', '.join(unknown[:5])}")
+    return list(cfg.hot_spots)
+
+
+def base_rates(cfg: SimConfig) -> dict[str, float]:
+    """Each node's base arrival rate (tasks/s) under the workload of ``cfg``; raises
+    WorkloadError for a node id that is not in the fleet."""
+    ids = node_ids(cfg)
+    known = set(ids)
+    named = [("rates", list(cfg.rates))]
+    named += [(f"bursts[{i}].nodes", b.nodes) for i, b in enumerate(cfg.bursts)]
+    for key, what in named:
+        unknown = [n for n in what if n not in known]
+        if unknown:
+            raise WorkloadError(f"sim.{key}: unknown nodes {', '.join(unknown[:5])}")
+    rates = dict.fromkeys(ids, cfg.arrival_rate_hz)
+    hot = cfg.hot_spot_factor * capacity_hz(cfg)
+    for node_id in hot_spot_ids(cfg):
+        rates[node_id] = hot
+    rates.update(cfg.rates)
+    return rates
+
+
+def burst_active(burst: Burst, t_s: float) -> bool:
+    """Whether the burst is on t_s seconds after the fleet started."""
+    t = t_s - burst.start_s
+    return t >= 0 and t % burst.every_s < burst.duration_s
+
+
+# Fleet counters always listed in status (0 until something happens).
+FLEET_COUNTERS = (
+    "link_dropped",
+    "link_acks_dropped",
+    "link_tasks_dropped",
+    "link_tasks_in_dropped",
+    "link_delayed",
+    "faults_applied",
+    "bursts_started",
+    "work_offered_ms",
+    "work_done_local_ms",
+    "work_done_delegated_ms",
+    "completions_twice",
+    "completions_after_reboot",
+)
 
 FaultAction = Literal["crash", "hang", "reboot", "leave", "resume", "link", "heal"]
 STOPPING = {"crash": "crashed", "hang": "hung", "leave": "left"}
@@ -72,15 +183,32 @@ class FaultArgs(msgspec.Struct, forbid_unknown_fields=True):
     jitter_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
-class SimHal:
-    """The simulator's hardware: a CPU and task queue model, plus heap and radio figures."""
+class SimEngine(Engine):
+    """The node core's task engine, counting work (task-ms) in the fleet's counters, which
+    outlive the node's boots: offered (every arrival, shed or not), done here (own tasks,
+    delegated-in ones)."""
 
-    def __init__(self, rng: XorShift32, cfg: SimConfig, now_ms: int) -> None:
+    def __init__(self, work: Any, *args: Any) -> None:
+        super().__init__(*args)
+        self.work = work
+
+    def _admit(self, cost: int) -> bool:
+        self.work["work_offered_ms"] += cost
+        return bool(super()._admit(cost))
+
+    def _complete(self, entry: list[Any], clock: float) -> None:
+        key = "work_done_local_ms" if entry[1] == LOCAL else "work_done_delegated_ms"
+        self.work[key] += entry[0]["cost_ms"]
+        super()._complete(entry, clock)
+
+
+class SimHal:
+    """The simulator's hardware: heap and radio figures. The CPU and the task queue are the
+    node's task engine (``engine``), whose depth the free heap follows."""
+
+    def __init__(self, rng: XorShift32) -> None:
         self.rng = rng
-        speed = cfg.service_rate_hz * cfg.task_cost_ms / 1000 if cfg.service_rate_hz else 1.0
-        self.load = SimulatedLoad(
-            rng.random, cfg.arrival_rate_hz, cfg.task_cost_ms, cfg.queue_capacity, now_ms, speed
-        )
+        self.engine: Engine | None = None
         self.base_heap = 110_000 + int(rng.random() * 20_000)
         self.base_rssi = -45 - int(rng.random() * 30)
 
@@ -88,12 +216,8 @@ class SimHal:
         return self.rng.random()
 
     def sample(self, now_ms: int) -> dict[str, Any]:
-        cpu, depth, load = self.load.sample(now_ms)
+        depth = self.engine.depth() if self.engine is not None else 0
         return {
-            "cpu_pct": cpu,
-            "queue_depth": depth,
-            "queue_capacity": self.load.queue_capacity,
-            "load_factor": min(load, limits.LOAD_FACTOR_MAX),
             "free_heap": self.base_heap - 180 * depth,
             "rssi": max(-127, min(0, self.base_rssi + int(self.rng.random() * 7) - 3)),
         }
@@ -114,15 +238,17 @@ class GatewayLink:
 
 
 class LinkFault:
-    """A node's faulty link: a transport in front of the gateway that drops and delays."""
+    """A node's faulty link: a transport in front of the gateway that drops and delays.
+    ``tasks`` is the same fault in front of the fleet's task link (the delegator)."""
 
-    __slots__ = ("delay_ms", "drop", "fleet", "jitter_ms")
+    __slots__ = ("delay_ms", "drop", "fleet", "jitter_ms", "tasks")
 
     def __init__(self, fleet: Fleet, drop: float, delay_ms: int, jitter_ms: int) -> None:
         self.fleet = fleet
         self.drop = drop
         self.delay_ms = delay_ms
         self.jitter_ms = jitter_ms
+        self.tasks = TaskLinkFault(self)
 
     def send(self, msg: dict[str, Any]) -> bool:
         fleet = self.fleet
@@ -135,37 +261,112 @@ class LinkFault:
             return True
         return fleet.link.send(msg)
 
+    def drops(self) -> bool:
+        """Whether a message coming to the node is lost on this link now (one draw)."""
+        return bool(self.drop) and self.fleet.fault_rng.random() < self.drop
+
     def describe(self) -> dict[str, Any]:
         return {"drop": self.drop, "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms}
 
 
+class TaskLinkFault:
+    """A node's faulty link, as its task messages to the delegator see it."""
+
+    __slots__ = ("fault",)
+
+    def __init__(self, fault: LinkFault) -> None:
+        self.fault = fault
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        fault = self.fault
+        fleet = fault.fleet
+        if fault.drop and fleet.fault_rng.random() < fault.drop:
+            fleet.counters["link_tasks_dropped"] += 1
+            return True  # lost on the way: the node believes it was sent
+        if fault.delay_ms or fault.jitter_ms:
+            delay = fault.delay_ms + fleet.fault_rng.random() * fault.jitter_ms
+            fleet.hold(msg, fleet.now_ms() + int(delay), to_tasks=True)
+            return True
+        return fleet.task_link.send(msg)
+
+
+class TaskLink:
+    """The fleet's connection to the delegator, as each node's delegation sees it: one
+    msgpack frame per message, False at once when no delegator is connected."""
+
+    def __init__(self, counters: Any) -> None:
+        self.dealer: zmq.Socket[Any] | None = None  # set by Fleet.setup
+        self.counters = counters
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        if self.dealer is None:
+            return False
+        try:
+            self.dealer.send(_encoder.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["task_send_failed"] += 1
+            return False
+        self.counters["task_frames_sent"] += 1
+        return True
+
+
 class SimNode:
-    """One simulated node: its core, its hardware, and its faults.
+    """One simulated node: its core, its hardware, its tasks, and its faults.
 
     ``fault`` is None (running), "crashed", "hung" or "left"; ``link`` is its LinkFault or
     None. ``transport`` is what its core sends through: the shared gateway link, or the
-    LinkFault in front of it."""
+    LinkFault in front of it; ``task_transport`` what its delegation sends through: the
+    fleet's task link, or the LinkFault's ``tasks``. ``rate_hz`` (its base arrival rate)
+    and ``burst_factor`` (the bursts on now) survive reboots; the engine runs at their
+    product."""
+
+    core: NodeCore
+    delegation: Delegation
 
     def __init__(
-        self, node_id: str, index: int, cfg: SimConfig, link: GatewayLink, now_ms: int
+        self,
+        node_id: str,
+        index: int,
+        cfg: SimConfig,
+        link: GatewayLink,
+        now_ms: int,
+        task_link: TaskLink | None = None,
+        accept_fill: float = 0.5,
+        rate_hz: float | None = None,
+        work: Any = None,
     ) -> None:
         self.node_id = node_id
         self.cfg = cfg
         rng = XorShift32((cfg.seed * 1_000_003 + index * 7919) & 0xFFFFFFFF)
-        self.hal = SimHal(rng, cfg, now_ms)
+        self.rng = rng
+        self.hal = SimHal(rng)
+        self.rate_hz = cfg.arrival_rate_hz if rate_hz is None else rate_hz
+        self.burst_factor = 1.0
+        self.old_transitions = 0  # overload transitions of the earlier boots
+        self.work = work if work is not None else defaultdict(int)
+        self.task_link = task_link if task_link is not None else TaskLink(defaultdict(int))
+        self.accept_fill = accept_fill
         self.fault: str | None = None
         self.link: LinkFault | None = None
         self.transport: GatewayLink | LinkFault = link
+        self.task_transport: TaskLink | TaskLinkFault = self.task_link
         self.resume_at_ms: int | None = None  # a timed crash, hang or leave ends then
         self.heal_at_ms: int | None = None  # a timed link fault ends then
         self.boot(now_ms)
         # Spread the fleet's telemetry over the interval, as real boards booted apart would.
         self.core.next_telemetry_ms = now_ms + int(rng.random() * cfg.telemetry_interval_ms)
 
+    @property
+    def engine(self) -> Engine:
+        return self.delegation.engine
+
     def boot(self, now_ms: int) -> None:
-        """A new boot: a fresh core (new boot_id, empty ring, hello at seq 0)."""
+        """A new boot: a fresh core (new boot_id, empty ring, hello at seq 0) and a fresh
+        task engine (empty queue: what the last boot had queued died with it)."""
         cfg = self.cfg
         old = getattr(self, "core", None)
+        if old is not None:
+            self.old_transitions += self.delegation.detector.transitions
         boot_id = int.from_bytes(os.urandom(4), "big") or 1
         while old is not None and boot_id == old.boot_id:
             boot_id = int.from_bytes(os.urandom(4), "big") or 1
@@ -177,13 +378,48 @@ class SimNode:
             "backoff_min_ms": cfg.backoff_min_ms,
             "backoff_max_ms": cfg.backoff_max_ms,
             "fw": "shoal-sim/0.1",
+            # Tasks (engine.py, overload.py and delegation.py have the rest of the defaults).
             "queue_capacity": cfg.queue_capacity,
+            "rate_hz": self.rate_hz * self.burst_factor,
+            "task_cost_ms": cfg.task_cost_ms,
+            "speed": cfg.service_rate_hz * cfg.task_cost_ms / 1000 if cfg.service_rate_hz else 1.0,
+            "accept_fill": self.accept_fill,
         }
-        self.core = NodeCore(self.node_id, boot_id, self.hal, self.transport, settings, now_ms)
+        engine = SimEngine(self.work, self.node_id, boot_id, self.rng.random, settings, now_ms)
+        self.hal.engine = engine
+        self.delegation = Delegation(engine, self.task_transport, settings, now_ms)
+        self.core = NodeCore(
+            self.node_id,
+            boot_id,
+            self.hal,
+            self.transport,
+            settings,
+            now_ms,
+            delegation=self.delegation,
+        )
 
-    def set_transport(self, transport: GatewayLink | LinkFault) -> None:
-        self.transport = transport
-        self.core.transport = transport
+    def transitions(self) -> int:
+        """Overload transitions (in or out) over every boot."""
+        return self.old_transitions + int(self.delegation.detector.transitions)
+
+    def set_rate(self, rate_hz: float, now_ms: int) -> None:
+        """A new base rate (set_rate)."""
+        self.rate_hz = rate_hz
+        self.engine.set_rate(rate_hz * self.burst_factor, now_ms)
+
+    def set_burst(self, factor: float, now_ms: int) -> None:
+        """The product of the bursts on now (1.0: none)."""
+        if factor != self.burst_factor:
+            self.burst_factor = factor
+            self.engine.set_rate(self.rate_hz * factor, now_ms)
+
+    def set_transport(self, link: LinkFault | None, gateway: GatewayLink, tasks: TaskLink) -> None:
+        """Send through the faulty link, or (None) straight to the gateway and the delegator."""
+        self.link = link
+        self.transport = gateway if link is None else link
+        self.task_transport = tasks if link is None else link.tasks
+        self.core.transport = self.transport
+        self.delegation.link = self.task_transport
 
 
 class Fleet(Service):
@@ -193,17 +429,35 @@ class Fleet(Service):
         super().__init__(config, **kwargs)
         self.cfg = config.sim
         self.link = GatewayLink()
+        self.task_link = TaskLink(self.counters)
         self.t0 = time.monotonic()
         now = self.now_ms()
         self.nodes: dict[str, SimNode] = {}
-        for i in range(self.cfg.nodes):
-            node_id = f"{self.cfg.id_prefix}-{i:03d}"
-            self.nodes[node_id] = SimNode(node_id, i, self.cfg, self.link, now)
+        accept_fill = config.delegator.accept_fill
+        rates = base_rates(self.cfg)
+        for i, node_id in enumerate(rates):
+            self.nodes[node_id] = SimNode(
+                node_id,
+                i,
+                self.cfg,
+                self.link,
+                now,
+                self.task_link,
+                accept_fill,
+                rates[node_id],
+                self.counters,
+            )
+        # Bursts: each one's nodes, and whether it is on (checked at every tick).
+        self._bursts = [(b, b.nodes or list(self.nodes)) for b in self.cfg.bursts]
+        self._bursts_on = [False] * len(self._bursts)
+        # task id -> (boot, when) of the origin that took its result: completions_twice
+        self._completions: dict[str, tuple[int, int]] = {}
         # Faults draw from their own generator: the load model's streams stay unchanged.
         self.fault_rng = XorShift32((self.cfg.seed * 2_654_435_761 + 0x5EED) & 0xFFFFFFFF)
         self._running: list[SimNode] = list(self.nodes.values())  # the nodes that tick
         self._timed: dict[str, SimNode] = {}  # nodes with a fault that ends by itself
-        self._held: list[tuple[int, int, dict[str, Any]]] = []  # (due_ms, n, msg): delayed
+        # (due_ms, n, msg, to_tasks): messages delayed by a faulty link
+        self._held: list[tuple[int, int, dict[str, Any], bool]] = []
         self._held_n = 0
         self.ctl_ops["nodes"] = self._op_nodes
         self.ctl_ops["set_rate"] = self._op_set_rate
@@ -219,8 +473,16 @@ class Fleet(Service):
             zmq.DEALER, self.config.relay.ingest, immediate=1, linger=500, hwm=50_000
         )
         self.endpoints["ingest"] = self.config.relay.ingest
+        # The delegator: immediate too, so with none there a node's offer fails at once
+        # (degraded mode: it runs its tasks locally) instead of waiting in a queue.
+        self.task_dealer = self.sockets.connect(
+            zmq.DEALER, self.config.delegator.tasks, immediate=1, linger=0, hwm=10_000
+        )
+        self.task_link.dealer = self.task_dealer
+        self.endpoints["tasks"] = self.config.delegator.tasks
         self.serve_ctl(self.cfg.ctl)
         self.on_readable(self.dealer, self._drain_acks)
+        self.on_readable(self.task_dealer, self._drain_tasks)
         self.every(self.cfg.tick_ms / 1000, self._tick)
 
     def _tick(self) -> None:
@@ -228,20 +490,46 @@ class Fleet(Service):
         self.link.up = True
         if self._timed:
             self._end_timed_faults(now)
+        if self._bursts:
+            self._update_bursts(now)
         held = self._held
         if held and held[0][0] <= now:
             outbox = self.link.outbox
             while held and held[0][0] <= now:
-                outbox.append(heapq.heappop(held)[2])
+                _, _, msg, to_tasks = heapq.heappop(held)
+                if to_tasks:
+                    self.task_link.send(msg)
+                else:
+                    outbox.append(msg)
         for node in self._running:
             node.core.tick(now)
         self._flush()
 
-    def hold(self, msg: dict[str, Any], due_ms: int) -> None:
-        """Delay a message on a faulty link until due_ms (released by the tick)."""
+    def hold(self, msg: dict[str, Any], due_ms: int, to_tasks: bool = False) -> None:
+        """Delay a message on a faulty link until due_ms (released by the tick) to the
+        relay, or to the delegator (to_tasks)."""
         self._held_n += 1
-        heapq.heappush(self._held, (due_ms, self._held_n, msg))
+        heapq.heappush(self._held, (due_ms, self._held_n, msg, to_tasks))
         self.counters["link_delayed"] += 1
+
+    def _update_bursts(self, now: int) -> None:
+        t_s = (now - 1) / 1000
+        changed = False
+        for i, (burst, _) in enumerate(self._bursts):
+            on = burst_active(burst, t_s)
+            if on != self._bursts_on[i]:
+                self._bursts_on[i] = on
+                changed = True
+                self.counters["bursts_started"] += int(on)
+        if not changed:
+            return
+        factors = dict.fromkeys(self.nodes, 1.0)
+        for (burst, ids), on in zip(self._bursts, self._bursts_on, strict=True):
+            if on:
+                for node_id in ids:
+                    factors[node_id] *= burst.factor
+        for node_id, factor in factors.items():
+            self.nodes[node_id].set_burst(factor, now)
 
     def _flush(self) -> None:
         outbox = self.link.outbox
@@ -296,6 +584,53 @@ class Fleet(Service):
                 node.core.on_ack(entry.boot_id, entry.first, entry.last, now)
         self._flush()  # a probe's ack brings a node UP with a backlog to send
 
+    def _drain_tasks(self) -> None:
+        """The delegator's messages, each to the node it names (a stopped node hears none)."""
+        now = self.now_ms()
+        counters = self.counters
+        for body in received(self.task_dealer):
+            try:
+                msg = _task_decoder.decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as err:
+                counters["task_bad_frames"] += 1
+                self.rejects.add("task_frame", str(err))
+                continue
+            node = self.nodes.get(msg.node_id)
+            if node is None:
+                counters["task_unknown_node"] += 1
+                continue
+            if node.fault is not None:
+                counters["task_to_stopped"] += 1
+                continue
+            if node.link is not None and node.link.drops():
+                counters["link_tasks_in_dropped"] += 1
+                continue
+            counters["task_frames_in"] += 1
+            if msg.__class__ is Completed:
+                self._completed(node, msg, now)
+            else:
+                node.core.on_task_message(msgspec.to_builtins(msg), now)
+
+    def _completed(self, node: SimNode, msg: Completed, now: int) -> None:
+        """A result for its origin; counted when a boot of the origin takes it as new again."""
+        stats = node.engine.stats
+        before = stats["completed_remote"]
+        node.core.on_task_message(msgspec.to_builtins(msg), now)
+        if stats["completed_remote"] == before:
+            return  # a repeat the origin recognised, or not a task it handed over
+        boot = node.core.boot_id
+        seen = self._completions.pop(msg.task_id, None)
+        if seen is not None and seen[0] == boot:
+            self.counters["completions_twice"] += 1
+            self.log.warning(
+                "completion_twice", node=node.node_id, task=msg.task_id, after_ms=now - seen[1]
+            )
+        elif seen is not None:
+            self.counters["completions_after_reboot"] += 1
+        self._completions[msg.task_id] = (boot, now)
+        if len(self._completions) > COMPLETIONS_MEMORY:
+            del self._completions[next(iter(self._completions))]
+
     def on_stop(self) -> None:
         now = self.now_ms()
         for node in self._running:
@@ -310,8 +645,16 @@ class Fleet(Service):
         counters["node_dropped"] = sum(n.core.ring.dropped for n in self.nodes.values())
         counters["node_buffered"] = sum(len(n.core.ring) for n in self.nodes.values())
         counters["nodes_stopped"] = len(self.nodes) - len(self._running)
-        for key in ("link_dropped", "link_acks_dropped", "link_delayed", "faults_applied"):
+        for key in FLEET_COUNTERS:
             counters[key] = self.counters[key]
+        for key in TASK_TOTALS:
+            counters[f"tasks_{key}"] = sum(n.engine.stats[key] for n in self.nodes.values())
+        counters["tasks_overloaded"] = sum(
+            n.delegation.detector.overloaded for n in self.nodes.values()
+        )
+        counters["tasks_unaccounted"] = sum(n.engine.unaccounted() for n in self.nodes.values())
+        counters["overload_transitions"] = sum(n.transitions() for n in self.nodes.values())
+        counters["clock_ms"] = self.now_ms()
         return counters
 
     def _op_nodes(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -321,6 +664,8 @@ class Fleet(Service):
             snap["boot_id"] = node.core.boot_id
             snap["fault"] = node.fault
             snap["link"] = node.link.describe() if node.link is not None else None
+            snap["rate_hz"] = node.rate_hz * node.burst_factor
+            snap["overload_transitions"] = node.transitions()
             out[node_id] = snap
         return out
 
@@ -332,7 +677,7 @@ class Fleet(Service):
         now = self.now_ms()
         targets = req.nodes or list(self.nodes)
         for node_id in targets:
-            self.nodes[node_id].hal.load.set_arrival_rate(req.rate_hz, now)
+            self.nodes[node_id].set_rate(req.rate_hz, now)
         return {"changed": targets}
 
     # --- faults ---------------------------------------------------------------------------
@@ -377,8 +722,8 @@ class Fleet(Service):
             self._untime(node)
         elif action == "link":
             if req.drop or req.delay_ms or req.jitter_ms:
-                node.link = LinkFault(self, req.drop, req.delay_ms, req.jitter_ms)
-                node.set_transport(node.link)
+                link = LinkFault(self, req.drop, req.delay_ms, req.jitter_ms)
+                node.set_transport(link, self.link, self.task_link)
                 node.heal_at_ms = until
                 self._untime(node)
             else:
@@ -394,9 +739,8 @@ class Fleet(Service):
         self._untime(node)
 
     def _heal(self, node: SimNode) -> None:
-        node.link = None
         node.heal_at_ms = None
-        node.set_transport(self.link)
+        node.set_transport(None, self.link, self.task_link)
         self._untime(node)
 
     def _untime(self, node: SimNode) -> None:

@@ -9,7 +9,10 @@ import msgspec
 from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
 
 LIVENESS_STATES = ("alive", "suspect", "dead", "left")
-COLUMNS = ("node", "age", "cpu%", "queue", "load", "gaps", "dups", "msgs", "boots", "state")
+COLUMNS = (
+    "node", "age", "cpu%", "queue", "load", "run", "in", "out", "gaps", "dups", "msgs", "boots",
+    "state",
+)  # fmt: skip
 
 
 def _states(members: MembershipSnapshot | None) -> dict[str, str]:
@@ -36,6 +39,10 @@ def snapshot_as_dict(
                 "queue_depth": t.queue_depth if t else None,
                 "queue_capacity": t.queue_capacity if t else None,
                 "load_factor": t.load_factor if t else None,
+                "tasks_running": t.tasks_running if t else None,
+                "delegated_in": t.delegated_in if t else None,
+                "delegated_out": t.delegated_out if t else None,
+                "overloaded": t.overloaded if t else None,
                 "free_heap": t.free_heap if t else None,
                 "rssi": t.rssi if t else None,
                 "fw": (t.fw if t else None) or (n.hello.fw if n.hello else None),
@@ -70,6 +77,16 @@ def snapshot_as_dict(
     }
 
 
+def _opt(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _state(state: str | None, left: bool, overloaded: bool) -> str:
+    if state is None:
+        return "left" if left else "?"
+    return f"{state}+overloaded" if overloaded and state == "alive" else state
+
+
 def _age(ms: int) -> str:
     return f"{ms / 1000:.1f}s" if ms < 60_000 else f"{ms / 60_000:.0f}m"
 
@@ -86,11 +103,14 @@ def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None)
                 f"{t.cpu_pct:.0f}" if t else "-",
                 f"{t.queue_depth}/{t.queue_capacity}" if t else "-",
                 f"{t.load_factor:.2f}" if t else "-",
+                _opt(t.tasks_running if t else None),
+                _opt(t.delegated_in if t else None),
+                _opt(t.delegated_out if t else None),
                 str(n.gaps),
                 str(n.duplicates),
                 str(n.msgs),
                 str(n.boots),
-                states.get(n.node_id) or ("left" if n.left else "?"),
+                _state(states.get(n.node_id), n.left, bool(t and t.overloaded)),
             )
         )
     # Nodes the relay has forgotten (silent for 10 minutes) but the monitor still lists as
@@ -99,7 +119,9 @@ def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None)
     for m in members.members if members else []:
         if m.node_id not in known:
             age = _age(m.evidence.silence_ms)
-            rows.append((m.node_id, age, "-", "-", "-", "-", "-", "-", str(m.boots), m.state))
+            rows.append(
+                (m.node_id, age, "-", "-", "-", "-", "-", "-", "-", "-", "-", str(m.boots), m.state)
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -42,6 +42,7 @@ def config_on_free_ports(
     endpoints = {
         "relay": {"ingest": tcp(), "bus": tcp(), "ctl": tcp()},
         "liveness": {"bus": tcp(), "ctl": tcp()},
+        "delegator": {"tasks": tcp(), "bus": tcp(), "ctl": tcp()},
         "sim": {"ctl": tcp()},
         "supervisor": {"ctl": tcp()},
     }
@@ -193,7 +194,8 @@ class Cluster:
 
         self.workdir = Path(workdir)
         self.nodes = nodes
-        self.config = config_on_free_ports(None, **sections)
+        delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
+        self.config = config_on_free_ports(None, delegator=delegator, **sections)
         self.config_path = self.workdir / "shoal.toml"
         self.config_path.write_text(dump_toml(self.config))
         self.log_path = self.workdir / "cluster.log"

@@ -98,8 +98,8 @@ def test_sim_set_rate_changes_load_and_refuses_bad_arguments() -> None:
         assert sim.call("set_rate", {"rate_hz": 20.0, "nodes": ["sim-001"]}) == {
             "changed": ["sim-001"]
         }
-        assert fleet.nodes["sim-001"].hal.load.arrival_rate_hz == 20.0
-        assert fleet.nodes["sim-000"].hal.load.arrival_rate_hz == config.sim.arrival_rate_hz
+        assert fleet.nodes["sim-001"].engine.rate_hz == 20.0
+        assert fleet.nodes["sim-000"].engine.rate_hz == config.sim.arrival_rate_hz
         for bad in (
             {"rate_hz": "fast"},
             {"rate_hz": -1},

@@ -41,6 +41,7 @@ from shoal.services.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from shoal.services.membership_view import MembershipView
 from shoal.services.relay_view import RelayView
 from shoal.services.runtime import Service, received
+from shoal.services.subscriber import BusSubscriber
 
 from .model import (
     JOINED_SHOW_S,
@@ -82,6 +83,13 @@ class _Console(Service):
         self.members.on_event = feed._on_member_event
         self.members.on_update = feed._on_membership_frame
         self.members.on_beat = feed._on_beat
+        self.delegator = BusSubscriber(
+            self,
+            self.config.delegator.bus,
+            topics=(codec.TOPIC_SERVICE_BEAT,),
+            on_frame=lambda _topic, beat: feed._on_delegator_beat(beat),
+            name="delegator",
+        )
         self.ps_sock = self.sockets.connect(zmq.DEALER, self.config.supervisor.ctl)
         self.on_readable(self.ps_sock, self._on_ps)
         self._ps_ids = itertools.count(1)
@@ -123,6 +131,9 @@ class LiveFeed:
         self._relay_counters: dict[str, int] = {}
         self._rate: tuple[float, int] | None = None  # (time, accepted) at the last beat
         self._msgs_per_s = 0.0
+        self._tasks_rate: tuple[float, int] | None = None  # (time, committed) at a beat
+        self._tasks_per_s: float | None = None  # None until a delegator is heard
+        self._dead_letters: int | None = None
         self._shown_since: dict[str, tuple[str, float]] = {}  # node -> (joined|rebooted, t)
         self._hidden: set[str] = set()  # removed by the operator until heard again
         self._version = 0
@@ -159,8 +170,10 @@ class LiveFeed:
             return list(self._history.get(node_id, ()))
 
     def available(self, action: str) -> str | None:
-        if action in ("drain", "flood"):
-            return f"{action} needs task delegation, which is not built yet"
+        if action == "flood":
+            return "flood needs the fault injector, which is not built yet"
+        if action == "drain" and self._tasks_per_s is None:
+            return "no delegator in this cluster (drain takes a node out of its placement)"
         if action in SIM_FAULTS and not self._ps.get("sim"):
             return "no simulated fleet in this cluster (faults go through its fault op)"
         return None
@@ -170,6 +183,11 @@ class LiveFeed:
         if reason is not None:
             raise ActionError(reason)
         try:
+            if action == "drain":
+                args = {"node_id": node_id, "drain": True}
+                self._call(self.config.delegator.ctl, "drain", args)
+                self._add_event("action", node_id, "drained: no new work goes there")
+                return f"{node_id} drained"
             if action == "remove":
                 self._call(self.config.liveness.ctl, "forget", {"node_id": node_id})
                 with self._lock:
@@ -227,6 +245,21 @@ class LiveFeed:
             text = ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()))
             self._add_event("reject", None, f"relay refused {text}")
         self._relay_counters = dict(counters)
+
+    def _on_delegator_beat(self, beat: Any) -> None:
+        if not isinstance(beat, ServiceBeat):
+            return
+        self._on_beat(beat)
+        now = time.monotonic()
+        committed = beat.counters.get("result_committed", 0)
+        if self._tasks_rate is not None and now > self._tasks_rate[0]:
+            self._tasks_per_s = max(0.0, committed - self._tasks_rate[1]) / (
+                now - self._tasks_rate[0]
+            )
+        elif self._tasks_per_s is None:
+            self._tasks_per_s = 0.0
+        self._tasks_rate = (now, committed)
+        self._dead_letters = beat.counters.get("tasks_dead_letter")
 
     def _on_beat(self, beat: ServiceBeat) -> None:
         self._beats[beat.service] = time.monotonic()
@@ -322,6 +355,8 @@ class LiveFeed:
             nodes=nodes,
             services=self._services(now),
             msgs_per_s=round(self._msgs_per_s, 1),
+            tasks_per_s=None if self._tasks_per_s is None else round(self._tasks_per_s, 1),
+            dead_letters=self._dead_letters,
             duplicates=counters.get("duplicates", 0),
             gaps=sum(n.gaps for n in view.nodes.values()),
             rejected=counters.get("rejected", 0),

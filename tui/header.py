@@ -27,6 +27,7 @@ def summary(state: ClusterState, readonly: bool = False) -> Text:
         ("msgs/s", f"{state.msgs_per_s:.1f}"),
         ("tasks/s", fmt.num(state.tasks_per_s, "{:.1f}")),
         ("lost", fmt.num(state.lost)),
+        ("dead-lettered", fmt.num(state.dead_letters)),
         ("duplicates", str(state.duplicates)),
         ("gaps", str(state.gaps)),
         ("rejected", str(state.rejected)),

@@ -78,6 +78,7 @@ class ClusterState:
     msgs_per_s: float = 0.0
     tasks_per_s: float | None = None  # None until delegation exists
     lost: int | None = None  # tasks lost (delegation), None until it exists
+    dead_letters: int | None = None  # tasks the delegator gave up on, None without one
     duplicates: int = 0  # duplicate messages the relay refused
     gaps: int = 0  # sequence gaps over all nodes
     rejected: int = 0  # messages the relay refused, all reasons

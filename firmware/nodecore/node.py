@@ -12,6 +12,14 @@ The caller drives it: ``tick(now_ms)`` often (every 10-50 ms), ``on_ack(boot_id,
 last)`` for every ack entry the relay sends back. ``now_ms`` is a non-wrapping millisecond
 clock.
 
+Tasks (optional): with an ``engine`` (engine.py: the task queue and its CPU) the node runs
+tasks, and its telemetry reports the engine's figures (cpu_pct, queue_depth,
+queue_capacity, load_factor, tasks_running, delegated_out, delegated_in, overloaded) while
+free_heap and rssi still come from hal.sample(). With a ``delegation`` (delegation.py,
+which holds the engine) it also offers and takes delegated tasks; messages from the
+delegator go to ``on_task_message(msg, now_ms)``. ``tick`` advances the engine (and with it
+the overload detector) and then the delegation's timers. Without either, nothing changes.
+
 Delivery: every message except heartbeats goes into a bounded ring and stays there until
 the relay acks that very seq (acks are selective ranges, so a message lost in flight is never
 covered by the ack of a later one). The link is UP (send at once), DOWN (wait a backoff with
@@ -51,10 +59,26 @@ DEFAULTS = {
 
 
 class NodeCore:
-    def __init__(self, node_id, boot_id, hal, transport, settings=None, now_ms=0):
+    def __init__(
+        self,
+        node_id,
+        boot_id,
+        hal,
+        transport,
+        settings=None,
+        now_ms=0,
+        engine=None,
+        delegation=None,
+    ):
         cfg = dict(DEFAULTS)
         if settings:
             cfg.update(settings)
+        if delegation is not None and engine is None:
+            engine = delegation.engine
+        if engine is not None:
+            cfg["queue_capacity"] = engine.capacity
+        self.engine = engine
+        self.delegation = delegation
         self.cfg = cfg
         self.node_id = node_id
         self.boot_id = boot_id
@@ -110,10 +134,23 @@ class NodeCore:
     def telemetry(self, now_ms):
         msg = self._message("telemetry", now_ms)
         sample = self.hal.sample(now_ms)
-        msg["cpu_pct"] = round(sample["cpu_pct"], 2)
-        msg["queue_depth"] = sample["queue_depth"]
-        msg["queue_capacity"] = sample["queue_capacity"]
-        msg["load_factor"] = round(sample["load_factor"], 4)
+        eng = self.engine
+        if eng is None:
+            msg["cpu_pct"] = round(sample["cpu_pct"], 2)
+            msg["queue_depth"] = sample["queue_depth"]
+            msg["queue_capacity"] = sample["queue_capacity"]
+            msg["load_factor"] = round(sample["load_factor"], 4)
+        else:
+            cpu, depth, capacity, load, running = eng.metrics(now_ms)
+            msg["cpu_pct"] = round(cpu, 2)
+            msg["queue_depth"] = depth
+            msg["queue_capacity"] = capacity
+            msg["load_factor"] = round(load, 4)
+            deleg = self.delegation
+            msg["overloaded"] = deleg is not None and deleg.detector.overloaded
+            msg["tasks_running"] = running
+            msg["delegated_out"] = eng.stats["taken"]
+            msg["delegated_in"] = eng.stats["delegated_in"]
         for key in ("free_heap", "rssi"):
             if sample.get(key) is not None:
                 msg[key] = sample[key]
@@ -149,6 +186,10 @@ class NodeCore:
     # --- the clock ----------------------------------------------------------------------
 
     def tick(self, now_ms):
+        if self.engine is not None:
+            self.engine.advance(now_ms)
+            if self.delegation is not None:
+                self.delegation.tick(now_ms)
         if now_ms >= self.next_telemetry_ms:
             self.telemetry(now_ms)
             self.next_telemetry_ms = now_ms + self.cfg["telemetry_interval_ms"]
@@ -170,6 +211,12 @@ class NodeCore:
         interval = self.cfg["heartbeat_interval_ms"]
         if now_ms - self.last_sent_ms >= interval and now_ms - self.last_beat_ms >= interval:
             self.heartbeat(now_ms)
+
+    def on_task_message(self, msg, now_ms):
+        """A message from the delegator (a dict); False if it was ignored (or no tasks)."""
+        if self.delegation is None:
+            return False
+        return self.delegation.on_message(msg, now_ms)
 
     def on_ack(self, boot_id, first, last, now_ms=0):
         """The relay has handled our messages first..last (of this boot)."""
@@ -241,4 +288,17 @@ class NodeCore:
         out["buffered"] = len(self.ring)
         out["dropped"] = self.ring.dropped
         out["seq"] = self.seq
+        eng = self.engine
+        if eng is not None:
+            tasks = dict(eng.stats)
+            local, held, delegated = eng.counts()
+            tasks["queued_local"] = local
+            tasks["held"] = held
+            tasks["queued_delegated"] = delegated
+            tasks["load_factor"] = round(eng.load_factor, 4)
+            if self.delegation is not None:
+                tasks["overloaded"] = self.delegation.detector.overloaded
+                tasks["degraded"] = self.delegation.degraded
+                tasks["unacked_results"] = self.delegation.unacked_results()
+            out["tasks"] = tasks
         return out

@@ -1,0 +1,413 @@
+"""The delegator: takes tasks from overloaded nodes, places them on healthy peers, commits
+each result once, and hands it back to the origin.
+
+Every state change goes to the ledger (services/ledger.py) first; the replies that make a
+node act on it (taken, assign, result_ack, completed) are sent only after the ledger has
+committed the pass that decided them. So a delegator killed at any moment loses nothing a
+node was told, and a restarted one recovers every task in flight from the file.
+
+Sockets: tasks (ROUTER, nodes and gateways; protocol/tasks.py), bus (PUB: its heartbeat
+with counters), ctl (ROUTER: tasks, task). It follows the relay's view (telemetry: room on
+each node) and the liveness monitor's membership (alive, suspect, dead; observer health).
+
+Placement: power of two choices (services/placement.py) among peers that are alive (not
+suspect), not overloaded, reachable, and below ``accept_fill`` of their queue, counting
+assignments made since their last telemetry. A task's origin is never its own peer.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import zmq
+
+from shoal.protocol import codec
+from shoal.protocol.messages import NodeMessage, Telemetry
+from shoal.protocol.tasks import (
+    Assign,
+    AssignReply,
+    Completed,
+    CompletedAck,
+    NodeTaskMessage,
+    Offer,
+    Renew,
+    Result,
+    ResultAck,
+    Taken,
+    Task,
+)
+
+from .config import DelegatorConfig, ShoalConfig
+from .ledger import Ledger
+from .membership_view import MembershipView
+from .placement import Peer, choose
+from .relay_view import RelayView
+from .runtime import CtlError, Service, parse_args, received_multipart
+
+# A node's route (the connection it last spoke on) is trusted for this long.
+ROUTE_FRESH_S = 10.0
+# Pending tasks looked at per placement pass.
+PLACE_BATCH = 64
+TIMEOUT_CHECK_S = 0.1
+
+_decoder = msgspec.msgpack.Decoder(NodeTaskMessage)
+
+
+@dataclass(slots=True)
+class Assignment:
+    """An assign sent and not answered yet."""
+
+    epoch: int
+    node: str
+    task: Task
+    sent_at: float  # monotonic
+    tries: int
+
+
+class TaskArgs(msgspec.Struct, forbid_unknown_fields=True):
+    task_id: str
+
+
+class TasksArgs(msgspec.Struct, forbid_unknown_fields=True):
+    latest: int = 20
+
+
+class DrainArgs(msgspec.Struct, forbid_unknown_fields=True):
+    node_id: str
+    drain: bool = True  # False: take work again
+
+
+class Delegator(Service):
+    """Usage: ``Delegator(load_config()).run()``, or ``shoal run delegator``."""
+
+    name = "delegator"
+
+    def __init__(self, config: ShoalConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.cfg: DelegatorConfig = config.delegator
+        self.routes: dict[str, tuple[bytes, float]] = {}
+        self.assigning: dict[str, Assignment] = {}
+        self.assigned_since_sample: defaultdict[str, int] = defaultdict(int)
+        self.replies: list[tuple[bytes, Any]] = []  # sent after the pass's commit
+        self.rng = random.Random()
+        self.ctl_ops["tasks"] = self._op_tasks
+        self.ctl_ops["task"] = self._op_task
+        self.ctl_ops["audit"] = lambda _args: self.ledger.audit()
+        self.ctl_ops["drain"] = self._op_drain
+        self.drained: set[str] = set()  # nodes an operator took out of placement
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.ledger = Ledger(cfg.ledger, cfg.max_redeliveries)
+        self.router = self.bind("tasks", zmq.ROUTER, cfg.tasks)
+        self.bus = self.bind("bus", zmq.PUB, cfg.bus)
+        self.serve_ctl(cfg.ctl)
+        self.relay = RelayView(self, self.config.relay)
+        self.relay.on_change = self._on_records
+        self.members = MembershipView(self, self.config.liveness)
+        self.members.on_event = self._on_member_event
+        self.on_readable(self.router, self._drain)
+        self.every(cfg.placement_interval_ms / 1000, self._place)
+        self.every(TIMEOUT_CHECK_S, self._timeouts)
+        self.every(cfg.completed_retry_ms / 1000, self._deliver)
+        self._recover()
+
+    def on_stop(self) -> None:
+        self.ledger.commit()
+        self.ledger.close()
+
+    def status_counters(self) -> dict[str, int]:
+        counters = dict(self.counters)
+        counters.update({f"tasks_{k}": v for k, v in self.ledger.counts().items()})
+        counters["assigning"] = len(self.assigning)
+        return counters
+
+    # --- a pass: decide, commit, then tell ---------------------------------------------
+
+    def _commit_and_send(self) -> None:
+        self.ledger.commit()
+        replies, self.replies = self.replies, []
+        for identity, message in replies:
+            try:
+                self.router.send_multipart([identity, codec.encode(message)], zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["replies_dropped"] += 1  # the node's retry covers it
+
+    def _tell(self, node_id: str, message: Any) -> None:
+        route = self.routes.get(node_id)
+        if route is None or time.monotonic() - route[1] > ROUTE_FRESH_S:
+            self.counters["no_route"] += 1
+            return
+        self.replies.append((route[0], message))
+
+    def _drain(self) -> None:
+        now = time.time()
+        taken_before = self.counters["taken"]
+        for frames in received_multipart(self.router):
+            if len(frames) != 2:
+                self._refuse("malformed", f"{len(frames)} frames")
+                continue
+            identity, body = frames
+            try:
+                msg = _decoder.decode(body)
+            except msgspec.ValidationError as err:
+                self._refuse(codec.classify_validation_error(err), str(err))
+                continue
+            except (msgspec.DecodeError, UnicodeDecodeError) as err:
+                self._refuse("malformed", str(err))
+                continue
+            self.routes[msg.node_id] = (identity, time.monotonic())
+            self._handle(msg, now)
+        if self.counters["taken"] != taken_before:
+            # Place what was just taken in this same pass: one commit, and no wait for the
+            # placement timer (it was most of the hand-off latency).
+            self._place_pending(now)
+        self._commit_and_send()
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        self.counters[f"reject_{reason}"] += 1
+        self.rejects.add(reason, detail)
+
+    def _handle(self, msg: Any, now: float) -> None:
+        kind = msg.__class__
+        if kind is Offer:
+            self._on_offer(msg, now)
+        elif kind is AssignReply:
+            self._on_assign_reply(msg, now)
+        elif kind is Renew:
+            if msg.leases:
+                self.ledger.renew(msg.node_id, list(msg.leases), now, self.cfg.lease_ms)
+        elif kind is Result:
+            self._on_result(msg, now)
+        elif kind is CompletedAck:
+            delivered = self.ledger.delivered(msg.task_id, msg.node_id, now)
+            self.counters["delivered"] += int(delivered)
+
+    def _on_offer(self, msg: Offer, now: float) -> None:
+        if not self.cfg.enabled:
+            refused = [(t.task_id, "delegation off") for t in msg.tasks]
+            self._tell(
+                msg.node_id,
+                Taken(node_id=msg.node_id, msg_id=msg.msg_id, taken=[], refused=refused),
+            )
+            return
+        wrong = [t for t in msg.tasks if t.origin != msg.node_id]
+        if wrong:
+            self._refuse("schema", f"{msg.node_id} offered tasks of {wrong[0].origin}")
+        tasks = [t for t in msg.tasks if t.origin == msg.node_id]
+        if tasks and not any(p.spare > 0 for p in self._peers() if p.node_id != msg.node_id):
+            # Nobody could run them: taking them would only park them in the ledger while
+            # their origin could be working on them. It keeps them and offers again later.
+            self.counters["refused_no_room"] += len(tasks)
+            refused = [(t.task_id, "no peer has room") for t in tasks]
+            refused += [(t.task_id, "origin is not the sender") for t in wrong]
+            self._tell(
+                msg.node_id,
+                Taken(node_id=msg.node_id, msg_id=msg.msg_id, taken=[], refused=refused),
+            )
+            return
+        taken, refused = self.ledger.offer(msg.node_id, tasks, now)
+        refused += [(t.task_id, "origin is not the sender") for t in wrong]
+        self.counters["offered"] += len(msg.tasks)
+        self.counters["taken"] += len(taken)
+        self._tell(
+            msg.node_id, Taken(node_id=msg.node_id, msg_id=msg.msg_id, taken=taken, refused=refused)
+        )
+
+    def _on_assign_reply(self, msg: AssignReply, now: float) -> None:
+        pending = self.assigning.get(msg.task_id)
+        if pending is None or pending.epoch != msg.epoch or pending.node != msg.node_id:
+            self.counters["assign_reply_stale"] += 1
+            return
+        del self.assigning[msg.task_id]
+        if msg.accepted:
+            self.ledger.accepted(msg.task_id, msg.epoch, msg.node_id, self.cfg.lease_ms, now)
+            self.counters["assign_accepted"] += 1
+        else:
+            self.ledger.declined(msg.task_id, msg.epoch, msg.node_id, msg.reason or "declined", now)
+            self.counters["assign_declined"] += 1
+
+    def _on_result(self, msg: Result, now: float) -> None:
+        status = self.ledger.result(
+            msg.task_id, msg.epoch, msg.node_id, msg.ok, msg.output, msg.error, now
+        )
+        self.counters[f"result_{status}"] += 1
+        self.assigning.pop(msg.task_id, None)
+        self._tell(
+            msg.node_id,
+            ResultAck(node_id=msg.node_id, task_id=msg.task_id, epoch=msg.epoch, status=status),
+        )
+        if status == "committed":
+            row = self.ledger.task(msg.task_id)
+            if row is not None:
+                self._tell(
+                    row.origin,
+                    Completed(
+                        node_id=row.origin,
+                        task_id=row.task_id,
+                        ok=msg.ok,
+                        output=msg.output,
+                        error=msg.error,
+                        executor=msg.node_id,
+                    ),
+                )
+
+    # --- placement ---------------------------------------------------------------------
+
+    def _peers(self) -> list[Peer]:
+        if not self.members.synced or not self.members.healthy:
+            return []  # the monitor cannot vouch for anyone right now
+        fresh = time.monotonic() - ROUTE_FRESH_S
+        peers = []
+        for node_id, view in self.relay.nodes.items():
+            t = view.telemetry
+            route = self.routes.get(node_id)
+            if t is None or route is None or route[1] < fresh:
+                continue
+            if self.members.state(node_id) != "alive" or t.overloaded or not t.queue_capacity:
+                continue
+            if node_id in self.drained:
+                continue
+            spare = (
+                self.cfg.accept_fill * t.queue_capacity
+                - t.queue_depth
+                - self.assigned_since_sample[node_id]
+            )
+            peers.append(Peer(node_id, spare))
+        return peers
+
+    def _place(self) -> None:
+        if self._place_pending(time.time()):
+            self._commit_and_send()
+
+    def _place_pending(self, now: float) -> bool:
+        """Assign what the ledger holds pending to peers with room; True if any."""
+        rows = self.ledger.placeable(PLACE_BATCH)
+        if not rows:
+            return False
+        peers = self._peers()
+        sent = time.monotonic()
+        for row in rows:
+            peer = choose([p for p in peers if p.node_id != row.origin], self.rng)
+            if peer is None:
+                self.counters["no_peer"] += 1
+                break
+            epoch = self.ledger.assign(row.task_id, peer.node_id, now)
+            peer.spare -= 1
+            self.assigned_since_sample[peer.node_id] += 1
+            task = row.as_task()
+            self.assigning[row.task_id] = Assignment(epoch, peer.node_id, task, sent, 1)
+            self._send_assign(peer.node_id, task, epoch)
+            self.counters["assigned"] += 1
+        return True
+
+    def _send_assign(self, node_id: str, task: Task, epoch: int) -> None:
+        self._tell(
+            node_id, Assign(node_id=node_id, task=task, epoch=epoch, lease_ms=self.cfg.lease_ms)
+        )
+
+    def _timeouts(self) -> None:
+        now = time.time()
+        mono = time.monotonic()
+        timeout = self.cfg.assign_timeout_ms / 1000
+        for task_id, a in list(self.assigning.items()):
+            if mono - a.sent_at < timeout:
+                continue
+            if a.tries >= self.cfg.assign_tries:
+                del self.assigning[task_id]
+                self.ledger.declined(task_id, a.epoch, a.node, "no answer", now)
+                self.counters["assign_unanswered"] += 1
+            else:
+                a.tries += 1
+                a.sent_at = mono
+                self._send_assign(a.node, a.task, a.epoch)
+        moved = self.ledger.expire(now, self.cfg.lease_ms)
+        if moved:
+            self.counters["lease_expired"] += len(moved)
+            for task_id in moved:
+                self.assigning.pop(task_id, None)
+        self._commit_and_send()
+
+    def _deliver(self) -> None:
+        for row in self.ledger.undelivered(256):
+            self._tell(
+                row.origin,
+                Completed(
+                    node_id=row.origin,
+                    task_id=row.task_id,
+                    ok=bool(row.ok),
+                    output=row.output or "",
+                    error=row.error or "",
+                    executor=row.owner or "",
+                ),
+            )
+        self._commit_and_send()
+
+    # --- what the other services say ---------------------------------------------------
+
+    def _on_records(self, records: list[NodeMessage]) -> None:
+        for rec in records:
+            if rec.__class__ is Telemetry:
+                self.assigned_since_sample.pop(rec.node_id, None)
+
+    def _on_member_event(self, event: Any) -> None:
+        if event.event != "dead":
+            return
+        moved = self.ledger.owner_lost(event.node_id, time.time(), "owner declared dead")
+        for task_id in moved:
+            self.assigning.pop(task_id, None)
+        if moved:
+            self.counters["redelegated_dead_owner"] += len(moved)
+            self.log.info("owner_dead", node=event.node_id, tasks=len(moved))
+        self._commit_and_send()
+
+    def _recover(self) -> None:
+        """Resume what the ledger holds: leases start afresh (the downtime costs no
+        redelivery), unanswered assignments are sent again."""
+        mono = time.monotonic()
+        recovered = 0
+        rows = self.ledger.recover(time.time(), self.cfg.lease_ms)
+        self.ledger.commit()
+        for row in rows:
+            recovered += 1
+            if row.state == "assigned" and row.owner:
+                self.assigning[row.task_id] = Assignment(
+                    row.epoch, row.owner, row.as_task(), mono - 1e6, 0
+                )
+        self.counters["recovered"] = recovered
+        if recovered:
+            self.log.info("recovered", in_flight=recovered, counts=self.ledger.counts())
+
+    # --- queries -----------------------------------------------------------------------
+
+    def _op_tasks(self, args: dict[str, Any]) -> dict[str, Any]:
+        req = parse_args(args, TasksArgs)
+        return {
+            "counts": self.ledger.counts(),
+            "latest": [msgspec.to_builtins(r) for r in self.ledger.latest(req.latest)],
+        }
+
+    def _op_drain(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Take a node out of placement (its running work finishes), or put it back."""
+        req = parse_args(args, DrainArgs)
+        if req.drain:
+            self.drained.add(req.node_id)
+        else:
+            self.drained.discard(req.node_id)
+        self.log.info("drain", node=req.node_id, drain=req.drain)
+        return {"node_id": req.node_id, "drained": req.drain, "all": sorted(self.drained)}
+
+    def _op_task(self, args: dict[str, Any]) -> dict[str, Any]:
+        req = parse_args(args, TaskArgs)
+        row = self.ledger.task(req.task_id)
+        if row is None:
+            raise CtlError(f"unknown task '{req.task_id[:64]}'")
+        return {
+            "task": msgspec.to_builtins(row),
+            "history": [msgspec.to_builtins(h) for h in self.ledger.history(req.task_id)],
+        }
