@@ -172,9 +172,21 @@ def main() -> None:
     show_default=True,
     help="With the console: where the cluster's logs go.",
 )
+@click.option(
+    "--without",
+    "without",
+    multiple=True,
+    type=click.Choice(["liveness", "delegator"]),
+    help="Leave a service out (a deliberately broken cluster, for fault scenarios).",
+)
 @_workload_options
 def up(
-    config_path: str | None, nodes: int | None, headless: bool, log_path: str, **workload: Any
+    config_path: str | None,
+    nodes: int | None,
+    headless: bool,
+    log_path: str,
+    without: tuple[str, ...],
+    **workload: Any,
 ) -> None:
     """Start the relay, the liveness monitor, the delegator and a simulated fleet under the
     supervisor.
@@ -193,12 +205,14 @@ def up(
     sim_args = ["--nodes", str(nodes)] if nodes is not None else []
     sim_args += _workload_argv(workload)
     if not headless and sys.stdin.isatty() and sys.stdout.isatty():
+        sim_args += [f"--without={name}" for name in without]  # passed on to the child
         sys.exit(_up_with_console(config, config_path, sim_args, log_path))
     common = ["--config", os.path.abspath(config_path)] if config_path else []
     python = [sys.executable, "-m", "shoal.services.cli"]
     specs = [
         ProcessSpec(name, [*python, "run", name, *common])
         for name in ("relay", "liveness", "delegator")
+        if name not in without
     ]
     specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
     sys.exit(run_supervisor(specs, config.supervisor))
@@ -484,6 +498,14 @@ def _service_class(name: str) -> Any:
 
     return Fleet
 
+
+def _register_chaos() -> None:
+    from .chaos.cli import chaos
+
+    main.add_command(chaos)
+
+
+_register_chaos()
 
 if __name__ == "__main__":
     main()

@@ -77,6 +77,11 @@ class TasksArgs(msgspec.Struct, forbid_unknown_fields=True):
     latest: int = 20
 
 
+class RevokedArgs(msgspec.Struct, forbid_unknown_fields=True):
+    node_id: str
+    since: float = 0.0  # wall time (time.time())
+
+
 class DrainArgs(msgspec.Struct, forbid_unknown_fields=True):
     node_id: str
     drain: bool = True  # False: take work again
@@ -99,6 +104,8 @@ class Delegator(Service):
         self.ctl_ops["task"] = self._op_task
         self.ctl_ops["audit"] = lambda _args: self.ledger.audit()
         self.ctl_ops["drain"] = self._op_drain
+        self.ctl_ops["owned"] = lambda _args: self.ledger.owned()
+        self.ctl_ops["revoked"] = self._op_revoked
         self.drained: set[str] = set()  # nodes an operator took out of placement
 
     def setup(self) -> None:
@@ -401,6 +408,11 @@ class Delegator(Service):
             self.drained.discard(req.node_id)
         self.log.info("drain", node=req.node_id, drain=req.drain)
         return {"node_id": req.node_id, "drained": req.drain, "all": sorted(self.drained)}
+
+    def _op_revoked(self, args: dict[str, Any]) -> dict[str, Any]:
+        req = parse_args(args, RevokedArgs)
+        first, count = self.ledger.revoked(req.node_id, req.since)
+        return {"node_id": req.node_id, "first_at": first, "count": count}
 
     def _op_task(self, args: dict[str, Any]) -> dict[str, Any]:
         req = parse_args(args, TaskArgs)

@@ -645,6 +645,28 @@ class Ledger:
             for a, t, f, s, e, n, d in rows
         ]
 
+    def owned(self) -> dict[str, int]:
+        """Assigned and running tasks per owner: what each node holds of the ledger's."""
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT owner, count(*) FROM tasks WHERE state IN ('assigned', 'running') "
+                "GROUP BY owner"
+            ).fetchall()
+        return {str(owner): int(n) for owner, n in rows}
+
+    def revoked(self, node: str, since: float) -> tuple[float | None, int]:
+        """When the ledger first took a task away from ``node`` at or after ``since`` (wall
+        time; a dead owner, a lapsed lease, a refusal), and how many it took: the scenarios'
+        "re-delegated within" evidence."""
+        with self._guard():
+            first, n = self._db.execute(
+                "SELECT min(at), count(*) FROM events WHERE node = ? AND at >= ? "
+                "AND from_state IN ('assigned', 'running') "
+                "AND to_state IN ('pending', 'dead_letter')",
+                (node, since),
+            ).fetchone()
+        return (float(first) if first is not None else None, int(n))
+
     def commit_count(self, task_id: str) -> int:
         """How many results of the task were committed: 0 or 1 (the schema allows no more)."""
         with self._guard():

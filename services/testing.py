@@ -187,13 +187,20 @@ class Cluster:
             cluster.ps()  # the supervisor's process table
     """
 
-    def __init__(self, workdir: Any, nodes: int = 8, **sections: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        workdir: Any,
+        nodes: int = 8,
+        without: tuple[str, ...] = (),
+        **sections: dict[str, Any],
+    ) -> None:
         from pathlib import Path
 
         from .config import dump_toml
 
         self.workdir = Path(workdir)
         self.nodes = nodes
+        self.without = without  # services left out: a deliberately broken cluster
         delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
         self.config = config_on_free_ports(None, delegator=delegator, **sections)
         self.config_path = self.workdir / "shoal.toml"
@@ -207,6 +214,7 @@ class Cluster:
 
         argv = [sys.executable, "-m", "shoal.services.cli", "up", "--headless"]
         argv += ["--nodes", str(self.nodes), "--config", str(self.config_path)]
+        argv += [f"--without={name}" for name in self.without]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True

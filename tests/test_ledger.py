@@ -308,6 +308,24 @@ def test_owner_lost_revokes_only_that_owners_tasks(ledger: Ledger) -> None:
     assert ledger.owner_lost("p1", 3.0, "dead") == []
 
 
+def test_owned_and_revoked_say_what_a_node_held_and_when_it_was_taken_away(
+    ledger: Ledger,
+) -> None:
+    ledger.offer("a", tasks(3), 0.0)
+    running(ledger, "a.1.0", "p1")
+    ledger.assign("a.1.1", "p1", 1.0)
+    running(ledger, "a.1.2", "p2")
+    ledger.commit()
+    assert ledger.owned() == {"p1": 2, "p2": 1}
+    assert ledger.revoked("p1", 0.0) == (None, 0)
+    ledger.owner_lost("p1", 5.0, "dead")
+    ledger.commit()
+    assert ledger.owned() == {"p2": 1}
+    assert ledger.revoked("p1", 4.0) == (5.0, 2)
+    assert ledger.revoked("p1", 6.0) == (None, 0)  # only what happened since
+    assert ledger.revoked("p2", 0.0) == (None, 0)
+
+
 # --- results -------------------------------------------------------------------------------
 
 

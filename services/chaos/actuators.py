@@ -1,0 +1,202 @@
+"""Applying and healing each fault kind, through the parts that can do it for real.
+
+- Node faults (crash, hang, reboot, cpu_hog, queue_flood, clock_skew, flap) and link faults
+  (drop, delay, duplicate, reorder, partition) go to the simulated fleet's ``fault`` op:
+  the nodes take them in their own transport, as a node with a bad radio would.
+- Service faults (kill, restart, pause) are real signals through the supervisor.
+
+Every timed fault sent to the fleet also carries the fleet's own timer (``duration_ms``:
+the planned duration plus ``DEAD_MANS_MARGIN_S``), so a fault heals itself even if the
+injector dies; the injector heals it on time itself and records when.
+
+Several link faults on one node at once are merged into the one link fault the node has:
+the largest of each parameter, on all its links (a lone partition keeps its services).
+Healing one of them sends what the others still ask for.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..config import ShoalConfig
+from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from .plan import PlannedFault
+
+DEAD_MANS_MARGIN_S = 2.0
+CALL_TIMEOUT_S = 1.5
+
+
+class ActuatorError(Exception):
+    """A fault could not be applied or healed (the service refused, or did not answer)."""
+
+
+class Actuators:
+    def __init__(self, config: ShoalConfig) -> None:
+        self.sim = CtlClient(config.sim.ctl)
+        self.supervisor = CtlClient(config.supervisor.ctl)
+        # node -> {planned fault id: link params}: the link faults each node has on now
+        self._links: dict[str, dict[str, dict[str, Any]]] = {}
+        self.paused: set[str] = set()
+
+    def close(self) -> None:
+        self.sim.close()
+        self.supervisor.close()
+
+    # --- the two calls ----------------------------------------------------------------------
+
+    def _sim(self, args: dict[str, Any]) -> float:
+        """One fault op; returns when the fleet applied it (its CLOCK_MONOTONIC reading)."""
+        try:
+            # No retry: a retried fault could be applied twice (a second reboot).
+            reply: dict[str, Any] = self.sim.call(
+                "fault", args, timeout_s=CALL_TIMEOUT_S, retries=0
+            )
+        except (CtlFailed, CtlUnavailable) as err:
+            raise ActuatorError(f"sim fault {args.get('action')}: {err}") from None
+        return float(reply.get("applied_at", time.monotonic()))
+
+    def _signal(self, service: str, sig: str) -> float:
+        try:
+            self.supervisor.call(
+                "signal", {"name": service, "signal": sig}, timeout_s=CALL_TIMEOUT_S, retries=0
+            )
+        except (CtlFailed, CtlUnavailable) as err:
+            raise ActuatorError(f"signal {sig} to {service}: {err}") from None
+        return time.monotonic()
+
+    # --- apply and heal ---------------------------------------------------------------------
+
+    def apply(self, step: PlannedFault) -> float:
+        """Apply one planned fault; returns the monotonic time it took effect."""
+        kind, nodes, p = step.kind, step.targets, step.params
+        timer = self._timer_ms(step)
+        if kind in ("crash", "hang", "flap"):
+            action = "hang" if kind == "hang" else "crash"
+            return self._sim({"action": action, "nodes": nodes, **timer})
+        if kind == "reboot":
+            return self._sim({"action": "reboot", "nodes": nodes})
+        if kind == "cpu_hog":
+            return self._sim(
+                {"action": "cpu_hog", "nodes": nodes, "percent": p["percent"], **timer}
+            )
+        if kind == "queue_flood":
+            return self._sim({"action": "flood", "nodes": nodes, "tasks": p["tasks"]})
+        if kind == "clock_skew":
+            return self._sim(
+                {"action": "clock_skew", "nodes": nodes, "skew_ms": p["skew_ms"], **timer}
+            )
+        if kind in ("drop", "delay", "duplicate", "reorder", "partition"):
+            for node in nodes:
+                self._links.setdefault(node, {})[step.id] = link_params(kind, p)
+            return self._send_links(nodes, timer)
+        if kind == "kill":
+            return max(self._signal(s, "KILL") for s in nodes)
+        if kind == "restart":
+            for service in nodes:
+                try:
+                    self.supervisor.call(
+                        "restart", {"name": service}, timeout_s=CALL_TIMEOUT_S, retries=0
+                    )
+                except (CtlFailed, CtlUnavailable) as err:
+                    raise ActuatorError(f"restart {service}: {err}") from None
+            return time.monotonic()
+        if kind == "pause":
+            at = max(self._signal(s, "STOP") for s in nodes)
+            self.paused.update(nodes)
+            return at
+        raise ActuatorError(f"no actuator for {kind}")
+
+    def heal(self, step: PlannedFault) -> float:
+        """Undo one planned fault; returns the monotonic time it was undone."""
+        kind, nodes = step.kind, step.targets
+        if kind in ("crash", "hang", "flap"):
+            return self._sim({"action": "resume", "nodes": nodes})
+        if kind == "cpu_hog":
+            return self._sim({"action": "cpu_hog", "nodes": nodes, "percent": 0})
+        if kind == "clock_skew":
+            return self._sim({"action": "clock_skew", "nodes": nodes, "skew_ms": 0})
+        if kind in ("drop", "delay", "duplicate", "reorder", "partition"):
+            for node in nodes:
+                self._links.get(node, {}).pop(step.id, None)
+            return self._send_links(nodes, {})
+        if kind == "pause":
+            at = max(self._signal(s, "CONT") for s in nodes)
+            self.paused.difference_update(nodes)
+            return at
+        return time.monotonic()  # instant faults have nothing to undo
+
+    def heal_everything(self, nodes: list[str]) -> list[str]:
+        """Rollback: every node resumed, its link, CPU and clock healed; every paused service
+        continued. Goes on past errors; returns them."""
+        errors = []
+        self._links.clear()
+        for args in (
+            {"action": "resume", "nodes": nodes},
+            {"action": "heal", "nodes": nodes},
+            {"action": "cpu_hog", "nodes": nodes, "percent": 0},
+            {"action": "clock_skew", "nodes": nodes, "skew_ms": 0},
+        ):
+            try:
+                self._sim(args)
+            except ActuatorError as err:
+                errors.append(str(err))
+        for service in sorted(self.paused):
+            try:
+                self._signal(service, "CONT")
+            except ActuatorError as err:
+                errors.append(str(err))
+        self.paused.clear()
+        return errors
+
+    # --- links ------------------------------------------------------------------------------
+
+    def _send_links(self, nodes: list[str], timer: dict[str, int]) -> float:
+        at = time.monotonic()
+        for node in nodes:
+            active = list(self._links.get(node, {}).values())
+            if not active:
+                at = self._sim({"action": "heal", "nodes": [node]})
+            else:
+                at = self._sim({"action": "link", "nodes": [node], **merge_links(active), **timer})
+        return at
+
+    @staticmethod
+    def _timer_ms(step: PlannedFault) -> dict[str, int]:
+        if step.heal_at_s is None or step.heal_at_s <= step.at_s:
+            return {}
+        return {"duration_ms": int((step.heal_at_s - step.at_s + DEAD_MANS_MARGIN_S) * 1000)}
+
+
+def link_params(kind: str, p: dict[str, Any]) -> dict[str, Any]:
+    """A link fault as the fleet's ``link`` action takes it."""
+    if kind == "drop":
+        return {"drop": p["probability"], "correlation": p.get("correlation", 0.0)}
+    if kind == "delay":
+        return {
+            "delay_ms": int(p["delay"] * 1000),
+            "jitter_ms": int(p.get("delay_jitter", 0) * 1000),
+        }
+    if kind == "duplicate":
+        return {"duplicate": p["probability"]}
+    if kind == "reorder":
+        return {"reorder": p["probability"], "delay_ms": int(p.get("delay", 0.05) * 1000)}
+    if kind == "partition":
+        return {"drop": 1.0, "services": list(p.get("services", ["relay", "delegator"]))}
+    raise ValueError(kind)
+
+
+def merge_links(active: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    services: set[str] = set()
+    scoped = False
+    for params in active:
+        for key, value in params.items():
+            if key == "services":
+                services.update(value)
+                scoped = True
+            else:
+                merged[key] = max(merged.get(key, value), value)
+    if scoped and len(active) == 1:
+        merged["services"] = sorted(services)
+    return merged

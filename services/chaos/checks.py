@@ -1,0 +1,256 @@
+"""Steady-state probes and expectations, checked against the recorded history.
+
+Nothing here talks to the cluster: the runner records (faults with their actual times,
+membership events, metric samples per phase, the ledger's answers after the drain) and
+these functions judge it, so a report can be re-judged from its own history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .scenario import (
+    FAILING_KINDS,
+    Detected,
+    DuplicateCommits,
+    Expect,
+    LostTasks,
+    MetricExpect,
+    NoFalseDead,
+    Probe,
+    Recovered,
+    Redelegated,
+    expect_kind,
+)
+
+
+@dataclass
+class Applied:
+    """A planned fault as it happened: times in seconds since the run's t0."""
+
+    id: str
+    fault: str
+    kind: str
+    targets: list[str]
+    planned_at: float
+    planned_heal: float | None
+    applied_at: float | None = None
+    applied_wall: float | None = None
+    healed_at: float | None = None
+    held: dict[str, int] = field(default_factory=dict)  # tasks each target owned
+    error: str | None = None
+
+
+@dataclass
+class Context:
+    """What the expectations are judged on."""
+
+    nodes: list[str]
+    untouched: list[str]
+    applied: list[Applied]
+    members: list[dict[str, Any]]  # history entries of type "member", in arrival order
+    final: dict[str, Any]  # metrics after the drain
+    last_heal: float | None  # when the last fault was healed (rollback included)
+    all_alive_at: list[float]  # times at which every node was alive
+    revoked: dict[tuple[str, str], float | None]  # (fault id, node) -> seconds to revoke
+    phase_start: float = 0.0
+    run_end: float = 0.0
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# --- steady state ------------------------------------------------------------------------------
+
+
+def check_probe(probe: Probe, phase: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """A probe over one phase's samples: it holds when every known value is within its
+    tolerance and at least one value was known."""
+    checks = failures = unknown = 0
+    worst: float | None = None
+    worst_miss = -1.0
+    first_failure: float | None = None
+    for sample in samples:
+        value = _num(sample["values"].get(probe.metric))
+        if value is None:
+            unknown += 1
+            continue
+        checks += 1
+        miss = probe.miss(value)
+        if miss > worst_miss:
+            worst, worst_miss = value, miss
+        if miss > 0:
+            failures += 1
+            if first_failure is None:
+                first_failure = sample["t"]
+    return {
+        "name": probe.name or f"{probe.metric} {probe.describe()}",
+        "metric": probe.metric,
+        "tolerance": probe.describe(),
+        "phase": phase,
+        "checks": checks,
+        "failures": failures,
+        "unknown": unknown,
+        "worst": worst,
+        "by": round(worst_miss, 4) if failures else 0.0,
+        "first_failure_t": first_failure,
+        "passed": checks > 0 and failures == 0,
+        "decided": checks > 0,
+    }
+
+
+# --- expectations ------------------------------------------------------------------------------
+
+
+def _result(
+    expect: Expect, limit: str, observed: Any, passed: bool, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": expect.name,
+        "kind": expect_kind(expect),
+        "limit": limit,
+        "observed": observed,
+        "passed": passed,
+        **extra,
+    }
+
+
+def _selected(ctx: Context, names: list[str], kinds: tuple[str, ...]) -> list[Applied]:
+    chosen = [a for a in ctx.applied if (a.fault in names if names else a.kind in kinds)]
+    return [a for a in chosen if a.applied_at is not None]
+
+
+def first_event(ctx: Context, node: str, event: str, after: float) -> float | None:
+    for m in ctx.members:
+        if m["node"] == node and m["event"] == event and m["t"] >= after:
+            return float(m["t"])
+    return None
+
+
+def detection_latencies(ctx: Context, steps: list[Applied], event: str) -> list[dict[str, Any]]:
+    rows = []
+    for step in steps:
+        assert step.applied_at is not None
+        for node in step.targets:
+            seen = first_event(ctx, node, event, step.applied_at)
+            rows.append(
+                {
+                    "fault": step.id,
+                    "node": node,
+                    "latency_s": round(seen - step.applied_at, 3) if seen is not None else None,
+                }
+            )
+    return rows
+
+
+def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
+    if isinstance(expect, Detected):
+        steps = _selected(ctx, expect.faults, FAILING_KINDS)
+        rows = detection_latencies(ctx, steps, expect.event)
+        missed = [r for r in rows if r["latency_s"] is None]
+        worst = max((r["latency_s"] for r in rows if r["latency_s"] is not None), default=None)
+        passed = bool(rows) and not missed and worst is not None and worst <= expect.within
+        by = None if worst is None else round(max(0.0, worst - expect.within), 3)
+        detail = f"{len(rows)} node-faults, {len(missed)} never declared {expect.event}"
+        if not rows:
+            detail = "no fault of this kind was applied"
+        return _result(
+            expect,
+            f"{expect.event} within {expect.within:g} s",
+            worst,
+            passed,
+            by=by,
+            missed=len(missed),
+            detail=detail,
+            latencies=rows,
+        )
+    if isinstance(expect, Redelegated):
+        steps = _selected(ctx, expect.faults, FAILING_KINDS)
+        rows = []
+        for step in steps:
+            for node in step.targets:
+                if step.held.get(node, 0) == 0:
+                    continue  # held nothing: nothing to re-delegate
+                rows.append(
+                    {
+                        "fault": step.id,
+                        "node": node,
+                        "held": step.held[node],
+                        "latency_s": ctx.revoked.get((step.id, node)),
+                    }
+                )
+        missed = [r for r in rows if r["latency_s"] is None]
+        worst = max((r["latency_s"] for r in rows if r["latency_s"] is not None), default=None)
+        passed = not missed and (worst is None or worst <= expect.within)
+        detail = (
+            f"{len(rows)} failed nodes held tasks, {len(missed)} never had them taken away"
+            if rows
+            else "no failed node held a task: nothing to re-delegate"
+        )
+        by = None if worst is None else round(max(0.0, worst - expect.within), 3)
+        return _result(
+            expect,
+            f"within {expect.within:g} s",
+            worst,
+            passed,
+            by=by,
+            missed=len(missed),
+            detail=detail,
+            latencies=rows,
+        )
+    if isinstance(expect, Recovered):
+        if ctx.last_heal is None:
+            return _result(
+                expect,
+                f"within {expect.within:g} s",
+                0.0,
+                True,
+                by=0.0,
+                detail="no fault needed healing",
+            )
+        after = [t for t in ctx.all_alive_at if t >= ctx.last_heal]
+        took = round(after[0] - ctx.last_heal, 3) if after else None
+        passed = took is not None and took <= expect.within
+        by = None if took is None else round(max(0.0, took - expect.within), 3)
+        detail = "every node alive again" if after else "not every node was alive again"
+        return _result(expect, f"within {expect.within:g} s", took, passed, by=by, detail=detail)
+    if isinstance(expect, (LostTasks, DuplicateCommits)):
+        metric = "lost_tasks" if isinstance(expect, LostTasks) else "duplicate_commits"
+        value = _num(ctx.final.get(metric))
+        passed = value is not None and value <= expect.at_most
+        by = None if value is None else max(0.0, value - expect.at_most)
+        detail = "" if value is not None else "unknown: a service did not answer"
+        return _result(expect, f"<= {expect.at_most}", value, passed, by=by, detail=detail)
+    if isinstance(expect, NoFalseDead):
+        untouched = set(ctx.untouched)
+        false = [
+            m
+            for m in ctx.members
+            if m["node"] in untouched
+            and m["event"] == expect.event
+            and ctx.phase_start <= m["t"] <= ctx.run_end
+        ]
+        passed = len(false) <= expect.at_most
+        return _result(
+            expect,
+            f"<= {expect.at_most} {expect.event} among {len(untouched)} untouched nodes",
+            len(false),
+            passed,
+            by=max(0, len(false) - expect.at_most),
+            nodes=sorted({m["node"] for m in false}),
+        )
+    if isinstance(expect, MetricExpect):
+        value = _num(ctx.final.get(expect.metric))
+        passed = value is not None and expect.holds(value)
+        by = None if value is None else round(expect.miss(value), 4)
+        return _result(expect, f"{expect.metric} {expect.describe()}", value, passed, by=by)
+    raise TypeError(f"no check for {type(expect).__name__}")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

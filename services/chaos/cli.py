@@ -1,0 +1,198 @@
+"""``shoal chaos``: validate, run and report fault-injection scenarios.
+
+Exit codes: 0 passed, 1 an expectation or steady-state check failed, 2 aborted (safety,
+kill switch, Ctrl-C), 3 undecided, 4 invalid scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from .scenario import ScenarioError, hot_ids, load, node_ids, parse
+
+INVALID = 4
+
+
+def _invalid(err: Exception) -> None:
+    click.echo(str(err), err=True)
+    sys.exit(INVALID)
+
+
+@click.group()
+def chaos() -> None:
+    """Fault-injection scenarios: a scenario file in, a verdict with numbers out."""
+
+
+@chaos.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(files: tuple[str, ...]) -> None:
+    """Check scenario FILES; exit 4 naming the file, entry and field of each error."""
+    bad = 0
+    for path in files:
+        try:
+            loaded = load(path)
+        except ScenarioError as err:
+            click.echo(str(err), err=True)
+            bad += 1
+            continue
+        s = loaded.scenario
+        click.echo(f"{path}: ok ({s.name}: {len(s.fault)} faults, {len(s.expect)} expectations)")
+    if bad:
+        sys.exit(INVALID)
+
+
+@chaos.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--seed", type=int, default=None, help="Overrides the scenario's seed.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where the JSON report goes (a .md summary is written next to it). "
+    "Default: chaos-reports/NAME-seedN.json",
+)
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan; start nothing.")
+@click.option(
+    "--attach", is_flag=True, help="Use the running cluster (--config) instead of starting one."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --attach: the running cluster's config file.",
+)
+@click.option(
+    "--replay",
+    "replay",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Run a recorded report's scenario again, with its seed and time scale.",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(0.01, 10),
+    default=None,
+    help="Scale the fault timeline (the test suite runs the library at 0.2-0.3).",
+)
+@click.option(
+    "--without",
+    multiple=True,
+    type=click.Choice(["liveness", "delegator"]),
+    help="Start our cluster without this service (a deliberately broken cluster).",
+)
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def run(
+    file: str | None,
+    seed: int | None,
+    report_path: str | None,
+    dry_run: bool,
+    attach: bool,
+    config_path: str | None,
+    replay: str | None,
+    time_scale: float | None,
+    without: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Run scenario FILE and write its report; the exit code is the verdict."""
+    from . import report as reports
+    from .plan import PlanError, make_plan
+    from .runner import Options
+    from .runner import run as run_scenario
+
+    recorded: dict[str, Any] | None = None
+    try:
+        if replay is not None:
+            recorded = reports.read(replay)
+            scale = time_scale if time_scale is not None else float(recorded.get("time_scale", 1.0))
+            loaded = parse(
+                recorded["scenario"]["text"], recorded["scenario"]["path"], time_scale=scale
+            )
+            seed = recorded["seed"] if seed is None else seed
+            time_scale = scale
+        elif file is None:
+            raise click.UsageError("give a scenario FILE or --replay REPORT")
+        else:
+            loaded = load(file, time_scale=time_scale or 1.0)
+    except (ScenarioError, reports.ReportError) as err:
+        _invalid(err)
+    s = loaded.scenario
+    seed = s.seed if seed is None else seed
+    attached = None
+    if attach:
+        from ..cli import _load
+
+        attached = _load(config_path)
+    if dry_run:
+        nodes, hot = node_ids(s.workload), hot_ids(s.workload)
+        if attached is not None:
+            from .runner import _attached_hot, _call
+
+            fleet = _call(attached.sim.ctl, "nodes", timeout_s=3.0)
+            if not isinstance(fleet, dict):
+                raise click.ClickException(f"no simulated fleet answers at {attached.sim.ctl}")
+            nodes = sorted(fleet)
+            hot = _attached_hot(s, nodes)
+        try:
+            plan = make_plan(s, seed, nodes, hot)
+        except PlanError as err:
+            _invalid(ScenarioError(loaded.path, [str(err)]))
+        click.echo(json.dumps(msgspec.to_builtins(plan), indent=1))
+        return
+    out = Path(report_path or f"chaos-reports/{s.name}-seed{seed}.json")
+    progress = None if quiet else _progress_line()
+    options = Options(
+        seed=seed,
+        time_scale=time_scale or 1.0,
+        attach=attached,
+        without=without,
+        keep_logs=None if attached else out.with_suffix(".cluster.log"),
+        progress=progress,
+    )
+    try:
+        result = run_scenario(loaded, options)
+    except ScenarioError as err:
+        _invalid(err)
+    if progress is not None:
+        progress("")
+    md = reports.write(result, out)
+    if recorded is not None:
+        same = result["plan"] == recorded.get("plan")
+        click.echo(
+            f"replay of {replay}: {'the same plan' if same else 'a DIFFERENT plan'}", err=True
+        )
+    click.echo(f"{s.name}: {result['verdict']} ({result['reason']}); report {out}, summary {md}")
+    sys.exit(result["exit_code"])
+
+
+def _progress_line() -> Any:
+    tty = sys.stderr.isatty()
+
+    def show(line: str) -> None:
+        if tty:
+            click.echo("\r\x1b[2K" + line[:200], err=True, nl=not line)
+        elif line:
+            click.echo(line, err=True)
+
+    return show
+
+
+@chaos.command("report")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+def report_cmd(path: str, fmt: str) -> None:
+    """Print a run's report (Markdown summary or the JSON)."""
+    from . import report as reports
+
+    try:
+        r = reports.read(path)
+    except reports.ReportError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(reports.markdown(r) if fmt == "md" else json.dumps(r, indent=1), nl=fmt == "json")

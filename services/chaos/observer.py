@@ -1,0 +1,209 @@
+"""What the injector sees of the cluster: the recorded history and the metrics.
+
+- ``History``: every fault applied and healed, every membership event and observer-health
+  change (stamped on arrival with this machine's CLOCK_MONOTONIC, which the fleet's fault
+  replies use too), every metric sample. Expectations are checked against it afterwards,
+  as Jepsen checks a recorded history.
+- ``Watcher``: a small service in a thread following the liveness monitor's membership
+  stream (MembershipView: snapshot, then numbered updates, resync on a gap).
+- ``Sampler``: the metrics (docs/scenarios.md, "Metrics") from the services' ctl ops, once
+  per steady-state interval; a service that does not answer leaves its metrics unknown
+  (None) for that sample rather than guessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+
+from shoal.protocol.messages import MemberEvent, ObserverHealth, ServiceStatus
+
+from ..config import ShoalConfig, with_overrides
+from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from ..membership_view import MembershipView
+from ..runtime import Service
+
+SAMPLE_TIMEOUT_S = 0.5
+SERVICES_WATCHED = ("relay", "liveness", "delegator", "sim")
+
+
+class History:
+    """Append-only, thread-safe; times are seconds since ``t0`` (monotonic)."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.entries: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def at(self, mono: float) -> float:
+        return round(mono - self.t0, 4)
+
+    def add(self, type_: str, mono: float | None = None, **fields: Any) -> dict[str, Any]:
+        entry = {"t": self.at(mono if mono is not None else time.monotonic()), "type": type_}
+        entry.update(fields)
+        with self._lock:
+            self.entries.append(entry)
+        return entry
+
+    def of(self, type_: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.entries if e["type"] == type_]
+
+
+class _WatcherService(Service):
+    name = "injector"
+
+    def __init__(self, config: ShoalConfig, watcher: Watcher) -> None:
+        super().__init__(with_overrides(config, "runtime", log_level="error"))
+        self.watcher = watcher
+
+    def setup(self) -> None:
+        self.members = MembershipView(self, self.config.liveness)
+        self.members.on_event = self.watcher._on_event
+        self.members.on_update = self.watcher._on_frame
+
+
+class Watcher:
+    """Follows membership in a thread; ``states()`` is the current view, the history gets
+    each event as it arrives."""
+
+    def __init__(self, config: ShoalConfig, history: History) -> None:
+        self.history = history
+        self.service = _WatcherService(config, self)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Watcher:
+        self._thread = threading.Thread(target=self._run, name="injector-watch", daemon=True)
+        self._thread.start()
+        self.service.wait_ready(10)
+        return self
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):
+            self.service.run(install_signals=False)
+
+    def close(self) -> None:
+        self.service.stop()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def states(self) -> dict[str, str]:
+        view = getattr(self.service, "members", None)
+        if view is None:
+            return {}
+        return {node: m.state for node, m in dict(view.members).items()}
+
+    def healthy(self) -> bool | None:
+        view = getattr(self.service, "members", None)
+        return None if view is None or not view.synced else bool(view.healthy)
+
+    def _on_event(self, event: MemberEvent) -> None:
+        self.history.add(
+            "member",
+            node=event.node_id,
+            event=event.event,
+            state=event.state,
+            reason=event.reason,
+            boot_id=event.boot_id,
+        )
+
+    def _on_frame(self, frame: Any) -> None:
+        if isinstance(frame, ObserverHealth):
+            self.history.add("observer", healthy=frame.healthy, reasons=list(frame.reasons))
+
+
+class Sampler:
+    """One sample of every metric; rates come from the change since the previous sample."""
+
+    def __init__(self, config: ShoalConfig, watcher: Watcher, nodes: list[str]) -> None:
+        self.watcher = watcher
+        self.nodes = nodes
+        self.relay = CtlClient(config.relay.ctl)
+        self.sim = CtlClient(config.sim.ctl)
+        self.delegator = CtlClient(config.delegator.ctl)
+        self.supervisor = CtlClient(config.supervisor.ctl)
+        self._prev: dict[str, tuple[float, int]] = {}
+        self.last: dict[str, Any] = {}
+
+    def close(self) -> None:
+        for client in (self.relay, self.sim, self.delegator, self.supervisor):
+            client.close()
+
+    def _call(self, client: CtlClient, op: str, **kw: Any) -> Any:
+        try:
+            return client.call(op, timeout_s=SAMPLE_TIMEOUT_S, retries=0, **kw)
+        except (CtlFailed, CtlUnavailable):
+            return None
+
+    def _rate(self, key: str, now: float, count: int | None) -> float | None:
+        if count is None:
+            return None
+        prev = self._prev.get(key)
+        self._prev[key] = (now, count)
+        if prev is None or now <= prev[0] or count < prev[1]:
+            return None  # the first sample, or the counter restarted with its service
+        return round((count - prev[1]) / (now - prev[0]), 2)
+
+    def sample(self) -> dict[str, Any]:
+        now = time.monotonic()
+        states = self.watcher.states()
+        fleet = [states.get(n) for n in self.nodes]
+        values: dict[str, Any] = {
+            "alive": sum(s == "alive" for s in fleet),
+            "suspect": sum(s == "suspect" for s in fleet),
+            "dead": sum(s == "dead" for s in fleet),
+            "left": sum(s == "left" for s in fleet),
+            "members": sum(s is not None for s in fleet),
+        }
+        healthy = self.watcher.healthy()
+        values["observer_healthy"] = None if healthy is None else int(healthy)
+
+        relay = self._call(self.relay, "status", result_type=ServiceStatus)
+        accepted = relay.counters.get("accepted") if relay is not None else None
+        values["telemetry_rate"] = self._rate("accepted", now, accepted)
+
+        sim = self._call(self.sim, "status", result_type=ServiceStatus)
+        counters = sim.counters if sim is not None else {}
+        done = counters.get("tasks_completed")
+        values["task_throughput"] = self._rate("completed", now, done)
+        values["overloaded"] = counters.get("tasks_overloaded")
+        unaccounted = counters.get("tasks_unaccounted")
+        twice_at_origin = counters.get("completions_twice")
+
+        audit = self._call(self.delegator, "audit")
+        if audit is not None:
+            values["in_flight"] = audit.get("assigned", 0) + audit.get("running", 0)
+            values["dead_lettered"] = audit.get("dead_letter")
+            values["redelegated"] = audit.get("redelivered_tasks")
+            values["tasks_total"] = audit.get("total")
+            values["undelivered"] = audit.get("done")
+            values["pending"] = audit.get("pending")
+            twice = audit.get("committed_twice")
+        else:
+            twice = None
+            for key in (
+                "in_flight",
+                "dead_lettered",
+                "redelegated",
+                "tasks_total",
+                "undelivered",
+                "pending",
+            ):
+                values[key] = None
+        values["lost_tasks"] = unaccounted
+        values["duplicate_commits"] = (
+            twice + twice_at_origin if twice is not None and twice_at_origin is not None else None
+        )
+
+        ps = self._call(self.supervisor, "ps")
+        if isinstance(ps, list):
+            running = {row["name"] for row in ps if row.get("state") == "running"}
+            watched = [row["name"] for row in ps if row["name"] in SERVICES_WATCHED]
+            values["services_down"] = sum(name not in running for name in watched)
+            values["services"] = {row["name"]: row.get("state") for row in ps}
+        else:
+            values["services_down"] = None
+        self.last = values
+        return values

@@ -1,0 +1,686 @@
+"""One run of a scenario, from the cluster's start to the verdict.
+
+The phases, each recorded in the history:
+
+1. **startup**: start a cluster on free ports in a temporary directory (or attach to a
+   running one), wait until the relay hears every node and, if the liveness monitor runs,
+   it holds every node alive;
+2. **settle**, then **before**: the steady-state probes must hold before any fault (if
+   not, no fault is applied and the verdict is "failed", as in Chaos Toolkit);
+3. **faults**: the plan's timeline; probes and safety checked every interval;
+4. **rollback** (always, also after an abort or Ctrl-C): every fault healed;
+5. **recover**: until every node is alive again (at most ``rollback.recover``), then the
+   **after** probes;
+6. **drain**: arrivals stopped, until the ledger has nothing in flight (at most
+   ``rollback.drain``); then tasks are counted and the expectations judged.
+
+Verdicts and exit codes: passed 0, failed 1, aborted 2 (safety, kill switch, Ctrl-C),
+undecided 3 (the cluster could not be started or observed, a fault could not be applied),
+invalid 4 (raised before anything runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ShoalConfig
+from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from .actuators import ActuatorError, Actuators
+from .checks import Applied, Context, check_probe, detection_latencies, evaluate, percentile
+from .observer import History, Sampler, Watcher
+from .plan import Plan, PlanError, make_plan
+from .scenario import (
+    FAILING_KINDS,
+    STARTUP_ALLOWANCE_S,
+    Loaded,
+    Scenario,
+    ScenarioError,
+    hot_ids,
+    node_ids,
+)
+
+EXIT_CODES = {"passed": 0, "failed": 1, "aborted": 2, "undecided": 3, "invalid": 4}
+REPORT_VERSION = 1
+TICK_S = 0.05  # the timeline's resolution
+PROGRESS_EVERY_S = 5.0  # a progress line this often when stderr is not a terminal
+
+
+class Abort(Exception):
+    """The run stops now (safety, kill switch, a signal); rollback still runs."""
+
+
+@dataclass
+class Options:
+    seed: int | None = None
+    time_scale: float = 1.0
+    attach: ShoalConfig | None = None  # a running cluster's config; None: start our own
+    without: tuple[str, ...] = ()  # services left out of our own cluster
+    keep_logs: Path | None = None  # where our own cluster's log is copied
+    progress: Callable[[str], None] | None = None
+
+
+def run(loaded: Loaded, options: Options) -> dict[str, Any]:
+    """Run the scenario; returns the report (see report.py)."""
+    return _Run(loaded, options).execute()
+
+
+class _Run:
+    def __init__(self, loaded: Loaded, options: Options) -> None:
+        self.loaded = loaded
+        self.s: Scenario = loaded.scenario
+        self.opts = options
+        self.seed = options.seed if options.seed is not None else self.s.seed
+        self.t0 = time.monotonic()
+        self.started_wall = time.time()
+        self.history = History(self.t0)
+        self.verdict: str | None = None
+        self.reason = ""
+        self.plan: Plan | None = None
+        self.applied: list[Applied] = []
+        self.phase_start: float | None = None
+        self.faults_ran = False
+        self.final: dict[str, Any] = {}
+        self.revoked: dict[tuple[str, str], float | None] = {}
+        self.rates_before: dict[str, float] = {}
+        self.cluster_log: str | None = None
+        self._last_progress = 0.0
+        self._abort_since: dict[int, float] = {}
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_signals_abort())
+            try:
+                config, nodes, hot = self._cluster(stack)
+                self.config, self.nodes, self.hot = config, nodes, hot
+                self.plan = make_plan(self.s, self.seed, nodes, hot)
+                self.watcher = Watcher(config, self.history).start()
+                stack.callback(self.watcher.close)
+                self.sampler = Sampler(config, self.watcher, nodes)
+                stack.callback(self.sampler.close)
+                self.actuators = Actuators(config)
+                stack.callback(self.actuators.close)
+                self._startup()
+                if self.verdict is None:
+                    self._before()
+                if self.verdict is None:
+                    self._faults()
+            except PlanError as err:
+                raise ScenarioError(self.loaded.path, [str(err)]) from None
+            except (Abort, KeyboardInterrupt) as err:
+                self._decide("aborted", str(err) or "interrupted (Ctrl-C)")
+            except ActuatorError as err:
+                self._decide("undecided", f"a fault could not be applied: {err}")
+            finally:
+                with _signals_ignored():
+                    self._finish()
+        return self._report()  # after the cluster stopped: its log has been kept
+
+    def _finish(self) -> None:
+        """Rollback always; recover, after-probes and drain unless the run was aborted."""
+        if not hasattr(self, "actuators"):
+            return
+        self._rollback()
+        if self.verdict != "aborted" and self.faults_ran:
+            try:
+                self._recover()
+                self._after()
+                self._drain()
+            except (Abort, KeyboardInterrupt) as err:
+                self._decide("aborted", str(err) or "interrupted (Ctrl-C)")
+        self.final = dict(self._sample("final")["values"])
+        # Lost at the end: what the nodes cannot account for, and what the ledger took but
+        # neither finished nor dead-lettered within the drain.
+        parts = [self.final.get(k) for k in ("lost_tasks", "in_flight", "pending")]
+        known = all(isinstance(p, int) for p in parts)
+        self.final["lost_tasks"] = sum(parts) if known else None  # type: ignore[arg-type]
+        self._restore_rates()
+
+    def _decide(self, verdict: str, reason: str) -> None:
+        if self.verdict is None:
+            self.verdict, self.reason = verdict, reason
+            self.history.add("verdict", verdict=verdict, reason=reason)
+
+    # --- startup ------------------------------------------------------------------------------
+
+    def _cluster(self, stack: contextlib.ExitStack) -> tuple[ShoalConfig, list[str], list[str]]:
+        if self.opts.attach is not None:
+            config = self.opts.attach
+            nodes_op = _call(config.sim.ctl, "nodes", timeout_s=3.0)
+            if not isinstance(nodes_op, dict):
+                raise Abort(f"no simulated fleet answers at {config.sim.ctl}")
+            nodes = sorted(nodes_op)
+            self.rates_before = {n: float(v.get("rate_hz", 0.0)) for n, v in nodes_op.items()}
+            return config, nodes, _attached_hot(self.s, nodes)
+        from ..testing import Cluster
+
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-chaos-")))
+        w = self.s.workload
+        cluster = Cluster(
+            workdir,
+            nodes=w.nodes,
+            without=self.opts.without,
+            sim={
+                "arrival_rate_hz": w.rate,
+                "task_cost_ms": w.task_cost_ms,
+                "hot_spots": w.hot_spots,
+                "hot_spot_factor": w.hot_factor,
+                "seed": self.seed,
+            },
+        )
+        stack.callback(self._keep_log, cluster)
+        stack.enter_context(cluster)
+        self.history.add("phase", phase="startup", cluster=str(workdir))
+        return cluster.config, node_ids(w), hot_ids(w)
+
+    def _keep_log(self, cluster: Any) -> None:
+        if self.opts.keep_logs is not None and cluster.log_path.exists():
+            self.opts.keep_logs.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cluster.log_path, self.opts.keep_logs)
+            self.cluster_log = str(self.opts.keep_logs)
+
+    def _startup(self) -> None:
+        if self.opts.attach is not None:
+            self._apply_workload()
+        limit = min(STARTUP_ALLOWANCE_S, self._left())
+        deadline = time.monotonic() + limit
+        while True:
+            ready, why = self._ready()
+            if ready:
+                break
+            if time.monotonic() > deadline:
+                self._decide("undecided", f"the cluster was not ready within {limit:g} s: {why}")
+                return
+            self._progress("startup", why)
+            time.sleep(0.1)
+        self.history.add("phase", phase="settle")
+        self._sample_for(self.s.workload.settle, "settle")
+
+    def _ready(self) -> tuple[bool, str]:
+        ps = _call(self.config.supervisor.ctl, "ps", timeout_s=0.5)
+        if not isinstance(ps, list):
+            return False, "waiting for the supervisor"
+        down = [r["name"] for r in ps if r.get("state") != "running"]
+        if down:
+            return False, f"waiting for {', '.join(down)}"
+        snap = _call(self.config.relay.ctl, "snapshot", timeout_s=0.5)
+        heard = {n["node_id"] for n in snap.get("nodes", [])} if isinstance(snap, dict) else set()
+        missing = [n for n in self.nodes if n not in heard]
+        if missing:
+            return (
+                False,
+                f"the relay has heard {len(self.nodes) - len(missing)}/{len(self.nodes)} nodes",
+            )
+        if any(r["name"] == "liveness" for r in ps):
+            states = self.watcher.states()
+            alive = sum(states.get(n) == "alive" for n in self.nodes)
+            if alive < len(self.nodes):
+                return False, f"liveness holds {alive}/{len(self.nodes)} nodes alive"
+        return True, ""
+
+    def _apply_workload(self) -> None:
+        w = self.s.workload
+        with CtlClient(self.config.sim.ctl) as sim:
+            sim.call("set_rate", {"rate_hz": w.rate}, timeout_s=2.0, retries=0)
+            hot = [n for n in self.nodes if n in self.hot]
+            if hot:
+                capacity = 1000.0 / w.task_cost_ms
+                sim.call(
+                    "set_rate",
+                    {"rate_hz": w.hot_factor * capacity, "nodes": hot},
+                    timeout_s=2.0,
+                    retries=0,
+                )
+
+    def _restore_rates(self) -> None:
+        if not self.rates_before:
+            return
+        by_rate: dict[float, list[str]] = {}
+        for node, rate in self.rates_before.items():
+            by_rate.setdefault(rate, []).append(node)
+        with contextlib.suppress(CtlFailed, CtlUnavailable), CtlClient(self.config.sim.ctl) as sim:
+            for rate, nodes in by_rate.items():
+                sim.call("set_rate", {"rate_hz": rate, "nodes": nodes}, timeout_s=2.0, retries=0)
+
+    # --- steady state -------------------------------------------------------------------------
+
+    def _sample(self, phase: str) -> dict[str, Any]:
+        values = self.sampler.sample()
+        return self.history.add("sample", phase=phase, values=values)
+
+    def _sample_for(
+        self, seconds: float, phase: str, until: Callable[[], bool] | None = None
+    ) -> None:
+        """Sample every interval for ``seconds`` (or until ``until()``), watching safety."""
+        interval = self.s.steady_state.interval
+        end = time.monotonic() + seconds
+        while True:
+            entry = self._sample(phase)
+            self._safety(entry)
+            self._progress(phase, "")
+            if until is not None and until():
+                return
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(interval, left))
+
+    def _before(self) -> None:
+        self.history.add("phase", phase="before")
+        self._sample_for(self.s.steady_state.interval, "before")  # two samples: rates known
+        failed = [r for r in self._probe_results("before") if not r["passed"]]
+        if failed:
+            names = ", ".join(f"{r['name']} (worst {r['worst']})" for r in failed)
+            self._decide("failed", f"not in its steady state before the faults: {names}")
+
+    def _after(self) -> None:
+        self.history.add("phase", phase="after")
+        self._sample_for(self.s.steady_state.interval, "after")
+
+    def _probe_results(self, phase: str) -> list[dict[str, Any]]:
+        samples = [e for e in self.history.of("sample") if e["phase"] == phase]
+        return [
+            check_probe(p, phase, samples) for p in self.s.steady_state.probe if phase in p.phases
+        ]
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def _faults(self) -> None:
+        assert self.plan is not None
+        self.history.add("phase", phase="faults")
+        self.phase_start = time.monotonic()
+        self.history.add("states", states=self.watcher.states())
+        self.faults_ran = True
+        start = self.phase_start
+        queue: list[tuple[float, int, str, Applied]] = []
+        for i, step in enumerate(self.plan.faults):
+            applied = Applied(
+                id=step.id,
+                fault=step.fault,
+                kind=step.kind,
+                targets=step.targets,
+                planned_at=round(self.history.at(start) + step.at_s, 4),
+                planned_heal=(
+                    round(self.history.at(start) + step.heal_at_s, 4)
+                    if step.heal_at_s is not None
+                    else None
+                ),
+            )
+            self.applied.append(applied)
+            queue.append((step.at_s, i * 2, "apply", applied))
+            if step.heal_at_s is not None and step.heal_at_s > step.at_s:
+                queue.append((step.heal_at_s, i * 2 + 1, "heal", applied))
+        queue.sort(key=lambda q: (q[0], q[1]))
+        steps = {a.id: s for a, s in zip(self.applied, self.plan.faults, strict=True)}
+        interval = self.s.steady_state.interval
+        next_sample = start + interval
+        end = start + self.s.workload.duration
+        while True:
+            now = time.monotonic()
+            while queue and start + queue[0][0] <= now:
+                _, _, action, applied = queue.pop(0)
+                if action == "apply":
+                    self._apply(applied, steps[applied.id])
+                elif applied.applied_at is not None:
+                    applied.healed_at = self.history.at(self.actuators.heal(steps[applied.id]))
+                    self.history.add(
+                        "heal",
+                        id=applied.id,
+                        planned=applied.planned_heal,
+                        actual=applied.healed_at,
+                    )
+            if now >= next_sample:
+                entry = self._sample("during")
+                self._safety(entry)
+                next_sample += interval
+            self._progress("faults", "")
+            if now >= end and not queue:
+                return
+            wake = min(next_sample, end, start + queue[0][0] if queue else end)
+            time.sleep(max(0.0, min(TICK_S, wake - time.monotonic())))
+
+    def _apply(self, applied: Applied, step: Any) -> None:
+        active = [
+            a
+            for a in self.applied
+            if a.applied_at is not None and a.healed_at is None and a.planned_heal != a.planned_at
+        ]
+        limit = self.s.safety.max_concurrent_faults
+        if len({a.fault for a in active} | {applied.fault}) > limit:
+            applied.error = f"skipped: {limit} faults already active (safety)"
+            self.history.add("fault", id=applied.id, skipped=applied.error)
+            return
+        if applied.kind in FAILING_KINDS:
+            owned = _call(self.config.delegator.ctl, "owned", timeout_s=0.5)
+            if isinstance(owned, dict):
+                applied.held = {n: int(owned.get(n, 0)) for n in applied.targets}
+        mono = self.actuators.apply(step)
+        applied.applied_at = self.history.at(mono)
+        applied.applied_wall = time.time() - (time.monotonic() - mono)
+        if step.heal_at_s is not None and step.heal_at_s <= step.at_s:
+            applied.healed_at = applied.applied_at  # instant
+        self.history.add(
+            "fault",
+            id=applied.id,
+            kind=applied.kind,
+            targets=applied.targets,
+            planned=applied.planned_at,
+            actual=applied.applied_at,
+        )
+
+    # --- safety -------------------------------------------------------------------------------
+
+    def _safety(self, entry: dict[str, Any]) -> None:
+        switch = self.s.safety.kill_switch
+        if switch and os.path.exists(switch):
+            raise Abort(f"kill switch {switch} exists")
+        now = time.monotonic()
+        for i, cond in enumerate(self.s.safety.abort):
+            value = entry["values"].get(cond.metric)
+            if not isinstance(value, (int, float)) or cond.holds(value):
+                self._abort_since.pop(i, None)
+                continue
+            since = self._abort_since.setdefault(i, now)
+            if now - since >= cond.for_:
+                raise Abort(
+                    f"safety: {cond.metric} = {value} is not {cond.describe()} "
+                    f"for {now - since:.1f} s (limit {cond.for_:g} s)"
+                )
+        if self._left() <= 0:
+            raise Abort(f"deadline: the run took longer than {self.s.deadline:g} s")
+
+    def _left(self) -> float:
+        return self.s.deadline - (time.monotonic() - self.t0)
+
+    # --- rollback, recovery, drain ------------------------------------------------------------
+
+    def _rollback(self) -> None:
+        self.history.add("phase", phase="rollback")
+        assert self.plan is not None or not self.applied
+        steps = {s.id: s for s in self.plan.faults} if self.plan else {}
+        for applied in self.applied:
+            if applied.applied_at is None or applied.healed_at is not None:
+                continue
+            try:
+                applied.healed_at = self.history.at(self.actuators.heal(steps[applied.id]))
+            except ActuatorError as err:
+                applied.error = f"heal failed: {err}"
+                continue
+            self.history.add(
+                "heal",
+                id=applied.id,
+                planned=applied.planned_heal,
+                actual=applied.healed_at,
+                by="rollback",
+            )
+        errors = self.actuators.heal_everything(self.nodes)
+        self.history.add("rollback", errors=errors)
+
+    def _recover(self) -> None:
+        self.history.add("phase", phase="recover")
+        n = len(self.nodes)
+        self._sample_for(
+            min(self.s.rollback.recover, max(0.0, self._left())),
+            "recover",
+            until=lambda: self.sampler.last.get("alive") == n,
+        )
+
+    def _drain(self) -> None:
+        self.history.add("phase", phase="drain")
+        with contextlib.suppress(CtlFailed, CtlUnavailable), CtlClient(self.config.sim.ctl) as sim:
+            sim.call("set_rate", {"rate_hz": 0.0}, timeout_s=2.0, retries=0)
+
+        def settled() -> bool:
+            v = self.sampler.last
+            return v.get("in_flight") == 0 and v.get("undelivered") == 0 and v.get("pending") == 0
+
+        self._sample_for(min(self.s.rollback.drain, max(0.0, self._left())), "drain", until=settled)
+        for applied in self.applied:
+            if applied.applied_wall is None or applied.kind not in FAILING_KINDS:
+                continue
+            for node in applied.targets:
+                if applied.held.get(node, 0) == 0:
+                    continue
+                answer = _call(
+                    self.config.delegator.ctl,
+                    "revoked",
+                    {"node_id": node, "since": applied.applied_wall - 0.001},
+                )
+                first = answer.get("first_at") if isinstance(answer, dict) else None
+                self.revoked[(applied.id, node)] = (
+                    round(first - applied.applied_wall, 3) if first is not None else None
+                )
+
+    # --- progress and report ------------------------------------------------------------------
+
+    def _progress(self, phase: str, note: str) -> None:
+        if self.opts.progress is None:
+            return
+        now = time.monotonic()
+        tty = sys.stderr.isatty()
+        if not tty and now - self._last_progress < PROGRESS_EVERY_S:
+            return
+        self._last_progress = now
+        v = self.sampler.last if hasattr(self, "sampler") else {}
+        n = len(getattr(self, "nodes", []))
+        if phase == "faults" and self.phase_start is not None:
+            clock = f"{now - self.phase_start:5.1f}/{self.s.workload.duration:g} s"
+        else:
+            clock = f"{now - self.t0:5.1f} s"
+        done = sum(a.applied_at is not None for a in self.applied)
+        active = sum(a.applied_at is not None and a.healed_at is None for a in self.applied)
+        parts = [f"{self.s.name} seed {self.seed}", f"{phase} {clock}"]
+        if self.applied:
+            parts.append(f"faults {done}/{len(self.applied)} applied, {active} active")
+        if v:
+            parts.append(
+                f"alive {v.get('alive')}/{n} suspect {v.get('suspect')} dead {v.get('dead')}"
+            )
+            if v.get("telemetry_rate") is not None:
+                parts.append(f"{v['telemetry_rate']:.0f} msg/s")
+            if v.get("task_throughput") is not None:
+                parts.append(f"{v['task_throughput']:.1f} tasks/s")
+        if note:
+            parts.append(note)
+        self.opts.progress(" | ".join(parts))
+
+    def _context(self) -> Context:
+        members = self.history.of("member")
+        heals = [a.healed_at for a in self.applied if a.healed_at is not None]
+        return Context(
+            nodes=self.nodes,
+            untouched=self.plan.untouched if self.plan else [],
+            applied=self.applied,
+            members=members,
+            final=self.final,
+            last_heal=max(heals) if heals else None,
+            all_alive_at=_all_alive_times(self.history, self.nodes),
+            revoked=self.revoked,
+            phase_start=self.history.at(self.phase_start) if self.phase_start else 0.0,
+            run_end=self.history.at(time.monotonic()),
+        )
+
+    def _report(self) -> dict[str, Any]:
+        probes: list[dict[str, Any]] = []
+        expectations: list[dict[str, Any]] = []
+        ctx = self._context() if hasattr(self, "nodes") else None
+        if ctx is not None:
+            for phase in ("before", "during", "after"):
+                if phase != "before" and not self.faults_ran:
+                    continue
+                probes += self._probe_results(phase)
+            if self.faults_ran:
+                expectations = [evaluate(e, ctx) for e in self.s.expect]
+        if self.verdict is None:
+            failed_probes = [p for p in probes if p["decided"] and not p["passed"]]
+            failed = [e for e in expectations if not e["passed"]]
+            undecided = [p for p in probes if not p["decided"]]
+            if failed_probes or failed:
+                what = [f"{p['name']} ({p['phase']})" for p in failed_probes]
+                what += [e["name"] for e in failed]
+                self._decide("failed", "failed: " + ", ".join(what))
+            elif undecided:
+                self._decide(
+                    "undecided",
+                    "never measured: "
+                    + ", ".join(f"{p['name']} ({p['phase']})" for p in undecided),
+                )
+            else:
+                self._decide("passed", "every probe and expectation held")
+        verdict = self.verdict or "undecided"
+        return {
+            "shoal_chaos_report": REPORT_VERSION,
+            "scenario": {
+                "name": self.s.name,
+                "description": self.s.description,
+                "path": self.loaded.path,
+                "sha256": self.loaded.sha256,
+                "text": self.loaded.text,
+            },
+            "seed": self.seed,
+            "time_scale": self.opts.time_scale,
+            "attached": self.opts.attach is not None,
+            "without": list(self.opts.without),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_wall)),
+            "duration_s": round(time.monotonic() - self.t0, 3),
+            "fleet": {"nodes": getattr(self, "nodes", []), "hot": getattr(self, "hot", [])},
+            "plan": _plan_dict(self.plan),
+            "faults": [asdict(a) for a in self.applied],
+            "steady_state": probes,
+            "expectations": expectations,
+            "metrics": self._metrics(ctx),
+            "verdict": verdict,
+            "exit_code": EXIT_CODES[verdict],
+            "reason": self.reason,
+            "cluster_log": self.cluster_log,
+            "history": self.history.entries,
+        }
+
+    def _metrics(self, ctx: Context | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            k: self.final.get(k)
+            for k in (
+                "lost_tasks",
+                "duplicate_commits",
+                "dead_lettered",
+                "redelegated",
+                "tasks_total",
+                "in_flight",
+                "alive",
+                "dead",
+            )
+        }
+        if ctx is None:
+            return out
+        failing = [a for a in self.applied if a.kind in FAILING_KINDS and a.applied_at is not None]
+        for event in ("suspect", "dead"):
+            lat = [
+                r["latency_s"]
+                for r in detection_latencies(ctx, failing, event)
+                if r["latency_s"] is not None
+            ]
+            out[f"detect_{event}_ms_p50"] = _ms(percentile(lat, 0.5))
+            out[f"detect_{event}_ms_max"] = _ms(max(lat) if lat else None)
+        if ctx.last_heal is not None:
+            after = [t for t in ctx.all_alive_at if t >= ctx.last_heal]
+            out["recovery_s"] = round(after[0] - ctx.last_heal, 3) if after else None
+        revoked = [v for v in self.revoked.values() if v is not None]
+        out["redelegate_ms_max"] = _ms(max(revoked) if revoked else None)
+        during = [e["values"] for e in self.history.of("sample") if e["phase"] == "during"]
+        rates = [v["telemetry_rate"] for v in during if v.get("telemetry_rate") is not None]
+        out["telemetry_rate_min"] = min(rates) if rates else None
+        return out
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None
+
+
+def _plan_dict(plan: Plan | None) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    import msgspec
+
+    return msgspec.to_builtins(plan)  # type: ignore[no-any-return]
+
+
+def _all_alive_times(history: History, nodes: list[str]) -> list[float]:
+    """Times at which every node became alive (replaying membership from the snapshot
+    taken when the faults began)."""
+    snap = history.of("states")
+    if not snap:
+        return []
+    states = dict(snap[0]["states"])
+    start = snap[0]["t"]
+    out = [start] if all(states.get(n) == "alive" for n in nodes) else []
+    was = bool(out)
+    for m in history.of("member"):
+        if m["t"] < start:
+            continue
+        states[m["node"]] = m["state"]
+        now = all(states.get(n) == "alive" for n in nodes)
+        if now and not was:
+            out.append(m["t"])
+        was = now
+    return out
+
+
+def _attached_hot(s: Scenario, nodes: list[str]) -> list[str]:
+    if isinstance(s.workload.hot_spots, list):
+        return [n for n in s.workload.hot_spots if n in nodes]
+    n = min(s.workload.hot_spots, len(nodes))
+    return [nodes[k * len(nodes) // n] for k in range(n)] if n else []
+
+
+def _call(
+    endpoint: str, op: str, args: dict[str, Any] | None = None, timeout_s: float = 1.0
+) -> Any:
+    try:
+        with CtlClient(endpoint) as client:
+            return client.call(op, args, timeout_s=timeout_s, retries=0)
+    except (CtlFailed, CtlUnavailable):
+        return None
+
+
+@contextlib.contextmanager
+def _signals_abort() -> Iterator[None]:
+    """SIGTERM stops a run as Ctrl-C does (KeyboardInterrupt): rollback, then the report."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """No second Ctrl-C in the middle of the rollback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)

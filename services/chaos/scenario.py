@@ -1,0 +1,760 @@
+"""Scenario files: TOML in, a validated ``Scenario`` out, or a ``ScenarioError`` that names
+the file, the entry and the field (the injector exits 4 on it, before anything runs).
+
+The schema is msgspec Structs with unknown fields forbidden, so a typo is an error rather
+than a silently ignored key; fault and expectation kinds are tagged unions on ``kind``.
+Durations are seconds (``30``, ``1.5``) or strings with a unit (``"500ms"``, ``"2s"``,
+``"1m"``). docs/scenarios.md is the reference; this module is its executable form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+# --- durations -----------------------------------------------------------------------------
+
+
+class Seconds(float):
+    """A duration in seconds (a float that came from ``30``, ``1.5`` or ``"500ms"``)."""
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+
+
+def parse_seconds(value: Any) -> Seconds:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return Seconds(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return Seconds(float(match[1]) * _UNITS[match[2]])
+    raise ValueError(f'expected seconds or a duration such as "500ms", "2s", "1m"; got {value!r}')
+
+
+def _dec_hook(type_: Any, value: Any) -> Any:
+    if type_ is Seconds:
+        return parse_seconds(value)
+    raise NotImplementedError
+
+
+def _s(value: float) -> Seconds:
+    return Seconds(value)
+
+
+# --- metrics and tolerances ----------------------------------------------------------------
+
+# Everything a steady-state probe, an abort condition or a metric expectation can read
+# (docs/scenarios.md, "Metrics", says where each comes from).
+Metric = Literal[
+    "alive",
+    "suspect",
+    "dead",
+    "left",
+    "members",
+    "telemetry_rate",
+    "task_throughput",
+    "lost_tasks",
+    "duplicate_commits",
+    "dead_lettered",
+    "redelegated",
+    "in_flight",
+    "overloaded",
+    "services_down",
+    "observer_healthy",
+]
+METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]
+
+
+class _Bounds:
+    """What a tolerance means; mixed into the Structs that carry its four fields."""
+
+    __slots__ = ()
+    equal: float | None
+    at_most: float | None
+    at_least: float | None
+    range: tuple[float, float] | None
+
+    def tolerance_error(self) -> str | None:
+        given = [
+            k for k in ("equal", "at_most", "at_least", "range") if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            return "give exactly one of equal, at_most, at_least, range" + (
+                f" (got {', '.join(given)})" if given else ""
+            )
+        if self.range is not None and self.range[0] > self.range[1]:
+            return f"range [{self.range[0]}, {self.range[1]}] is empty"
+        return None
+
+    def holds(self, value: float) -> bool:
+        if self.equal is not None:
+            return value == self.equal
+        if self.at_most is not None:
+            return value <= self.at_most
+        if self.at_least is not None:
+            return value >= self.at_least
+        assert self.range is not None
+        return self.range[0] <= value <= self.range[1]
+
+    def describe(self) -> str:
+        if self.equal is not None:
+            return f"= {self.equal:g}"
+        if self.at_most is not None:
+            return f"<= {self.at_most:g}"
+        if self.at_least is not None:
+            return f">= {self.at_least:g}"
+        assert self.range is not None
+        return f"in [{self.range[0]:g}, {self.range[1]:g}]"
+
+    def miss(self, value: float) -> float:
+        """How far value is outside the tolerance (0 inside): "failed by how much"."""
+        if self.holds(value):
+            return 0.0
+        if self.equal is not None:
+            return abs(value - self.equal)
+        if self.at_most is not None:
+            return value - self.at_most
+        if self.at_least is not None:
+            return self.at_least - value
+        assert self.range is not None
+        lo, hi = self.range
+        return lo - value if value < lo else value - hi
+
+
+class Tolerance(Struct, _Bounds, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Exactly one of: ``equal``, ``at_most``, ``at_least``, ``range = [lo, hi]``."""
+
+    equal: float | None = None
+    at_most: float | None = None
+    at_least: float | None = None
+    range: tuple[float, float] | None = None
+
+
+Phase = Literal["before", "during", "after"]
+
+
+class Probe(Tolerance, kw_only=True, frozen=True):
+    """A steady-state check on one metric, in the phases it lists."""
+
+    metric: Metric
+    name: str = ""
+    phases: list[Phase] = field(default_factory=lambda: ["before", "during", "after"])
+
+
+class SteadyState(Struct, forbid_unknown_fields=True, frozen=True):
+    interval: Seconds = _s(1.0)  # how often "during" probes (and safety) are checked
+    probe: list[Probe] = []
+
+
+# --- targets -------------------------------------------------------------------------------
+
+Selection = Literal["one", "minority", "majority", "all"]
+SELECTIONS: tuple[str, ...] = Selection.__args__  # type: ignore[attr-defined]
+Role = Literal["any", "hot", "cold", "untouched"]
+SERVICES = ("relay", "liveness", "delegator")
+
+
+class TargetSpec(Struct, forbid_unknown_fields=True, frozen=True):
+    """A seeded choice: ``select`` (one, minority, majority, all, or a count) among the nodes
+    of ``role`` (any; hot or cold: hot spots or not; untouched: not targeted earlier)."""
+
+    select: Selection | Annotated[int, Meta(ge=1)] = "one"
+    role: Role = "any"
+
+
+# A selection word, a role word ("hot", "cold"), a node id or service name; a list of them;
+# or a TargetSpec table.
+Target = str | list[str] | TargetSpec
+
+
+# --- faults --------------------------------------------------------------------------------
+
+Probability = Annotated[float, Meta(ge=0, le=1)]
+
+
+class Fault(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, tag_field="kind"):
+    """When and to whom: ``at`` (from the start of the fault phase) plus a seeded
+    U[0, ``jitter``]; healed after ``duration`` (none: at rollback); repeated ``every``
+    (``count`` times, or while it fits the workload)."""
+
+    name: str = ""
+    at: Seconds
+    jitter: Seconds = _s(0)
+    duration: Seconds | None = None
+    every: Seconds | None = None
+    count: Annotated[int, Meta(ge=1)] | None = None
+    target: Target = "one"
+
+
+class Crash(Fault, tag="crash", frozen=True):
+    """The node stops silently; healed: it boots again (a new boot_id)."""
+
+
+class Hang(Fault, tag="hang", frozen=True):
+    """Connection open, nothing sent; healed: it carries on with the same boot."""
+
+
+class Reboot(Fault, tag="reboot", frozen=True):
+    """A new boot at once (instant)."""
+
+
+class CpuHog(Fault, tag="cpu_hog", frozen=True):
+    percent: Annotated[int, Meta(ge=1, le=100)]
+
+
+class QueueFlood(Fault, tag="queue_flood", frozen=True):
+    tasks: Annotated[int, Meta(ge=1, le=100_000)]
+
+
+class ClockSkew(Fault, tag="clock_skew", frozen=True):
+    skew_ms: Annotated[int, Meta(ge=-86_400_000, le=86_400_000)]
+
+
+class Flap(Fault, tag="flap", frozen=True):
+    """Down (crashed) for ``down``, up for ``up``, ``cycles`` times."""
+
+    down: Seconds
+    up: Seconds
+    cycles: Annotated[int, Meta(ge=1, le=1000)] = 3
+
+
+class Drop(Fault, tag="drop", frozen=True):
+    """Each message on the node's links is lost with ``probability``; ``correlation``: the
+    chance a decision repeats the previous one (bursty loss, as netem)."""
+
+    probability: Probability
+    correlation: Probability = 0.0
+
+
+class Delay(Fault, tag="delay", frozen=True):
+    delay: Seconds
+    delay_jitter: Seconds = _s(0)
+
+
+class Duplicate(Fault, tag="duplicate", frozen=True):
+    probability: Probability
+
+
+class Reorder(Fault, tag="reorder", frozen=True):
+    probability: Probability
+    delay: Seconds = _s(0.05)
+
+
+class Partition(Fault, tag="partition", frozen=True):
+    """The target nodes cannot reach ``services`` (nor hear from them)."""
+
+    services: list[Literal["relay", "delegator"]] = field(
+        default_factory=lambda: ["relay", "delegator"]
+    )
+
+
+class Kill(Fault, tag="kill", frozen=True):
+    """SIGKILL a service; its supervisor restarts it (instant)."""
+
+
+class Restart(Fault, tag="restart", frozen=True):
+    """A clean restart of a service through its supervisor (instant)."""
+
+
+class Pause(Fault, tag="pause", frozen=True):
+    """SIGSTOP a service; healed: SIGCONT."""
+
+
+AnyFault = (
+    Crash
+    | Hang
+    | Reboot
+    | CpuHog
+    | QueueFlood
+    | ClockSkew
+    | Flap
+    | Drop
+    | Delay
+    | Duplicate
+    | Reorder
+    | Partition
+    | Kill
+    | Restart
+    | Pause
+)
+NODE_KINDS = ("crash", "hang", "reboot", "cpu_hog", "queue_flood", "clock_skew", "flap")
+LINK_KINDS = ("drop", "delay", "duplicate", "reorder", "partition")
+SERVICE_KINDS = ("kill", "restart", "pause")
+INSTANT_KINDS = ("reboot", "queue_flood", "kill", "restart", "flap")  # no `duration`
+# Faults after which a node is expected to be declared failed (expect "detected").
+FAILING_KINDS = ("crash", "hang", "flap", "partition")
+
+
+def kind_of(fault: Fault) -> str:
+    return str(type(fault).__struct_config__.tag)
+
+
+# --- expectations --------------------------------------------------------------------------
+
+MemberEvent = Literal["suspect", "dead", "rebooted", "left", "alive"]
+
+
+class Expect(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, tag_field="kind"):
+    name: str = ""
+
+
+class Detected(Expect, tag="detected", frozen=True):
+    """Each target of ``faults`` (default: every crash, hang, flap, partition) is declared
+    ``event`` within ``within`` of the fault's actual apply time."""
+
+    within: Seconds
+    event: MemberEvent = "dead"
+    faults: list[str] = []
+
+
+class Redelegated(Expect, tag="redelegated", frozen=True):
+    """Tasks held by a target of ``faults`` when it failed are taken from it (re-delegated)
+    within ``within`` of the fault; vacuous for a node that held none."""
+
+    within: Seconds
+    faults: list[str] = []
+
+
+class Recovered(Expect, tag="recovered", frozen=True):
+    """Every node alive again within ``within`` of the last heal."""
+
+    within: Seconds
+
+
+class LostTasks(Expect, tag="lost_tasks", frozen=True):
+    at_most: Annotated[int, Meta(ge=0)] = 0
+
+
+class DuplicateCommits(Expect, tag="duplicate_commits", frozen=True):
+    at_most: Annotated[int, Meta(ge=0)] = 0
+
+
+class NoFalseDead(Expect, tag="no_false_dead", frozen=True):
+    """Nodes no fault touched are declared ``event`` at most ``at_most`` times."""
+
+    event: Literal["suspect", "dead"] = "dead"
+    at_most: Annotated[int, Meta(ge=0)] = 0
+
+
+class MetricExpect(Expect, _Bounds, tag="metric", kw_only=True, frozen=True):
+    """A metric's value at the end of the run (after the drain)."""
+
+    metric: Metric
+    equal: float | None = None
+    at_most: float | None = None
+    at_least: float | None = None
+    range: tuple[float, float] | None = None
+
+
+AnyExpect = (
+    Detected | Redelegated | Recovered | LostTasks | DuplicateCommits | NoFalseDead | MetricExpect
+)
+
+
+def expect_kind(expect: Expect) -> str:
+    return str(type(expect).__struct_config__.tag)
+
+
+# --- workload, safety, rollback ------------------------------------------------------------
+
+
+class Workload(Struct, forbid_unknown_fields=True, frozen=True):
+    """The simulated fleet's load while the faults run; ``duration`` is the fault phase."""
+
+    duration: Seconds
+    nodes: Annotated[int, Meta(ge=1, le=1000)] = 8
+    rate: Annotated[float, Meta(ge=0, le=1000)] = 2.0  # tasks/s per node
+    task_cost_ms: Annotated[float, Meta(gt=0, le=60_000)] = 100.0
+    hot_spots: Annotated[int, Meta(ge=0)] | list[str] = 0
+    hot_factor: Annotated[float, Meta(ge=0, le=100)] = 3.0
+    settle: Seconds = _s(2.0)  # after every node is alive, before the "before" checks
+
+
+class AbortWhen(Tolerance, kw_only=True, frozen=True):
+    """Abort the run when ``metric`` leaves the tolerance for ``for`` seconds."""
+
+    metric: Metric
+    for_: Seconds = field(default=_s(0), name="for")
+
+
+class Safety(Struct, forbid_unknown_fields=True, frozen=True):
+    max_concurrent_faults: Annotated[int, Meta(ge=1, le=1000)] = 3
+    abort: list[AbortWhen] = []
+    kill_switch: str | None = None  # a file: when it exists, the run aborts (and heals)
+
+
+class Rollback(Struct, forbid_unknown_fields=True, frozen=True):
+    """At the end (always, after an abort or Ctrl-C too) every fault is healed; then the
+    run waits up to ``recover`` for every node to be alive, and up to ``drain`` (arrivals
+    stopped) for the tasks in flight to finish before tasks are counted."""
+
+    recover: Seconds = _s(15.0)
+    drain: Seconds = _s(20.0)
+
+
+class Scenario(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    description: str = ""
+    seed: int = 1
+    deadline: Seconds  # the whole run, cluster start to verdict
+    workload: Workload
+    steady_state: SteadyState = SteadyState()
+    fault: list[AnyFault] = []
+    expect: list[AnyExpect] = []
+    safety: Safety = Safety()
+    rollback: Rollback = Rollback()
+
+
+# The time the injector allows itself beyond the scenario's own phases: starting a
+# cluster and seeing every node alive.
+STARTUP_ALLOWANCE_S = 15.0
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated scenario with where it came from."""
+
+    scenario: Scenario
+    path: str
+    text: str
+    sha256: str
+
+
+class ScenarioError(Exception):
+    """An invalid scenario: the message names the file, the entry and the field."""
+
+    def __init__(self, path: str, errors: list[str]) -> None:
+        self.path = path
+        self.errors = errors
+        super().__init__("\n".join(f"{path}: {e}" for e in errors))
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load(path: str | Path, *, time_scale: float = 1.0) -> Loaded:
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ScenarioError(path, [f"cannot read: {err.strerror}"]) from None
+    return parse(text, path, time_scale=time_scale)
+
+
+def parse(text: str, path: str = "<scenario>", *, time_scale: float = 1.0) -> Loaded:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(path, [f"TOML syntax: {err}"]) from None
+    try:
+        scenario = msgspec.convert(data, Scenario, dec_hook=_dec_hook)
+    except msgspec.ValidationError as err:
+        raise ScenarioError(path, [_explain(str(err), data)]) from None
+    scenario = _named(scenario)
+    errors = semantic_errors(scenario)
+    if errors:
+        raise ScenarioError(path, errors)
+    if time_scale != 1.0:
+        scenario = compress(scenario, time_scale)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    return Loaded(scenario, path, text, sha)
+
+
+_AT = re.compile(r"^(.*) - at `\$(.*)`$", re.S)
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+_MISSING = re.compile(r"missing required field `([^`]*)`")
+_CHOICES = {
+    "fault": "one of " + ", ".join(NODE_KINDS + LINK_KINDS + SERVICE_KINDS),
+    "expect": "one of detected, redelegated, recovered, lost_tasks, duplicate_commits, "
+    "no_false_dead, metric",
+}
+
+
+def _explain(message: str, data: Any) -> str:
+    """msgspec's "msg - at `$.fault[0].kind`" as "fault[0] ("name"): field `kind`: msg"."""
+    match = _AT.match(message)
+    msg, where = (match[1], match[2]) if match else (message, "")
+    unknown = _UNKNOWN.search(msg)
+    missing = _MISSING.search(msg)
+    parts = [p for p in re.split(r"\.(?![^\[]*\])", where.lstrip(".")) if p]
+    if unknown or missing:
+        parts.append((unknown or missing)[1])  # type: ignore[index]
+    entry, fields = _entry(parts, data)
+    place = entry or "top level"
+    field_name = ".".join(fields)
+    if unknown:
+        return f"{place}: unknown field `{field_name}`"
+    if missing:
+        return f"{place}: field `{field_name}` is required"
+    if fields == ["kind"] and msg.startswith("Invalid value"):
+        msg += f" ({_CHOICES.get(entry.split('[')[0], '')})"
+    return f"{place}: field `{field_name}`: {msg}" if field_name else f"{place}: {msg}"
+
+
+def _entry(parts: list[str], data: Any) -> tuple[str, list[str]]:
+    """Split a path into the entry (``fault[2] ("crash-one")``) and the field under it."""
+    for i, part in enumerate(parts):
+        m = re.match(r"^(\w+)\[(\d+)\]$", part)
+        if m:
+            label = part
+            try:
+                item = data
+                for p in parts[:i]:
+                    item = item[p]
+                named = item[m[1]][int(m[2])].get("name")
+                if isinstance(named, str) and named:
+                    label += f' ("{named}")'
+            except (KeyError, IndexError, TypeError, AttributeError):
+                pass
+            return label, parts[i + 1 :]
+    if len(parts) > 1:
+        return f"[{parts[0]}]", parts[1:]
+    return "", parts
+
+
+def _named(scenario: Scenario) -> Scenario:
+    """Give every fault and expectation a name: its own, or kind-N (1-based per kind)."""
+    seen: dict[str, int] = {}
+    faults = []
+    for f in scenario.fault:
+        kind = kind_of(f)
+        seen[kind] = seen.get(kind, 0) + 1
+        faults.append(f if f.name else msgspec.structs.replace(f, name=f"{kind}-{seen[kind]}"))
+    seen.clear()
+    expects = []
+    for e in scenario.expect:
+        kind = expect_kind(e)
+        seen[kind] = seen.get(kind, 0) + 1
+        expects.append(e if e.name else msgspec.structs.replace(e, name=f"{kind}-{seen[kind]}"))
+    return msgspec.structs.replace(scenario, fault=faults, expect=expects)
+
+
+# --- semantic checks -----------------------------------------------------------------------
+
+
+def node_ids(workload: Workload, prefix: str = "sim") -> list[str]:
+    return [f"{prefix}-{i:03d}" for i in range(workload.nodes)]
+
+
+def hot_ids(workload: Workload, prefix: str = "sim") -> list[str]:
+    """The hot spots, as the sim picks them (a count N: N nodes spread over the fleet)."""
+    ids = node_ids(workload, prefix)
+    if isinstance(workload.hot_spots, int):
+        n = min(workload.hot_spots, len(ids))
+        return [ids[k * len(ids) // n] for k in range(n)] if n else []
+    return list(workload.hot_spots)
+
+
+def occurrences(fault: Fault, phase_s: float) -> int:
+    """How many times a fault happens within a fault phase of ``phase_s``."""
+    if fault.every is None:
+        return 1
+    span = fault.at + fault.jitter + active_span(fault)
+    fits = int((phase_s - span) // fault.every) + 1 if phase_s >= span else 1
+    return min(fault.count, fits) if fault.count is not None else max(fits, 1)
+
+
+def active_span(fault: Fault) -> float:
+    """How long one occurrence lasts (0 for instant faults; a flap: all its cycles)."""
+    if isinstance(fault, Flap):
+        return fault.cycles * (fault.down + fault.up)
+    return fault.duration or 0.0
+
+
+def semantic_errors(s: Scenario) -> list[str]:
+    errors: list[str] = []
+    ids = set(node_ids(s.workload))
+    hot = hot_ids(s.workload)
+    phase = s.workload.duration
+    if isinstance(s.workload.hot_spots, int) and s.workload.hot_spots > s.workload.nodes:
+        errors.append(
+            f"[workload]: field `hot_spots`: {s.workload.hot_spots} hot spots in "
+            f"{s.workload.nodes} nodes"
+        )
+    elif isinstance(s.workload.hot_spots, list):
+        errors += [
+            f"[workload]: field `hot_spots`: unknown node {n!r}" for n in hot if n not in ids
+        ]
+
+    for i, probe in enumerate(s.steady_state.probe):
+        if err := probe.tolerance_error():
+            errors.append(f"steady_state.probe[{i}]: {err}")
+    for i, abort in enumerate(s.safety.abort):
+        if err := abort.tolerance_error():
+            errors.append(f"safety.abort[{i}]: {err}")
+
+    names = [f.name for f in s.fault]
+    for i, fault in enumerate(s.fault):
+        where = f'fault[{i}] ("{fault.name}")'
+        kind = kind_of(fault)
+        if names.count(fault.name) > 1:
+            errors.append(f"{where}: field `name`: another fault has the same name")
+        if kind in INSTANT_KINDS and fault.duration is not None:
+            what = "its cycles set how long it lasts" if kind == "flap" else "it is instant"
+            errors.append(f"{where}: field `duration`: not for {kind} ({what})")
+        if fault.count is not None and fault.every is None:
+            errors.append(f"{where}: field `count`: needs `every`")
+        if fault.every is not None:
+            if fault.every <= 0:
+                errors.append(f"{where}: field `every`: must be > 0")
+            elif fault.duration is None and kind not in INSTANT_KINDS:
+                errors.append(f"{where}: field `every`: a repeated {kind} needs a `duration`")
+            elif fault.every < active_span(fault) + fault.jitter:
+                errors.append(
+                    f"{where}: field `every`: {fault.every:g} s is shorter than one occurrence "
+                    f"({active_span(fault) + fault.jitter:g} s with its jitter)"
+                )
+        errors += _target_errors(where, kind, fault.target, ids, hot)
+        last_end = (
+            fault.at
+            + fault.jitter
+            + (occurrences(fault, phase) - 1) * (fault.every or 0)
+            + active_span(fault)
+        )
+        if last_end > phase:
+            field_name = "duration" if fault.duration else "at"
+            errors.append(
+                f"{where}: field `{field_name}`: ends at {last_end:g} s, after the workload's "
+                f"{phase:g} s fault phase"
+            )
+
+    if not errors:  # overlapping repeats of a fault already said what is wrong
+        errors += _concurrency_errors(s)
+
+    needed = STARTUP_ALLOWANCE_S + s.workload.settle + phase + s.rollback.recover + s.rollback.drain
+    if s.deadline < needed:
+        errors.append(
+            f"top level: field `deadline`: {s.deadline:g} s does not fit the run: startup "
+            f"{STARTUP_ALLOWANCE_S:g} + settle {s.workload.settle:g} + workload {phase:g} + "
+            f"recover {s.rollback.recover:g} + drain {s.rollback.drain:g} = {needed:g} s"
+        )
+
+    known = set(names)
+    for i, expect in enumerate(s.expect):
+        where = f'expect[{i}] ("{expect.name}")'
+        if isinstance(expect, MetricExpect) and (err := expect.tolerance_error()):
+            errors.append(f"{where}: {err}")
+        if isinstance(expect, (Detected, Redelegated)):
+            for name in expect.faults:
+                if name not in known:
+                    errors.append(f"{where}: field `faults`: no fault named {name!r}")
+                elif isinstance(expect, Detected):
+                    kind = kind_of(s.fault[names.index(name)])
+                    if kind not in NODE_KINDS + LINK_KINDS:
+                        errors.append(f"{where}: field `faults`: {name!r} is a {kind} of a service")
+    return errors
+
+
+def _target_errors(
+    where: str, kind: str, target: Target, ids: set[str], hot: list[str]
+) -> list[str]:
+    field_name = f"{where}: field `target`"
+    if kind in SERVICE_KINDS:
+        words = [target] if isinstance(target, str) else target if isinstance(target, list) else []
+        if isinstance(target, TargetSpec):
+            if target.role != "any":
+                return [f"{field_name}: role {target.role!r} is for nodes; services have none"]
+            if isinstance(target.select, int) and target.select > len(SERVICES):
+                return [f"{field_name}: {target.select} of {len(SERVICES)} services"]
+            return []
+        bad = [w for w in words if w not in SERVICES and w not in SELECTIONS]
+        return [f"{field_name}: {w!r} is not a service ({', '.join(SERVICES)})" for w in bad]
+    if isinstance(target, TargetSpec):
+        pool = (
+            len(hot)
+            if target.role == "hot"
+            else len(ids) - len(hot)
+            if target.role == "cold"
+            else len(ids)
+        )
+        if target.role in ("hot", "cold") and pool == 0:
+            return [f"{field_name}: no {target.role} nodes in this workload"]
+        if isinstance(target.select, int) and target.select > pool:
+            return [f"{field_name}: {target.select} nodes of {pool}"]
+        return []
+    words = [target] if isinstance(target, str) else target
+    errors = []
+    for w in words:
+        if w in SERVICES:
+            errors.append(f"{field_name}: {w!r} is a service; {kind} applies to nodes")
+        elif w in ("hot", "cold"):
+            if not hot if w == "hot" else len(hot) == len(ids):
+                errors.append(f"{field_name}: no {w} nodes in this workload")
+        elif w not in SELECTIONS and w not in ids:
+            errors.append(
+                f"{field_name}: {w!r} is not a node of this fleet, nor one of {', '.join(SELECTIONS)}, hot, cold"
+            )
+    if isinstance(target, list) and not target:
+        errors.append(f"{field_name}: an empty list")
+    return errors
+
+
+def _concurrency_errors(s: Scenario) -> list[str]:
+    """Faults active at once, in the worst case of every jitter, against the safety limit."""
+    spans: list[tuple[float, int, str]] = []
+    for fault in s.fault:
+        for k in range(occurrences(fault, s.workload.duration)):
+            start = fault.at + k * (fault.every or 0)
+            end = (
+                start
+                + fault.jitter
+                + (active_span(fault) if fault.duration or isinstance(fault, Flap) else 0)
+            )
+            if fault.duration is None and kind_of(fault) not in INSTANT_KINDS:
+                end = float("inf")  # until rollback
+            spans += [(start, 1, fault.name), (end, -1, fault.name)]
+    spans.sort(key=lambda x: (x[0], -x[1]))  # touching spans overlap: the worst case
+    active: list[str] = []
+    worst: list[str] = []
+    for _t, step, name in spans:
+        if step > 0:
+            active.append(name)
+            if len(active) > len(worst):
+                worst = list(active)
+        else:
+            active.remove(name)
+    limit = s.safety.max_concurrent_faults
+    if len(worst) > limit:
+        return [
+            f"[safety]: field `max_concurrent_faults`: {len(worst)} faults can be active at once "
+            f"({', '.join(dict.fromkeys(worst))}), more than the {limit} allowed"
+        ]
+    return []
+
+
+# --- compressed timelines ------------------------------------------------------------------
+
+
+def compress(s: Scenario, factor: float) -> Scenario:
+    """The scenario with its fault phase scaled by ``factor`` (tests run the library at
+    0.2-0.3): fault times, durations and repeats, flap cycles and the workload's duration
+    scale; detection limits, settle, recover and drain do not (the cluster's own reaction
+    times do not shrink), and the deadline shrinks by what the workload lost."""
+
+    def sc(v: float) -> Seconds:
+        return Seconds(round(v * factor, 3))
+
+    faults = []
+    for f in s.fault:
+        changes: dict[str, Any] = {"at": sc(f.at), "jitter": sc(f.jitter)}
+        if f.duration is not None:
+            changes["duration"] = sc(f.duration)
+        if f.every is not None:
+            changes["every"] = sc(f.every)
+        if isinstance(f, Flap):
+            changes["down"], changes["up"] = sc(f.down), sc(f.up)
+        faults.append(msgspec.structs.replace(f, **changes))
+    workload = msgspec.structs.replace(s.workload, duration=sc(s.workload.duration))
+    deadline = Seconds(s.deadline - (s.workload.duration - workload.duration))
+    return msgspec.structs.replace(s, fault=faults, workload=workload, deadline=deadline)
