@@ -52,7 +52,7 @@ class Context:
     members: list[dict[str, Any]]  # history entries of type "member", in arrival order
     final: dict[str, Any]  # metrics after the drain
     last_heal: float | None  # when the last fault was healed (rollback included)
-    all_alive_at: list[float]  # times at which every node was alive
+    all_alive: list[tuple[float, float | None]]  # spans in which every node was alive
     revoked: dict[tuple[str, str], float | None]  # (fault id, node) -> seconds to revoke
     phase_start: float = 0.0
     run_end: float = 0.0
@@ -210,11 +210,10 @@ def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
                 by=0.0,
                 detail="no fault needed healing",
             )
-        after = [t for t in ctx.all_alive_at if t >= ctx.last_heal]
-        took = round(after[0] - ctx.last_heal, 3) if after else None
+        took = recovery_s(ctx)
         passed = took is not None and took <= expect.within
         by = None if took is None else round(max(0.0, took - expect.within), 3)
-        detail = "every node alive again" if after else "not every node was alive again"
+        detail = "every node alive again" if took is not None else "not every node alive again"
         return _result(expect, f"within {expect.within:g} s", took, passed, by=by, detail=detail)
     if isinstance(expect, (LostTasks, DuplicateCommits)):
         metric = "lost_tasks" if isinstance(expect, LostTasks) else "duplicate_commits"
@@ -247,6 +246,19 @@ def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
         by = None if value is None else round(expect.miss(value), 4)
         return _result(expect, f"{expect.metric} {expect.describe()}", value, passed, by=by)
     raise TypeError(f"no check for {type(expect).__name__}")
+
+
+def recovery_s(ctx: Context) -> float | None:
+    """From the last heal until every node was alive (0 if they all were at that moment);
+    None if they never all were again."""
+    if ctx.last_heal is None:
+        return None
+    for start, end in ctx.all_alive:
+        if start <= ctx.last_heal and (end is None or end > ctx.last_heal):
+            return 0.0
+        if start >= ctx.last_heal:
+            return round(start - ctx.last_heal, 3)
+    return None
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -17,6 +17,7 @@ import msgspec
 from .scenario import ScenarioError, hot_ids, load, node_ids, parse
 
 INVALID = 4
+EXIT_UNDECIDED = 3
 
 
 def _invalid(err: Exception) -> None:
@@ -160,6 +161,12 @@ def run(
         result = run_scenario(loaded, options)
     except ScenarioError as err:
         _invalid(err)
+    except Exception:  # a bug in the injector is no verdict on the cluster
+        import traceback
+
+        traceback.print_exc()
+        click.echo(f"{s.name}: undecided (the injector failed)", err=True)
+        sys.exit(EXIT_UNDECIDED)
     if progress is not None:
         progress("")
     md = reports.write(result, out)

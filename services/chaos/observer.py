@@ -26,6 +26,7 @@ from ..membership_view import MembershipView
 from ..runtime import Service
 
 SAMPLE_TIMEOUT_S = 0.5
+MIN_RATE_WINDOW_S = 0.5  # a rate over less than this is noise
 SERVICES_WATCHED = ("relay", "liveness", "delegator", "sim")
 
 
@@ -125,6 +126,7 @@ class Sampler:
         self.delegator = CtlClient(config.delegator.ctl)
         self.supervisor = CtlClient(config.supervisor.ctl)
         self._prev: dict[str, tuple[float, int]] = {}
+        self._rates: dict[str, float] = {}
         self.last: dict[str, Any] = {}
 
     def close(self) -> None:
@@ -141,10 +143,15 @@ class Sampler:
         if count is None:
             return None
         prev = self._prev.get(key)
+        if prev is not None and count >= prev[1] and now - prev[0] < MIN_RATE_WINDOW_S:
+            return self._rates.get(key)  # too short a window to say: the last rate stands
         self._prev[key] = (now, count)
-        if prev is None or now <= prev[0] or count < prev[1]:
+        if prev is None or count < prev[1]:
+            self._rates.pop(key, None)
             return None  # the first sample, or the counter restarted with its service
-        return round((count - prev[1]) / (now - prev[0]), 2)
+        rate = round((count - prev[1]) / (now - prev[0]), 2)
+        self._rates[key] = rate
+        return rate
 
     def sample(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -25,6 +25,7 @@ from .scenario import (
     Fault,
     Flap,
     Scenario,
+    Seconds,
     Target,
     TargetSpec,
     kind_of,
@@ -63,7 +64,11 @@ class PlanError(ValueError):
 
 def params_of(fault: Fault) -> dict[str, Any]:
     raw = msgspec.structs.asdict(fault)
-    return {k: v for k, v in raw.items() if k not in SCHEDULE_FIELDS}
+    return {
+        k: float(v) if isinstance(v, Seconds) else v
+        for k, v in raw.items()
+        if k not in SCHEDULE_FIELDS
+    }
 
 
 def make_plan(scenario: Scenario, seed: int, nodes: list[str], hot: list[str]) -> Plan:

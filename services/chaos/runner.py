@@ -37,7 +37,15 @@ from typing import Any
 from ..config import ShoalConfig
 from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from .actuators import ActuatorError, Actuators
-from .checks import Applied, Context, check_probe, detection_latencies, evaluate, percentile
+from .checks import (
+    Applied,
+    Context,
+    check_probe,
+    detection_latencies,
+    evaluate,
+    percentile,
+    recovery_s,
+)
 from .observer import History, Sampler, Watcher
 from .plan import Plan, PlanError, make_plan
 from .scenario import (
@@ -90,6 +98,7 @@ class _Run:
         self.applied: list[Applied] = []
         self.phase_start: float | None = None
         self.faults_ran = False
+        self.drained = False
         self.final: dict[str, Any] = {}
         self.revoked: dict[tuple[str, str], float | None] = {}
         self.rates_before: dict[str, float] = {}
@@ -144,7 +153,7 @@ class _Run:
         # Lost at the end: what the nodes cannot account for, and what the ledger took but
         # neither finished nor dead-lettered within the drain.
         parts = [self.final.get(k) for k in ("lost_tasks", "in_flight", "pending")]
-        known = all(isinstance(p, int) for p in parts)
+        known = self.drained and all(isinstance(p, int) for p in parts)
         self.final["lost_tasks"] = sum(parts) if known else None  # type: ignore[arg-type]
         self._restore_rates()
 
@@ -447,6 +456,7 @@ class _Run:
             return v.get("in_flight") == 0 and v.get("undelivered") == 0 and v.get("pending") == 0
 
         self._sample_for(min(self.s.rollback.drain, max(0.0, self._left())), "drain", until=settled)
+        self.drained = True
         for applied in self.applied:
             if applied.applied_wall is None or applied.kind not in FAILING_KINDS:
                 continue
@@ -506,7 +516,7 @@ class _Run:
             members=members,
             final=self.final,
             last_heal=max(heals) if heals else None,
-            all_alive_at=_all_alive_times(self.history, self.nodes),
+            all_alive=_all_alive_spans(self.history, self.nodes),
             revoked=self.revoked,
             phase_start=self.history.at(self.phase_start) if self.phase_start else 0.0,
             run_end=self.history.at(time.monotonic()),
@@ -594,8 +604,7 @@ class _Run:
             out[f"detect_{event}_ms_p50"] = _ms(percentile(lat, 0.5))
             out[f"detect_{event}_ms_max"] = _ms(max(lat) if lat else None)
         if ctx.last_heal is not None:
-            after = [t for t in ctx.all_alive_at if t >= ctx.last_heal]
-            out["recovery_s"] = round(after[0] - ctx.last_heal, 3) if after else None
+            out["recovery_s"] = recovery_s(ctx)
         revoked = [v for v in self.revoked.values() if v is not None]
         out["redelegate_ms_max"] = _ms(max(revoked) if revoked else None)
         during = [e["values"] for e in self.history.of("sample") if e["phase"] == "during"]
@@ -616,25 +625,29 @@ def _plan_dict(plan: Plan | None) -> dict[str, Any] | None:
     return msgspec.to_builtins(plan)  # type: ignore[no-any-return]
 
 
-def _all_alive_times(history: History, nodes: list[str]) -> list[float]:
-    """Times at which every node became alive (replaying membership from the snapshot
-    taken when the faults began)."""
+def _all_alive_spans(history: History, nodes: list[str]) -> list[tuple[float, float | None]]:
+    """The spans of time in which every node was alive, replaying membership from the
+    snapshot taken when the faults began (an open span ends with None)."""
     snap = history.of("states")
     if not snap:
         return []
     states = dict(snap[0]["states"])
     start = snap[0]["t"]
-    out = [start] if all(states.get(n) == "alive" for n in nodes) else []
-    was = bool(out)
+    spans: list[tuple[float, float | None]] = []
+    began: float | None = start if all(states.get(n) == "alive" for n in nodes) else None
     for m in history.of("member"):
         if m["t"] < start:
             continue
         states[m["node"]] = m["state"]
-        now = all(states.get(n) == "alive" for n in nodes)
-        if now and not was:
-            out.append(m["t"])
-        was = now
-    return out
+        whole = all(states.get(n) == "alive" for n in nodes)
+        if whole and began is None:
+            began = m["t"]
+        elif not whole and began is not None:
+            spans.append((began, m["t"]))
+            began = None
+    if began is not None:
+        spans.append((began, None))
+    return spans
 
 
 def _attached_hot(s: Scenario, nodes: list[str]) -> list[str]:

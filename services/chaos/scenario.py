@@ -69,6 +69,8 @@ Metric = Literal[
     "dead_lettered",
     "redelegated",
     "in_flight",
+    "pending",
+    "tasks_total",
     "overloaded",
     "services_down",
     "observer_healthy",
@@ -378,7 +380,7 @@ class Workload(Struct, forbid_unknown_fields=True, frozen=True):
     task_cost_ms: Annotated[float, Meta(gt=0, le=60_000)] = 100.0
     hot_spots: Annotated[int, Meta(ge=0)] | list[str] = 0
     hot_factor: Annotated[float, Meta(ge=0, le=100)] = 3.0
-    settle: Seconds = _s(2.0)  # after every node is alive, before the "before" checks
+    settle: Seconds = _s(1.0)  # after every node is alive, before the "before" checks
 
 
 class AbortWhen(Tolerance, kw_only=True, frozen=True):
@@ -408,6 +410,9 @@ class Scenario(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     description: str = ""
     seed: int = 1
     deadline: Seconds  # the whole run, cluster start to verdict
+    # The time scale `just test` runs this scenario at (compress(); the library's files
+    # are full length, for `just bench`).
+    test_scale: Annotated[float, Meta(gt=0, le=1)] = 0.25
     workload: Workload
     steady_state: SteadyState = SteadyState()
     fault: list[AnyFault] = []
