@@ -12,8 +12,9 @@ tasks locally: degraded mode, nothing lost.
 
 Usage: ``shoal sim --nodes 50`` (or ``shoal up``, which starts one).
 
-Ctl ops besides ping and status: ``nodes`` (each node's core counters, boot and fault),
-``set_rate`` (task arrival rate), and ``fault``, which injects faults inside the fleet:
+Ctl ops besides ping and status: ``nodes`` (each node's core counters, boot, and faults:
+``fault``, ``link``, ``cpu_hog``, ``skew_ms``), ``set_rate`` (task arrival rate), and
+``fault``, which injects faults inside the fleet. Node actions:
 
 - ``crash``: the node stops at once: no ticks, no sends, acks ignored; what it had not
   delivered is gone with it. ``resume`` boots it again (a new boot_id, hello at seq 0).
@@ -21,19 +22,66 @@ Ctl ops besides ping and status: ``nodes`` (each node's core counters, boot and 
   ``resume`` continues the same boot, which catches up (heartbeats, then its buffer).
 - ``reboot``: a new boot at once (new boot_id), running.
 - ``leave``: the node sends a goodbye (reason "leave"), then stops like a crash.
-- ``link``: a lossy, slow link: each message node -> relay and each ack entry relay -> node,
-  and each task message either way (node <-> delegator), is dropped with probability
-  ``drop``; the surviving messages from the node are held for ``delay_ms`` + U[0,
-  ``jitter_ms``] (released on the sim tick, so they may be reordered). ``heal`` clears it.
-  The node does not know: a dropped message counts as sent.
+- ``cpu_hog`` (``percent``, 1..100): another load takes that share of the node's CPU
+  (engine.py ``throttle``): its tasks run at (1 - percent/100) x its speed, so a task of
+  cost c takes c / (1 - percent/100) ms, and at 100 none progresses (none even starts).
+  Its telemetry shows it as the engine derives it: the hog's share counts as busy in
+  cpu_pct, and the load factor is work offered over the capacity left (offered work on
+  no capacity: the maximum, 1000). The overload detector, and so delegation, react as to
+  any overload. Undone by ``heal`` (or ``duration_ms``).
+- ``flood`` (``tasks``, 1..100000): that many local tasks arrive at the node at once, at
+  the current time, through the engine's arrival path (engine.py ``flood``): each is
+  counted as created; those beyond the queue's room are shed and counted (tasks_shed;
+  ``flood_shed`` here), never silently lost; those shed are counted at the mean task cost
+  in work_offered_ms (no draw each). Instant: no undo, no ``duration_ms``. A stopped node
+  (crashed, hung, left) takes none.
+- ``clock_skew`` (``skew_ms``, -86400000..86400000): the node's clock steps to now +
+  skew_ms (a bad NTP sync): every message it sends to the relay from then on (resends
+  too) carries ts_ms + skew_ms, never below 0 (the protocol's range: a clock that would
+  read negative reads 0). Its timers run on the tick clock, which does not move (a board
+  schedules on a monotonic tick; a step backwards would otherwise freeze it like a hang,
+  a step forwards fast-forward its CPU). Task ``created_ms`` (the engine's clock) is not
+  skewed. ``skew_ms`` 0, ``heal`` or ``duration_ms`` sets it back.
 
-Args: ``action``, ``nodes`` (default all), ``duration_ms`` (> 0: crash/hang/leave resume
-and link heals by itself after that long), ``drop``/``delay_ms``/``jitter_ms`` (link only).
-The reply is ``{"applied_at": time.monotonic() of this process, "nodes": [ids]}``: the
-same CLOCK_MONOTONIC other processes on the machine read, to measure detection latency.
-Fault randomness comes from its own generator seeded from ``sim.seed``, so faults do not
-change the load model's stream. A node without a link fault uses the shared gateway link
-directly: the hot path costs nothing extra.
+Link actions:
+
+- ``link``: a faulty link between the node and the services named in ``services``
+  (``relay``: its messages and the acks that come back; ``delegator``: task messages
+  both ways; default both). It replaces any link fault the node had. On each of the two:
+
+  - drop: each message node -> service and service -> node is lost with probability
+    ``drop`` (the node does not know: a dropped message counts as sent). With
+    ``correlation`` c, a decision is, with probability c, the same as the previous one on
+    that link (one chain per link, both directions), else a fresh draw with ``drop``:
+    ``lost_n = lost_(n-1) if U < c else (U' < drop)``. The loss rate stays ``drop``; a run
+    of losses lasts 1 / ((1 - c)(1 - drop)) messages on average: bursty loss.
+    ``correlation`` needs ``drop`` > 0.
+  - duplicate: a message node -> service that survived is sent twice with probability
+    ``duplicate`` (``link_duplicated``); each copy is delayed or not by itself. The relay
+    de-duplicates, the delegator and nodes are idempotent.
+  - delay: without ``reorder``, every surviving message from the node is held
+    ``delay_ms`` + U[0, ``jitter_ms``] and released on the sim tick (so jitter may reorder
+    them). With ``reorder`` r > 0, a message is held with probability r, for ``delay_ms``
+    (50 ms if 0) + U[0, ``jitter_ms``], while the others go straight on: it arrives after
+    later ones (netem's reorder; ``link_reordered``). Held messages count in
+    ``link_delayed``. Messages to the node are never delayed or duplicated.
+
+  A partition from some services is ``drop`` 1 with those ``services``. All of drop,
+  delay_ms, jitter_ms, duplicate and reorder 0: the link is healed.
+- ``heal``: undoes the node's link fault, cpu_hog and clock skew, or those of ``kinds``
+  (a list of ``link``, ``cpu_hog``, ``clock_skew``).
+
+Args: ``action``, ``nodes`` (default all), ``duration_ms`` (> 0: crash, hang, leave resume
+and link, cpu_hog, clock_skew heal by themselves after that long; each kind on a node
+keeps its own end), the action's own args above (another action's arg, or an action
+without its required one, is refused). Faults other than crash/hang/leave survive
+reboots. The reply is ``{"applied_at": time.monotonic() of this process, "nodes":
+[ids]}``: the same CLOCK_MONOTONIC other processes on the machine read, to measure
+detection latency. Fault randomness comes from its own generator seeded from
+``sim.seed``, so faults do not change the load model's stream (a flood's arrivals draw
+from the node's, as any arrival). A node without a link fault or skew uses the shared
+gateway link directly (no wrapper, no draw): the hot path costs nothing extra; the
+engine's CPU step pays one comparison and one multiplication for the hog hook.
 
 Workload (``[sim]`` keys, or ``shoal sim`` / ``shoal up`` flags). Each node has a base
 arrival rate: its entry in ``rates`` if it has one; else ``hot_spot_factor`` x its capacity
@@ -56,6 +104,7 @@ import heapq
 import os
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -159,6 +208,10 @@ FLEET_COUNTERS = (
     "link_tasks_dropped",
     "link_tasks_in_dropped",
     "link_delayed",
+    "link_duplicated",
+    "link_reordered",
+    "flood_tasks",
+    "flood_shed",
     "faults_applied",
     "bursts_started",
     "work_offered_ms",
@@ -168,19 +221,90 @@ FLEET_COUNTERS = (
     "completions_after_reboot",
 )
 
-FaultAction = Literal["crash", "hang", "reboot", "leave", "resume", "link", "heal"]
+FaultAction = Literal[
+    "crash",
+    "hang",
+    "reboot",
+    "leave",
+    "resume",
+    "link",
+    "heal",
+    "cpu_hog",
+    "flood",
+    "clock_skew",
+]
+LinkService = Literal["relay", "delegator"]
+Healable = Literal["link", "cpu_hog", "clock_skew"]
 STOPPING = {"crash": "crashed", "hang": "hung", "leave": "left"}
+LINK_SERVICES: tuple[LinkService, ...] = ("relay", "delegator")
+HEALABLE: tuple[Healable, ...] = ("link", "cpu_hog", "clock_skew")
+TIMED_ACTIONS = ("crash", "hang", "leave", "link", "cpu_hog", "clock_skew")
+REORDER_HOLD_MS = 50  # how long a reordered message is held when delay_ms is 0
+FLOOD_MAX = 100_000
+SKEW_MAX_MS = 86_400_000  # a day
+
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class FaultArgs(msgspec.Struct, forbid_unknown_fields=True):
-    """Args of the sim's "fault" op (see the module docstring)."""
+    """Args of the sim's "fault" op (see the module docstring). None: not given."""
 
     action: FaultAction
     nodes: list[str] = []
-    duration_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
-    drop: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
-    delay_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
-    jitter_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    duration_ms: NonNegative = 0
+    # link
+    drop: Probability = 0.0
+    delay_ms: NonNegative = 0
+    jitter_ms: NonNegative = 0
+    correlation: Probability = 0.0
+    duplicate: Probability = 0.0
+    reorder: Probability = 0.0
+    services: list[LinkService] | None = None
+    # cpu_hog, flood, clock_skew
+    percent: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    tasks: Annotated[int, msgspec.Meta(ge=1, le=FLOOD_MAX)] | None = None
+    skew_ms: Annotated[int, msgspec.Meta(ge=-SKEW_MAX_MS, le=SKEW_MAX_MS)] | None = None
+    # heal
+    kinds: list[Healable] | None = None
+
+    def lossy(self) -> bool:
+        """Whether a link action changes anything (all zero: it heals the link)."""
+        return bool(self.drop or self.delay_ms or self.jitter_ms or self.duplicate or self.reorder)
+
+
+def fault_args_error(req: FaultArgs) -> str | None:
+    """Why a fault request makes no sense, or None: an arg of another action, a missing
+    one, an undo on an instant fault."""
+    action = req.action
+    link_args = (req.drop, req.delay_ms, req.jitter_ms, req.correlation, req.duplicate)
+    if action != "link" and (any(link_args) or req.reorder or req.services is not None):
+        return (
+            "drop, delay_ms, jitter_ms, correlation, duplicate, reorder and services "
+            "apply to action 'link' only"
+        )
+    own = (("percent", "cpu_hog"), ("tasks", "flood"), ("skew_ms", "clock_skew"))
+    for arg, owner in own:
+        given = getattr(req, arg) is not None
+        if given and action != owner:
+            return f"{arg} applies to action '{owner}' only"
+        if action == owner and not given:
+            return {
+                "percent": "cpu_hog needs percent: 1..100",
+                "tasks": f"flood needs tasks: 1..{FLOOD_MAX}",
+                "skew_ms": f"clock_skew needs skew_ms: -{SKEW_MAX_MS}..{SKEW_MAX_MS}",
+            }[arg]
+    if req.kinds is not None and action != "heal":
+        return "kinds applies to action 'heal' only"
+    if req.kinds == []:
+        return "kinds names nothing to heal: link, cpu_hog, clock_skew or some of them"
+    if req.duration_ms and action not in TIMED_ACTIONS:
+        return "duration_ms applies to crash, hang, leave, link, cpu_hog and clock_skew only"
+    if req.services == []:
+        return "services names no link: relay, delegator or both"
+    if req.correlation and not req.drop:
+        return "correlation needs drop > 0 (it repeats drop decisions)"
+    return None
 
 
 class SimEngine(Engine):
@@ -195,6 +319,10 @@ class SimEngine(Engine):
     def _admit(self, cost: int) -> bool:
         self.work["work_offered_ms"] += cost
         return bool(super()._admit(cost))
+
+    def _shed(self, n: int, cost: int) -> None:
+        self.work["work_offered_ms"] += cost
+        super()._shed(n, cost)
 
     def _complete(self, entry: list[Any], clock: float) -> None:
         key = "work_done_local_ms" if entry[1] == LOCAL else "work_done_delegated_ms"
@@ -238,56 +366,166 @@ class GatewayLink:
 
 
 class LinkFault:
-    """A node's faulty link: a transport in front of the gateway that drops and delays.
-    ``tasks`` is the same fault in front of the fleet's task link (the delegator)."""
+    """A node's faulty link: a transport in front of the gateway (to the relay) that drops,
+    duplicates, delays and reorders what the node sends; ``tasks`` is the same in front of
+    the fleet's task link (to the delegator). It applies to the links named by ``relay``
+    and ``delegator``: the node's other link stays direct.
 
-    __slots__ = ("delay_ms", "drop", "fleet", "jitter_ms", "tasks")
+    Drop decisions: one chain per link (``lost`` here for the relay link, messages and
+    acks; ``tasks.lost`` for the task link, both ways). A decision is, with probability
+    ``correlation``, the previous one on that link again; otherwise a fresh draw, lost
+    with probability ``drop``. The long-run loss rate is ``drop`` whatever the correlation,
+    and a run of losses lasts 1 / ((1 - correlation) x (1 - drop)) messages on average."""
 
-    def __init__(self, fleet: Fleet, drop: float, delay_ms: int, jitter_ms: int) -> None:
+    __slots__ = (
+        "correlation",
+        "delay_ms",
+        "delegator",
+        "drop",
+        "duplicate",
+        "fleet",
+        "jitter_ms",
+        "lost",
+        "relay",
+        "reorder",
+        "tasks",
+    )
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        drop: float = 0.0,
+        delay_ms: int = 0,
+        jitter_ms: int = 0,
+        correlation: float = 0.0,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        services: Collection[str] = LINK_SERVICES,
+    ) -> None:
         self.fleet = fleet
         self.drop = drop
         self.delay_ms = delay_ms
         self.jitter_ms = jitter_ms
+        self.correlation = correlation
+        self.duplicate = duplicate
+        self.reorder = reorder
+        self.relay = "relay" in services
+        self.delegator = "delegator" in services
+        self.lost = False  # the last drop decision on the relay link
         self.tasks = TaskLinkFault(self)
 
-    def send(self, msg: dict[str, Any]) -> bool:
-        fleet = self.fleet
-        if self.drop and fleet.fault_rng.random() < self.drop:
-            fleet.counters["link_dropped"] += 1
-            return True  # lost on the way: the node believes it was sent
-        if self.delay_ms or self.jitter_ms:
-            delay = self.delay_ms + fleet.fault_rng.random() * self.jitter_ms
-            fleet.hold(msg, fleet.now_ms() + int(delay))
-            return True
-        return fleet.link.send(msg)
+    def decide(self, last: bool) -> bool:
+        """One drop decision on a link whose previous decision was ``last``."""
+        rng = self.fleet.fault_rng
+        if self.correlation and rng.random() < self.correlation:
+            return last
+        return rng.random() < self.drop
 
-    def drops(self) -> bool:
-        """Whether a message coming to the node is lost on this link now (one draw)."""
-        return bool(self.drop) and self.fleet.fault_rng.random() < self.drop
+    def send(self, msg: dict[str, Any]) -> bool:
+        """A message node -> relay."""
+        if self.drop:
+            self.lost = self.decide(self.lost)
+            if self.lost:
+                self.fleet.counters["link_dropped"] += 1
+                return True  # lost on the way: the node believes it was sent
+        return self.forward(msg, False)
+
+    def ack_lost(self) -> bool:
+        """Whether an ack entry relay -> node is lost now (a decision on the relay link)."""
+        if not self.drop:
+            return False
+        self.lost = self.decide(self.lost)
+        return self.lost
+
+    def forward(self, msg: dict[str, Any], to_tasks: bool) -> bool:
+        """A message from the node that survived: once, or twice (``duplicate``), each
+        copy held or sent on by itself. The first copy's answer is the node's."""
+        ok = self._pass(msg, to_tasks)
+        if self.duplicate and self.fleet.fault_rng.random() < self.duplicate:
+            self.fleet.counters["link_duplicated"] += 1
+            self._pass(msg, to_tasks)
+        return ok
+
+    def _pass(self, msg: dict[str, Any], to_tasks: bool) -> bool:
+        fleet = self.fleet
+        hold = self.hold_ms()
+        if hold is None:
+            return (fleet.task_link if to_tasks else fleet.link).send(msg)
+        fleet.hold(msg, fleet.now_ms() + hold, to_tasks)
+        return True
+
+    def hold_ms(self) -> int | None:
+        """How long a message is held, or None: straight on. With ``reorder``, a message
+        is held with that probability (delay_ms, or REORDER_HOLD_MS if 0, + U[0,
+        jitter_ms]) and the others go straight on; without, every one is held delay_ms +
+        U[0, jitter_ms] when either is set."""
+        fleet = self.fleet
+        if self.reorder:
+            if fleet.fault_rng.random() >= self.reorder:
+                return None
+            fleet.counters["link_reordered"] += 1
+            base = self.delay_ms or REORDER_HOLD_MS
+            return base + int(fleet.fault_rng.random() * self.jitter_ms)
+        if self.delay_ms or self.jitter_ms:
+            return self.delay_ms + int(fleet.fault_rng.random() * self.jitter_ms)
+        return None
 
     def describe(self) -> dict[str, Any]:
-        return {"drop": self.drop, "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms}
+        return {
+            "drop": self.drop,
+            "delay_ms": self.delay_ms,
+            "jitter_ms": self.jitter_ms,
+            "correlation": self.correlation,
+            "duplicate": self.duplicate,
+            "reorder": self.reorder,
+            "services": [name for name in LINK_SERVICES if getattr(self, name)],
+        }
 
 
 class TaskLinkFault:
-    """A node's faulty link, as its task messages to the delegator see it."""
+    """A node's faulty link, as its task messages to and from the delegator see it."""
 
-    __slots__ = ("fault",)
+    __slots__ = ("fault", "lost")
 
     def __init__(self, fault: LinkFault) -> None:
         self.fault = fault
+        self.lost = False  # the last drop decision on the task link
 
     def send(self, msg: dict[str, Any]) -> bool:
+        """A task message node -> delegator."""
         fault = self.fault
-        fleet = fault.fleet
-        if fault.drop and fleet.fault_rng.random() < fault.drop:
-            fleet.counters["link_tasks_dropped"] += 1
-            return True  # lost on the way: the node believes it was sent
-        if fault.delay_ms or fault.jitter_ms:
-            delay = fault.delay_ms + fleet.fault_rng.random() * fault.jitter_ms
-            fleet.hold(msg, fleet.now_ms() + int(delay), to_tasks=True)
-            return True
-        return fleet.task_link.send(msg)
+        if fault.drop:
+            self.lost = fault.decide(self.lost)
+            if self.lost:
+                fault.fleet.counters["link_tasks_dropped"] += 1
+                return True  # lost on the way: the node believes it was sent
+        return fault.forward(msg, True)
+
+    def arrives_lost(self) -> bool:
+        """Whether a message delegator -> node is lost now (a decision on the task link)."""
+        fault = self.fault
+        if not fault.drop:
+            return False
+        self.lost = fault.decide(self.lost)
+        return self.lost
+
+
+class SkewedClock:
+    """A node whose clock was stepped by ``skew_ms``: what it sends to the relay carries
+    ts_ms + skew_ms (kept in the protocol's range 0..TS_MS_MAX), on a copy, so what its
+    ring keeps is untouched. Its timers (the tick clock) are not skewed."""
+
+    __slots__ = ("inner", "skew_ms")
+
+    def __init__(self, inner: GatewayLink | LinkFault, skew_ms: int) -> None:
+        self.inner = inner
+        self.skew_ms = skew_ms
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        out = dict(msg)
+        ts = msg["ts_ms"] + self.skew_ms
+        out["ts_ms"] = 0 if ts < 0 else min(ts, limits.TS_MS_MAX)
+        return self.inner.send(out)
 
 
 class TaskLink:
@@ -314,11 +552,13 @@ class SimNode:
     """One simulated node: its core, its hardware, its tasks, and its faults.
 
     ``fault`` is None (running), "crashed", "hung" or "left"; ``link`` is its LinkFault or
-    None. ``transport`` is what its core sends through: the shared gateway link, or the
-    LinkFault in front of it; ``task_transport`` what its delegation sends through: the
-    fleet's task link, or the LinkFault's ``tasks``. ``rate_hz`` (its base arrival rate)
-    and ``burst_factor`` (the bursts on now) survive reboots; the engine runs at their
-    product."""
+    None; ``hog`` the percent of its CPU a cpu_hog takes (0: none); ``skew_ms`` its clock's
+    step (0: none). ``transport`` is what its core sends through: the shared gateway link,
+    or the LinkFault in front of it (if it applies to the relay), behind a SkewedClock when
+    skewed; ``task_transport`` what its delegation sends through: the fleet's task link, or
+    the LinkFault's ``tasks`` (if it applies to the delegator). ``rate_hz`` (its base
+    arrival rate), ``burst_factor`` (the bursts on now) and its faults survive reboots;
+    the engine runs at the product of the rates, throttled by the hog."""
 
     core: NodeCore
     delegation: Delegation
@@ -346,12 +586,17 @@ class SimNode:
         self.work = work if work is not None else defaultdict(int)
         self.task_link = task_link if task_link is not None else TaskLink(defaultdict(int))
         self.accept_fill = accept_fill
+        self.gateway = link
         self.fault: str | None = None
         self.link: LinkFault | None = None
-        self.transport: GatewayLink | LinkFault = link
+        self.hog = 0  # percent of the CPU a cpu_hog takes
+        self.skew_ms = 0  # the clock's step (clock_skew)
+        self.transport: GatewayLink | LinkFault | SkewedClock = link
         self.task_transport: TaskLink | TaskLinkFault = self.task_link
         self.resume_at_ms: int | None = None  # a timed crash, hang or leave ends then
         self.heal_at_ms: int | None = None  # a timed link fault ends then
+        self.hog_heal_at_ms: int | None = None  # a timed cpu_hog ends then
+        self.skew_heal_at_ms: int | None = None  # a timed clock_skew ends then
         self.boot(now_ms)
         # Spread the fleet's telemetry over the interval, as real boards booted apart would.
         self.core.next_telemetry_ms = now_ms + int(rng.random() * cfg.telemetry_interval_ms)
@@ -386,6 +631,8 @@ class SimNode:
             "accept_fill": self.accept_fill,
         }
         engine = SimEngine(self.work, self.node_id, boot_id, self.rng.random, settings, now_ms)
+        if self.hog:
+            engine.throttle(self.hog / 100, now_ms)
         self.hal.engine = engine
         self.delegation = Delegation(engine, self.task_transport, settings, now_ms)
         self.core = NodeCore(
@@ -413,13 +660,43 @@ class SimNode:
             self.burst_factor = factor
             self.engine.set_rate(self.rate_hz * factor, now_ms)
 
-    def set_transport(self, link: LinkFault | None, gateway: GatewayLink, tasks: TaskLink) -> None:
+    def set_link(self, link: LinkFault | None) -> None:
         """Send through the faulty link, or (None) straight to the gateway and the delegator."""
         self.link = link
-        self.transport = gateway if link is None else link
-        self.task_transport = tasks if link is None else link.tasks
-        self.core.transport = self.transport
-        self.delegation.link = self.task_transport
+        self._rewire()
+
+    def set_skew(self, skew_ms: int) -> None:
+        """Step the node's clock to now + skew_ms (0: back to the true time)."""
+        self.skew_ms = skew_ms
+        self._rewire()
+
+    def _rewire(self) -> None:
+        relay: GatewayLink | LinkFault = self.gateway
+        task_transport: TaskLink | TaskLinkFault = self.task_link
+        link = self.link
+        if link is not None:
+            if link.relay:
+                relay = link
+            if link.delegator:
+                task_transport = link.tasks
+        transport = SkewedClock(relay, self.skew_ms) if self.skew_ms else relay
+        self.transport = transport
+        self.task_transport = task_transport
+        self.core.transport = transport
+        self.delegation.link = task_transport
+
+    def set_hog(self, percent: int, now_ms: int) -> None:
+        """A cpu_hog takes percent of the CPU from now (0: none). A stopped node's engine
+        does not run (advancing a hung one would run its tasks, and send their results,
+        while it hangs): it takes the hog when it runs again (resume, boot)."""
+        self.hog = percent
+        if self.fault is None:
+            self.apply_hog(now_ms)
+
+    def apply_hog(self, now_ms: int) -> None:
+        share = self.hog / 100
+        if self.engine.hog != share:
+            self.engine.throttle(share, now_ms)
 
 
 class Fleet(Service):
@@ -578,7 +855,7 @@ class Fleet(Service):
                 if node is None or node.fault is not None:
                     continue  # unknown, or stopped: a stopped node hears nothing
                 link = node.link
-                if link is not None and link.drop and self.fault_rng.random() < link.drop:
+                if link is not None and link.relay and link.ack_lost():
                     self.counters["link_acks_dropped"] += 1
                     continue
                 node.core.on_ack(entry.boot_id, entry.first, entry.last, now)
@@ -602,7 +879,8 @@ class Fleet(Service):
             if node.fault is not None:
                 counters["task_to_stopped"] += 1
                 continue
-            if node.link is not None and node.link.drops():
+            link = node.link
+            if link is not None and link.delegator and link.tasks.arrives_lost():
                 counters["link_tasks_in_dropped"] += 1
                 continue
             counters["task_frames_in"] += 1
@@ -664,6 +942,8 @@ class Fleet(Service):
             snap["boot_id"] = node.core.boot_id
             snap["fault"] = node.fault
             snap["link"] = node.link.describe() if node.link is not None else None
+            snap["cpu_hog"] = node.hog or None
+            snap["skew_ms"] = node.skew_ms
             snap["rate_hz"] = node.rate_hz * node.burst_factor
             snap["overload_transitions"] = node.transitions()
             out[node_id] = snap
@@ -687,10 +967,9 @@ class Fleet(Service):
         unknown = [n for n in req.nodes if n not in self.nodes]
         if unknown:
             raise CtlError(f"unknown nodes: {', '.join(unknown[:10])}")
-        if req.action != "link" and (req.drop or req.delay_ms or req.jitter_ms):
-            raise CtlError("drop, delay_ms and jitter_ms apply to action 'link' only")
-        if req.duration_ms and req.action not in ("crash", "hang", "leave", "link"):
-            raise CtlError("duration_ms applies to crash, hang, leave and link only")
+        error = fault_args_error(req)
+        if error is not None:
+            raise CtlError(error)
         now = self.now_ms()
         targets = req.nodes or list(self.nodes)
         for node_id in targets:
@@ -721,30 +1000,65 @@ class Fleet(Service):
             node.boot(now)
             self._untime(node)
         elif action == "link":
-            if req.drop or req.delay_ms or req.jitter_ms:
-                link = LinkFault(self, req.drop, req.delay_ms, req.jitter_ms)
-                node.set_transport(link, self.link, self.task_link)
+            if req.lossy():
+                services = LINK_SERVICES if req.services is None else req.services
+                link = LinkFault(
+                    self,
+                    req.drop,
+                    req.delay_ms,
+                    req.jitter_ms,
+                    req.correlation,
+                    req.duplicate,
+                    req.reorder,
+                    services,
+                )
+                node.set_link(link)
                 node.heal_at_ms = until
                 self._untime(node)
             else:
-                self._heal(node)
+                self._heal(node, now, ("link",))
+        elif action == "cpu_hog":
+            node.set_hog(req.percent or 0, now)
+            node.hog_heal_at_ms = until
+            self._untime(node)
+        elif action == "clock_skew":
+            node.set_skew(req.skew_ms or 0)
+            node.skew_heal_at_ms = until if node.skew_ms else None
+            self._untime(node)
+        elif action == "flood":
+            if node.fault is None:  # a stopped node takes no work
+                tasks = req.tasks or 0
+                self.counters["flood_tasks"] += tasks
+                self.counters["flood_shed"] += node.engine.flood(tasks, now)
         else:  # heal
-            self._heal(node)
+            self._heal(node, now, HEALABLE if req.kinds is None else req.kinds)
 
     def _resume(self, node: SimNode, now: int) -> None:
         if node.fault in ("crashed", "left"):
             node.boot(now)  # a new boot: what it had not delivered died with it
         node.fault = None  # a hung node carries on with the same core
+        node.apply_hog(now)  # one set while it hung (a new boot has it already)
         node.resume_at_ms = None
         self._untime(node)
 
-    def _heal(self, node: SimNode) -> None:
-        node.heal_at_ms = None
-        node.set_transport(None, self.link, self.task_link)
+    def _heal(self, node: SimNode, now: int, kinds: Collection[str]) -> None:
+        """Undo the node's link fault, cpu_hog and clock skew (those of ``kinds``)."""
+        if "link" in kinds:
+            node.heal_at_ms = None
+            if node.link is not None:
+                node.set_link(None)
+        if "cpu_hog" in kinds:
+            node.hog_heal_at_ms = None
+            node.set_hog(0, now)
+        if "clock_skew" in kinds:
+            node.skew_heal_at_ms = None
+            if node.skew_ms:
+                node.set_skew(0)
         self._untime(node)
 
     def _untime(self, node: SimNode) -> None:
-        if node.resume_at_ms is None and node.heal_at_ms is None:
+        ends = (node.resume_at_ms, node.heal_at_ms, node.hog_heal_at_ms, node.skew_heal_at_ms)
+        if all(end is None for end in ends):
             self._timed.pop(node.node_id, None)
         else:
             self._timed[node.node_id] = node
@@ -755,7 +1069,16 @@ class Fleet(Service):
             if node.resume_at_ms is not None and now >= node.resume_at_ms:
                 self._resume(node, now)
                 ended = True
-            if node.heal_at_ms is not None and now >= node.heal_at_ms:
-                self._heal(node)
+            healed = [
+                kind
+                for kind, end in (
+                    ("link", node.heal_at_ms),
+                    ("cpu_hog", node.hog_heal_at_ms),
+                    ("clock_skew", node.skew_heal_at_ms),
+                )
+                if end is not None and now >= end
+            ]
+            if healed:
+                self._heal(node, now, healed)
         if ended:
             self._running = [n for n in self.nodes.values() if n.fault is None]

@@ -14,6 +14,12 @@ handler runs for real (handlers.py) and ``on_done(entry, ok, output, error, dura
 now_ms)`` is called. The queue (waiting + running) holds ``queue_capacity`` tasks; a local
 arrival beyond that is refused and counted (``shed``: it never existed, nothing was lost).
 
+``throttle(share, now_ms)``: from then on another load (a CPU hog) takes ``share`` (0..1)
+of the CPU: tasks get speed x (1 - share), so a task of cost c takes c / (1 - share) times
+its usual time (at 1 nothing progresses, nothing starts); the share taken counts as busy
+in cpu_pct, and the load factor is measured against the capacity left. ``flood(n,
+now_ms)``: n local arrivals at once (a burst from outside), counted and shed as any.
+
 Local arrivals are a Poisson process at ``rate_hz``; each costs uniform(0.5, 1.5) x
 task_cost_ms and gets the id "<node_id>.<boot_id>.<n>" (unique cluster-wide: a boot_id is
 never reused by a node). Its kind is drawn from ``mix``, with an arg proportional to its cost.
@@ -89,7 +95,9 @@ class Engine:
         self.capacity = int(cfg["queue_capacity"])
         self.rate_hz = float(cfg["rate_hz"])
         self.task_cost_ms = float(cfg["task_cost_ms"])
-        self.speed = float(cfg["speed"])
+        self.full_speed = float(cfg["speed"])
+        self.speed = self.full_speed  # what tasks get: full_speed x (1 - hog)
+        self.hog = 0.0  # the share of the CPU another load takes (throttle)
         self.sample_ms = int(cfg["sample_ms"])
         tau = cfg["load_tau_ms"]
         if tau <= 0:
@@ -174,6 +182,29 @@ class Engine:
         self.queue.append([task, LOCAL, FREE])
         return task_id
 
+    def flood(self, n, now_ms):
+        """n local arrivals at once at now_ms, through the normal arrival path: each is
+        counted as created, and shed (counted) when the queue is full. Returns how many
+        were shed."""
+        self.advance(now_ms)
+        at = now_ms - self.base_ms
+        shed = self.stats["shed"]
+        while n > 0 and self.depth() < self.capacity:
+            self._arrive(at)
+            n -= 1
+        if n > 0:
+            # Full, and no time passes: _arrive would shed every other one. Counted as it
+            # would, at the mean cost, without a draw each (a flood may be 100 000 tasks).
+            self._shed(n, int(n * self.task_cost_ms))
+        return self.stats["shed"] - shed
+
+    def _shed(self, n, cost):
+        """n arrivals of total cost ``cost`` refused: the queue is full."""
+        st = self.stats
+        st["created"] += n
+        st["shed"] += n
+        self.win_offered += cost
+
     def submit(self, kind, cost_ms, arg=0, payload=None):
         """A local task made by the application, at the time of the last advance(): its
         task_id, or None when the queue is full (shed, counted). payload None: the task id
@@ -206,6 +237,10 @@ class Engine:
         if span <= 0:
             return
         speed = self.speed
+        if speed <= 0:  # throttled to nothing: the hog has the whole CPU
+            self.tel_busy += span
+            self.last = t
+            return
         budget = span * speed
         clock = self.last
         while budget > 0:
@@ -224,7 +259,8 @@ class Engine:
             if self.left <= 0:
                 self.current = None
                 self._complete(cur, clock)
-        self.tel_busy += span - budget / speed
+        idle = budget / speed
+        self.tel_busy += span - idle + idle * self.hog  # the hog's share is busy too
         self.last = t
 
     def _next_free(self):
@@ -250,7 +286,11 @@ class Engine:
 
     def _close_window(self):
         w = self.sample_ms
-        raw = self.win_offered / (w * self.speed)
+        can = w * self.speed
+        if can > 0:
+            raw = self.win_offered / can
+        else:  # no CPU left (throttle(1)): any work offered is too much
+            raw = LOAD_FACTOR_MAX if self.win_offered > 0 else 0.0
         if raw > LOAD_FACTOR_MAX:
             raw = LOAD_FACTOR_MAX
         self.load_factor += self.alpha * (raw - self.load_factor)
@@ -263,6 +303,14 @@ class Engine:
         self.tel_start -= w
         if self.on_sample is not None:
             self.on_sample(self.base_ms, self.load_factor, self.fill())
+
+    def throttle(self, share, now_ms):
+        """From now_ms another load takes ``share`` of the CPU (0: none, 1: all of it)."""
+        self.advance(now_ms)
+        share = float(share)
+        share = 0.0 if share < 0 else (1.0 if share > 1 else share)
+        self.hog = share
+        self.speed = self.full_speed * (1.0 - share)
 
     # --- state ----------------------------------------------------------------------------
 
