@@ -91,7 +91,8 @@ replaces base rates at run time. ``bursts`` multiply the base rate of their node
 factor while they last (the engine's arrival process restarts at each change; a reboot
 keeps the node's rate). Work is counted for benchmarks in task-ms, fleet-wide and across
 reboots: ``work_offered_ms`` (every local arrival's cost, shed ones included),
-``work_done_local_ms`` and ``work_done_delegated_ms`` (tasks run to completion here), with
+``work_done_local_ms`` and ``work_done_delegated_ms`` (tasks run to completion here),
+``tasks_completed`` (tasks run to completion, own and delegated-in ones), with
 ``clock_ms`` (this fleet's clock) to measure windows. The origin's view of results:
 ``completions_twice`` counts a task whose result one boot of its origin took as new twice
 (its memory of completed ids forgot it), ``completions_after_reboot`` one a later boot took
@@ -217,6 +218,7 @@ FLEET_COUNTERS = (
     "work_offered_ms",
     "work_done_local_ms",
     "work_done_delegated_ms",
+    "tasks_completed",
     "completions_twice",
     "completions_after_reboot",
 )
@@ -327,6 +329,7 @@ class SimEngine(Engine):
     def _complete(self, entry: list[Any], clock: float) -> None:
         key = "work_done_local_ms" if entry[1] == LOCAL else "work_done_delegated_ms"
         self.work[key] += entry[0]["cost_ms"]
+        self.work["tasks_completed"] += 1  # fleet-wide, across reboots: a throughput
         super()._complete(entry, clock)
 
 

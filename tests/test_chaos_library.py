@@ -1,13 +1,19 @@
 """Every scenario in the library passes at 3 seeds, with its timeline compressed to the
-file's ``test_scale`` (full-length runs are in `just bench`). The seeds of one scenario run
-at the same time, each its own cluster on free ports, to keep the suite short."""
+file's ``test_scale`` (full-length runs are in `just bench`).
+
+A run mostly waits (faults last seconds; the cluster uses a few percent of a core), so the
+33 runs go through a pool of ``SHOAL_CHAOS_JOBS`` (default 6) at a time, each its own
+cluster on free ports in its own directory; each test waits for its scenario's three."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,40 +21,49 @@ from shoal.services.chaos.scenario import load
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
 SEEDS = (1, 2, 3)
-TIMEOUT_S = 240
+JOBS = int(os.environ.get("SHOAL_CHAOS_JOBS", "6"))
+TIMEOUT_S = 300
 
 
-def run_seeds(path: Path, tmp_path: Path, *extra: str) -> dict[int, tuple[int, dict, str]]:
+def run_one(path: Path, seed: int, out: Path) -> tuple[int, dict[str, Any], str]:
     scale = load(path).scenario.test_scale
-    procs = {}
-    for seed in SEEDS:
-        report = tmp_path / f"seed{seed}.json"
-        argv = [sys.executable, "-m", "shoal.services.cli", "chaos", "run", str(path)]
-        argv += ["--seed", str(seed), "--time-scale", str(scale), "--report", str(report)]
-        argv += ["--quiet", *extra]
-        procs[seed] = (
-            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
-            report,
-        )
-    out = {}
+    report = out / f"{path.stem}-seed{seed}.json"
+    argv = [sys.executable, "-m", "shoal.services.cli", "chaos", "run", str(path), "--quiet"]
+    argv += ["--seed", str(seed), "--time-scale", str(scale), "--report", str(report)]
     try:
-        for seed, (proc, report) in procs.items():
-            text = proc.communicate(timeout=TIMEOUT_S)[0].decode(errors="replace")
-            data = json.loads(report.read_text()) if report.exists() else {}
-            out[seed] = (proc.returncode, data, text)
-    finally:
-        for proc, _ in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
-    return out
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        return -1, {}, f"timed out after {TIMEOUT_S} s: {err.stdout!r} {err.stderr!r}"
+    summary = report.with_suffix(".md")
+    detail = summary.read_text() if summary.exists() else ""
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return run.returncode, data, run.stdout + run.stderr + detail
+
+
+@pytest.fixture(scope="module")
+def library_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Every selected (scenario, seed) run, started at once through the pool."""
+    out = tmp_path_factory.mktemp("chaos-library")
+    selected = [
+        item.callspec.params["path"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_library_scenario_passes_at_three_seeds"
+    ]
+    with ThreadPoolExecutor(max_workers=JOBS) as pool:
+        futures: dict[tuple[str, int], Future[tuple[int, dict[str, Any], str]]] = {
+            (path.stem, seed): pool.submit(run_one, path, seed, out)
+            for path in selected
+            for seed in SEEDS
+        }
+        yield futures
+        for future in futures.values():
+            future.cancel()  # a failed test must not leave the rest queued behind it
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_library_scenario_passes_at_three_seeds(path: Path, tmp_path: Path) -> None:
-    results = run_seeds(path, tmp_path)
-    for seed, (code, report, output) in results.items():
-        summary = tmp_path / f"seed{seed}.md"
-        detail = summary.read_text() if summary.exists() else output
-        assert code == 0, f"{path.name} seed {seed}: exit {code}\n{output}\n{detail}"
+def test_library_scenario_passes_at_three_seeds(path: Path, library_runs) -> None:
+    for seed in SEEDS:
+        code, report, output = library_runs[(path.stem, seed)].result(timeout=TIMEOUT_S * 12)
+        assert code == 0, f"{path.name} seed {seed}: exit {code}\n{output}"
         assert report["verdict"] == "passed"
+        assert report["seed"] == seed

@@ -112,10 +112,8 @@ class Actuators:
         kind, nodes = step.kind, step.targets
         if kind in ("crash", "hang", "flap"):
             return self._sim({"action": "resume", "nodes": nodes})
-        if kind == "cpu_hog":
-            return self._sim({"action": "cpu_hog", "nodes": nodes, "percent": 0})
-        if kind == "clock_skew":
-            return self._sim({"action": "clock_skew", "nodes": nodes, "skew_ms": 0})
+        if kind in ("cpu_hog", "clock_skew"):
+            return self._sim({"action": "heal", "nodes": nodes, "kinds": [kind]})
         if kind in ("drop", "delay", "duplicate", "reorder", "partition"):
             for node in nodes:
                 self._links.get(node, {}).pop(step.id, None)
@@ -133,9 +131,7 @@ class Actuators:
         self._links.clear()
         for args in (
             {"action": "resume", "nodes": nodes},
-            {"action": "heal", "nodes": nodes},
-            {"action": "cpu_hog", "nodes": nodes, "percent": 0},
-            {"action": "clock_skew", "nodes": nodes, "skew_ms": 0},
+            {"action": "heal", "nodes": nodes},  # link, cpu_hog and clock skew
         ):
             try:
                 self._sim(args)
@@ -156,7 +152,7 @@ class Actuators:
         for node in nodes:
             active = list(self._links.get(node, {}).values())
             if not active:
-                at = self._sim({"action": "heal", "nodes": [node]})
+                at = self._sim({"action": "heal", "nodes": [node], "kinds": ["link"]})
             else:
                 at = self._sim({"action": "link", "nodes": [node], **merge_links(active), **timer})
         return at

@@ -140,9 +140,23 @@ def detection_latencies(ctx: Context, steps: list[Applied], event: str) -> list[
                     "fault": step.id,
                     "node": node,
                     "latency_s": round(seen - step.applied_at, 3) if seen is not None else None,
+                    # never seen: it took longer than the rest of the run, at least
+                    "waited_s": round(ctx.run_end - step.applied_at, 3),
                 }
             )
     return rows
+
+
+def _by(rows: list[dict[str, Any]], within: float) -> tuple[Any, float | None, bool]:
+    """(worst latency seen, how far over the limit, whether that is a lower bound)."""
+    seen = [r["latency_s"] for r in rows if r["latency_s"] is not None]
+    missed = [r["waited_s"] for r in rows if r["latency_s"] is None]
+    worst = max(seen, default=None)
+    if missed:
+        return worst, round(max(0.0, max(missed) - within), 3), True
+    if worst is None:
+        return None, None, False
+    return worst, round(max(0.0, worst - within), 3), False
 
 
 def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
@@ -150,9 +164,8 @@ def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
         steps = _selected(ctx, expect.faults, FAILING_KINDS)
         rows = detection_latencies(ctx, steps, expect.event)
         missed = [r for r in rows if r["latency_s"] is None]
-        worst = max((r["latency_s"] for r in rows if r["latency_s"] is not None), default=None)
+        worst, by, lower_bound = _by(rows, expect.within)
         passed = bool(rows) and not missed and worst is not None and worst <= expect.within
-        by = None if worst is None else round(max(0.0, worst - expect.within), 3)
         detail = f"{len(rows)} node-faults, {len(missed)} never declared {expect.event}"
         if not rows:
             detail = "no fault of this kind was applied"
@@ -162,6 +175,7 @@ def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
             worst,
             passed,
             by=by,
+            by_at_least=lower_bound,
             missed=len(missed),
             detail=detail,
             latencies=rows,
@@ -179,23 +193,25 @@ def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
                         "node": node,
                         "held": step.held[node],
                         "latency_s": ctx.revoked.get((step.id, node)),
+                        "waited_s": round(ctx.run_end - (step.applied_at or 0.0), 3),
                     }
                 )
         missed = [r for r in rows if r["latency_s"] is None]
-        worst = max((r["latency_s"] for r in rows if r["latency_s"] is not None), default=None)
+        worst, by, lower_bound = _by(rows, expect.within)
         passed = not missed and (worst is None or worst <= expect.within)
+        passed = passed and (bool(rows) or expect.allow_vacuous)
         detail = (
             f"{len(rows)} failed nodes held tasks, {len(missed)} never had them taken away"
             if rows
             else "no failed node held a task: nothing to re-delegate"
         )
-        by = None if worst is None else round(max(0.0, worst - expect.within), 3)
         return _result(
             expect,
             f"within {expect.within:g} s",
             worst,
             passed,
             by=by,
+            by_at_least=lower_bound,
             missed=len(missed),
             detail=detail,
             latencies=rows,

@@ -96,6 +96,11 @@ class Watcher:
             return {}
         return {node: m.state for node, m in dict(view.members).items()}
 
+    def synced(self) -> bool:
+        """Whether a liveness monitor has answered: without one, membership is unknown."""
+        view = getattr(self.service, "members", None)
+        return view is not None and bool(view.synced)
+
     def healthy(self) -> bool | None:
         view = getattr(self.service, "members", None)
         return None if view is None or not view.synced else bool(view.healthy)
@@ -157,12 +162,13 @@ class Sampler:
         now = time.monotonic()
         states = self.watcher.states()
         fleet = [states.get(n) for n in self.nodes]
+        known = self.watcher.synced()
         values: dict[str, Any] = {
-            "alive": sum(s == "alive" for s in fleet),
-            "suspect": sum(s == "suspect" for s in fleet),
-            "dead": sum(s == "dead" for s in fleet),
-            "left": sum(s == "left" for s in fleet),
-            "members": sum(s is not None for s in fleet),
+            "alive": sum(s == "alive" for s in fleet) if known else None,
+            "suspect": sum(s == "suspect" for s in fleet) if known else None,
+            "dead": sum(s == "dead" for s in fleet) if known else None,
+            "left": sum(s == "left" for s in fleet) if known else None,
+            "members": sum(s is not None for s in fleet) if known else None,
         }
         healthy = self.watcher.healthy()
         values["observer_healthy"] = None if healthy is None else int(healthy)

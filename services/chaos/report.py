@@ -111,7 +111,8 @@ def markdown(r: dict[str, Any]) -> str:
             result = "ok"
         else:
             by = e.get("by")
-            result = "FAILED" + (f" by {_fmt(by)}" if by else "")
+            more = "more than " if e.get("by_at_least") else ""
+            result = "FAILED" + (f" by {more}{_fmt(by)}" if by else "")
             if e.get("missed"):
                 result += f", {e['missed']} never seen"
         detail = f" ({e['detail']})" if e.get("detail") else ""

@@ -289,7 +289,9 @@ class _Run:
     def _before(self) -> None:
         self.history.add("phase", phase="before")
         self._sample_for(self.s.steady_state.interval, "before")  # two samples: rates known
-        failed = [r for r in self._probe_results("before") if not r["passed"]]
+        # A probe that could not be measured (its service is not there) does not stop the
+        # run: the verdict says "undecided" for it unless something failed outright.
+        failed = [r for r in self._probe_results("before") if r["decided"] and not r["passed"]]
         if failed:
             names = ", ".join(f"{r['name']} (worst {r['worst']})" for r in failed)
             self._decide("failed", f"not in its steady state before the faults: {names}")

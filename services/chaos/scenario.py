@@ -326,6 +326,9 @@ class Redelegated(Expect, tag="redelegated", frozen=True):
 
     within: Seconds
     faults: list[str] = []
+    # With no failed node holding a task the expectation proves nothing: it fails, unless
+    # the scenario says that is fine.
+    allow_vacuous: bool = False
 
 
 class Recovered(Expect, tag="recovered", frozen=True):
