@@ -40,8 +40,13 @@ bench *ARGS:
     python bench/tui.py --json {{ARGS}}
     python bench/delegation.py --json {{ARGS}}
     python bench/ledger.py --json {{ARGS}}
+    python bench/chaos_library.py --json {{ARGS}}
     python bench/nodecore_heap.py --json
     pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
+
+# Run a fault-injection scenario (its own cluster; exit code = verdict; see docs/scenarios.md)
+chaos FILE *ARGS:
+    shoal chaos run {{FILE}} {{ARGS}}
 
 # Cluster status from the relay's snapshot
 status *ARGS:

@@ -36,7 +36,8 @@ class Actuators:
         self.sim = CtlClient(config.sim.ctl)
         self.supervisor = CtlClient(config.supervisor.ctl)
         # node -> {planned fault id: link params}: the link faults each node has on now
-        self._links: dict[str, dict[str, dict[str, Any]]] = {}
+        # node -> {planned fault id: (link params, when its dead-man's timer ends or None)}
+        self._links: dict[str, dict[str, tuple[dict[str, Any], float | None]]] = {}
         self.paused: set[str] = set()
 
     def close(self) -> None:
@@ -88,8 +89,9 @@ class Actuators:
             )
         if kind in ("drop", "delay", "duplicate", "reorder", "partition"):
             for node in nodes:
-                self._links.setdefault(node, {})[step.id] = link_params(kind, p)
-            return self._send_links(nodes, timer)
+                ends = time.monotonic() + timer["duration_ms"] / 1000 if timer else None
+                self._links.setdefault(node, {})[step.id] = (link_params(kind, p), ends)
+            return self._send_links(nodes)
         if kind == "kill":
             return max(self._signal(s, "KILL") for s in nodes)
         if kind == "restart":
@@ -117,7 +119,7 @@ class Actuators:
         if kind in ("drop", "delay", "duplicate", "reorder", "partition"):
             for node in nodes:
                 self._links.get(node, {}).pop(step.id, None)
-            return self._send_links(nodes, {})
+            return self._send_links(nodes)
         if kind == "pause":
             at = max(self._signal(s, "CONT") for s in nodes)
             self.paused.difference_update(nodes)
@@ -147,14 +149,22 @@ class Actuators:
 
     # --- links ------------------------------------------------------------------------------
 
-    def _send_links(self, nodes: list[str], timer: dict[str, int]) -> float:
+    def _send_links(self, nodes: list[str]) -> float:
+        """Send each node the merge of the link faults it has on now, with a dead-man's
+        timer running to the last of theirs (none if one of them lasts until rollback)."""
         at = time.monotonic()
         for node in nodes:
             active = list(self._links.get(node, {}).values())
             if not active:
                 at = self._sim({"action": "heal", "nodes": [node], "kinds": ["link"]})
-            else:
-                at = self._sim({"action": "link", "nodes": [node], **merge_links(active), **timer})
+                continue
+            ends = [end for _, end in active]
+            timer: dict[str, int] = {}
+            if None not in ends:
+                left = max(e for e in ends if e is not None) - time.monotonic()
+                timer = {"duration_ms": max(1, int(left * 1000))}
+            merged = merge_links([params for params, _ in active])
+            at = self._sim({"action": "link", "nodes": [node], **merged, **timer})
         return at
 
     @staticmethod

@@ -56,6 +56,7 @@ class Context:
     revoked: dict[tuple[str, str], float | None]  # (fault id, node) -> seconds to revoke
     phase_start: float = 0.0
     run_end: float = 0.0
+    membership_known: bool = True  # a liveness monitor answered during the run
 
 
 def _num(value: Any) -> float | None:
@@ -70,7 +71,8 @@ def check_probe(probe: Probe, phase: str, samples: list[dict[str, Any]]) -> dict
     tolerance and at least one value was known."""
     checks = failures = unknown = 0
     worst: float | None = None
-    worst_miss = -1.0
+    worst_margin = float("inf")
+    by = 0.0
     first_failure: float | None = None
     for sample in samples:
         value = _num(sample["values"].get(probe.metric))
@@ -78,11 +80,12 @@ def check_probe(probe: Probe, phase: str, samples: list[dict[str, Any]]) -> dict
             unknown += 1
             continue
         checks += 1
-        miss = probe.miss(value)
-        if miss > worst_miss:
-            worst, worst_miss = value, miss
-        if miss > 0:
+        margin = probe.margin(value)
+        if margin < worst_margin:  # the value closest to (or furthest past) the limit
+            worst, worst_margin = value, margin
+        if margin < 0:
             failures += 1
+            by = max(by, -margin)
             if first_failure is None:
                 first_failure = sample["t"]
     return {
@@ -94,7 +97,7 @@ def check_probe(probe: Probe, phase: str, samples: list[dict[str, Any]]) -> dict
         "failures": failures,
         "unknown": unknown,
         "worst": worst,
-        "by": round(worst_miss, 4) if failures else 0.0,
+        "by": round(by, 4),
         "first_failure_t": first_failure,
         "passed": checks > 0 and failures == 0,
         "decided": checks > 0,
@@ -113,6 +116,7 @@ def _result(
         "limit": limit,
         "observed": observed,
         "passed": passed,
+        "decided": True,  # False: what it needs was never measured (a verdict of undecided)
         **extra,
     }
 
@@ -230,14 +234,32 @@ def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
         passed = took is not None and took <= expect.within
         by = None if took is None else round(max(0.0, took - expect.within), 3)
         detail = "every node alive again" if took is not None else "not every node alive again"
-        return _result(expect, f"within {expect.within:g} s", took, passed, by=by, detail=detail)
+        if not ctx.membership_known:
+            detail = "unknown: no liveness monitor answered"
+        return _result(
+            expect,
+            f"within {expect.within:g} s",
+            took,
+            passed,
+            by=by,
+            detail=detail,
+            decided=ctx.membership_known,
+        )
     if isinstance(expect, (LostTasks, DuplicateCommits)):
         metric = "lost_tasks" if isinstance(expect, LostTasks) else "duplicate_commits"
         value = _num(ctx.final.get(metric))
         passed = value is not None and value <= expect.at_most
         by = None if value is None else max(0.0, value - expect.at_most)
         detail = "" if value is not None else "unknown: a service did not answer"
-        return _result(expect, f"<= {expect.at_most}", value, passed, by=by, detail=detail)
+        return _result(
+            expect,
+            f"<= {expect.at_most}",
+            value,
+            passed,
+            by=by,
+            detail=detail,
+            decided=value is not None,
+        )
     if isinstance(expect, NoFalseDead):
         untouched = set(ctx.untouched)
         false = [
@@ -255,12 +277,22 @@ def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
             passed,
             by=max(0, len(false) - expect.at_most),
             nodes=sorted({m["node"] for m in false}),
+            decided=ctx.membership_known,
+            detail="" if ctx.membership_known else "unknown: no liveness monitor answered",
         )
     if isinstance(expect, MetricExpect):
         value = _num(ctx.final.get(expect.metric))
         passed = value is not None and expect.holds(value)
         by = None if value is None else round(expect.miss(value), 4)
-        return _result(expect, f"{expect.metric} {expect.describe()}", value, passed, by=by)
+        return _result(
+            expect,
+            f"{expect.metric} {expect.describe()}",
+            value,
+            passed,
+            by=by,
+            decided=value is not None,
+            detail="" if value is not None else "unknown: a service did not answer",
+        )
     raise TypeError(f"no check for {type(expect).__name__}")
 
 

@@ -147,7 +147,10 @@ def run(
             _invalid(ScenarioError(loaded.path, [str(err)]))
         click.echo(json.dumps(msgspec.to_builtins(plan), indent=1))
         return
-    out = Path(report_path or f"chaos-reports/{s.name}-seed{seed}.json")
+    default = f"chaos-reports/{s.name}-seed{seed}.json"
+    if replay is not None:  # never over the report being replayed
+        default = str(Path(replay).with_suffix("")) + "-replay.json"
+    out = Path(report_path or default)
     progress = None if quiet else _progress_line()
     options = Options(
         seed=seed,

@@ -68,6 +68,10 @@ class Abort(Exception):
     """The run stops now (safety, kill switch, a signal); rollback still runs."""
 
 
+class Unobservable(Exception):
+    """The cluster to attach to is not there: nothing can be said about it."""
+
+
 @dataclass
 class Options:
     seed: int | None = None
@@ -132,23 +136,29 @@ class _Run:
                 self._decide("aborted", str(err) or "interrupted (Ctrl-C)")
             except ActuatorError as err:
                 self._decide("undecided", f"a fault could not be applied: {err}")
+            except Unobservable as err:
+                self._decide("undecided", str(err))
             finally:
-                with _signals_ignored():
-                    self._finish()
+                self._finish()
         return self._report()  # after the cluster stopped: its log has been kept
 
     def _finish(self) -> None:
         """Rollback always; recover, after-probes and drain unless the run was aborted."""
         if not hasattr(self, "actuators"):
             return
-        self._rollback()
+        with _signals_ignored():  # no second Ctrl-C in the middle of healing
+            self._rollback()
         if self.verdict != "aborted" and self.faults_ran:
-            try:
+            try:  # a Ctrl-C here cuts the waiting short; the report is still written
                 self._recover()
                 self._after()
                 self._drain()
             except (Abort, KeyboardInterrupt) as err:
                 self._decide("aborted", str(err) or "interrupted (Ctrl-C)")
+        with _signals_ignored():
+            self._final()
+
+    def _final(self) -> None:
         self.final = dict(self._sample("final")["values"])
         # Lost at the end: what the nodes cannot account for, and what the ledger took but
         # neither finished nor dead-lettered within the drain.
@@ -169,7 +179,7 @@ class _Run:
             config = self.opts.attach
             nodes_op = _call(config.sim.ctl, "nodes", timeout_s=3.0)
             if not isinstance(nodes_op, dict):
-                raise Abort(f"no simulated fleet answers at {config.sim.ctl}")
+                raise Unobservable(f"no simulated fleet answers at {config.sim.ctl}")
             nodes = sorted(nodes_op)
             self.rates_before = {n: float(v.get("rate_hz", 0.0)) for n, v in nodes_op.items()}
             return config, nodes, _attached_hot(self.s, nodes)
@@ -510,7 +520,11 @@ class _Run:
 
     def _context(self) -> Context:
         members = self.history.of("member")
-        heals = [a.healed_at for a in self.applied if a.healed_at is not None]
+        # Recovery counts from the last heal of a fault that took nodes away (a crash, not
+        # a CPU hog healed later); without one, from the last heal of any fault.
+        failing = [a for a in self.applied if a.kind in FAILING_KINDS]
+        heals = [a.healed_at for a in failing or self.applied if a.healed_at is not None]
+        snapshot = self.history.of("states")
         return Context(
             nodes=self.nodes,
             untouched=self.plan.untouched if self.plan else [],
@@ -522,6 +536,7 @@ class _Run:
             revoked=self.revoked,
             phase_start=self.history.at(self.phase_start) if self.phase_start else 0.0,
             run_end=self.history.at(time.monotonic()),
+            membership_known=bool(snapshot and snapshot[0]["states"]) or bool(members),
         )
 
     def _report(self) -> dict[str, Any]:
@@ -537,18 +552,15 @@ class _Run:
                 expectations = [evaluate(e, ctx) for e in self.s.expect]
         if self.verdict is None:
             failed_probes = [p for p in probes if p["decided"] and not p["passed"]]
-            failed = [e for e in expectations if not e["passed"]]
-            undecided = [p for p in probes if not p["decided"]]
+            failed = [e for e in expectations if e["decided"] and not e["passed"]]
+            undecided = [f"{p['name']} ({p['phase']})" for p in probes if not p["decided"]]
+            undecided += [e["name"] for e in expectations if not e["decided"]]
             if failed_probes or failed:
                 what = [f"{p['name']} ({p['phase']})" for p in failed_probes]
                 what += [e["name"] for e in failed]
                 self._decide("failed", "failed: " + ", ".join(what))
             elif undecided:
-                self._decide(
-                    "undecided",
-                    "never measured: "
-                    + ", ".join(f"{p['name']} ({p['phase']})" for p in undecided),
-                )
+                self._decide("undecided", "never measured: " + ", ".join(undecided))
             else:
                 self._decide("passed", "every probe and expectation held")
         verdict = self.verdict or "undecided"

@@ -119,6 +119,20 @@ class _Bounds:
         assert self.range is not None
         return f"in [{self.range[0]:g}, {self.range[1]:g}]"
 
+    def margin(self, value: float) -> float:
+        """How far inside the tolerance value is (negative: outside); the probes' "worst"
+        is the value with the smallest margin."""
+        if not self.holds(value):
+            return -self.miss(value)
+        if self.equal is not None:
+            return 0.0
+        if self.at_most is not None:
+            return self.at_most - value
+        if self.at_least is not None:
+            return value - self.at_least
+        assert self.range is not None
+        return min(value - self.range[0], self.range[1] - value)
+
     def miss(self, value: float) -> float:
         """How far value is outside the tolerance (0 inside): "failed by how much"."""
         if self.holds(value):
@@ -322,7 +336,8 @@ class Detected(Expect, tag="detected", frozen=True):
 
 class Redelegated(Expect, tag="redelegated", frozen=True):
     """Tasks held by a target of ``faults`` when it failed are taken from it (re-delegated)
-    within ``within`` of the fault; vacuous for a node that held none."""
+    within ``within`` of the fault. A node that held none is skipped; if no failed node
+    held any, the expectation proves nothing and fails unless ``allow_vacuous``."""
 
     within: Seconds
     faults: list[str] = []
@@ -608,6 +623,8 @@ def semantic_errors(s: Scenario) -> list[str]:
         kind = kind_of(fault)
         if names.count(fault.name) > 1:
             errors.append(f"{where}: field `name`: another fault has the same name")
+        if fault.duration is not None and fault.duration <= 0:
+            errors.append(f"{where}: field `duration`: must be > 0 (leave it out: until rollback)")
         if kind in INSTANT_KINDS and fault.duration is not None:
             what = "its cycles set how long it lasts" if kind == "flap" else "it is instant"
             errors.append(f"{where}: field `duration`: not for {kind} ({what})")
@@ -728,14 +745,16 @@ def _concurrency_errors(s: Scenario) -> list[str]:
     for _t, step, name in spans:
         if step > 0:
             active.append(name)
-            if len(active) > len(worst):
+            # A fault counts once however its own occurrences touch.
+            if len(set(active)) > len(set(worst)):
                 worst = list(active)
         else:
             active.remove(name)
     limit = s.safety.max_concurrent_faults
-    if len(worst) > limit:
+    if len(set(worst)) > limit:
         return [
-            f"[safety]: field `max_concurrent_faults`: {len(worst)} faults can be active at once "
+            f"[safety]: field `max_concurrent_faults`: {len(set(worst))} faults can be active "
+            "at once "
             f"({', '.join(dict.fromkeys(worst))}), more than the {limit} allowed"
         ]
     return []
