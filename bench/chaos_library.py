@@ -136,10 +136,10 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
         with ThreadPoolExecutor(max_workers=JOBS) as pool:
             rows = list(pool.map(lambda job: run_one(job[0], job[1], out), jobs))
     baseline, results = rows[0], rows[1:]
-    control = ", ".join(
+    control_figures = ", ".join(
         f"{k} {baseline.get(k)}" for k in ("verdict", "suspect_events", "telemetry_rate_min")
     )
-    md = [*table(results), "", f"Control (no fault): {control}"]
+    md = [*table(results), "", f"Control (no fault): {control_figures}"]
     reports = ROOT / "chaos-reports"
     reports.mkdir(exist_ok=True)
     (reports / "library.md").write_text("\n".join(md) + "\n")
