@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -136,6 +136,12 @@ class LivenessConfig(_Section, frozen=True):
     # console's remove); > 0: forgotten automatically after this long. max_nodes bounds them.
     forget_after_s: Annotated[float, Meta(ge=0)] = 0.0
     max_nodes: PositiveInt = 10_000
+    # Where the monitor reaches the relay, if not at [relay] bus / ctl ("": the relay's
+    # own endpoints). The fault injector points these at a fault proxy
+    # (services/fault_proxy.py) to partition the monitor from the relay. The monitor only
+    # subscribes to the relay's bus today; relay_ctl is there for the other half of the link.
+    relay_bus: str = ""
+    relay_ctl: str = ""
 
 
 class DelegatorConfig(_Section, frozen=True):
@@ -159,6 +165,13 @@ class DelegatorConfig(_Section, frozen=True):
     accept_fill: Annotated[float, Meta(gt=0, le=1)] = 0.5
     placement_interval_ms: PositiveInt = 20
     enabled: bool = True  # False: offers are refused (the baseline of bench/delegation.py)
+    # Where the delegator reaches the relay and the liveness monitor, if not at their own
+    # [relay] / [liveness] bus and ctl ("": theirs). The fault injector points these at a
+    # fault proxy (services/fault_proxy.py) to partition the delegator from either.
+    relay_bus: str = ""
+    relay_ctl: str = ""
+    liveness_bus: str = ""
+    liveness_ctl: str = ""
 
 
 class SupervisorConfig(_Section, frozen=True):
@@ -236,6 +249,28 @@ def with_overrides(config: ShoalConfig, section: str, **values: object) -> Shoal
     """A copy of config with some keys of one section replaced (for CLI flags and tests)."""
     sect = msgspec.structs.replace(getattr(config, section), **values)
     return msgspec.structs.replace(config, **{section: sect})
+
+
+def relay_for(config: ShoalConfig, consumer: Literal["liveness", "delegator"]) -> RelayConfig:
+    """The relay as ``consumer`` reaches it: [relay], with bus and ctl replaced by the
+    consumer's ``relay_bus`` / ``relay_ctl`` when they are set (a fault proxy)."""
+    section: LivenessConfig | DelegatorConfig = getattr(config, consumer)
+    return msgspec.structs.replace(
+        config.relay,
+        bus=section.relay_bus or config.relay.bus,
+        ctl=section.relay_ctl or config.relay.ctl,
+    )
+
+
+def liveness_for(config: ShoalConfig) -> LivenessConfig:
+    """The liveness monitor as the delegator reaches it: [liveness], with bus and ctl
+    replaced by [delegator] ``liveness_bus`` / ``liveness_ctl`` when they are set."""
+    d = config.delegator
+    return msgspec.structs.replace(
+        config.liveness,
+        bus=d.liveness_bus or config.liveness.bus,
+        ctl=d.liveness_ctl or config.liveness.ctl,
+    )
 
 
 def dump_toml(config: ShoalConfig) -> str:

@@ -42,7 +42,7 @@ from shoal.protocol.tasks import (
     Task,
 )
 
-from .config import DelegatorConfig, ShoalConfig
+from .config import DelegatorConfig, ShoalConfig, liveness_for, relay_for
 from .ledger import Ledger
 from .membership_view import MembershipView
 from .placement import Peer, choose
@@ -114,9 +114,9 @@ class Delegator(Service):
         self.router = self.bind("tasks", zmq.ROUTER, cfg.tasks)
         self.bus = self.bind("bus", zmq.PUB, cfg.bus)
         self.serve_ctl(cfg.ctl)
-        self.relay = RelayView(self, self.config.relay)
+        self.relay = RelayView(self, relay_for(self.config, "delegator"))
         self.relay.on_change = self._on_records
-        self.members = MembershipView(self, self.config.liveness)
+        self.members = MembershipView(self, liveness_for(self.config))
         self.members.on_event = self._on_member_event
         self.on_readable(self.router, self._drain)
         self.every(cfg.placement_interval_ms / 1000, self._place)

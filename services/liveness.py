@@ -46,7 +46,7 @@ from shoal.protocol.messages import (
     ServiceBeat,
 )
 
-from .config import LivenessConfig, ShoalConfig
+from .config import LivenessConfig, ShoalConfig, relay_for
 from .detector import Detector, Thresholds
 from .runtime import CtlError, Service, parse_args
 from .subscriber import BusSubscriber
@@ -136,7 +136,7 @@ class Liveness(Service):
         self.serve_ctl(cfg.ctl)
         self.relay = BusSubscriber(
             self,
-            self.config.relay.bus,
+            relay_for(self.config, "liveness").bus,
             topics=(codec.TOPIC_NODE_RECORDS, codec.TOPIC_SERVICE_BEAT),
             on_frame=self._on_frame,
             name="relay",

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 import zmq
 
+from shoal.services.config import liveness_for, relay_for
 from shoal.services.ctl_client import CtlClient, CtlUnavailable
 from shoal.services.fault_proxy import FaultProxy
+from shoal.services.liveness import Liveness
 from shoal.services.relay import Relay
 from shoal.services.sockets import BindError
 from shoal.services.testing import config_on_free_ports, running, tcp, wait_for
@@ -260,3 +262,40 @@ def test_a_real_service_answers_through_the_proxy_and_not_while_cut() -> None:
 def test_a_downstream_port_in_use_fails_at_start() -> None:
     with link() as ln, pytest.raises(BindError, match="cannot bind"):
         FaultProxy(bus=(ln.up_bus, ln.down_bus)).start()
+
+
+def test_consumers_reach_a_service_through_their_overrides_or_its_own_endpoints() -> None:
+    config = config_on_free_ports()
+    assert relay_for(config, "liveness") == config.relay
+    assert liveness_for(config) == config.liveness
+    moved = config_on_free_ports(
+        config,
+        liveness={"relay_bus": "tcp://127.0.0.1:1"},
+        delegator={"relay_ctl": "tcp://127.0.0.1:2", "liveness_bus": "tcp://127.0.0.1:3"},
+    )
+    assert relay_for(moved, "liveness").bus == "tcp://127.0.0.1:1"
+    assert relay_for(moved, "liveness").ctl == moved.relay.ctl
+    assert relay_for(moved, "delegator").bus == moved.relay.bus
+    assert relay_for(moved, "delegator").ctl == "tcp://127.0.0.1:2"
+    assert liveness_for(moved).bus == "tcp://127.0.0.1:3"
+    assert liveness_for(moved).ctl == moved.liveness.ctl
+
+
+def test_a_monitor_cut_off_from_the_relay_distrusts_its_view_until_healed() -> None:
+    down_bus, down_ctl = tcp(), tcp()
+    config = config_on_free_ports(
+        runtime={"heartbeat_interval_ms": 50},
+        liveness={"relay_bus": down_bus, "relay_ctl": down_ctl},
+    )
+    with (
+        running(Relay(config)),
+        FaultProxy(bus=(config.relay.bus, down_bus), ctl=(config.relay.ctl, down_ctl)) as proxy,
+        running(Liveness(config)) as monitor,
+    ):
+        assert monitor.endpoints["relay_sub"] == down_bus
+        wait_for(lambda: monitor.healthy and monitor.relay.frames() > 0, 5)
+        proxy.cut()
+        wait_for(lambda: not monitor.healthy and "relay_silent" in monitor.reasons, 5)
+        assert proxy.counters()["dropped_bus_down"] > 0
+        proxy.heal()
+        wait_for(lambda: monitor.healthy, 5)
