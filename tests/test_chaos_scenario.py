@@ -11,18 +11,23 @@ import pytest
 
 from shoal.services.chaos.checks import Applied, Context, check_probe, evaluate
 from shoal.services.chaos.plan import make_plan
+from shoal.services.chaos.runner import Options, run
 from shoal.services.chaos.scenario import (
     Detected,
     NoFalseDead,
+    Partition,
     Probe,
     Recovered,
     ScenarioError,
+    attach_errors,
     compress,
     hot_ids,
     node_ids,
     parse,
     parse_seconds,
+    service_links,
 )
+from shoal.services.testing import config_on_free_ports
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -122,6 +127,87 @@ def test_a_valid_scenario_gets_names_for_its_unnamed_entries() -> None:
 )
 def test_invalid_scenarios_name_the_file_entry_and_field(change, expected) -> None:
     assert expected in error_of(change(BASE))
+
+
+def _partition(target: str, services: str | None = None, at: str = "5s") -> str:
+    extra = f"services = {services}\n" if services is not None else ""
+    return (
+        f'\n[[fault]]\nname = "p"\nkind = "partition"\nat = "{at}"\nduration = "5s"\n'
+        f"target = {target}\n{extra}"
+    )
+
+
+def test_a_partition_between_services_resolves_to_its_link_and_touches_no_node() -> None:
+    s = parse(BASE + _partition('"liveness"')).scenario
+    cut = s.fault[1]
+    assert isinstance(cut, Partition) and cut.services == ["relay"]  # the monitor's only link
+    assert parse(BASE + _partition('"delegator"')).scenario.fault[1].services == [
+        "relay",
+        "liveness",
+    ]
+    assert parse(BASE + _partition('"sim-001"')).scenario.fault[1].services == [
+        "relay",
+        "delegator",
+    ]
+    assert service_links(s) == [("liveness", "relay")]
+    ids = node_ids(s.workload)
+    plan = make_plan(s, 7, ids, hot_ids(s.workload))
+    step = next(f for f in plan.faults if f.fault == "p")
+    assert step.targets == ["liveness"] and step.params == {"services": ["relay"]}
+    assert plan.touched == [f.targets[0] for f in plan.faults if f.fault == "c"]
+    # Adding it leaves the node faults' draws as they were.
+    assert make_plan(parse(BASE).scenario, 7, ids, hot_ids(s.workload)).faults[0] in plan.faults
+    both = parse(BASE + _partition('"delegator"', '["liveness", "relay"]')).scenario
+    assert service_links(both) == [("delegator", "liveness"), ("delegator", "relay")]
+
+
+@pytest.mark.parametrize(
+    ("target", "services", "expected"),
+    [
+        ('"relay"', '["relay"]', "field `target`: 'relay' listens to no other service"),
+        ('"relay"', '["liveness"]', "name the one on the other side as the target"),
+        ('"liveness"', '["delegator"]', "liveness <-> delegator is not a link between services"),
+        ('"liveness"', '["liveness"]', "liveness <-> liveness is not a link"),
+        ('"delegator"', '["delegator"]', "delegator <-> delegator is not a link"),
+        ('"liveness"', "[]", "field `services`: an empty list"),
+        ('["liveness", "delegator"]', None, "a partition between services takes one service"),
+        ('["liveness", "sim-001"]', None, "a partition between services takes one service"),
+        ('"one"', '["liveness"]', "field `services`: nodes do not talk to the liveness monitor"),
+        ('"sim-001"', '["relay", "liveness"]', "nodes do not talk to the liveness monitor"),
+        ('"liveness"', '["kafka"]', "field `services[0]`: Invalid enum value 'kafka'"),
+    ],
+)
+def test_a_partition_that_is_not_a_link_is_invalid(target, services, expected) -> None:
+    message = error_of(BASE + _partition(target, services))
+    assert 'x.toml: fault[1] ("p"): ' in message and expected in message
+
+
+def test_detected_cannot_name_a_partition_between_services() -> None:
+    text = BASE + _partition('"liveness"')
+    text += '\n[[expect]]\nkind = "detected"\nwithin = 1\nfaults = ["p"]\n'
+    assert "field `faults`: 'p' is a partition of a service" in error_of(text)
+
+
+def test_a_partition_between_services_needs_the_injectors_own_cluster() -> None:
+    loaded = parse(BASE + _partition('"liveness"'), "x.toml")
+    assert attach_errors(loaded.scenario) == [
+        'fault[1] ("p"): field `target`: a partition between services needs the injector\'s '
+        "own cluster (its fault proxy is in the cluster's config); not with --attach"
+    ]
+    assert attach_errors(parse(BASE + _partition('"sim-001"')).scenario) == []
+    options = Options(attach=config_on_free_ports())
+    with pytest.raises(ScenarioError, match="needs the injector's own cluster") as err:
+        run(loaded, options)  # refused before anything runs: nothing answers there
+    assert err.value.path == "x.toml"
+
+
+def test_default_detection_skips_a_partition_between_services() -> None:
+    cut = Applied("p#1", "p", "partition", ["liveness"], 11.0, 15.0, applied_at=11.0)
+    dead = {"node": "sim-001", "event": "dead", "t": 12.5}
+    ctx = _ctx([dead])
+    ctx.applied.append(cut)
+    result = evaluate(Detected(name="d", within=3.0), ctx)
+    assert result["passed"] and [r["node"] for r in result["latencies"]] == ["sim-001"]
 
 
 def test_more_concurrent_faults_than_safety_allows_is_invalid() -> None:

@@ -4,6 +4,8 @@
   (drop, delay, duplicate, reorder, partition) go to the simulated fleet's ``fault`` op:
   the nodes take them in their own transport, as a node with a bad radio would.
 - Service faults (kill, restart, pause) are real signals through the supervisor.
+- A partition between services (its target a service) cuts the fault proxies on those
+  links (services/fault_proxy.py), which the runner put into its own cluster's config.
 
 Every timed fault sent to the fleet also carries the fleet's own timer (``duration_ms``:
 the planned duration plus ``DEAD_MANS_MARGIN_S``), so a fault heals itself even if the
@@ -21,7 +23,9 @@ from typing import Any
 
 from ..config import ShoalConfig
 from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from ..fault_proxy import FaultProxy
 from .plan import PlannedFault
+from .scenario import on_services
 
 DEAD_MANS_MARGIN_S = 2.0
 CALL_TIMEOUT_S = 1.5
@@ -32,9 +36,15 @@ class ActuatorError(Exception):
 
 
 class Actuators:
-    def __init__(self, config: ShoalConfig) -> None:
+    def __init__(
+        self, config: ShoalConfig, proxies: dict[tuple[str, str], FaultProxy] | None = None
+    ) -> None:
         self.sim = CtlClient(config.sim.ctl)
         self.supervisor = CtlClient(config.supervisor.ctl)
+        # (consumer, service) -> the fault proxy on that link; and the cuts on each now:
+        # {planned fault id: when its dead-man's timer ends, or None}
+        self.proxies = dict(proxies or {})
+        self._cuts: dict[tuple[str, str], dict[str, float | None]] = {}
         # node -> {planned fault id: link params}: the link faults each node has on now
         # node -> {planned fault id: (link params, when its dead-man's timer ends or None)}
         self._links: dict[str, dict[str, tuple[dict[str, Any], float | None]]] = {}
@@ -87,6 +97,11 @@ class Actuators:
             return self._sim(
                 {"action": "clock_skew", "nodes": nodes, "skew_ms": p["skew_ms"], **timer}
             )
+        if on_services(kind, nodes):
+            ends = time.monotonic() + timer["duration_ms"] / 1000 if timer else None
+            for link in _links(step):
+                self._cuts.setdefault(link, {})[step.id] = ends
+            return self._send_cuts(_links(step))
         if kind in ("drop", "delay", "duplicate", "reorder", "partition"):
             for node in nodes:
                 ends = time.monotonic() + timer["duration_ms"] / 1000 if timer else None
@@ -116,6 +131,10 @@ class Actuators:
             return self._sim({"action": "resume", "nodes": nodes})
         if kind in ("cpu_hog", "clock_skew"):
             return self._sim({"action": "heal", "nodes": nodes, "kinds": [kind]})
+        if on_services(kind, nodes):
+            for link in _links(step):
+                self._cuts.get(link, {}).pop(step.id, None)
+            return self._send_cuts(_links(step))
         if kind in ("drop", "delay", "duplicate", "reorder", "partition"):
             for node in nodes:
                 self._links.get(node, {}).pop(step.id, None)
@@ -131,6 +150,9 @@ class Actuators:
         continued. Goes on past errors; returns them."""
         errors = []
         self._links.clear()
+        self._cuts.clear()
+        for proxy in self.proxies.values():
+            proxy.heal()
         for args in (
             {"action": "resume", "nodes": nodes},
             {"action": "heal", "nodes": nodes},  # link, cpu_hog and clock skew
@@ -167,11 +189,34 @@ class Actuators:
             at = self._sim({"action": "link", "nodes": [node], **merged, **timer})
         return at
 
+    def _send_cuts(self, links: list[tuple[str, str]]) -> float:
+        """Cut each link while a partition is on it (its proxy's timer running to the last
+        of theirs), heal it when none is."""
+        at = time.monotonic()
+        for link in links:
+            proxy = self.proxies.get(link)
+            if proxy is None:
+                raise ActuatorError(f"no fault proxy on {link[0]} <-> {link[1]}")
+            ends = list(self._cuts.get(link, {}).values())
+            if not ends:
+                at = proxy.heal()
+            elif None in ends:
+                at = proxy.cut(None)
+            else:
+                left = max(e for e in ends if e is not None) - time.monotonic()
+                at = proxy.cut(max(0.001, left))
+        return at
+
     @staticmethod
     def _timer_ms(step: PlannedFault) -> dict[str, int]:
         if step.heal_at_s is None or step.heal_at_s <= step.at_s:
             return {}
         return {"duration_ms": int((step.heal_at_s - step.at_s + DEAD_MANS_MARGIN_S) * 1000)}
+
+
+def _links(step: PlannedFault) -> list[tuple[str, str]]:
+    """The (consumer, service) links a partition between services cuts."""
+    return [(t, s) for t in step.targets for s in step.params.get("services") or ()]
 
 
 def link_params(kind: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +233,7 @@ def link_params(kind: str, p: dict[str, Any]) -> dict[str, Any]:
     if kind == "reorder":
         return {"reorder": p["probability"], "delay_ms": int(p.get("delay", 0.05) * 1000)}
     if kind == "partition":
-        return {"drop": 1.0, "services": list(p.get("services", ["relay", "delegator"]))}
+        return {"drop": 1.0, "services": list(p.get("services") or ["relay", "delegator"])}
     raise ValueError(kind)
 
 

@@ -22,6 +22,7 @@ from .scenario import (
     Recovered,
     Redelegated,
     expect_kind,
+    on_services,
 )
 
 
@@ -122,7 +123,13 @@ def _result(
 
 
 def _selected(ctx: Context, names: list[str], kinds: tuple[str, ...]) -> list[Applied]:
-    chosen = [a for a in ctx.applied if (a.fault in names if names else a.kind in kinds)]
+    """The applied occurrences of the faults named, or by default of ``kinds`` on nodes
+    (a partition between services takes no node away)."""
+    chosen = [
+        a
+        for a in ctx.applied
+        if (a.fault in names if names else a.kind in kinds and not on_services(a.kind, a.targets))
+    ]
     return [a for a in chosen if a.applied_at is not None]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 import msgspec
 
-from .scenario import ScenarioError, hot_ids, load, node_ids, parse
+from .scenario import ScenarioError, attach_errors, hot_ids, load, node_ids, parse
 
 INVALID = 4
 EXIT_UNDECIDED = 3
@@ -131,6 +131,8 @@ def run(
         from ..cli import _load
 
         attached = _load(config_path)
+        if errors := attach_errors(s):
+            _invalid(ScenarioError(loaded.path, errors))
     if dry_run:
         nodes, hot = node_ids(s.workload), hot_ids(s.workload)
         if attached is not None:

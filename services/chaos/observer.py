@@ -22,6 +22,7 @@ from shoal.protocol.messages import MemberEvent, ObserverHealth, ServiceStatus
 
 from ..config import ShoalConfig, with_overrides
 from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from ..fault_proxy import FaultProxy
 from ..membership_view import MembershipView
 from ..runtime import Service
 
@@ -123,9 +124,16 @@ class Watcher:
 class Sampler:
     """One sample of every metric; rates come from the change since the previous sample."""
 
-    def __init__(self, config: ShoalConfig, watcher: Watcher, nodes: list[str]) -> None:
+    def __init__(
+        self,
+        config: ShoalConfig,
+        watcher: Watcher,
+        nodes: list[str],
+        proxies: list[FaultProxy] | None = None,
+    ) -> None:
         self.watcher = watcher
         self.nodes = nodes
+        self.proxies = list(proxies or [])  # the run's fault proxies (link_dropped)
         self.relay = CtlClient(config.relay.ctl)
         self.sim = CtlClient(config.sim.ctl)
         self.delegator = CtlClient(config.delegator.ctl)
@@ -172,6 +180,8 @@ class Sampler:
         }
         healthy = self.watcher.healthy()
         values["observer_healthy"] = None if healthy is None else int(healthy)
+        # Messages the fault proxies dropped so far; unknown when the run has none.
+        values["link_dropped"] = sum(p.dropped() for p in self.proxies) if self.proxies else None
 
         relay = self._call(self.relay, "status", result_type=ServiceStatus)
         accepted = relay.counters.get("accepted") if relay is not None else None

@@ -30,6 +30,7 @@ from .scenario import (
     TargetSpec,
     kind_of,
     occurrences,
+    on_services,
 )
 
 # Fields of a fault that say when and to whom, not what: the rest are its parameters.
@@ -82,7 +83,7 @@ def make_plan(scenario: Scenario, seed: int, nodes: list[str], hot: list[str]) -
             at = fault.at + k * (fault.every or 0.0)
             at += round(rng.uniform(0.0, fault.jitter), 3) if fault.jitter else 0.0
             targets = resolve(fault.target, kind, rng, nodes, hot, touched)
-            if kind in NODE_KINDS + LINK_KINDS:
+            if kind in NODE_KINDS + LINK_KINDS and not on_services(kind, fault.target):
                 touched += [t for t in targets if t not in touched]
             steps += _steps(fault, kind, k + 1, round(at, 3), targets)
     steps.sort(key=lambda s: (s.at_s, s.id))
@@ -138,8 +139,9 @@ def resolve(
     touched: list[str],
 ) -> list[str]:
     """The ids a target names, drawing from ``rng`` for selections (sorted, so a plan reads
-    the same however the draw ordered them)."""
-    if kind not in NODE_KINDS + LINK_KINDS:
+    the same however the draw ordered them). A partition between services names its
+    service."""
+    if kind not in NODE_KINDS + LINK_KINDS or on_services(kind, target):
         pool = list(SERVICES)
         if isinstance(target, TargetSpec):
             return sorted(_select(target.select, pool, rng))

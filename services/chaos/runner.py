@@ -36,6 +36,7 @@ from typing import Any
 
 from ..config import ShoalConfig
 from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from ..fault_proxy import FaultProxy
 from .actuators import ActuatorError, Actuators
 from .checks import (
     Applied,
@@ -54,8 +55,11 @@ from .scenario import (
     Loaded,
     Scenario,
     ScenarioError,
+    attach_errors,
     hot_ids,
     node_ids,
+    on_services,
+    service_links,
 )
 
 EXIT_CODES = {"passed": 0, "failed": 1, "aborted": 2, "undecided": 3, "invalid": 4}
@@ -84,6 +88,8 @@ class Options:
 
 def run(loaded: Loaded, options: Options) -> dict[str, Any]:
     """Run the scenario; returns the report (see report.py)."""
+    if options.attach is not None and (errors := attach_errors(loaded.scenario)):
+        raise ScenarioError(loaded.path, errors)
     return _Run(loaded, options).execute()
 
 
@@ -107,6 +113,7 @@ class _Run:
         self.revoked: dict[tuple[str, str], float | None] = {}
         self.rates_before: dict[str, float] = {}
         self.cluster_log: str | None = None
+        self.proxies: dict[tuple[str, str], FaultProxy] = {}  # (consumer, service) links
         self._last_progress = 0.0
         self._abort_since: dict[int, float] = {}
 
@@ -121,9 +128,9 @@ class _Run:
                 self.plan = make_plan(self.s, self.seed, nodes, hot)
                 self.watcher = Watcher(config, self.history).start()
                 stack.callback(self.watcher.close)
-                self.sampler = Sampler(config, self.watcher, nodes)
+                self.sampler = Sampler(config, self.watcher, nodes, list(self.proxies.values()))
                 stack.callback(self.sampler.close)
-                self.actuators = Actuators(config)
+                self.actuators = Actuators(config, self.proxies)
                 stack.callback(self.actuators.close)
                 self._startup()
                 if self.verdict is None:
@@ -183,10 +190,16 @@ class _Run:
             nodes = sorted(nodes_op)
             self.rates_before = {n: float(v.get("rate_hz", 0.0)) for n, v in nodes_op.items()}
             return config, nodes, _attached_hot(self.s, nodes)
-        from ..testing import Cluster
+        from ..testing import Cluster, tcp
 
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-chaos-")))
         w = self.s.workload
+        # A partition between services needs a fault proxy on that link: the consumer's
+        # config reaches the service at the proxy's endpoints ([liveness] relay_bus, ...).
+        links = {link: (tcp(), tcp()) for link in service_links(self.s)}
+        via: dict[str, dict[str, str]] = {}
+        for (consumer, service), (bus, ctl) in links.items():
+            via.setdefault(consumer, {}).update({f"{service}_bus": bus, f"{service}_ctl": ctl})
         cluster = Cluster(
             workdir,
             nodes=w.nodes,
@@ -198,7 +211,15 @@ class _Run:
                 "hot_spot_factor": w.hot_factor,
                 "seed": self.seed,
             },
+            **via,
         )
+        for (consumer, service), (bus, ctl) in links.items():
+            upstream = getattr(cluster.config, service)
+            proxy = FaultProxy(
+                bus=(upstream.bus, bus), ctl=(upstream.ctl, ctl), name=f"{consumer}-{service}"
+            )
+            # Started before the cluster and closed after it.
+            self.proxies[(consumer, service)] = stack.enter_context(proxy)
         stack.callback(self._keep_log, cluster)
         stack.enter_context(cluster)
         self.history.add("phase", phase="startup", cluster=str(workdir))
@@ -383,7 +404,7 @@ class _Run:
             applied.error = f"skipped: {limit} faults already active (safety)"
             self.history.add("fault", id=applied.id, skipped=applied.error)
             return
-        if applied.kind in FAILING_KINDS:
+        if _takes_nodes(applied):
             owned = _call(self.config.delegator.ctl, "owned", timeout_s=0.5)
             if isinstance(owned, dict):
                 applied.held = {n: int(owned.get(n, 0)) for n in applied.targets}
@@ -470,7 +491,7 @@ class _Run:
         self._sample_for(min(self.s.rollback.drain, max(0.0, self._left())), "drain", until=settled)
         self.drained = True
         for applied in self.applied:
-            if applied.applied_wall is None or applied.kind not in FAILING_KINDS:
+            if applied.applied_wall is None or not _takes_nodes(applied):
                 continue
             for node in applied.targets:
                 if applied.held.get(node, 0) == 0:
@@ -522,7 +543,7 @@ class _Run:
         members = self.history.of("member")
         # Recovery counts from the last heal of a fault that took nodes away (a crash, not
         # a CPU hog healed later); without one, from the last heal of any fault.
-        failing = [a for a in self.applied if a.kind in FAILING_KINDS]
+        failing = [a for a in self.applied if _takes_nodes(a)]
         heals = [a.healed_at for a in failing or self.applied if a.healed_at is not None]
         snapshot = self.history.of("states")
         return Context(
@@ -608,7 +629,7 @@ class _Run:
         }
         if ctx is None:
             return out
-        failing = [a for a in self.applied if a.kind in FAILING_KINDS and a.applied_at is not None]
+        failing = [a for a in self.applied if _takes_nodes(a) and a.applied_at is not None]
         for event in ("suspect", "dead"):
             lat = [
                 r["latency_s"]
@@ -625,6 +646,12 @@ class _Run:
         rates = [v["telemetry_rate"] for v in during if v.get("telemetry_rate") is not None]
         out["telemetry_rate_min"] = min(rates) if rates else None
         return out
+
+
+def _takes_nodes(applied: Applied) -> bool:
+    """A fault after which its target nodes should be declared failed (a partition
+    between services takes no node away)."""
+    return applied.kind in FAILING_KINDS and not on_services(applied.kind, applied.targets)
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ Metric = Literal[
     "overloaded",
     "services_down",
     "observer_healthy",
+    "link_dropped",
 ]
 METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]
 
@@ -179,6 +181,12 @@ Selection = Literal["one", "minority", "majority", "all"]
 SELECTIONS: tuple[str, ...] = Selection.__args__  # type: ignore[attr-defined]
 Role = Literal["any", "hot", "cold", "untouched"]
 SERVICES = ("relay", "liveness", "delegator")
+# The service-to-service links a partition can cut, by the consumer's side: the liveness
+# monitor listens to the relay; the delegator to the relay and the monitor.
+SERVICE_LINKS: dict[str, tuple[str, ...]] = {
+    "liveness": ("relay",),
+    "delegator": ("relay", "liveness"),
+}
 
 
 class TargetSpec(Struct, forbid_unknown_fields=True, frozen=True):
@@ -268,11 +276,12 @@ class Reorder(Fault, tag="reorder", frozen=True):
 
 
 class Partition(Fault, tag="partition", frozen=True):
-    """The target nodes cannot reach ``services`` (nor hear from them)."""
+    """The target nodes cannot reach ``services`` (nor hear from them); or, when the
+    target is a service (liveness, delegator), that service and ``services`` are cut off
+    from each other (through a fault proxy on their link). Default ``services``: relay
+    and delegator for nodes, every service the target service listens to."""
 
-    services: list[Literal["relay", "delegator"]] = field(
-        default_factory=lambda: ["relay", "delegator"]
-    )
+    services: list[Literal["relay", "liveness", "delegator"]] | None = None
 
 
 class Kill(Fault, tag="kill", frozen=True):
@@ -314,6 +323,44 @@ FAILING_KINDS = ("crash", "hang", "flap", "partition")
 
 def kind_of(fault: Fault) -> str:
     return str(type(fault).__struct_config__.tag)
+
+
+def on_services(kind: str, target: Target) -> bool:
+    """Whether a fault of ``kind`` on ``target`` is a partition between services (its
+    target names a service) rather than one of nodes."""
+    if kind != "partition" or isinstance(target, TargetSpec):
+        return False
+    words = [target] if isinstance(target, str) else target
+    return any(w in SERVICES for w in words)
+
+
+def service_links(s: Scenario) -> list[tuple[str, str]]:
+    """The (consumer, service) links the scenario's service partitions cut."""
+    links = {
+        (_words(f.target)[0], service)
+        for f in s.fault
+        if isinstance(f, Partition) and on_services("partition", f.target)
+        for service in f.services or ()
+    }
+    return sorted(links)
+
+
+def _words(target: Target) -> list[str]:
+    """A target's words (none for a table)."""
+    if isinstance(target, TargetSpec):
+        return []
+    return [target] if isinstance(target, str) else list(target)
+
+
+def attach_errors(s: Scenario) -> list[str]:
+    """What cannot run on a cluster the injector did not start (``--attach``): a partition
+    between services needs fault proxies wired into the cluster's config."""
+    return [
+        f'fault[{i}] ("{f.name}"): field `target`: a partition between services needs the '
+        "injector's own cluster (its fault proxy is in the cluster's config); not with --attach"
+        for i, f in enumerate(s.fault)
+        if on_services(kind_of(f), f.target)
+    ]
 
 
 # --- expectations --------------------------------------------------------------------------
@@ -439,6 +486,11 @@ class Scenario(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     rollback: Rollback = Rollback()
 
 
+# msgspec 0.22 builds a type's decoding info on its first use, and two threads doing that
+# at once can crash the interpreter (a segfault: the library's test loads scenarios from a
+# thread pool); parsing is rare, so one at a time.
+_CONVERT_LOCK = threading.Lock()
+
 # The time the injector allows itself beyond the scenario's own phases: starting a
 # cluster and seeing every node alive.
 STARTUP_ALLOWANCE_S = 15.0
@@ -481,7 +533,8 @@ def parse(text: str, path: str = "<scenario>", *, time_scale: float = 1.0) -> Lo
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError(path, [f"TOML syntax: {err}"]) from None
     try:
-        scenario = msgspec.convert(data, Scenario, dec_hook=_dec_hook)
+        with _CONVERT_LOCK:
+            scenario = msgspec.convert(data, Scenario, dec_hook=_dec_hook)
     except msgspec.ValidationError as err:
         raise ScenarioError(path, [_explain(str(err), data)]) from None
     scenario = _named(scenario)
@@ -547,13 +600,21 @@ def _entry(parts: list[str], data: Any) -> tuple[str, list[str]]:
 
 
 def _named(scenario: Scenario) -> Scenario:
-    """Give every fault and expectation a name: its own, or kind-N (1-based per kind)."""
+    """Give every fault and expectation a name: its own, or kind-N (1-based per kind);
+    and a partition its default ``services``."""
     seen: dict[str, int] = {}
     faults = []
     for f in scenario.fault:
         kind = kind_of(f)
         seen[kind] = seen.get(kind, 0) + 1
-        faults.append(f if f.name else msgspec.structs.replace(f, name=f"{kind}-{seen[kind]}"))
+        if not f.name:
+            f = msgspec.structs.replace(f, name=f"{kind}-{seen[kind]}")
+        if isinstance(f, Partition) and f.services is None:
+            # Nodes: both services they talk to; a service: every one it listens to.
+            word = f.target if isinstance(f.target, str) else None
+            links = SERVICE_LINKS.get(word or "", ("relay", "delegator"))
+            f = msgspec.structs.replace(f, services=list(links))
+        faults.append(f)
     seen.clear()
     expects = []
     for e in scenario.expect:
@@ -640,7 +701,10 @@ def semantic_errors(s: Scenario) -> list[str]:
                     f"{where}: field `every`: {fault.every:g} s is shorter than one occurrence "
                     f"({active_span(fault) + fault.jitter:g} s with its jitter)"
                 )
-        errors += _target_errors(where, kind, fault.target, ids, hot)
+        if isinstance(fault, Partition):
+            errors += _partition_errors(where, fault, ids, hot)
+        else:
+            errors += _target_errors(where, kind, fault.target, ids, hot)
         last_end = (
             fault.at
             + fault.jitter
@@ -675,8 +739,9 @@ def semantic_errors(s: Scenario) -> list[str]:
                 if name not in known:
                     errors.append(f"{where}: field `faults`: no fault named {name!r}")
                 elif isinstance(expect, Detected):
-                    kind = kind_of(s.fault[names.index(name)])
-                    if kind not in NODE_KINDS + LINK_KINDS:
+                    fault = s.fault[names.index(name)]
+                    kind = kind_of(fault)
+                    if kind not in NODE_KINDS + LINK_KINDS or on_services(kind, fault.target):
                         errors.append(f"{where}: field `faults`: {name!r} is a {kind} of a service")
     return errors
 
@@ -723,6 +788,39 @@ def _target_errors(
     if isinstance(target, list) and not target:
         errors.append(f"{field_name}: an empty list")
     return errors
+
+
+def _partition_errors(where: str, fault: Partition, ids: set[str], hot: list[str]) -> list[str]:
+    """A partition of nodes from relay/delegator, or of one service from those it listens
+    to (SERVICE_LINKS): anything else is not a link that can be cut."""
+    services = fault.services or []
+    if not on_services("partition", fault.target):
+        errors = _target_errors(where, "partition", fault.target, ids, hot)
+        if "liveness" in services:
+            errors.append(
+                f"{where}: field `services`: nodes do not talk to the liveness monitor (it "
+                "hears them through the relay); a node partition takes relay, delegator"
+            )
+        return errors
+    words = _words(fault.target)
+    field_name = f"{where}: field `target`"
+    links = "; ".join(f"{c} <-> {', '.join(up)}" for c, up in SERVICE_LINKS.items())
+    if len(words) != 1 or words[0] not in SERVICES:
+        return [f"{field_name}: a partition between services takes one service, got {words}"]
+    target = words[0]
+    if target not in SERVICE_LINKS:
+        return [
+            f"{field_name}: {target!r} listens to no other service; name the one on the "
+            f"other side as the target and {target!r} in `services` (links: {links})"
+        ]
+    if not services:
+        return [f"{where}: field `services`: an empty list"]
+    return [
+        f"{where}: field `services`: {target} <-> {other} is not a link between services "
+        f"(links: {links})"
+        for other in services
+        if other not in SERVICE_LINKS[target]
+    ]
 
 
 def _concurrency_errors(s: Scenario) -> list[str]:
