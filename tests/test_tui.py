@@ -9,6 +9,7 @@ change, and look at them before committing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,12 +30,12 @@ from shoal.tui.command import resolve
 from shoal.tui.confirm import ConfirmScreen
 from shoal.tui.detail import NO_TASKS, NodeDetailScreen
 from shoal.tui.event_log import EventsScreen
-from shoal.tui.fixtures import FIXED_EVENTS, FIXED_NODES, FixedSource
+from shoal.tui.fixtures import FIXED_EVENTS, FIXED_NODES, SCENARIO_TICKS, T0, FixedSource
 from shoal.tui.help import HelpScreen
-from shoal.tui.model import ACTIONS, STATES, ActionError
+from shoal.tui.model import ACTIONS, FLOOD_TASKS, STATES, ActionError, ScenarioRun
 from shoal.tui.node_table import OFFSCREEN_MARGIN, NodeTable
 from shoal.tui.nodes import NodesScreen
-from shoal.tui.scenarios import NOT_BUILT, ScenariosScreen
+from shoal.tui.scenarios import NO_RUN, ScenariosScreen
 
 SIZE = (160, 48)
 ALL_IDS = sorted(row.node_id for row in FIXED_NODES)
@@ -410,16 +411,40 @@ def test_remove_from_the_detail_view_takes_the_node_off_the_list() -> None:
     drive(app, steps)
 
 
-def test_unavailable_action_says_why_and_asks_nothing() -> None:
+def test_flood_asks_first_then_goes_to_the_source() -> None:
     source = FixedSource()
     app = ShoalConsole(source)
     notes = Notes(app)
 
     async def steps(pilot: Pilot[None]) -> None:
-        await pilot.press("f")  # flood: needs delegation
+        select(app, "sim-009")
+        await pilot.press("f")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "flood node sim-009?" in str(app.screen.query_one("#question").render())
+        assert f"{FLOOD_TASKS} tasks" in str(app.screen.query_one("#what").render())
+        await pilot.press("n")
+        await settle(pilot)
+        assert source.actions == []
+        await pilot.press("f", "y")
+        await settle(pilot)
+        assert source.actions == [("flood", "sim-009")]
+        assert "flood applied to sim-009" in notes.text()
+
+    drive(app, steps)
+
+
+def test_unavailable_action_says_why_and_asks_nothing() -> None:
+    source = FixedSource()
+    source.unavailable["drain"] = "no delegator in this cluster"
+    app = ShoalConsole(source)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("d")
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmScreen)
-        assert "needs task delegation" in notes.text()
+        assert "drain: no delegator in this cluster" in notes.text()
         assert source.actions == []
 
     drive(app, steps)
@@ -538,10 +563,17 @@ def test_events_view_follows_the_newest_and_filters() -> None:
     drive(app, steps)
 
 
-def test_scenarios_view_lists_toml_files_and_running_one_waits_for_the_injector(
+def run_panel(app: ShoalConsole) -> str:
+    screen = app.screen
+    assert isinstance(screen, ScenariosScreen)
+    return str(screen.query_one("#scenario-run").render())
+
+
+def test_enter_on_a_scenario_asks_then_starts_it_through_the_source(
     scenarios_dir: Path,
 ) -> None:
-    app = ShoalConsole(FixedSource(), scenarios_dir=scenarios_dir)
+    source = FixedSource()
+    app = ShoalConsole(source, scenarios_dir=scenarios_dir)
     notes = Notes(app)
 
     async def steps(pilot: Pilot[None]) -> None:
@@ -550,9 +582,95 @@ def test_scenarios_view_lists_toml_files_and_running_one_waits_for_the_injector(
         screen = app.screen
         assert isinstance(screen, ScenariosScreen)
         assert screen.query_one(OptionList).option_count == 2  # the README is not one
+        assert NO_RUN in run_panel(app)
         await pilot.press("enter")
         await pilot.pause()
-        assert NOT_BUILT in notes.text()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "run scenario node-crash?" in str(app.screen.query_one("#question").render())
+        await pilot.press("n")
+        await settle(pilot)
+        assert source.scenarios == []
+        await pilot.press("enter", "y")
+        await settle(pilot)
+        assert source.scenarios == [str(scenarios_dir / "node-crash.toml")]
+        assert "node-crash started" in notes.text()
+        assert "node-crash  running" in run_panel(app)
+        await pilot.press("down", "enter")  # another while one runs: refused, not asked
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert "node-crash is running: one scenario at a time" in notes.text()
+        assert source.scenarios == [str(scenarios_dir / "node-crash.toml")]
+        for _ in range(SCENARIO_TICKS):  # the fixture's run passes after these
+            source.tick()
+        app.poll()
+        await pilot.pause()
+        assert "node-crash  passed  exit 0" in run_panel(app)
+        kinds = [(e.kind, e.text) for _, e in app.event_log if e.kind == "scenario"]
+        assert kinds == [("scenario", "node-crash started"), ("scenario", "node-crash passed")]
+
+    drive(app, steps)
+
+
+def test_scenarios_view_shows_the_running_ones_progress_then_its_verdict(
+    scenarios_dir: Path,
+) -> None:
+    source = FixedSource()
+    app = ShoalConsole(source, scenarios_dir=scenarios_dir)
+    running = ScenarioRun(
+        name="node-crash",
+        path=str(scenarios_dir / "node-crash.toml"),
+        started_at=T0,
+        report="chaos-reports/node-crash-20260101-120000.json",
+        pid=4242,
+        progress="node-crash seed 1 | faults   3.0/6 s | faults 1/1 applied, 1 active",
+    )
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"scenarios", "enter")
+        await pilot.pause()
+        source.set_scenario(running)
+        app.poll()
+        await pilot.pause()
+        panel = run_panel(app)
+        assert "node-crash  running since 12:00:00 (pid 4242)" in panel
+        assert "faults   3.0/6 s | faults 1/1 applied, 1 active" in panel
+        assert "report to chaos-reports/node-crash-20260101-120000.json" in panel
+        source.set_scenario(
+            dataclasses.replace(
+                running,
+                ended_at=T0 + 9,
+                exit_code=1,
+                verdict="failed",
+                reason="declared dead: FAILED by 0.4 s",
+            )
+        )
+        app.poll()
+        await pilot.pause()
+        panel = run_panel(app)
+        assert "node-crash  failed  exit 1  ended 12:00:09 after 9 s" in panel
+        assert "declared dead: FAILED by 0.4 s" in panel
+        assert (
+            "report chaos-reports/node-crash-20260101-120000.json"
+            "  summary chaos-reports/node-crash-20260101-120000.md"
+        ) in panel
+        assert "running" not in panel
+
+    drive(app, steps)
+
+
+def test_readonly_refuses_to_run_a_scenario(scenarios_dir: Path) -> None:
+    source = FixedSource()
+    app = ShoalConsole(source, readonly=True, scenarios_dir=scenarios_dir)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"scenarios", "enter")
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert "read-only: run scenario refused" in notes.text()
+        assert source.scenarios == []
 
     drive(app, steps)
 

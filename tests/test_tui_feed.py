@@ -1,23 +1,69 @@
-"""The console's live feed against a real cluster: nodes, states, services, events, actions."""
+"""The console's live feed against a real cluster: nodes, states, services, events, actions,
+and scenarios run through the real fault injector."""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from shoal.services.testing import Cluster, wait_for
+from shoal.services.ctl_client import CtlClient
+from shoal.services.testing import Cluster, config_on_free_ports, wait_for
 from shoal.tui.feed import LiveFeed
-from shoal.tui.model import ActionError
+from shoal.tui.model import FLOOD_TASKS, RUN_SCENARIO, ActionError, ScenarioRun
+from shoal.tui.scenario_runner import ScenarioRunner
 
 NODES = 5
+# Small enough for the suite: one node crashed 1 s into a 6 s fault phase, for 3 s.
+SHORT_CRASH = """
+name = "console-crash"
+seed = 3
+deadline = "2m"
+
+[workload]
+duration = "6s"
+nodes = 4
+rate = 1.0
+
+[[fault]]
+kind = "crash"
+at = "1s"
+duration = "3s"
+target = "sim-001"
+
+[[expect]]
+kind = "detected"
+within = "2s"
+"""
+# A crash that would last minutes: only stopping the injector ends it early.
+LONG_CRASH = """
+name = "console-long-crash"
+seed = 3
+deadline = "10m"
+
+[workload]
+duration = "5m"
+rate = 1.0
+
+[[fault]]
+kind = "crash"
+at = "1s"
+duration = "4m"
+target = "sim-002"
+
+[[expect]]
+kind = "detected"
+within = "2s"
+"""
 
 
 @pytest.fixture
 def feed(tmp_path: Path) -> Iterator[tuple[Cluster, LiveFeed]]:
     with Cluster(tmp_path, nodes=NODES, sim={"tick_ms": 20}) as cluster:
-        live = LiveFeed(cluster.config).start()
+        live = LiveFeed(cluster.config, reports_dir=tmp_path / "chaos-reports").start()
         try:
             yield cluster, live
         finally:
@@ -65,15 +111,132 @@ def test_crash_from_the_console_turns_the_node_dead_then_remove_hides_it(
     wait_for(lambda: "sim-002" not in live.snapshot().nodes, 5)
     wait_for(lambda: live.available("drain") is None, 10)  # the delegator has beaten
     assert "drained" in live.act("drain", "sim-001")
-    with pytest.raises(ActionError, match="injector"):
-        live.act("flood", "sim-001")
     with pytest.raises(ActionError, match="only dead or left"):
         live.act("remove", "sim-001")
 
 
-def test_without_a_cluster_the_feed_says_disconnected(tmp_path: Path) -> None:
-    from shoal.services.testing import config_on_free_ports
+def test_flood_from_the_console_drops_its_tasks_on_the_node(
+    feed: tuple[Cluster, LiveFeed],
+) -> None:
+    cluster, live = feed
+    wait_for(lambda: alive(live), timeout_s=30)
+    wait_for(lambda: live.available("flood") is None, 10)  # the supervisor lists the sim
+    with CtlClient(cluster.config.sim.ctl) as sim:
 
+        def created() -> int:
+            return int(sim.call("nodes", timeout_s=2.0)["sim-001"]["tasks"]["created"])
+
+        before = created()
+        cursor, _ = live.events()
+        assert f"flood of {FLOOD_TASKS} tasks" in live.act("flood", "sim-001")
+        assert sim.call("status", timeout_s=2.0)["counters"]["flood_tasks"] == FLOOD_TASKS
+        assert created() >= before + FLOOD_TASKS
+    _, events = live.events(cursor)
+    assert [(e.kind, e.node_id) for e in events if "flood" in e.text] == [("fault", "sim-001")]
+
+
+def scenario_of(live: LiveFeed) -> ScenarioRun:
+    """The scenario the feed's snapshots show (the next snapshot after a start has it)."""
+    run = wait_for(lambda: live.snapshot().scenario, 2)
+    assert isinstance(run, ScenarioRun)
+    return run
+
+
+def test_a_scenario_run_from_the_console_passes_and_writes_its_report(
+    feed: tuple[Cluster, LiveFeed], tmp_path: Path
+) -> None:
+    """End to end: the real injector, --attach to the feed's cluster, through the feed."""
+    _, live = feed
+    path = tmp_path / "console-crash.toml"
+    path.write_text(SHORT_CRASH)
+    wait_for(lambda: alive(live), timeout_s=30)
+    wait_for(lambda: live.available(RUN_SCENARIO) is None, 10)
+    cursor, _ = live.events()
+    assert "console-crash started" in live.run_scenario(str(path))
+    with pytest.raises(ActionError, match="one scenario at a time"):
+        live.run_scenario(str(path))
+    wait_for(lambda: scenario_of(live).running and scenario_of(live).progress, 30)
+    assert "console-crash seed 3" in scenario_of(live).progress
+    wait_for(lambda: not scenario_of(live).running, 120, interval_s=0.2)
+    run = scenario_of(live)
+    assert (run.verdict, run.exit_code) == ("passed", 0), run
+    report = Path(run.report)
+    assert report.parent == tmp_path / "chaos-reports"
+    assert report.is_file() and report.with_suffix(".md").is_file()
+    _, events = live.events(cursor)
+    texts = [e.text for e in events if e.kind == "scenario"]
+    assert len(texts) == 2 and texts[0].startswith("console-crash started")
+    assert texts[1].startswith("console-crash passed (exit 0)") and str(report) in texts[1]
+    assert live.available(RUN_SCENARIO) is None  # the next one may start
+
+
+def test_closing_the_console_stops_a_running_scenario_and_its_faults_are_healed(
+    feed: tuple[Cluster, LiveFeed], tmp_path: Path
+) -> None:
+    cluster, live = feed
+    path = tmp_path / "console-long-crash.toml"
+    path.write_text(LONG_CRASH)
+    wait_for(lambda: alive(live), timeout_s=30)
+    wait_for(lambda: live.available(RUN_SCENARIO) is None, 10)
+    live.run_scenario(str(path))
+    with CtlClient(cluster.config.sim.ctl) as sim:
+
+        def faulted() -> list[str]:
+            nodes = sim.call("nodes", timeout_s=2.0)
+            return [n for n, v in nodes.items() if v["fault"]]
+
+        wait_for(lambda: faulted() == ["sim-002"], 60, interval_s=0.1)
+        live.close()  # what quitting the console does
+        run = live.scenarios.state()  # the feed builds no more snapshots
+        assert run is not None
+        assert not run.running and (run.verdict, run.exit_code) == ("aborted", 2), run
+        assert run.reason.startswith("stopped by the console")
+        assert Path(run.report).is_file()
+        assert faulted() == []  # healed before the injector exited
+
+
+def test_a_runner_whose_injector_ignores_sigint_is_killed_after_its_timeout(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('hung | faults 1/1 applied', file=sys.stderr, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    path = tmp_path / "hung.toml"
+    path.write_text("")
+    events: list[str] = []
+    runner = ScenarioRunner(
+        config_on_free_ports(),
+        tmp_path / "reports",
+        on_event=events.append,
+        stop_timeout_s=0.5,
+        command=lambda *_: [sys.executable, "-c", script],
+    )
+    run = runner.start(path)
+    assert run.running and run.report.startswith(str(tmp_path / "reports"))
+    wait_for(lambda: (runner.state() or run).progress == "hung | faults 1/1 applied", 10)
+    started = time.monotonic()
+    final = runner.stop()
+    assert time.monotonic() - started < 10
+    assert final is not None and final.verdict == "killed" and final.exit_code == -9
+    assert "did not stop within 0.5 s" in final.reason and final.report == ""
+    assert len(events) == 2 and "killed (exit -9)" in events[1] and "no report" in events[1]
+
+
+def test_an_invalid_scenario_ends_at_once_with_its_errors_as_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "old-schema.toml"
+    path.write_text('name = "old"\n[[step]]\nat_s = 0\n')
+    runner = ScenarioRunner(config_on_free_ports(), tmp_path / "reports")  # the real injector
+    runner.start(path)
+    run = runner.wait(30)
+    assert run is not None and not run.running
+    assert (run.verdict, run.exit_code, run.report) == ("invalid", 4, "")
+    assert "unknown field `step`" in run.reason
+
+
+def test_without_a_cluster_the_feed_says_disconnected(tmp_path: Path) -> None:
     live = LiveFeed(config_on_free_ports()).start()
     try:
         wait_for(lambda: live.snapshot().version > 2, 5)
@@ -81,6 +244,8 @@ def test_without_a_cluster_the_feed_says_disconnected(tmp_path: Path) -> None:
         assert not state.connected and "not answering" in state.detail
         with pytest.raises(ActionError):
             live.act("crash", "sim-000")
+        with pytest.raises(ActionError, match="no simulated fleet"):
+            live.run_scenario("scenarios/node-crash.toml")
     finally:
         live.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from textual.binding import Binding
 
-from .model import ACTIONS
+from .model import ACTIONS, FLOOD_TASKS
 
 ACTION_KEYS = {
     "drain": "d",
@@ -21,7 +21,7 @@ ACTION_TEXT = {
     "crash": "the node stops at once, without a goodbye",
     "hang": "the node stops answering but keeps its connection",
     "reboot": "the node restarts with a new boot id",
-    "flood": "the node sends far past its rate limit",
+    "flood": f"{FLOOD_TASKS} tasks arrive at once; those that do not fit are shed",
     "remove": "forget the node (it comes back when heard again)",
 }
 

@@ -7,14 +7,16 @@
 
 The app is the only thing that talks to the Source (tui/model.py): it polls
 ``snapshot()`` and ``events()`` at most four times a second, keeps an event log, hands
-every new state to the screens on the stack, and carries out operator actions (read-only
-check, ``available``, confirmation, ``act`` on a worker thread). Nothing the source raises
-reaches the screen as a traceback: it becomes the "disconnected ... retrying" banner.
+every new state to the screens on the stack, and carries out operator actions and
+scenario runs (read-only check, ``available``, confirmation, ``act`` or ``run_scenario`` on
+a worker thread). Nothing the source raises reaches the screen as a traceback: it becomes
+the "disconnected ... retrying" banner.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from textual import work
@@ -28,7 +30,7 @@ from .confirm import ConfirmScreen
 from .detail import NodeDetailScreen
 from .event_log import EventsScreen
 from .help import HelpScreen
-from .model import ActionError, ClusterState, Event, Sample, Source
+from .model import RUN_SCENARIO, ActionError, ClusterState, Event, Sample, Source
 from .nodes import NodesScreen
 from .scenarios import ScenariosScreen
 
@@ -184,17 +186,47 @@ class ShoalConsole(App[None]):
 
         self.push_screen(ConfirmScreen(action, node_id), answered)
 
+    def request_scenario(self, path: Path) -> None:
+        """Refuse (read-only, one running, not available), or confirm then start it."""
+        verb = "run scenario"
+        if self.readonly:
+            self.notify(f"read-only: {verb} refused", severity="warning")
+            return
+        try:
+            reason = self.source.available(RUN_SCENARIO)
+        except Exception as err:
+            self.notify(f"{verb}: {_describe(err)}", severity="error")
+            return
+        if reason is not None:
+            self.notify(f"{verb} {path.stem}: {reason}", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._run_scenario(path)
+
+        what = "the fault injector runs it against this cluster; quitting stops it"
+        self.push_screen(ConfirmScreen("run", path.stem, noun="scenario", what=what), answered)
+
     @work(thread=True, group="actions")
     def _act(self, action: str, node_id: str) -> None:
         """The action on a worker thread: a source may wait on the cluster to answer."""
+        self._carry_out(action, lambda: self.source.act(action, node_id))
+
+    @work(thread=True, group="actions")
+    def _run_scenario(self, path: Path) -> None:
+        self._carry_out("run scenario", lambda: self.source.run_scenario(str(path)))
+
+    def _carry_out(self, title: str, call: Callable[[], str]) -> None:
+        """On a worker thread: the source's line, or its error, as a notification."""
         try:
-            line = self.source.act(action, node_id)
+            line = call()
         except ActionError as err:
-            self.call_from_thread(self.notify, str(err), title=action, severity="error")
+            self.call_from_thread(self.notify, str(err), title=title, severity="error")
         except Exception as err:
             self.call_from_thread(
-                self.notify, f"{action}: {_describe(err)}", title=action, severity="error"
+                self.notify, f"{title}: {_describe(err)}", title=title, severity="error"
             )
         else:
-            self.call_from_thread(self.notify, line, title=action)
+            self.call_from_thread(self.notify, line, title=title)
             self.call_from_thread(self.poll)

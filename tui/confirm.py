@@ -1,4 +1,4 @@
-"""The confirmation before an action: y runs it, n or Esc does not."""
+"""The confirmation before an action (or a scenario run): y runs it, n or Esc does not."""
 
 from __future__ import annotations
 
@@ -19,18 +19,22 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("escape", "answer(False)", "no", show=False),
     ]
 
-    def __init__(self, action: str, node_id: str) -> None:
+    def __init__(
+        self, action: str, target: str, *, noun: str = "node", what: str | None = None
+    ) -> None:
         super().__init__()
         self.verb = action
-        self.node_id = node_id
+        self.target = target
+        self.noun = noun
+        self.what = ACTION_TEXT.get(action, "") if what is None else what
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Static(
-                Text.assemble((self.verb, "bold"), " node ", (self.node_id, "bold"), "?"),
+                Text.assemble((self.verb, "bold"), f" {self.noun} ", (self.target, "bold"), "?"),
                 id="question",
             )
-            yield Static(Text(ACTION_TEXT.get(self.verb, ""), "dim"), id="what")
+            yield Static(Text(self.what, "dim"), id="what")
             with Horizontal(id="buttons"):
                 yield Button("yes (y)", variant="error", id="yes")
                 yield Button("no (n)", variant="primary", id="no")

@@ -4,7 +4,8 @@ It follows the relay's node table (RelayView) and the liveness monitor's members
 (MembershipView), polls the supervisor's process table, turns what changes into events,
 and every ``BUILD_INTERVAL_S`` builds one immutable ``ClusterState`` that the UI thread
 picks up (one reference swap: no lock on the UI's path). Operator actions go out on their
-own short-lived control connections.
+own short-lived control connections. Scenarios run through the fault injector as a
+subprocess (tui/scenario_runner.py), one at a time; ``close`` stops one still running.
 
 Usage::
 
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -44,7 +47,9 @@ from shoal.services.runtime import Service, received
 from shoal.services.subscriber import BusSubscriber
 
 from .model import (
+    FLOOD_TASKS,
     JOINED_SHOW_S,
+    RUN_SCENARIO,
     ActionError,
     ClusterState,
     Event,
@@ -52,6 +57,7 @@ from .model import (
     Sample,
     ServiceRow,
 )
+from .scenario_runner import REPORTS_DIR, ScenarioRunner
 
 # How often a new ClusterState is built: the console refreshes at most this often.
 BUILD_INTERVAL_S = 0.25
@@ -63,7 +69,7 @@ EVENTS_KEPT = 5000
 HISTORY_KEPT = 300  # samples per node: five minutes of 1 s telemetry
 ACTION_TIMEOUT_S = 1.5
 # Node faults the console can apply through the simulated fleet's "fault" op.
-SIM_FAULTS = {"crash": "crash", "hang": "hang", "reboot": "reboot"}
+SIM_FAULTS = {"crash": "crash", "hang": "hang", "reboot": "reboot", "flood": "flood"}
 
 
 class _Console(Service):
@@ -116,9 +122,12 @@ class _Console(Service):
 class LiveFeed:
     """A Source (tui/model.py) reading a running cluster."""
 
-    def __init__(self, config: ShoalConfig) -> None:
+    def __init__(self, config: ShoalConfig, reports_dir: Path = REPORTS_DIR) -> None:
         self.config = config
         self.service = _Console(config, self)
+        self.scenarios = ScenarioRunner(
+            config, reports_dir, on_event=lambda text: self._add_event("scenario", None, text)
+        )
         self._thread: threading.Thread | None = None
         self._state = ClusterState(connected=False, detail="connecting...")
         self._lock = threading.Lock()  # events, histories and ps; the UI reads them too
@@ -151,6 +160,17 @@ class LiveFeed:
             self.service.run(install_signals=False)
 
     def close(self) -> None:
+        run = self.scenarios.state()
+        if run is not None and run.running:
+            # The console's screen is gone by now: say why quitting takes a while.
+            print(
+                f"stopping scenario {run.name}: the injector heals its faults and writes"
+                f" its report (up to {self.scenarios.stop_timeout_s:g} s)",
+                file=sys.stderr,
+            )
+            run = self.scenarios.stop()
+            if run is not None:
+                print(f"scenario {run.name}: {run.verdict} ({run.reason})", file=sys.stderr)
         self.service.stop()
         if self._thread is not None:
             self._thread.join(5)
@@ -170,8 +190,13 @@ class LiveFeed:
             return list(self._history.get(node_id, ()))
 
     def available(self, action: str) -> str | None:
-        if action == "flood":
-            return "flood needs the fault injector, which is not built yet"
+        if action == RUN_SCENARIO:
+            run = self.scenarios.state()
+            if run is not None and run.running:
+                return f"{run.name} is running: one scenario at a time"
+            if not self._ps.get("sim"):
+                return "no simulated fleet in this cluster (the injector drives its faults)"
+            return None
         if action == "drain" and self._tasks_per_s is None:
             return "no delegator in this cluster (drain takes a node out of its placement)"
         if action in SIM_FAULTS and not self._ps.get("sim"):
@@ -194,6 +219,11 @@ class LiveFeed:
                     self._hidden.add(node_id)
                 self._add_event("action", node_id, "removed by the operator")
                 return f"{node_id} removed"
+            if action == "flood":
+                args = {"action": "flood", "nodes": [node_id], "tasks": FLOOD_TASKS}
+                self._call(self.config.sim.ctl, "fault", args)
+                self._add_event("fault", node_id, f"flood of {FLOOD_TASKS} tasks by the operator")
+                return f"flood of {FLOOD_TASKS} tasks applied to {node_id}"
             if action in SIM_FAULTS:
                 args = {"action": SIM_FAULTS[action], "nodes": [node_id]}
                 self._call(self.config.sim.ctl, "fault", args)
@@ -204,6 +234,13 @@ class LiveFeed:
         except CtlFailed as err:
             raise ActionError(f"{action}: {err}") from None
         raise ActionError(f"unknown action '{action}'")
+
+    def run_scenario(self, path: str) -> str:
+        reason = self.available(RUN_SCENARIO)
+        if reason is not None:
+            raise ActionError(reason)
+        run = self.scenarios.start(path)
+        return f"{run.name} started; report {run.report}"
 
     def _call(self, endpoint: str, op: str, args: dict[str, Any]) -> Any:
         with CtlClient(endpoint) as client:
@@ -362,6 +399,7 @@ class LiveFeed:
             rejected=counters.get("rejected", 0),
             observer_healthy=self.service.members.healthy if self.service.members.synced else None,
             observer_reasons=tuple(self.service.members.reasons),
+            scenario=self.scenarios.state(),
             version=self._version,
         )
 

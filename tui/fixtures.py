@@ -4,6 +4,8 @@ source = FixedSource()          # 12 nodes, one or more in every display state
 source = FixedSource(n=1000)    # 1,000 generated nodes
 source.tick()                   # change some values, as a live cluster would
 source.actions                  # [(action, node_id), ...] the console asked for
+source.scenarios                # [path, ...] the console asked to run
+source.set_scenario(run)        # show a running or finished ScenarioRun
 """
 
 from __future__ import annotations
@@ -11,8 +13,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from pathlib import Path
 
-from .model import ActionError, ClusterState, Event, NodeRow, Sample, ServiceRow
+from .model import (
+    RUN_SCENARIO,
+    ActionError,
+    ClusterState,
+    Event,
+    NodeRow,
+    Sample,
+    ScenarioRun,
+    ServiceRow,
+)
 
 # 2026-01-01 12:00:00 UTC: every time the fixture shows is relative to it.
 T0 = 1_767_268_800.0
@@ -93,7 +105,8 @@ FIXED_EVENTS = (
     Event(T0 - 1, "membership", "esp32-a41f", "joined: hello"),
 )
 
-UNAVAILABLE = {"flood": "flood needs task delegation, which is not built yet"}
+# A scenario run by run_scenario() passes after this many ticks (the demo ticks each second).
+SCENARIO_TICKS = 8
 
 
 def _generated(n: int, seed: int) -> dict[str, NodeRow]:
@@ -136,7 +149,9 @@ class FixedSource:
             self._nodes = _generated(n, seed)
         self._events: list[Event] = list(FIXED_EVENTS)
         self.actions: list[tuple[str, str]] = []
-        self.unavailable: dict[str, str] = dict(UNAVAILABLE)
+        self.scenarios: list[str] = []
+        self.scenario: ScenarioRun | None = None
+        self.unavailable: dict[str, str] = {}  # action -> why not
         self.fail: Exception | None = None  # raised by snapshot() and events() when set
         self.closed = False
         self.ticks = 0
@@ -162,6 +177,7 @@ class FixedSource:
             rejected=12,
             observer_healthy=True,
             observer_reasons=(),
+            scenario=self.scenario,
             version=self._version,
         )
 
@@ -179,6 +195,27 @@ class FixedSource:
                 age_ms=(i * 31 + t * 250) % 1000,
             )
         self._events.append(Event(T0 + t, "membership", None, f"tick {t}"))
+        run = self.scenario
+        if run is not None and run.running:
+            done = t - round(run.started_at - T0)
+            if done < SCENARIO_TICKS:
+                run = dataclasses.replace(
+                    run, progress=f"{run.name} seed 1 | faults {done:5.1f}/{SCENARIO_TICKS} s"
+                )
+            else:
+                run = dataclasses.replace(
+                    run,
+                    ended_at=T0 + t,
+                    exit_code=0,
+                    verdict="passed",
+                    reason="every probe and expectation held",
+                )
+                self._events.append(Event(T0 + t, "scenario", None, f"{run.name} passed"))
+            self.scenario = run
+        self._state = self._build()
+
+    def set_scenario(self, run: ScenarioRun | None) -> None:
+        self.scenario = run
         self._state = self._build()
 
     def set_connected(self, connected: bool, detail: str = "") -> None:
@@ -221,6 +258,9 @@ class FixedSource:
         return out
 
     def available(self, action: str) -> str | None:
+        run = self.scenario
+        if action == RUN_SCENARIO and run is not None and run.running:
+            return f"{run.name} is running: one scenario at a time"
         return self.unavailable.get(action)
 
     def act(self, action: str, node_id: str) -> str:
@@ -232,6 +272,24 @@ class FixedSource:
             self._state = self._build()
             return f"{node_id} removed"
         return f"{action} applied to {node_id}"
+
+    def run_scenario(self, path: str) -> str:
+        """Starts nothing: the scenario shows as running from now (tick() finishes it)."""
+        self.scenarios.append(path)
+        reason = self.available(RUN_SCENARIO)
+        if reason is not None:
+            raise ActionError(reason)
+        name = Path(path).stem
+        self.scenario = ScenarioRun(
+            name=name,
+            path=path,
+            started_at=T0 + self.ticks,
+            report=f"chaos-reports/{name}-seed1.json",
+            pid=4242,
+        )
+        self._events.append(Event(T0 + self.ticks, "scenario", None, f"{name} started"))
+        self._state = self._build()
+        return f"{name} started; report {self.scenario.report}"
 
     def close(self) -> None:
         self.closed = True

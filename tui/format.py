@@ -32,6 +32,7 @@ KIND_STYLES = {
     "fault": "red",
     "action": "bold",
     "service": "blue",
+    "scenario": "bold magenta",
 }
 
 

@@ -33,6 +33,13 @@ FILTER_HELP = (
     ("Esc", "clear the filter"),
 )
 
+SCENARIO_HELP = (
+    (
+        ":q Ctrl+C",
+        "quitting stops a running scenario: the injector heals its faults, writes its report",
+    ),
+)
+
 
 def key_label(keys: str) -> str:
     return " ".join(KEY_NAMES.get(k, k) for k in keys.split(","))
@@ -81,7 +88,7 @@ def help_sections() -> list[Table]:
         section("node detail", NodeDetailScreen.BINDINGS),
         section("actions (nodes view and detail; y/n to confirm)", [], actions),
         section("events", EventsScreen.BINDINGS),
-        section("scenarios", ScenariosScreen.BINDINGS),
+        section("scenarios", ScenariosScreen.BINDINGS, SCENARIO_HELP),
         section("confirmation", ConfirmScreen.BINDINGS),
         section("filter (/)", [], FILTER_HELP),
     ]

@@ -1,8 +1,9 @@
 """What the console shows, as plain immutable data: the screens never touch a socket.
 
 A ``Source`` produces ``ClusterState`` snapshots (``feed.LiveFeed`` from a running
-cluster; tests use fixed data) and carries out operator actions. The app polls the source
-at most four times a second and updates only the cells that changed.
+cluster; tests use fixed data) and carries out operator actions, and runs fault-injection
+scenarios (one at a time; ``ClusterState.scenario`` shows the running or the last one). The
+app polls the source at most four times a second and updates only the cells that changed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ JOINED_SHOW_S = 5.0
 
 # Operator actions on a node. Destructive ones ask for confirmation; none run --readonly.
 ACTIONS = ("drain", "crash", "hang", "reboot", "flood", "remove")
+# Tasks a flood drops on the node at once: about three times a sim node's default queue
+# (sim.queue_capacity 64), so it is overloaded at once and sheds what does not fit.
+FLOOD_TASKS = 200
+# The name ``Source.available`` knows running a scenario by (not a node action).
+RUN_SCENARIO = "scenario"
+# The fault injector's exit codes (services/chaos/cli.py) and what they mean.
+VERDICTS = {0: "passed", 1: "failed", 2: "aborted", 3: "undecided", 4: "invalid"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +62,7 @@ class ServiceRow:
 @dataclass(frozen=True, slots=True)
 class Event:
     at: float  # wall-clock seconds (time.time()), for display
-    kind: str  # membership, observer, reject, fault, action, service
+    kind: str  # membership, observer, reject, fault, action, service, scenario
     node_id: str | None
     text: str
 
@@ -67,6 +75,26 @@ class Sample:
     cpu_pct: float
     load_factor: float
     queue_depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioRun:
+    """A scenario the fault injector runs, or ran, against the cluster the console shows."""
+
+    name: str  # the file's stem
+    path: str  # the scenario file
+    started_at: float  # wall-clock seconds
+    report: str  # its JSON report (a .md summary beside it); "" when none was written
+    pid: int | None = None
+    progress: str = ""  # the injector's latest progress line
+    ended_at: float | None = None  # wall-clock seconds; None while it runs
+    exit_code: int | None = None  # the injector's (VERDICTS); negative: killed by a signal
+    verdict: str = ""  # passed, failed, aborted, undecided, invalid, killed; "" while it runs
+    reason: str = ""  # why, in the injector's words
+
+    @property
+    def running(self) -> bool:
+        return self.ended_at is None
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,7 @@ class ClusterState:
     rejected: int = 0  # messages the relay refused, all reasons
     observer_healthy: bool | None = None  # None: liveness monitor not reachable
     observer_reasons: tuple[str, ...] = ()
+    scenario: ScenarioRun | None = None  # the scenario running now, or the last one run
     version: int = 0  # +1 for every new snapshot
 
     def counts(self) -> dict[str, int]:
@@ -107,11 +136,19 @@ class Source(Protocol):
     def history(self, node_id: str) -> list[Sample]: ...
 
     def available(self, action: str) -> str | None:
-        """None if the action can run now, else why not (shown greyed out)."""
+        """None if the action (or RUN_SCENARIO) can run now, else why not."""
         ...
 
     def act(self, action: str, node_id: str) -> str:
         """Carry out an action on a node; a line for the operator, or ActionError."""
         ...
 
-    def close(self) -> None: ...
+    def run_scenario(self, path: str) -> str:
+        """Start the fault injector on a scenario file against this cluster; it runs on
+        while the console does (``ClusterState.scenario``). A line for the operator, or
+        ActionError (one is running already, it cannot start)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the cluster; a scenario still running is stopped (its faults healed)."""
+        ...

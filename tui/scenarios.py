@@ -1,10 +1,13 @@
 """The scenarios view: the fault-injection scenarios (``scenarios_dir/*.toml``) with a
-preview of the selected one. Running one waits for the fault injector (issue 5)."""
+preview of the selected one; Enter runs it with the fault injector against this cluster
+(the app asks first). Above them: the scenario running now (its latest progress line) or
+the last one run (its verdict, exit code and report)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import RenderableType
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
@@ -13,10 +16,53 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
+from . import format as fmt
 from .base import ConsoleScreen, StatusBanner
+from .model import ClusterState, ScenarioRun
 
-NOT_BUILT = "the fault injector is not built yet (issue 5 adds it)"
 PREVIEW_CHARS = 20_000
+NO_RUN = (
+    "No scenario run yet. Enter runs the selected one against this cluster with the fault"
+    " injector (after y/n); one at a time."
+)
+VERDICT_STYLES = {
+    "passed": "bold green",
+    "failed": "bold red",
+    "aborted": "bold yellow",
+    "undecided": "bold yellow",
+}
+
+
+def run_text(run: ScenarioRun | None) -> RenderableType:
+    """The scenario running (its progress) or the last one run (verdict, exit, report)."""
+    if run is None:
+        return Text(NO_RUN, "dim")
+    text = Text()
+    text.append(run.name, "bold")
+    if run.running:
+        text.append("  running", "bold cyan")
+        text.append(f" since {fmt.clock(run.started_at)}", "dim")
+        if run.pid is not None:
+            text.append(f" (pid {run.pid})", "dim")
+        text.append("\n")
+        text.append(run.progress or "starting...")
+        text.append("\n")
+        text.append(f"report to {run.report}", "dim")
+        return text
+    text.append("  ")
+    text.append(run.verdict or "?", VERDICT_STYLES.get(run.verdict, "bold red"))
+    text.append(f"  exit {fmt.num(run.exit_code)}")
+    ended = run.ended_at if run.ended_at is not None else run.started_at
+    text.append(f"  ended {fmt.clock(ended)} after {ended - run.started_at:.0f} s", "dim")
+    text.append("\n")
+    text.append(run.reason or fmt.DASH)
+    text.append("\n")
+    if run.report:
+        summary = str(Path(run.report).with_suffix(".md"))
+        text.append(f"report {run.report}  summary {summary}", "dim")
+    else:
+        text.append("no report written", "dim")
+    return text
 
 
 def scenario_files(directory: Path | None) -> list[Path]:
@@ -28,7 +74,7 @@ def scenario_files(directory: Path | None) -> list[Path]:
 class ScenariosScreen(ConsoleScreen):
     AUTO_FOCUS = "#scenario-list"
     BINDINGS = [
-        Binding("enter", "run", "run"),
+        Binding("enter", "run", "run it (asks first; one at a time)"),
         Binding("escape", "app.go('nodes')", "back"),
     ]
 
@@ -36,9 +82,12 @@ class ScenariosScreen(ConsoleScreen):
         super().__init__()
         self.directory = directory
         self.files: list[Path] = []
+        self._run: ScenarioRun | None = None
+        self._shown = False
 
     def compose(self) -> ComposeResult:
         yield StatusBanner(id="banner")
+        yield Static(id="scenario-run")
         with Horizontal(id="scenarios-body"):
             yield OptionList(id="scenario-list")
             with VerticalScroll(id="preview-box"):
@@ -47,6 +96,18 @@ class ScenariosScreen(ConsoleScreen):
 
     def on_screen_resume(self) -> None:  # ConsoleScreen's runs too (Textual calls both)
         self.rescan()
+
+    def show_state(self, state: ClusterState) -> None:
+        run = state.scenario
+        if self._shown and run == self._run:
+            return
+        self._run, self._shown = run, True
+        panel = self.query_one("#scenario-run", Static)
+        if run is None:
+            panel.border_title = "scenario runs"
+        else:
+            panel.border_title = "scenario running" if run.running else "last run"
+        panel.update(run_text(run))
 
     def rescan(self) -> None:
         files = scenario_files(self.directory)
@@ -63,7 +124,7 @@ class ScenariosScreen(ConsoleScreen):
             where = self.directory if self.directory is not None else "(no scenarios directory)"
             listing.add_option(Option(Text("none yet", "dim"), disabled=True))
             self.query_one("#preview", Static).update(
-                Text(f"No *.toml scenarios in {where} yet.\n\n{NOT_BUILT}.", "dim")
+                Text(f"No *.toml scenarios in {where} yet.", "dim")
             )
 
     def _selected(self) -> Path | None:
@@ -95,4 +156,4 @@ class ScenariosScreen(ConsoleScreen):
         if path is None:
             self.notify("no scenario selected", severity="warning")
             return
-        self.notify(f"{path.stem}: {NOT_BUILT}", severity="warning", title="run scenario")
+        self.console.request_scenario(path)
