@@ -177,6 +177,10 @@ class BusListener:
         self.ctx.term()
 
 
+START_ATTEMPTS = 3
+BIND_FAILED = 2  # a service's exit code when its endpoint is taken
+
+
 class Cluster:
     """`shoal up --headless` as a real process tree on free ports, for tests and benchmarks.
 
@@ -196,30 +200,67 @@ class Cluster:
     ) -> None:
         from pathlib import Path
 
-        from .config import dump_toml
-
         self.workdir = Path(workdir)
         self.nodes = nodes
         self.without = without  # services left out: a deliberately broken cluster
         delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
-        self.config = config_on_free_ports(None, delegator=delegator, **sections)
+        self._sections = {"delegator": delegator, **sections}
         self.config_path = self.workdir / "shoal.toml"
-        self.config_path.write_text(dump_toml(self.config))
         self.log_path = self.workdir / "cluster.log"
         self.proc: Any = None
+        self._new_ports()
+
+    def _new_ports(self) -> None:
+        from .config import dump_toml
+
+        sections = {k: dict(v) for k, v in self._sections.items()}
+        self.config = config_on_free_ports(None, **sections)
+        self.config_path.write_text(dump_toml(self.config))
 
     def __enter__(self) -> Cluster:
+        """Start it and wait until every process runs; on a port taken between choosing it
+        and binding it (another test's cluster, an outgoing connection), start again on
+        other ports (a free port is only free until someone binds it)."""
+        for attempt in range(START_ATTEMPTS):
+            self._start()
+            if self._started() or attempt == START_ATTEMPTS - 1:
+                return self
+            self.stop()
+            self._log.close()
+            self._new_ports()
+        return self
+
+    def _start(self) -> None:
         import subprocess
         import sys
 
         argv = [sys.executable, "-m", "shoal.services.cli", "up", "--headless"]
         argv += ["--nodes", str(self.nodes), "--config", str(self.config_path)]
         argv += [f"--without={name}" for name in self.without]
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in __exit__)
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        return self
+
+    def _started(self, timeout_s: float = 20.0) -> bool:
+        """True once every child runs and has stayed up; False if the cluster or one of
+        its services could not bind (it exited, or a child exits with code 2)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                rows = self.ps()
+            except (RuntimeError, TimeoutError):
+                rows = {}
+            if any(r["restarts"] and r["last_exit"] == BIND_FAILED for r in rows.values()):
+                return False
+            if rows and all(
+                r["state"] == "running" and r["uptime_s"] >= 0.3 for r in rows.values()
+            ):
+                return True
+            time.sleep(0.05)
+        return True  # slow, not refused: let the caller's own waits decide
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
