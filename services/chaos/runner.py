@@ -213,15 +213,25 @@ class _Run:
             },
             **via,
         )
-        for (consumer, service), (bus, ctl) in links.items():
-            upstream = getattr(cluster.config, service)
-            proxy = FaultProxy(
-                bus=(upstream.bus, bus), ctl=(upstream.ctl, ctl), name=f"{consumer}-{service}"
-            )
-            # Started before the cluster and closed after it.
-            self.proxies[(consumer, service)] = stack.enter_context(proxy)
+
+        def proxies() -> None:
+            """A proxy on each link, to the service's endpoints as the cluster has them."""
+            for (consumer, service), (bus, ctl) in links.items():
+                up = getattr(cluster.config, service)
+                old = self.proxies.get((consumer, service))
+                if old is not None and old.bus == (up.bus, bus) and old.ctl == (up.ctl, ctl):
+                    continue
+                if old is not None:
+                    old.close()  # frees its ports for the new one
+                proxy = FaultProxy(
+                    bus=(up.bus, bus), ctl=(up.ctl, ctl), name=f"{consumer}-{service}"
+                )
+                self.proxies[(consumer, service)] = stack.enter_context(proxy)
+
+        proxies()  # before the cluster, so its consumers find them at once
         stack.callback(self._keep_log, cluster)
         stack.enter_context(cluster)
+        proxies()  # again if the cluster had to start over on other ports
         self.history.add("phase", phase="startup", cluster=str(workdir))
         return cluster.config, node_ids(w), hot_ids(w)
 
