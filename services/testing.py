@@ -242,9 +242,19 @@ class Cluster:
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-    def _started(self, timeout_s: float = 20.0) -> bool:
-        """True once every child runs and has stayed up; False if the cluster or one of
-        its services could not bind (it exited, or a child exits with code 2)."""
+    def _started(self, timeout_s: float = 30.0) -> bool:
+        """True once every service answers on its ctl socket (it binds everything before
+        it serves); False if the cluster or a service could not bind (it exited, or a
+        child exited with code 2)."""
+        from .ctl_client import CtlClient, CtlFailed, CtlUnavailable
+
+        endpoints = {
+            "relay": self.config.relay.ctl,
+            "liveness": self.config.liveness.ctl,
+            "delegator": self.config.delegator.ctl,
+            "sim": self.config.sim.ctl,
+        }
+        waiting = {k: v for k, v in endpoints.items() if k not in self.without}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -255,9 +265,14 @@ class Cluster:
                 rows = {}
             if any(r["restarts"] and r["last_exit"] == BIND_FAILED for r in rows.values()):
                 return False
-            if rows and all(
-                r["state"] == "running" and r["uptime_s"] >= 0.3 for r in rows.values()
-            ):
+            for name, endpoint in list(waiting.items()):
+                try:
+                    with CtlClient(endpoint) as client:
+                        client.call("ping", timeout_s=0.3, retries=0)
+                    del waiting[name]
+                except (CtlFailed, CtlUnavailable):
+                    pass
+            if not waiting:
                 return True
             time.sleep(0.05)
         return True  # slow, not refused: let the caller's own waits decide

@@ -187,11 +187,19 @@ def run(
 def _progress_line() -> Any:
     tty = sys.stderr.isatty()
 
+    broken = False
+
     def show(line: str) -> None:
-        if tty:
-            click.echo("\r\x1b[2K" + line[:200], err=True, nl=not line)
-        elif line:
-            click.echo(line, err=True)
+        nonlocal broken
+        if broken:
+            return
+        try:
+            if tty:
+                click.echo("\r\x1b[2K" + line[:200], err=True, nl=not line)
+            elif line:
+                click.echo(line, err=True)
+        except OSError:  # whoever read our stderr is gone (a console killed): run on
+            broken = True
 
     return show
 
