@@ -329,3 +329,20 @@ def test_every_library_scenario_is_valid() -> None:
     files = sorted(SCENARIOS.glob("*.toml"))
     for path in files:
         parse(path.read_text(), str(path))
+
+
+def test_avoid_leaves_out_an_earlier_faults_targets() -> None:
+    text = BASE.replace('target = "one"', 'target = { select = 3, role = "cold" }') + (
+        '\n[[fault]]\nname = "after"\nkind = "crash"\nat = "6s"\nduration = "5s"\n'
+        'target = { select = "all", role = "cold", avoid = ["c"] }\n'
+    )
+    s = parse(text).scenario
+    ids, hot = node_ids(s.workload), hot_ids(s.workload)
+    for seed in range(5):
+        steps = {f.fault: f for f in make_plan(s, seed, ids, hot).faults}
+        first, second = steps["c"], steps["after"]
+        assert len(second.targets) == 3
+        assert not set(first.targets) & set(second.targets)
+        assert not set(second.targets) & set(hot)
+    later = text.replace('avoid = ["c"]', 'avoid = ["after"]')
+    assert "field `target.avoid`: no earlier fault named 'after'" in error_of(later)

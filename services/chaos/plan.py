@@ -76,13 +76,17 @@ def make_plan(scenario: Scenario, seed: int, nodes: list[str], hot: list[str]) -
     rng = random.Random(seed)
     steps: list[PlannedFault] = []
     touched: list[str] = []
+    by_fault: dict[str, set[str]] = {}  # the targets each fault has had so far
     phase = scenario.workload.duration
     for fault in scenario.fault:
         kind = kind_of(fault)
         for k in range(occurrences(fault, phase)):
             at = fault.at + k * (fault.every or 0.0)
             at += round(rng.uniform(0.0, fault.jitter), 3) if fault.jitter else 0.0
-            targets = resolve(fault.target, kind, rng, nodes, hot, touched)
+            avoid = fault.target.avoid if isinstance(fault.target, TargetSpec) else []
+            excluded = {n for name in avoid for n in by_fault.get(name, ())}
+            targets = resolve(fault.target, kind, rng, nodes, hot, touched, excluded)
+            by_fault.setdefault(fault.name, set()).update(targets)
             if kind in NODE_KINDS + LINK_KINDS and not on_services(kind, fault.target):
                 touched += [t for t in targets if t not in touched]
             steps += _steps(fault, kind, k + 1, round(at, 3), targets)
@@ -137,6 +141,7 @@ def resolve(
     nodes: list[str],
     hot: list[str],
     touched: list[str],
+    excluded: set[str] | None = None,
 ) -> list[str]:
     """The ids a target names, drawing from ``rng`` for selections (sorted, so a plan reads
     the same however the draw ordered them). A partition between services names its
@@ -151,7 +156,10 @@ def resolve(
             out += _select(w, pool, rng) if w in SELECTIONS else [w]
         return sorted(dict.fromkeys(out))
     if isinstance(target, TargetSpec):
-        return sorted(_select(target.select, _pool(target.role, nodes, hot, touched), rng))
+        pool = [n for n in _pool(target.role, nodes, hot, touched) if n not in (excluded or ())]
+        if not pool:
+            raise PlanError(f"no {target.role} node is left once {target.avoid} are avoided")
+        return sorted(_select(target.select, pool, rng))
     words = [target] if isinstance(target, str) else list(target)
     out = []
     for w in words:

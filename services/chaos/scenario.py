@@ -191,10 +191,12 @@ SERVICE_LINKS: dict[str, tuple[str, ...]] = {
 
 class TargetSpec(Struct, forbid_unknown_fields=True, frozen=True):
     """A seeded choice: ``select`` (one, minority, majority, all, or a count) among the nodes
-    of ``role`` (any; hot or cold: hot spots or not; untouched: not targeted earlier)."""
+    of ``role`` (any; hot or cold: hot spots or not; untouched: not targeted earlier), less
+    the targets of the earlier faults named in ``avoid``."""
 
     select: Selection | Annotated[int, Meta(ge=1)] = "one"
     role: Role = "any"
+    avoid: list[str] = []
 
 
 # A selection word, a role word ("hot", "cold"), a node id or service name; a list of them;
@@ -705,6 +707,13 @@ def semantic_errors(s: Scenario) -> list[str]:
             errors += _partition_errors(where, fault, ids, hot)
         else:
             errors += _target_errors(where, kind, fault.target, ids, hot)
+        if isinstance(fault.target, TargetSpec):
+            earlier = names[:i]
+            errors += [
+                f"{where}: field `target.avoid`: no earlier fault named {n!r}"
+                for n in fault.target.avoid
+                if n not in earlier
+            ]
         last_end = (
             fault.at
             + fault.jitter
