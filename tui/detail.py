@@ -15,7 +15,7 @@ from .actions import NODE_ACTION_BINDINGS
 from .base import ConsoleScreen, StatusBanner
 from .model import ClusterState, NodeRow, Sample
 
-NO_TASKS = "tasks: delegation not built yet"
+NO_TASKS = "tasks: this node reports none (firmware without the task fields)"
 EVENT_ROWS = 500  # this node's newest events kept on screen
 
 

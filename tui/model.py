@@ -104,8 +104,8 @@ class ClusterState:
     nodes: dict[str, NodeRow] = field(default_factory=dict)
     services: tuple[ServiceRow, ...] = ()
     msgs_per_s: float = 0.0
-    tasks_per_s: float | None = None  # None until delegation exists
-    lost: int | None = None  # tasks lost (delegation), None until it exists
+    tasks_per_s: float | None = None  # None until a delegator is heard
+    lost: int | None = None  # tasks lost; None: not measured by the console (the injector does)
     dead_letters: int | None = None  # tasks the delegator gave up on, None without one
     duplicates: int = 0  # duplicate messages the relay refused
     gaps: int = 0  # sequence gaps over all nodes
