@@ -287,3 +287,12 @@ def test_the_console_attached_to_a_real_cluster_shows_its_nodes_and_a_crash(
             assert "alive" in state_of("sim-000") or "joined" in state_of("sim-000")
 
     asyncio.run(scenario())
+
+
+def test_the_header_counts_the_tasks_the_fleet_cannot_account_for(
+    feed: tuple[Cluster, LiveFeed],
+) -> None:
+    _, live = feed
+    # The sim's own accounting (created = shed + done + handed over + queued + held),
+    # polled with the process table: 0 on a healthy fleet, a number rather than "-".
+    wait_for(lambda: live.snapshot().lost == 0, timeout_s=15)

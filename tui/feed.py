@@ -99,14 +99,28 @@ class _Console(Service):
         self.ps_sock = self.sockets.connect(zmq.DEALER, self.config.supervisor.ctl)
         self.on_readable(self.ps_sock, self._on_ps)
         self._ps_ids = itertools.count(1)
+        # The fleet's own accounting: tasks its nodes cannot account for (lost on nodes).
+        self.sim_sock = self.sockets.connect(zmq.DEALER, self.config.sim.ctl)
+        self.on_readable(self.sim_sock, self._on_sim_status)
         self.every(PS_INTERVAL_S, self._ask_ps)
         self.every(BUILD_INTERVAL_S, feed._build)
         self._ask_ps()
 
     def _ask_ps(self) -> None:
-        request = Request(id=next(self._ps_ids), op="ps")
-        with contextlib.suppress(zmq.Again):
-            self.ps_sock.send(codec.encode(request), zmq.NOBLOCK)
+        for sock, op in ((self.ps_sock, "ps"), (self.sim_sock, "status")):
+            request = Request(id=next(self._ps_ids), op=op)
+            with contextlib.suppress(zmq.Again):
+                sock.send(codec.encode(request), zmq.NOBLOCK)
+
+    def _on_sim_status(self) -> None:
+        for data in received(self.sim_sock):
+            try:
+                reply = codec.decode_reply(data)
+                status = msgspec.msgpack.decode(reply.result) if reply.ok else None
+            except (codec.Rejected, msgspec.DecodeError):
+                continue
+            if isinstance(status, dict) and isinstance(status.get("counters"), dict):
+                self.feed._on_sim_counters(status["counters"])
 
     def _on_ps(self) -> None:
         for data in received(self.ps_sock):
@@ -143,6 +157,7 @@ class LiveFeed:
         self._tasks_rate: tuple[float, int] | None = None  # (time, committed) at a beat
         self._tasks_per_s: float | None = None  # None until a delegator is heard
         self._dead_letters: int | None = None
+        self._lost: int | None = None  # the fleet's tasks_unaccounted; None: no sim heard
         self._shown_since: dict[str, tuple[str, float]] = {}  # node -> (joined|rebooted, t)
         self._hidden: set[str] = set()  # removed by the operator until heard again
         self._version = 0
@@ -321,6 +336,10 @@ class LiveFeed:
                 text = f"observer DEGRADED: {', '.join(frame.reasons)}; {frame.detail}"
             self._add_event("observer", None, text)
 
+    def _on_sim_counters(self, counters: dict[str, Any]) -> None:
+        lost = counters.get("tasks_unaccounted")
+        self._lost = lost if isinstance(lost, int) else None
+
     def _on_ps(self, rows: list[dict[str, Any]]) -> None:
         old = self._ps
         new = {row.get("name", "?"): row for row in rows if isinstance(row, dict)}
@@ -394,6 +413,7 @@ class LiveFeed:
             msgs_per_s=round(self._msgs_per_s, 1),
             tasks_per_s=None if self._tasks_per_s is None else round(self._tasks_per_s, 1),
             dead_letters=self._dead_letters,
+            lost=self._lost,
             duplicates=counters.get("duplicates", 0),
             gaps=sum(n.gaps for n in view.nodes.values()),
             rejected=counters.get("rejected", 0),

@@ -105,7 +105,7 @@ class ClusterState:
     services: tuple[ServiceRow, ...] = ()
     msgs_per_s: float = 0.0
     tasks_per_s: float | None = None  # None until a delegator is heard
-    lost: int | None = None  # tasks lost; None: not measured by the console (the injector does)
+    lost: int | None = None  # tasks the fleet's nodes cannot account for; None: no sim heard
     dead_letters: int | None = None  # tasks the delegator gave up on, None without one
     duplicates: int = 0  # duplicate messages the relay refused
     gaps: int = 0  # sequence gaps over all nodes
