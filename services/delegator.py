@@ -77,6 +77,18 @@ class TasksArgs(msgspec.Struct, forbid_unknown_fields=True):
     latest: int = 20
 
 
+# Membership events after which a node no longer holds what it was assigned: dead; a new
+# boot (its queue died with the old one); left (it said goodbye). Its tasks go back to
+# pending at once rather than when their leases lapse. A task assigned to the new boot in
+# the few milliseconds before the event arrives is revoked too: a redelivery, and its
+# result from the old epoch is refused, so never a second commit.
+OWNER_LOST = {
+    "dead": "owner declared dead",
+    "rebooted": "owner rebooted (its queue died with the old boot)",
+    "left": "owner left",
+}
+
+
 class RevokedArgs(msgspec.Struct, forbid_unknown_fields=True):
     node_id: str
     since: float = 0.0  # wall time (time.time())
@@ -363,14 +375,15 @@ class Delegator(Service):
                 self.assigned_since_sample.pop(rec.node_id, None)
 
     def _on_member_event(self, event: Any) -> None:
-        if event.event != "dead":
+        reason = OWNER_LOST.get(event.event)
+        if reason is None:
             return
-        moved = self.ledger.owner_lost(event.node_id, time.time(), "owner declared dead")
+        moved = self.ledger.owner_lost(event.node_id, time.time(), reason)
         for task_id in moved:
             self.assigning.pop(task_id, None)
         if moved:
-            self.counters["redelegated_dead_owner"] += len(moved)
-            self.log.info("owner_dead", node=event.node_id, tasks=len(moved))
+            self.counters[f"redelegated_{event.event}_owner"] += len(moved)
+            self.log.info("owner_lost", node=event.node_id, why=event.event, tasks=len(moved))
         self._commit_and_send()
 
     def _recover(self) -> None:

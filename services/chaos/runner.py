@@ -414,7 +414,7 @@ class _Run:
             applied.error = f"skipped: {limit} faults already active (safety)"
             self.history.add("fault", id=applied.id, skipped=applied.error)
             return
-        if _takes_nodes(applied):
+        if _loses_work(applied):
             owned = _call(self.config.delegator.ctl, "owned", timeout_s=0.5)
             if isinstance(owned, dict):
                 applied.held = {n: int(owned.get(n, 0)) for n in applied.targets}
@@ -501,7 +501,7 @@ class _Run:
         self._sample_for(min(self.s.rollback.drain, max(0.0, self._left())), "drain", until=settled)
         self.drained = True
         for applied in self.applied:
-            if applied.applied_wall is None or not _takes_nodes(applied):
+            if applied.applied_wall is None or not _loses_work(applied):
                 continue
             for node in applied.targets:
                 if applied.held.get(node, 0) == 0:
@@ -656,6 +656,12 @@ class _Run:
         rates = [v["telemetry_rate"] for v in during if v.get("telemetry_rate") is not None]
         out["telemetry_rate_min"] = min(rates) if rates else None
         return out
+
+
+def _loses_work(applied: Applied) -> bool:
+    """A fault after which its target nodes no longer hold their delegated tasks (a reboot
+    too: the queue dies with the old boot), so re-delegation can be measured."""
+    return _takes_nodes(applied) or applied.kind == "reboot"
 
 
 def _takes_nodes(applied: Applied) -> bool:
