@@ -93,9 +93,9 @@ class AssignReply(_FromNode, tag="assign_reply", frozen=True):
 
 
 class Renew(_FromNode, tag="renew", frozen=True):
-    """Sent every ``renew_interval_ms`` while the node runs delegated tasks, and at least
-    every few seconds anyway: it extends those leases and tells the delegator which
-    connection reaches the node. ``leases``: [task_id, epoch] pairs."""
+    """Sent every ``renew_interval_ms`` (1 s in the reference node), whatever the node
+    holds: it extends those leases and tells the delegator which connection reaches the
+    node. ``leases``: [task_id, epoch] pairs."""
 
     leases: Annotated[list[tuple[TaskId, Epoch]], Meta(max_length=L.MAX_OFFER_TASKS * 8)] = []
     queued: int = 0
@@ -142,8 +142,9 @@ class Assign(_TaskMessage, tag="assign", frozen=True):
 
 
 class ResultAck(_TaskMessage, tag="result_ack", frozen=True):
-    """What became of a result: committed, duplicate (committed before: drop it),
-    stale_epoch / wrong_node / unknown_task (refused: drop it), or malformed."""
+    """What became of a result: committed, duplicate (committed before: drop it), or
+    stale_epoch / wrong_node / unknown_task (refused: drop it). A malformed result gets no
+    answer (it is counted)."""
 
     node_id: str
     task_id: str

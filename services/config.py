@@ -148,8 +148,8 @@ class DelegatorConfig(_Section, frozen=True):
     """Task delegation (docs/delegation.md)."""
 
     tasks: str = "tcp://127.0.0.1:7706"  # nodes and gateways connect here (ROUTER)
-    bus: str = "tcp://127.0.0.1:7707"  # task events (PUB)
-    ctl: str = "tcp://127.0.0.1:7708"  # tasks, task (ROUTER)
+    bus: str = "tcp://127.0.0.1:7707"  # its heartbeat with counters (PUB)
+    ctl: str = "tcp://127.0.0.1:7708"  # tasks, task, audit, drain, owned, revoked (ROUTER)
     ledger: str = "shoal-ledger.db"  # SQLite file (WAL); relative to the working directory
     lease_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 3000
     # An assignment not answered within this is sent again, up to assign_tries times; then

@@ -7,8 +7,9 @@ committed the pass that decided them. So a delegator killed at any moment loses 
 node was told, and a restarted one recovers every task in flight from the file.
 
 Sockets: tasks (ROUTER, nodes and gateways; protocol/tasks.py), bus (PUB: its heartbeat
-with counters), ctl (ROUTER: tasks, task). It follows the relay's view (telemetry: room on
-each node) and the liveness monitor's membership (alive, suspect, dead; observer health).
+with counters), ctl (ROUTER: tasks, task, audit, drain, owned, revoked). It follows the
+relay's view (telemetry: room on each node) and the liveness monitor's membership (alive,
+suspect, dead, rebooted, left; observer health).
 
 Placement: power of two choices (services/placement.py) among peers that are alive (not
 suspect), not overloaded, reachable, and below ``accept_fill`` of their queue, counting
