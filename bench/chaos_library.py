@@ -85,36 +85,26 @@ def run_one(path: Path, scale: float, out: Path) -> dict[str, Any]:
     }
 
 
+# The Markdown table's columns: (heading, field of a result row).
+COLUMNS = (
+    ("scenario", "scenario"),
+    ("verdict", "verdict"),
+    ("faults", "faults_applied"),
+    ("dead p50 ms", "detect_dead_ms_p50"),
+    ("dead max ms", "detect_dead_ms_max"),
+    ("re-delegated ms", "redelegate_ms_max"),
+    ("recovery s", "recovery_s"),
+    ("tasks", "tasks_total"),
+    ("lost", "lost_tasks"),
+    ("twice", "duplicate_commits"),
+    ("min msg/s", "telemetry_rate_min"),
+)
+
+
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    head = [
-        "scenario",
-        "verdict",
-        "faults",
-        "dead p50 ms",
-        "dead max ms",
-        "re-delegated ms",
-        "recovery s",
-        "tasks",
-        "lost",
-        "twice",
-        "min msg/s",
-    ]
-    keys = [
-        "scenario",
-        "verdict",
-        "faults_applied",
-        "detect_dead_ms_p50",
-        "detect_dead_ms_max",
-        "redelegate_ms_max",
-        "recovery_s",
-        "tasks_total",
-        "lost_tasks",
-        "duplicate_commits",
-        "telemetry_rate_min",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        cells = ["-" if row.get(k) is None else str(row.get(k)) for k in keys]
+        cells = ["-" if row.get(k) is None else str(row.get(k)) for _, k in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

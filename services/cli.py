@@ -401,44 +401,36 @@ def bench() -> None:
     """Benchmarks (each prints JSON with a baseline measured in the same run)."""
 
 
-@bench.command("relay")
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-@click.option("--quick", is_flag=True, help="Smaller counts; finishes within 60 s.")
-def bench_relay(as_json: bool, quick: bool) -> None:
-    """Relay throughput against raw pyzmq, loss, and relay RSS at 1,000 nodes."""
-    from shoal.bench import relay_throughput
-
-    relay_throughput.main(quick=quick, as_json=as_json)
-
-
-@bench.command("liveness")
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-@click.option("--quick", is_flag=True, help="Smaller counts; finishes within 60 s.")
-def bench_liveness(as_json: bool, quick: bool) -> None:
-    """Detection latency, false verdicts under loss, relay restarts, monitor cost."""
-    from shoal.bench import liveness
-
-    liveness.main(quick=quick, as_json=as_json)
+# shoal bench NAME: each runs bench/MODULE.py's main (the same as `python bench/MODULE.py`).
+BENCHMARKS = {
+    "relay": (
+        "relay_throughput",
+        "Relay throughput against raw pyzmq, loss, and relay RSS at 1,000 nodes.",
+    ),
+    "liveness": (
+        "liveness",
+        "Detection latency, false verdicts under loss, relay restarts, monitor cost.",
+    ),
+    "tui": ("tui", "The console's CPU with 1,000 live nodes, against its feed alone."),
+    "delegation": (
+        "delegation",
+        "Hot-spot efficiency against delegation off, hand-off latency, chaos, flapping.",
+    ),
+}
 
 
-@bench.command("tui")
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-@click.option("--quick", is_flag=True, help="Shorter windows; finishes within 60 s.")
-def bench_tui(as_json: bool, quick: bool) -> None:
-    """The console's CPU with 1,000 live nodes, against its feed alone."""
-    from shoal.bench import tui
+def _bench_command(name: str, module: str, doc: str) -> None:
+    @bench.command(name, help=doc)
+    @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+    @click.option("--quick", is_flag=True, help="Smaller counts; finishes within 60 s.")
+    def command(as_json: bool, quick: bool) -> None:
+        import importlib
 
-    tui.main(quick=quick, as_json=as_json)
+        importlib.import_module(f"shoal.bench.{module}").main(quick=quick, as_json=as_json)
 
 
-@bench.command("delegation")
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-@click.option("--quick", is_flag=True, help="Smaller counts; finishes within 60 s.")
-def bench_delegation(as_json: bool, quick: bool) -> None:
-    """Hot-spot efficiency against delegation off, hand-off latency, chaos, flapping."""
-    from shoal.bench import delegation
-
-    delegation.main(quick=quick, as_json=as_json)
+for _name, (_module, _doc) in BENCHMARKS.items():
+    _bench_command(_name, _module, _doc)
 
 
 @main.command("config")

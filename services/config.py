@@ -245,6 +245,13 @@ def _readable(msg: str) -> str:
     return msg
 
 
+def spread(ids: list[str], n: int) -> list[str]:
+    """n of ids spread evenly, the first one first: where a count of hot spots lands (the
+    sim and the fault injector must agree on it)."""
+    n = min(n, len(ids))
+    return [ids[k * len(ids) // n] for k in range(n)] if n else []
+
+
 def with_overrides(config: ShoalConfig, section: str, **values: object) -> ShoalConfig:
     """A copy of config with some keys of one section replaced (for CLI flags and tests)."""
     sect = msgspec.structs.replace(getattr(config, section), **values)

@@ -118,7 +118,7 @@ from shoal.firmware.nodecore.prng import XorShift32
 from shoal.protocol import codec, limits
 from shoal.protocol.tasks import Completed, DelegatorMessage
 
-from .config import Burst, ShoalConfig, SimConfig
+from .config import Burst, ShoalConfig, SimConfig, spread
 from .runtime import CtlError, Service, parse_args, received
 
 _encoder = msgspec.msgpack.Encoder()
@@ -169,7 +169,7 @@ def hot_spot_ids(cfg: SimConfig) -> list[str]:
     if isinstance(cfg.hot_spots, int):
         if cfg.hot_spots > len(ids):
             raise WorkloadError(f"sim.hot_spots: {cfg.hot_spots} hot spots in {len(ids)} nodes")
-        return [ids[k * len(ids) // cfg.hot_spots] for k in range(cfg.hot_spots)]
+        return spread(ids, cfg.hot_spots)
     known = set(ids)
     unknown = [n for n in cfg.hot_spots if n not in known]
     if unknown:

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,24 +114,25 @@ class _Console(Service):
                 sock.send(codec.encode(request), zmq.NOBLOCK)
 
     def _on_sim_status(self) -> None:
-        for data in received(self.sim_sock):
-            try:
-                reply = codec.decode_reply(data)
-                status = msgspec.msgpack.decode(reply.result) if reply.ok else None
-            except (codec.Rejected, msgspec.DecodeError):
-                continue
+        for status in _results(self.sim_sock):
             if isinstance(status, dict) and isinstance(status.get("counters"), dict):
                 self.feed._on_sim_counters(status["counters"])
 
     def _on_ps(self) -> None:
-        for data in received(self.ps_sock):
-            try:
-                reply = codec.decode_reply(data)
-                rows = msgspec.msgpack.decode(reply.result) if reply.ok else None
-            except (codec.Rejected, msgspec.DecodeError):
-                continue
+        for rows in _results(self.ps_sock):
             if isinstance(rows, list):
                 self.feed._on_ps(rows)
+
+
+def _results(sock: zmq.Socket[Any]) -> Iterator[Any]:
+    """The decoded results of the ctl replies waiting on sock (errors and junk skipped)."""
+    for data in received(sock):
+        try:
+            reply = codec.decode_reply(data)
+            if reply.ok:
+                yield msgspec.msgpack.decode(reply.result)
+        except (codec.Rejected, msgspec.DecodeError):
+            continue
 
 
 class LiveFeed:

@@ -170,62 +170,70 @@ def _by(rows: list[dict[str, Any]], within: float) -> tuple[Any, float | None, b
     return worst, round(max(0.0, worst - within), 3), False
 
 
+def _latencies(
+    expect: Detected | Redelegated,
+    limit: str,
+    rows: list[dict[str, Any]],
+    *,
+    empty_passes: bool,
+    detail: str,
+) -> dict[str, Any]:
+    """A within-limit check over per-node latencies: every row seen, the worst in time."""
+    missed = sum(r["latency_s"] is None for r in rows)
+    worst, by, lower_bound = _by(rows, expect.within)
+    seen_in_time = not missed and worst is not None and worst <= expect.within
+    passed = seen_in_time if rows else empty_passes
+    return _result(
+        expect,
+        limit,
+        worst,
+        passed,
+        by=by,
+        by_at_least=lower_bound,
+        missed=missed,
+        detail=detail,
+        latencies=rows,
+    )
+
+
 def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
     if isinstance(expect, Detected):
         steps = _selected(ctx, expect.faults, FAILING_KINDS)
         rows = detection_latencies(ctx, steps, expect.event)
-        missed = [r for r in rows if r["latency_s"] is None]
-        worst, by, lower_bound = _by(rows, expect.within)
-        passed = bool(rows) and not missed and worst is not None and worst <= expect.within
-        detail = f"{len(rows)} node-faults, {len(missed)} never declared {expect.event}"
-        if not rows:
-            detail = "no fault of this kind was applied"
-        return _result(
+        missed = sum(r["latency_s"] is None for r in rows)
+        detail = f"{len(rows)} node-faults, {missed} never declared {expect.event}"
+        return _latencies(
             expect,
             f"{expect.event} within {expect.within:g} s",
-            worst,
-            passed,
-            by=by,
-            by_at_least=lower_bound,
-            missed=len(missed),
-            detail=detail,
-            latencies=rows,
+            rows,
+            empty_passes=False,
+            detail=detail if rows else "no fault of this kind was applied",
         )
     if isinstance(expect, Redelegated):
-        steps = _selected(ctx, expect.faults, FAILING_KINDS)
-        rows = []
-        for step in steps:
-            for node in step.targets:
-                if step.held.get(node, 0) == 0:
-                    continue  # held nothing: nothing to re-delegate
-                rows.append(
-                    {
-                        "fault": step.id,
-                        "node": node,
-                        "held": step.held[node],
-                        "latency_s": ctx.revoked.get((step.id, node)),
-                        "waited_s": round(ctx.run_end - (step.applied_at or 0.0), 3),
-                    }
-                )
-        missed = [r for r in rows if r["latency_s"] is None]
-        worst, by, lower_bound = _by(rows, expect.within)
-        passed = not missed and (worst is None or worst <= expect.within)
-        passed = passed and (bool(rows) or expect.allow_vacuous)
+        rows = [
+            {
+                "fault": step.id,
+                "node": node,
+                "held": step.held[node],
+                "latency_s": ctx.revoked.get((step.id, node)),
+                "waited_s": round(ctx.run_end - (step.applied_at or 0.0), 3),
+            }
+            for step in _selected(ctx, expect.faults, FAILING_KINDS)
+            for node in step.targets
+            if step.held.get(node, 0) > 0  # held nothing: nothing to re-delegate
+        ]
+        missed = sum(r["latency_s"] is None for r in rows)
         detail = (
-            f"{len(rows)} failed nodes held tasks, {len(missed)} never had them taken away"
+            f"{len(rows)} failed nodes held tasks, {missed} never had them taken away"
             if rows
             else "no failed node held a task: nothing to re-delegate"
         )
-        return _result(
+        return _latencies(
             expect,
             f"within {expect.within:g} s",
-            worst,
-            passed,
-            by=by,
-            by_at_least=lower_bound,
-            missed=len(missed),
+            rows,
+            empty_passes=expect.allow_vacuous,
             detail=detail,
-            latencies=rows,
         )
     if isinstance(expect, Recovered):
         if ctx.last_heal is None:

@@ -136,13 +136,13 @@ def run(
     if dry_run:
         nodes, hot = node_ids(s.workload), hot_ids(s.workload)
         if attached is not None:
-            from .runner import _attached_hot, _call
+            from .runner import ctl_call
 
-            fleet = _call(attached.sim.ctl, "nodes", timeout_s=3.0)
+            fleet = ctl_call(attached.sim.ctl, "nodes", timeout_s=3.0)
             if not isinstance(fleet, dict):
                 raise click.ClickException(f"no simulated fleet answers at {attached.sim.ctl}")
             nodes = sorted(fleet)
-            hot = _attached_hot(s, nodes)
+            hot = hot_ids(s.workload, nodes)
         try:
             plan = make_plan(s, seed, nodes, hot)
         except PlanError as err:

@@ -184,12 +184,12 @@ class _Run:
     def _cluster(self, stack: contextlib.ExitStack) -> tuple[ShoalConfig, list[str], list[str]]:
         if self.opts.attach is not None:
             config = self.opts.attach
-            nodes_op = _call(config.sim.ctl, "nodes", timeout_s=3.0)
+            nodes_op = ctl_call(config.sim.ctl, "nodes", timeout_s=3.0)
             if not isinstance(nodes_op, dict):
                 raise Unobservable(f"no simulated fleet answers at {config.sim.ctl}")
             nodes = sorted(nodes_op)
             self.rates_before = {n: float(v.get("rate_hz", 0.0)) for n, v in nodes_op.items()}
-            return config, nodes, _attached_hot(self.s, nodes)
+            return config, nodes, hot_ids(self.s.workload, nodes)
         from ..testing import Cluster, tcp
 
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-chaos-")))
@@ -259,13 +259,13 @@ class _Run:
         self._sample_for(self.s.workload.settle, "settle")
 
     def _ready(self) -> tuple[bool, str]:
-        ps = _call(self.config.supervisor.ctl, "ps", timeout_s=0.5)
+        ps = ctl_call(self.config.supervisor.ctl, "ps", timeout_s=0.5)
         if not isinstance(ps, list):
             return False, "waiting for the supervisor"
         down = [r["name"] for r in ps if r.get("state") != "running"]
         if down:
             return False, f"waiting for {', '.join(down)}"
-        snap = _call(self.config.relay.ctl, "snapshot", timeout_s=0.5)
+        snap = ctl_call(self.config.relay.ctl, "snapshot", timeout_s=0.5)
         heard = {n["node_id"] for n in snap.get("nodes", [])} if isinstance(snap, dict) else set()
         missing = [n for n in self.nodes if n not in heard]
         if missing:
@@ -415,7 +415,7 @@ class _Run:
             self.history.add("fault", id=applied.id, skipped=applied.error)
             return
         if _loses_work(applied):
-            owned = _call(self.config.delegator.ctl, "owned", timeout_s=0.5)
+            owned = ctl_call(self.config.delegator.ctl, "owned", timeout_s=0.5)
             if isinstance(owned, dict):
                 applied.held = {n: int(owned.get(n, 0)) for n in applied.targets}
         mono = self.actuators.apply(step)
@@ -506,7 +506,7 @@ class _Run:
             for node in applied.targets:
                 if applied.held.get(node, 0) == 0:
                     continue
-                answer = _call(
+                answer = ctl_call(
                     self.config.delegator.ctl,
                     "revoked",
                     {"node_id": node, "since": applied.applied_wall - 0.001},
@@ -707,14 +707,7 @@ def _all_alive_spans(history: History, nodes: list[str]) -> list[tuple[float, fl
     return spans
 
 
-def _attached_hot(s: Scenario, nodes: list[str]) -> list[str]:
-    if isinstance(s.workload.hot_spots, list):
-        return [n for n in s.workload.hot_spots if n in nodes]
-    n = min(s.workload.hot_spots, len(nodes))
-    return [nodes[k * len(nodes) // n] for k in range(n)] if n else []
-
-
-def _call(
+def ctl_call(
     endpoint: str, op: str, args: dict[str, Any] | None = None, timeout_s: float = 1.0
 ) -> Any:
     try:

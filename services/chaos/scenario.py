@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
+from ..config import spread
+
 # --- durations -----------------------------------------------------------------------------
 
 
@@ -633,13 +635,13 @@ def node_ids(workload: Workload, prefix: str = "sim") -> list[str]:
     return [f"{prefix}-{i:03d}" for i in range(workload.nodes)]
 
 
-def hot_ids(workload: Workload, prefix: str = "sim") -> list[str]:
-    """The hot spots, as the sim picks them (a count N: N nodes spread over the fleet)."""
-    ids = node_ids(workload, prefix)
+def hot_ids(workload: Workload, nodes: list[str] | None = None) -> list[str]:
+    """The hot spots among ``nodes`` (default: the fleet the workload starts), as the sim
+    picks them: the listed ids, or a count spread evenly over the fleet."""
+    ids = node_ids(workload) if nodes is None else nodes
     if isinstance(workload.hot_spots, int):
-        n = min(workload.hot_spots, len(ids))
-        return [ids[k * len(ids) // n] for k in range(n)] if n else []
-    return list(workload.hot_spots)
+        return spread(ids, workload.hot_spots)
+    return [n for n in workload.hot_spots if n in ids]
 
 
 def occurrences(fault: Fault, phase_s: float) -> int:
@@ -670,7 +672,9 @@ def semantic_errors(s: Scenario) -> list[str]:
         )
     elif isinstance(s.workload.hot_spots, list):
         errors += [
-            f"[workload]: field `hot_spots`: unknown node {n!r}" for n in hot if n not in ids
+            f"[workload]: field `hot_spots`: unknown node {n!r}"
+            for n in s.workload.hot_spots
+            if n not in ids
         ]
 
     for i, probe in enumerate(s.steady_state.probe):
