@@ -110,7 +110,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
-    from shoal.services.chaos.scenario import load
+    from shoal.services.chaos.load import load
 
     chosen = [p for p in SCENARIOS if not quick or p.stem in QUICK]
     with tempfile.TemporaryDirectory(prefix="shoal-bench-chaos-") as tmp:

@@ -6,7 +6,7 @@ core; their startups overlap); mean task cost 100 ms, so a node's capacity is 10
 1. Hot spot (clusters "on" and "off", side by side, same seed and workload: the sim's
    ``hot_spots = 3``, ``hot_spot_factor = 3.0``, the 17 others at 4 tasks/s): after a
    warm-up, one window of 60 s (quick: 10 s). Work is counted in task-ms by the fleet
-   (services/sim.py, "Workload"), so a task counts for its cost:
+   (services/sim/workload.py), so a task counts for its cost:
 
        offered   = cost of every task arriving at a node in the window (shed ones included)
        done      = cost of every task run to completion in the window, anywhere: by its
@@ -78,7 +78,7 @@ from typing import Any
 
 from shoal.bench._util import emit, progress, run_cli, versions
 from shoal.firmware.nodecore.overload import DEFAULTS as OVERLOAD
-from shoal.services.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from shoal.services.testing import Cluster, wait_for
 
 NODES = 20

@@ -21,7 +21,7 @@ from typing import Any
 
 from shoal.bench._util import run_cli
 from shoal.protocol.tasks import Task
-from shoal.services.ledger import Ledger
+from shoal.services.delegator.ledger import Ledger
 
 
 def raw_commits(path: Path, seconds: float) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import zmq
 from shoal.bench._util import emit, progress, run_cli, versions
 from shoal.protocol import codec
 from shoal.protocol.messages import Membership, ObserverHealth
-from shoal.services.ctl_client import CtlClient, CtlUnavailable
+from shoal.services.runtime.ctl_client import CtlClient, CtlUnavailable
 from shoal.services.testing import Cluster, wait_for
 
 HEARTBEAT_MS = 250

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from shoal.bench._util import emit, progress, run_cli, versions
-from shoal.services.config import dump_toml
-from shoal.services.ctl_client import CtlClient, CtlUnavailable
+from shoal.services.runtime.config import dump_toml
+from shoal.services.runtime.ctl_client import CtlClient, CtlUnavailable
 from shoal.services.testing import BusListener, Cluster, config_on_free_ports, wait_for
 
 TARGET_BACK_MS = 2000

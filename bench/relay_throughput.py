@@ -38,10 +38,10 @@ import sys
 import time
 from typing import Any
 
+from shoal.bench._relay import RelayProcess
 from shoal.bench._util import (
     NODES,
     PubSpec,
-    RelayProcess,
     SubSpec,
     emit,
     progress,

@@ -21,8 +21,8 @@ from typing import Any
 import psutil
 
 from shoal.bench._util import emit, progress, run_cli, versions
-from shoal.services.config import load_config
-from shoal.services.ctl_client import CtlClient, CtlUnavailable
+from shoal.services.runtime.config import load_config
+from shoal.services.runtime.ctl_client import CtlClient, CtlUnavailable
 from shoal.services.testing import Cluster, wait_for
 
 TARGET_CPU_PCT = 25.0

@@ -210,7 +210,7 @@ def decode_ingest(
         return _split_bad_ids(good, bad)
     except _MALFORMED as err:
         raise Rejected("malformed", str(err)) from None
-    if msg.__class__ is Batch:
+    if isinstance(msg, Batch):
         return _split_bad_ids(msg.records, [])
     if msg.node_id not in _valid_ids and not valid_node_id(msg.node_id):
         raise _bad_node_id(msg)

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .config import ShoalConfig, load_config
-from .runtime import Service
+from .runtime.config import ShoalConfig, load_config
+from .runtime.service import Service
 
 S = TypeVar("S", bound=Service)
 
@@ -211,7 +211,7 @@ class Cluster:
         self._new_ports()
 
     def _new_ports(self) -> None:
-        from .config import dump_toml
+        from .runtime.config import dump_toml
 
         sections = {k: dict(v) for k, v in self._sections.items()}
         self.config = config_on_free_ports(None, **sections)
@@ -246,7 +246,7 @@ class Cluster:
         """True once every service answers on its ctl socket (it binds everything before
         it serves); False if the cluster or a service could not bind (it exited, or a
         child exited with code 2)."""
-        from .ctl_client import CtlClient, CtlFailed, CtlUnavailable
+        from .runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 
         endpoints = {
             "relay": self.config.relay.ctl,
@@ -301,14 +301,14 @@ class Cluster:
         return self.log_path.read_text(errors="replace")
 
     def ps(self) -> dict[str, dict[str, Any]]:
-        from .supervisor import supervisor_request
+        from .supervisor.supervisor import supervisor_request
 
         return {row["name"]: row for row in supervisor_request(self.config.supervisor.ctl, "ps")}
 
     def snapshot(self) -> Any:
         from shoal.protocol.messages import RelaySnapshot
 
-        from .ctl_client import CtlClient
+        from .runtime.ctl_client import CtlClient
 
         with CtlClient(self.config.relay.ctl) as relay:
             return relay.call("snapshot", result_type=RelaySnapshot, timeout_s=0.5, retries=0)
@@ -316,7 +316,7 @@ class Cluster:
     def sim_counters(self) -> dict[str, int]:
         from shoal.protocol.messages import ServiceStatus
 
-        from .ctl_client import CtlClient
+        from .runtime.ctl_client import CtlClient
 
         with CtlClient(self.config.sim.ctl) as sim:
             status: ServiceStatus = sim.call(

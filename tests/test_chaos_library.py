@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shoal.services.chaos.scenario import load
+from shoal.services.chaos.load import load
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
 SEEDS = (1, 2, 3)

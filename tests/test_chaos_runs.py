@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shoal.services.ctl_client import CtlClient
+from shoal.services.runtime.ctl_client import CtlClient
 from shoal.services.testing import Cluster, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

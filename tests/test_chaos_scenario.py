@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shoal.services.chaos.checks import Applied, Context, check_probe, evaluate
+from shoal.services.chaos.load import ScenarioError, compress, hot_ids, node_ids, parse
 from shoal.services.chaos.plan import make_plan
 from shoal.services.chaos.runner import Options, run
 from shoal.services.chaos.scenario import (
@@ -18,12 +19,7 @@ from shoal.services.chaos.scenario import (
     Partition,
     Probe,
     Recovered,
-    ScenarioError,
     attach_errors,
-    compress,
-    hot_ids,
-    node_ids,
-    parse,
     parse_seconds,
     service_links,
 )

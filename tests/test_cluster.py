@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from shoal.services.ctl_client import CtlUnavailable
+from shoal.services.runtime.ctl_client import CtlUnavailable
 from shoal.services.testing import BusListener, Cluster, wait_for
 
 
@@ -154,7 +154,7 @@ def test_ctrl_c_stops_everything_and_releases_ports(tmp_path: Path) -> None:
 
 
 def test_up_refuses_to_start_on_ports_in_use(tmp_path: Path) -> None:
-    from shoal.services.config import dump_toml
+    from shoal.services.runtime.config import dump_toml
     from shoal.services.testing import config_on_free_ports
 
     config = config_on_free_ports()

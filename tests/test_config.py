@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.services.config import ConfigError, load_config
+from shoal.services.runtime.config import ConfigError, load_config
 
 
 def test_defaults_load_without_a_file() -> None:

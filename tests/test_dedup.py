@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoal.services.dedup import DUPLICATE, NEW, STALE, SeqWindow
+from shoal.services.relay.dedup import DUPLICATE, NEW, STALE, SeqWindow
 
 
 def test_in_order_sequence_is_all_new_with_no_gaps() -> None:

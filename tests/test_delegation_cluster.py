@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shoal.services.ctl_client import CtlClient, CtlUnavailable
+from shoal.services.runtime.ctl_client import CtlClient, CtlUnavailable
 from shoal.services.testing import Cluster, wait_for
 
 NODES = 6

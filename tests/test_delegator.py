@@ -13,10 +13,10 @@ import zmq
 
 from shoal.protocol import codec
 from shoal.protocol.tasks import DelegatorMessage, Offer, Result, ResultAck, Taken, Task
-from shoal.services.ctl_client import CtlClient
-from shoal.services.delegator import Delegator
-from shoal.services.ledger import Ledger
-from shoal.services.placement import Peer
+from shoal.services.delegator.ledger import Ledger
+from shoal.services.delegator.placement import Peer
+from shoal.services.delegator.service import Delegator
+from shoal.services.runtime.ctl_client import CtlClient
 from shoal.services.testing import config_on_free_ports, running, wait_for
 
 _decode = msgspec.msgpack.Decoder(DelegatorMessage).decode

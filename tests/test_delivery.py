@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.protocol.messages import RelaySnapshot
-from shoal.services.ctl_client import CtlClient
-from shoal.services.relay import Relay
-from shoal.services.sim import Fleet
+from shoal.services.relay.service import Relay
+from shoal.services.runtime.ctl_client import CtlClient
+from shoal.services.sim.fleet import Fleet
 from shoal.services.testing import config_on_free_ports, running, wait_for
 
 
@@ -91,7 +91,7 @@ def test_a_fleet_stopping_says_goodbye_for_every_node() -> None:
 
 
 def test_sim_set_rate_changes_load_and_refuses_bad_arguments() -> None:
-    from shoal.services.ctl_client import CtlFailed
+    from shoal.services.runtime.ctl_client import CtlFailed
 
     config = config_on_free_ports(sim={"nodes": 3})
     with running(Fleet(config)) as fleet, CtlClient(config.sim.ctl) as sim:
@@ -119,8 +119,8 @@ def test_sim_set_rate_changes_load_and_refuses_bad_arguments() -> None:
 def test_nodes_whose_batch_could_not_leave_go_down_at_once_not_after_an_ack_timeout() -> None:
     """A fleet started before its relay: the gateway's send fails, so no probe is in flight,
     and no node may sit in PROBING waiting ack_timeout_ms for an answer that cannot come."""
-    from shoal.services.ctl_client import CtlClient
-    from shoal.services.sim import Fleet
+    from shoal.services.runtime.ctl_client import CtlClient
+    from shoal.services.sim.fleet import Fleet
 
     config = config_on_free_ports(sim={"nodes": 4, "tick_ms": 10, "ack_timeout_ms": 60_000})
     with running(Fleet(config)) as fleet, CtlClient(config.sim.ctl) as sim:

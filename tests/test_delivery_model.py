@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from shoal.firmware.nodecore.node import UP, NodeCore
 from shoal.firmware.nodecore.prng import XorShift32
-from shoal.services.dedup import DUPLICATE, NEW, STALE, SeqWindow
+from shoal.services.relay.dedup import DUPLICATE, NEW, STALE, SeqWindow
 
 
 @settings(max_examples=300, deadline=None)

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from shoal.services.config import LivenessConfig
-from shoal.services.detector import Detector, Thresholds, z_for_phi
+from shoal.services.liveness.detector import Detector, Thresholds, z_for_phi
+from shoal.services.runtime.config import LivenessConfig
 
 HB_S = 0.25
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import zmq
 
-from shoal.services.config import liveness_for, relay_for
-from shoal.services.ctl_client import CtlClient, CtlUnavailable
-from shoal.services.fault_proxy import FaultProxy
-from shoal.services.liveness import Liveness
-from shoal.services.relay import Relay
-from shoal.services.sockets import BindError
+from shoal.services.chaos.fault_proxy import FaultProxy
+from shoal.services.liveness.service import Liveness
+from shoal.services.relay.service import Relay
+from shoal.services.runtime.config import liveness_for, relay_for
+from shoal.services.runtime.ctl_client import CtlClient, CtlUnavailable
+from shoal.services.runtime.sockets import BindError
 from shoal.services.testing import config_on_free_ports, running, tcp, wait_for
 
 

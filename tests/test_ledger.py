@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shoal.protocol.tasks import Task
-from shoal.services.ledger import STATES, Ledger, LedgerError
+from shoal.services.delegator.ledger import STATES, Ledger, LedgerError
 
 LEASE_MS = 3000
 
@@ -509,7 +509,7 @@ def test_a_restarted_delegator_recovers_every_in_flight_task(tmp_path: Path) -> 
 CHILD = r"""
 import json, sys
 from shoal.protocol.tasks import Task
-from shoal.services.ledger import Ledger
+from shoal.services.delegator.ledger import Ledger
 
 path, run = sys.argv[1], sys.argv[2]
 ledger = Ledger(path, max_redeliveries=0)

@@ -21,8 +21,8 @@ from shoal.protocol.messages import (
     ObserverHealth,
     ServiceBeat,
 )
-from shoal.services.liveness import Liveness
-from shoal.services.runtime import CtlError
+from shoal.services.liveness.service import Liveness
+from shoal.services.runtime.service import CtlError
 from shoal.services.testing import config_on_free_ports
 
 RELAY = 77

@@ -16,9 +16,9 @@ import pytest
 
 from shoal.protocol import codec
 from shoal.protocol.messages import MemberEvent, Membership
-from shoal.services.ctl_client import CtlClient, CtlFailed, CtlUnavailable
-from shoal.services.membership_view import MembershipView
-from shoal.services.runtime import Service
+from shoal.services.liveness.view import MembershipView
+from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.runtime.service import Service
 from shoal.services.testing import BusListener, Cluster, running, wait_for
 
 NODES = 6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from shoal.services.placement import Peer, choose
+from shoal.services.delegator.placement import Peer, choose
 
 
 def test_no_peer_with_room_means_no_placement() -> None:

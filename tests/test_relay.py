@@ -21,8 +21,8 @@ from shoal.protocol.messages import (
     ServiceStatus,
     Telemetry,
 )
-from shoal.services.ctl_client import CtlClient, CtlFailed
-from shoal.services.relay import Relay
+from shoal.services.relay.service import Relay
+from shoal.services.runtime.ctl_client import CtlClient, CtlFailed
 from shoal.services.testing import (
     BusListener,
     IngestClient,

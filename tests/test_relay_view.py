@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.protocol.messages import Telemetry
-from shoal.services.relay import Relay
-from shoal.services.relay_view import RelayView
-from shoal.services.runtime import Service
+from shoal.services.relay.service import Relay
+from shoal.services.relay.view import RelayView
+from shoal.services.runtime.service import Service
 from shoal.services.testing import IngestClient, config_on_free_ports, running, wait_for
 
 

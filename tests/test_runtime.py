@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from shoal.protocol.messages import ServiceBeat, ServiceStatus
-from shoal.services.ctl_client import CtlClient, CtlFailed, CtlUnavailable
-from shoal.services.runtime import Service
+from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.runtime.service import Service
 from shoal.services.testing import BusListener, config_on_free_ports, running, tcp, wait_for
 
 
@@ -95,7 +95,7 @@ def test_a_failing_op_answers_with_an_error_and_the_service_keeps_serving() -> N
 
 def test_sigterm_stops_a_service_process_in_order_with_json_logs(tmp_path: Any) -> None:
     config_path = tmp_path / "shoal.toml"
-    from shoal.services.config import dump_toml
+    from shoal.services.runtime.config import dump_toml
 
     config = config_on_free_ports()
     config_path.write_text(dump_toml(config))
@@ -125,7 +125,7 @@ def test_sigterm_stops_a_service_process_in_order_with_json_logs(tmp_path: Any) 
 
 
 def test_humanize_renders_a_json_log_line_for_a_terminal() -> None:
-    from shoal.services.log import humanize
+    from shoal.services.runtime.log import humanize
 
     line = '{"ts":"2026-11-23T23:59:01.123Z","svc":"relay","level":"info","event":"started","pid":7,"endpoints":{"a":"b"}}'
     assert humanize(line) == '23:59:01.123 info  started pid=7 endpoints={"a":"b"}'

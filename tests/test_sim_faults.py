@@ -19,10 +19,12 @@ from shoal.firmware.nodecore.engine import Engine
 from shoal.firmware.nodecore.prng import XorShift32
 from shoal.protocol.messages import Goodbye, Hello, Telemetry
 from shoal.protocol.tasks import NodeTaskMessage, Renew
-from shoal.services.ctl_client import CtlClient, CtlFailed, CtlUnavailable
-from shoal.services.liveness import Liveness
-from shoal.services.relay import Relay
-from shoal.services.sim import Fleet, GatewayLink, LinkFault
+from shoal.services.liveness.service import Liveness
+from shoal.services.relay.service import Relay
+from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.sim.faults import LinkFault
+from shoal.services.sim.fleet import Fleet
+from shoal.services.sim.links import GatewayLink
 from shoal.services.testing import (
     BusListener,
     Cluster,

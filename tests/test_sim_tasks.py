@@ -23,8 +23,8 @@ from shoal.protocol.tasks import (
     ResultAck,
     Taken,
 )
-from shoal.services.ctl_client import CtlClient
-from shoal.services.sim import Fleet
+from shoal.services.runtime.ctl_client import CtlClient
+from shoal.services.sim.fleet import Fleet
 from shoal.services.testing import config_on_free_ports, running, wait_for
 
 

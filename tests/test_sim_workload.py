@@ -16,11 +16,11 @@ import zmq
 
 from shoal.protocol import codec
 from shoal.protocol.tasks import Completed, NodeTaskMessage, Renew
-from shoal.services.cli import _workload, _workload_argv
-from shoal.services.config import Burst, ConfigError, SimConfig, load_config, with_overrides
-from shoal.services.ctl_client import CtlClient
-from shoal.services.sim import (
-    Fleet,
+from shoal.services.cli.workload import apply_workload, workload_argv
+from shoal.services.runtime.config import Burst, ConfigError, SimConfig, load_config, with_overrides
+from shoal.services.runtime.ctl_client import CtlClient
+from shoal.services.sim.fleet import Fleet
+from shoal.services.sim.workload import (
     WorkloadError,
     base_rates,
     burst_active,
@@ -147,24 +147,24 @@ def test_workload_flags_override_the_config() -> None:
         "node_rates": ("sim-003=9.5",),
         "bursts": ("30:5:2", "60:1:3:15"),
     }
-    sim = _workload(config, flags).sim
+    sim = apply_workload(config, flags).sim
     assert sim.arrival_rate_hz == 3.0 and sim.hot_spots == 2 and sim.hot_spot_factor == 4.0
     assert sim.rates == {"sim-009": 1.0, "sim-003": 9.5}  # added to the table
     assert sim.bursts == [
         Burst(every_s=30, duration_s=5, factor=2),
         Burst(every_s=60, duration_s=1, factor=3, start_s=15),
     ]
-    assert _workload(config, {"hot_spots": "sim-001, sim-004"}).sim.hot_spots == [
+    assert apply_workload(config, {"hot_spots": "sim-001, sim-004"}).sim.hot_spots == [
         "sim-001",
         "sim-004",
     ]
     # What `shoal up` passes on to the sim it starts says the same.
-    argv = _workload_argv(flags)
+    argv = workload_argv(flags)
     assert argv == [
         "--rate", "3.0", "--hot-spots", "2", "--hot-factor", "4.0",
         "--node-rate", "sim-003=9.5", "--burst", "30:5:2", "--burst", "60:1:3:15",
     ]  # fmt: skip
-    assert _workload_argv({}) == []
+    assert workload_argv({}) == []
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_workload_flags_override_the_config() -> None:
 )
 def test_bad_workload_flags_are_usage_errors(flags: dict[str, Any], error: str) -> None:
     with pytest.raises(click.ClickException, match=error):
-        _workload(load_config(env={}), flags)
+        apply_workload(load_config(env={}), flags)
 
 
 def test_shoal_up_refuses_a_workload_that_does_not_fit_before_starting_anything() -> None:

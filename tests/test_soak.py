@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.services.ctl_client import CtlUnavailable
+from shoal.services.runtime.ctl_client import CtlUnavailable
 from shoal.services.testing import BusListener, Cluster, wait_for
 
 NODES = 50

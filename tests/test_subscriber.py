@@ -6,9 +6,9 @@ from typing import Any
 
 from shoal.protocol import codec
 from shoal.protocol.messages import NodeRecords, Telemetry
-from shoal.services.relay import Relay
-from shoal.services.runtime import Service
-from shoal.services.subscriber import BusSubscriber, SequenceTracker
+from shoal.services.relay.service import Relay
+from shoal.services.runtime.service import Service
+from shoal.services.runtime.subscriber import BusSubscriber, SequenceTracker
 from shoal.services.testing import IngestClient, config_on_free_ports, running, wait_for
 
 

@@ -27,9 +27,9 @@ import zmq
 
 from shoal.protocol import codec
 from shoal.protocol.messages import Request
-from shoal.services.config import SupervisorConfig
-from shoal.services.log import JsonLog
-from shoal.services.supervisor import ProcessSpec, Supervisor, supervisor_request
+from shoal.services.runtime.config import SupervisorConfig
+from shoal.services.runtime.log import JsonLog
+from shoal.services.supervisor.supervisor import ProcessSpec, Supervisor, supervisor_request
 
 PY = sys.executable
 SLEEPER = "import time; print('up', flush=True); time.sleep(60)"
@@ -329,8 +329,8 @@ def test_signals_in_a_real_process(tmp_path: Path) -> None:
     )
     script = (
         "import sys\n"
-        "from shoal.services.config import SupervisorConfig\n"
-        "from shoal.services.supervisor import ProcessSpec, run_supervisor\n"
+        "from shoal.services.runtime.config import SupervisorConfig\n"
+        "from shoal.services.supervisor.supervisor import ProcessSpec, run_supervisor\n"
         f"specs = [ProcessSpec('stubborn', [sys.executable, '-c', {stubborn!r}])]\n"
         f"sys.exit(run_supervisor(specs, SupervisorConfig(ctl={ctl!r}, stop_timeout_s=10)))\n"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.services.ctl_client import CtlClient
+from shoal.services.runtime.ctl_client import CtlClient
 from shoal.services.testing import Cluster, config_on_free_ports, wait_for
 from shoal.tui.feed import LiveFeed
 from shoal.tui.model import FLOOD_TASKS, RUN_SCENARIO, ActionError, ScenarioRun

@@ -142,7 +142,7 @@ class ShoalConsole(App[None]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(self.BINDINGS))
 
     def action_go(self, view: str) -> None:
         self.go(view)

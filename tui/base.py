@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from collections import deque
+from pathlib import Path
+from typing import Protocol, cast
 
 from textual.screen import Screen
 from textual.widgets import Static
 
-from .model import ClusterState
+from .model import ClusterState, Event, Sample
 
-if TYPE_CHECKING:
-    from .app import ShoalConsole
+
+class Console(Protocol):
+    """What a screen asks of the console app (app.py's ShoalConsole): named here so the
+    screens need not import the app that imports them."""
+
+    state: ClusterState
+    readonly: bool
+    event_log: deque[tuple[int, Event]]
+
+    def events_after(self, n: int) -> list[tuple[int, Event]]: ...
+    def history(self, node_id: str) -> list[Sample]: ...
+    def go(self, view: str) -> None: ...
+    def open_detail(self, node_id: str) -> None: ...
+    def request_action(self, action: str, node_id: str | None) -> None: ...
+    def request_scenario(self, path: Path) -> None: ...
 
 
 class StatusBanner(Static):
@@ -30,8 +45,8 @@ class ConsoleScreen(Screen[None]):
     """A screen that shows the cluster; the app calls ``show_state`` with every new state."""
 
     @property
-    def console(self) -> ShoalConsole:
-        return cast("ShoalConsole", self.app)
+    def console(self) -> Console:
+        return cast(Console, self.app)
 
     def on_screen_resume(self) -> None:
         self.show_state(self.console.state)

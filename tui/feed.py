@@ -40,12 +40,12 @@ from shoal.protocol.messages import (
     ServiceBeat,
     Telemetry,
 )
-from shoal.services.config import ShoalConfig, with_overrides
-from shoal.services.ctl_client import CtlClient, CtlFailed, CtlUnavailable
-from shoal.services.membership_view import MembershipView
-from shoal.services.relay_view import RelayView
-from shoal.services.runtime import Service, received
-from shoal.services.subscriber import BusSubscriber
+from shoal.services.liveness.view import MembershipView
+from shoal.services.relay.view import RelayView
+from shoal.services.runtime.config import ShoalConfig, with_overrides
+from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.runtime.service import Service, received
+from shoal.services.runtime.subscriber import BusSubscriber
 
 from .model import (
     FLOOD_TASKS,

@@ -66,9 +66,10 @@ def section(
     return table
 
 
-def help_sections() -> list[Table]:
+def help_sections(app_bindings: Iterable[BindingType]) -> list[Table]:
+    """Every key, by where it works; ``app_bindings`` are the app's own (passed in: the app
+    imports this module, not the other way round)."""
     # Imported here: the screens import this module's neighbours, not the other way round.
-    from .app import ShoalConsole
     from .confirm import ConfirmScreen
     from .detail import NodeDetailScreen
     from .event_log import EventsScreen
@@ -79,7 +80,7 @@ def help_sections() -> list[Table]:
     actions = tuple((ACTION_KEYS[a], f"{a}: {ACTION_TEXT[a]}") for a in ACTIONS)
     commands = (*((f":{v}", f"the {v} view") for v in VIEWS), (":q", "quit"))
     return [
-        section("everywhere", ShoalConsole.BINDINGS, commands),
+        section("everywhere", app_bindings, commands),
         section(
             "nodes",
             [*NodesScreen.BINDINGS, *NodeTable.BINDINGS],
@@ -95,10 +96,16 @@ def help_sections() -> list[Table]:
 
 
 class HelpScreen(Screen[None]):
+    """Every key; made with the app's own bindings."""
+
     BINDINGS = [
         Binding("escape", "app.pop_screen", "back"),
         Binding("question_mark", "app.pop_screen", "back", show=False),
     ]
+
+    def __init__(self, app_bindings: Iterable[BindingType]) -> None:
+        super().__init__()
+        self.app_bindings = list(app_bindings)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help"):
@@ -107,6 +114,6 @@ class HelpScreen(Screen[None]):
                 title.append("   read-only: actions are refused", "bold yellow")
             yield Static(title, id="help-title")
             with Grid(id="help-grid"):
-                for table in help_sections():
+                for table in help_sections(self.app_bindings):
                     yield Static(table, classes="help-section")
         yield Footer()

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from shoal.services.config import ENV_ENDPOINTS, ShoalConfig, dump_toml
+from shoal.services.runtime.config import ENV_ENDPOINTS, ShoalConfig, dump_toml
 
 from .model import VERDICTS, ActionError, ScenarioRun
 

@@ -6,7 +6,12 @@
 - ``observer``: the recorded history (membership events, metric samples, fault times);
 - ``checks``: tolerances, steady-state probes and expectations over the history;
 - ``runner``: one run, from the cluster's start to its verdict and rollback;
-- ``report``: the JSON report and its Markdown summary.
+- ``report``: the JSON report and its Markdown summary;
+- ``fault_proxy``: a fault proxy on one service-to-service link (partitions between services).
+
+It binds nothing of its own but the fault proxies it starts (bus XPUB, ctl ROUTER, on free
+loopback ports); it trusts the scenario file only after validating it, and the cluster's
+answers only as measurements.
 
 docs/scenarios.md is the reference for scenario files.
 """

@@ -5,7 +5,7 @@
   the nodes take them in their own transport, as a node with a bad radio would.
 - Service faults (kill, restart, pause) are real signals through the supervisor.
 - A partition between services (its target a service) cuts the fault proxies on those
-  links (services/fault_proxy.py), which the runner put into its own cluster's config.
+  links (services/chaos/fault_proxy.py), which the runner put into its own cluster's config.
 
 Every timed fault sent to the fleet also carries the fleet's own timer (``duration_ms``:
 the planned duration plus ``DEAD_MANS_MARGIN_S``), so a fault heals itself even if the
@@ -21,9 +21,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..config import ShoalConfig
-from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
-from ..fault_proxy import FaultProxy
+from shoal.services.runtime.config import ShoalConfig
+from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+
+from .fault_proxy import FaultProxy
 from .plan import PlannedFault
 from .scenario import on_services
 

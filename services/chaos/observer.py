@@ -19,12 +19,12 @@ import time
 from typing import Any
 
 from shoal.protocol.messages import MemberEvent, ObserverHealth, ServiceStatus
+from shoal.services.liveness.view import MembershipView
+from shoal.services.runtime.config import ShoalConfig, with_overrides
+from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.runtime.service import Service
 
-from ..config import ShoalConfig, with_overrides
-from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
-from ..fault_proxy import FaultProxy
-from ..membership_view import MembershipView
-from ..runtime import Service
+from .fault_proxy import FaultProxy
 
 SAMPLE_TIMEOUT_S = 0.5
 MIN_RATE_WINDOW_S = 0.5  # a rate over less than this is noise

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from .load import occurrences
 from .scenario import (
     INSTANT_KINDS,
     LINK_KINDS,
@@ -29,7 +30,6 @@ from .scenario import (
     Target,
     TargetSpec,
     kind_of,
-    occurrences,
     on_services,
 )
 

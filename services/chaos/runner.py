@@ -17,6 +17,10 @@ The phases, each recorded in the history:
 Verdicts and exit codes: passed 0, failed 1, aborted 2 (safety, kill switch, Ctrl-C),
 undecided 3 (the cluster could not be started or observed, a fault could not be applied),
 invalid 4 (raised before anything runs).
+
+Long on purpose: one run is one state machine (start, steady state, faults, recover,
+drain, verdict, rollback) whose phases share the run's state; split, they would pass it all
+around.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ShoalConfig
-from ..ctl_client import CtlClient, CtlFailed, CtlUnavailable
-from ..fault_proxy import FaultProxy
+from shoal.services.runtime.config import ShoalConfig
+from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+
 from .actuators import ActuatorError, Actuators
 from .checks import (
     Applied,
@@ -47,20 +51,11 @@ from .checks import (
     percentile,
     recovery_s,
 )
+from .fault_proxy import FaultProxy
+from .load import STARTUP_ALLOWANCE_S, Loaded, ScenarioError, hot_ids, node_ids
 from .observer import History, Sampler, Watcher
 from .plan import Plan, PlanError, make_plan
-from .scenario import (
-    FAILING_KINDS,
-    STARTUP_ALLOWANCE_S,
-    Loaded,
-    Scenario,
-    ScenarioError,
-    attach_errors,
-    hot_ids,
-    node_ids,
-    on_services,
-    service_links,
-)
+from .scenario import FAILING_KINDS, Scenario, attach_errors, on_services, service_links
 
 EXIT_CODES = {"passed": 0, "failed": 1, "aborted": 2, "undecided": 3, "invalid": 4}
 REPORT_VERSION = 1
@@ -190,7 +185,7 @@ class _Run:
             nodes = sorted(nodes_op)
             self.rates_before = {n: float(v.get("rate_hz", 0.0)) for n, v in nodes_op.items()}
             return config, nodes, hot_ids(self.s.workload, nodes)
-        from ..testing import Cluster, tcp
+        from shoal.services.testing import Cluster, tcp
 
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-chaos-")))
         w = self.s.workload

@@ -41,10 +41,9 @@ import zmq.asyncio
 
 from shoal.protocol import codec
 from shoal.protocol.messages import Reply, ServiceStatus
-
-from .config import SupervisorConfig
-from .log import JsonLog, humanize, isatty
-from .sockets import Sockets
+from shoal.services.runtime.config import SupervisorConfig
+from shoal.services.runtime.log import JsonLog, humanize, isatty
+from shoal.services.runtime.sockets import Sockets
 
 # A line longer than this is written out in pieces: one runaway line must neither block
 # the reader nor grow a buffer without bound.
@@ -534,7 +533,7 @@ def supervisor_request(
     Raises RuntimeError with the supervisor's message when it refuses the request, and
     TimeoutError when no reply comes within timeout_s.
     """
-    from .ctl_client import CtlClient, CtlFailed, CtlUnavailable
+    from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 
     try:
         with CtlClient(endpoint) as client:

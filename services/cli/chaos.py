@@ -14,7 +14,8 @@ from typing import Any
 import click
 import msgspec
 
-from .scenario import ScenarioError, attach_errors, hot_ids, load, node_ids, parse
+from shoal.services.chaos.load import ScenarioError, hot_ids, load, node_ids, parse
+from shoal.services.chaos.scenario import attach_errors
 
 INVALID = 4
 EXIT_UNDECIDED = 3
@@ -103,10 +104,10 @@ def run(
     quiet: bool,
 ) -> None:
     """Run scenario FILE and write its report; the exit code is the verdict."""
-    from . import report as reports
-    from .plan import PlanError, make_plan
-    from .runner import Options
-    from .runner import run as run_scenario
+    from shoal.services.chaos import report as reports
+    from shoal.services.chaos.plan import PlanError, make_plan
+    from shoal.services.chaos.runner import Options
+    from shoal.services.chaos.runner import run as run_scenario
 
     recorded: dict[str, Any] | None = None
     try:
@@ -128,15 +129,15 @@ def run(
     seed = s.seed if seed is None else seed
     attached = None
     if attach:
-        from ..cli import _load
+        from .config import config_from
 
-        attached = _load(config_path)
+        attached = config_from(config_path)
         if errors := attach_errors(s):
             _invalid(ScenarioError(loaded.path, errors))
     if dry_run:
         nodes, hot = node_ids(s.workload), hot_ids(s.workload)
         if attached is not None:
-            from .runner import ctl_call
+            from shoal.services.chaos.runner import ctl_call
 
             fleet = ctl_call(attached.sim.ctl, "nodes", timeout_s=3.0)
             if not isinstance(fleet, dict):
@@ -209,7 +210,7 @@ def _progress_line() -> Any:
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 def report_cmd(path: str, fmt: str) -> None:
     """Print a run's report (Markdown summary or the JSON)."""
-    from . import report as reports
+    from shoal.services.chaos import report as reports
 
     try:
         r = reports.read(path)

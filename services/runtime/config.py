@@ -78,7 +78,7 @@ class SimConfig(_Section, frozen=True):
     # per ms). Load factor = arrival rate / service rate.
     service_rate_hz: Annotated[float, Meta(ge=0)] = 0.0
     queue_capacity: PositiveInt = 64
-    # Workload beyond the uniform arrival_rate_hz (services/sim.py, "Workload"). A node's
+    # Workload beyond the uniform arrival_rate_hz (services/sim/workload.py). A node's
     # base rate is, by precedence: its entry in ``rates`` ([sim.rates] "sim-003" = 12.0,
     # tasks/s); hot_spot_factor x its capacity if it is a hot spot; arrival_rate_hz.
     # hot_spots: node ids, or a count N (N nodes spread evenly over the fleet).
@@ -138,7 +138,7 @@ class LivenessConfig(_Section, frozen=True):
     max_nodes: PositiveInt = 10_000
     # Where the monitor reaches the relay, if not at [relay] bus / ctl ("": the relay's
     # own endpoints). The fault injector points these at a fault proxy
-    # (services/fault_proxy.py) to partition the monitor from the relay. The monitor only
+    # (services/chaos/fault_proxy.py) to partition the monitor from the relay. The monitor only
     # subscribes to the relay's bus today; relay_ctl is there for the other half of the link.
     relay_bus: str = ""
     relay_ctl: str = ""
@@ -167,7 +167,7 @@ class DelegatorConfig(_Section, frozen=True):
     enabled: bool = True  # False: offers are refused (the baseline of bench/delegation.py)
     # Where the delegator reaches the relay and the liveness monitor, if not at their own
     # [relay] / [liveness] bus and ctl ("": theirs). The fault injector points these at a
-    # fault proxy (services/fault_proxy.py) to partition the delegator from either.
+    # fault proxy (services/chaos/fault_proxy.py) to partition the delegator from either.
     relay_bus: str = ""
     relay_ctl: str = ""
     liveness_bus: str = ""

@@ -42,6 +42,9 @@ A database failure during a mutation rolls the whole uncommitted batch back and 
 ``LedgerError`` ("... rolled back"): send none of that batch's acks. A task in the wrong
 state is refused by return value (False, a status string) and changes nothing, except in
 ``assign``, whose caller must only pass pending tasks (LedgerError, nothing rolled back).
+
+Long on purpose: the ledger is one SQLite schema and the transactions over it; every
+state change must be read beside the schema's constraints that make it safe.
 """
 
 from __future__ import annotations

@@ -23,10 +23,9 @@ from shoal.protocol.messages import (
     MemberState,
     ObserverHealth,
 )
-
-from .clone import ClonedState
-from .config import LivenessConfig
-from .runtime import Service
+from shoal.services.runtime.clone import ClonedState
+from shoal.services.runtime.config import LivenessConfig
+from shoal.services.runtime.service import Service
 
 
 class MembershipView(ClonedState):

@@ -25,7 +25,7 @@ import zmq
 from shoal.protocol import codec
 from shoal.protocol.messages import Request, ServiceBeat
 
-from .runtime import Service, received
+from .service import Service, received
 from .subscriber import BusSubscriber
 
 # A snapshot request that gets no answer is sent again after this long.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 import msgspec
 
 from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
+
+from .config import config_from, config_option
 
 LIVENESS_STATES = ("alive", "suspect", "dead", "left")
 COLUMNS = (
@@ -149,3 +152,52 @@ def _liveness_line(members: MembershipSnapshot | None) -> str:
 def to_json(snap: RelaySnapshot, members: MembershipSnapshot | None = None) -> str:
     text = msgspec.json.encode(snapshot_as_dict(snap, members)).decode()
     return msgspec.json.format(text, indent=2)
+
+
+@click.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for the relay."
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(0.2),
+    default=None,
+    metavar="SECONDS",
+    help="Refresh every SECONDS until Ctrl-C.",
+)
+def status(config_path: str | None, as_json: bool, timeout: float, watch: float | None) -> None:
+    """One row per node (relay snapshot and liveness state), plus counters."""
+    import contextlib
+    import time
+
+    from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
+    from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+
+    config = config_from(config_path)
+    with CtlClient(config.relay.ctl) as relay, CtlClient(config.liveness.ctl) as liveness:
+        while True:
+            try:
+                snap: RelaySnapshot = relay.call(
+                    "snapshot", result_type=RelaySnapshot, timeout_s=timeout, retries=1
+                )
+                members: MembershipSnapshot | None = None
+                with contextlib.suppress(CtlUnavailable, CtlFailed):  # states shown as "?"
+                    members = liveness.call(
+                        "members", result_type=MembershipSnapshot, timeout_s=timeout, retries=0
+                    )
+                text = to_json(snap, members) if as_json else render_table(snap, members)
+            except (CtlUnavailable, CtlFailed) as err:
+                if watch is None:
+                    raise click.ClickException(f"relay at {config.relay.ctl}: {err}") from None
+                text = f"relay at {config.relay.ctl}: {err} (retrying)"
+            if watch is None:
+                click.echo(text)
+                return
+            click.clear()
+            click.echo(text)
+            try:
+                time.sleep(watch)  # the refresh period the user asked for
+            except KeyboardInterrupt:
+                return

@@ -33,10 +33,10 @@ from shoal.protocol.messages import (
     RelaySnapshot,
     Telemetry,
 )
+from shoal.services.runtime.config import RelayConfig, ShoalConfig
+from shoal.services.runtime.service import DRAIN_BUDGET, Service, received_multipart
 
-from .config import RelayConfig, ShoalConfig
 from .dedup import DUPLICATE, NEW, SeqWindow
-from .runtime import DRAIN_BUDGET, Service, received_multipart
 
 # Silent nodes are forgotten after this long, so ids seen once cannot fill the node table.
 FORGET_AFTER_S = 600.0

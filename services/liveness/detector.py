@@ -30,8 +30,7 @@ import math
 from statistics import NormalDist
 
 from shoal.protocol.messages import Evidence
-
-from .config import LivenessConfig
+from shoal.services.runtime.config import LivenessConfig
 
 PHI_MAX = 99.0
 # Intervals shorter than this fraction of the expected interval are one arrival seen

@@ -21,7 +21,7 @@ import zmq
 from shoal.protocol import codec
 from shoal.protocol.messages import ServiceBeat
 
-from .runtime import Service, received
+from .service import Service, received
 
 
 class SequenceTracker:

@@ -1,7 +1,7 @@
 """The delegator: takes tasks from overloaded nodes, places them on healthy peers, commits
 each result once, and hands it back to the origin.
 
-Every state change goes to the ledger (services/ledger.py) first; the replies that make a
+Every state change goes to the ledger (ledger.py) first; the replies that make a
 node act on it (taken, assign, result_ack, completed) are sent only after the ledger has
 committed the pass that decided them. So a delegator killed at any moment loses nothing a
 node was told, and a restarted one recovers every task in flight from the file.
@@ -11,7 +11,7 @@ with counters), ctl (ROUTER: tasks, task, audit, drain, owned, revoked). It foll
 relay's view (telemetry: room on each node) and the liveness monitor's membership (alive,
 suspect, dead, rebooted, left; observer health).
 
-Placement: power of two choices (services/placement.py) among peers that are alive (not
+Placement: power of two choices (placement.py) among peers that are alive (not
 suspect), not overloaded, reachable, and below ``accept_fill`` of their queue, counting
 assignments made since their last telemetry. A task's origin is never its own peer.
 """
@@ -42,13 +42,13 @@ from shoal.protocol.tasks import (
     Taken,
     Task,
 )
+from shoal.services.liveness.view import MembershipView
+from shoal.services.relay.view import RelayView
+from shoal.services.runtime.config import DelegatorConfig, ShoalConfig, liveness_for, relay_for
+from shoal.services.runtime.service import CtlError, Service, parse_args, received_multipart
 
-from .config import DelegatorConfig, ShoalConfig, liveness_for, relay_for
 from .ledger import Ledger
-from .membership_view import MembershipView
 from .placement import Peer, choose
-from .relay_view import RelayView
-from .runtime import CtlError, Service, parse_args, received_multipart
 
 # A node's route (the connection it last spoke on) is trusted for this long.
 ROUTE_FRESH_S = 10.0

@@ -45,11 +45,11 @@ from shoal.protocol.messages import (
     ObserverHealth,
     ServiceBeat,
 )
+from shoal.services.runtime.config import LivenessConfig, ShoalConfig, relay_for
+from shoal.services.runtime.service import CtlError, Service, parse_args
+from shoal.services.runtime.subscriber import BusSubscriber
 
-from .config import LivenessConfig, ShoalConfig, relay_for
 from .detector import Detector, Thresholds
-from .runtime import CtlError, Service, parse_args
-from .subscriber import BusSubscriber
 
 STATES: tuple[MemberState, ...] = ("alive", "suspect", "dead", "left")
 # How often dead and left nodes older than forget_after_s are dropped.

@@ -14,7 +14,7 @@ and a partition has to take both, so the proxy has two halves:
   at most ``max_clients`` DEALERs are kept, the least recently used closed first.
 
 The consumer's config points at the proxy instead of the service (``[liveness]
-relay_bus``, ``[delegator] liveness_ctl`` and so on; services/config.py). The proxy runs in
+relay_bus``, ``[delegator] liveness_ctl`` and so on; services/runtime/config.py). The proxy runs in
 a thread of the process that owns it (the fault injector) with its own poll loop, and
 forwards opaque frames: it never decodes them, so no frame can make it fail.
 
@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 import zmq
 
-from .sockets import Sockets
+from shoal.services.runtime.sockets import Sockets
 
 DIRECTIONS = ("bus_down", "bus_up", "ctl_up", "ctl_down")
 DRAIN_BUDGET = 512  # messages read from one socket before the loop looks at the others

@@ -31,10 +31,9 @@ from shoal.protocol.messages import (
     RelaySnapshot,
     Telemetry,
 )
-
-from .clone import ClonedState
-from .config import RelayConfig
-from .runtime import Service
+from shoal.services.runtime.clone import ClonedState
+from shoal.services.runtime.config import RelayConfig
+from shoal.services.runtime.service import Service
 
 
 class RelayView(ClonedState):

@@ -1,0 +1,5 @@
+"""`python -m shoal.services.cli`: what the supervisor and the tests run."""
+
+from .main import main
+
+main()

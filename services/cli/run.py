@@ -1,0 +1,80 @@
+"""`shoal run SERVICE` (one service in this process, as the supervisor starts it) and `shoal sim`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from shoal.services.runtime.config import with_overrides
+
+from .config import config_from, config_option
+from .workload import apply_workload, workload_options
+
+SERVICES = ("relay", "liveness", "delegator", "sim")
+
+
+@click.command()
+@click.argument("service", type=click.Choice(SERVICES))
+@config_option
+@click.option(
+    "--nodes", type=click.IntRange(0, 100_000), default=None, help="For sim: how many nodes."
+)
+@workload_options
+def run(service: str, config_path: str | None, nodes: int | None, **workload: Any) -> None:
+    """Run one service in this process (what the supervisor starts). The workload flags are
+    for sim."""
+    from shoal.services.runtime.service import main_for
+
+    config = config_from(config_path)
+    if nodes is not None:
+        config = with_overrides(config, "sim", nodes=nodes)
+    if service == "sim":
+        config = apply_workload(config, workload)
+    main_for(service_class(service), config)
+
+
+@click.command()
+@config_option
+@click.option(
+    "--nodes", type=click.IntRange(0, 100_000), default=None, help="How many nodes (default 8)."
+)
+@click.option("--seed", type=int, default=None, help="Seed of the load model.")
+@workload_options
+def sim(config_path: str | None, nodes: int | None, seed: int | None, **workload: Any) -> None:
+    """Run a fleet of simulated nodes against the relay (and the delegator).
+
+    Workload: every node gets --rate tasks a second, a hot spot --hot-factor times its
+    capacity, a node named by --node-rate its own rate; each --burst multiplies the rates
+    of every node by FACTOR for DURATION seconds every EVERY seconds (from START).
+    Example: --hot-spots 3 --hot-factor 3 --burst 30:5:2.
+    """
+    from shoal.services.runtime.service import main_for
+    from shoal.services.sim.fleet import Fleet
+
+    config = config_from(config_path)
+    overrides: dict[str, Any] = {}
+    if nodes is not None:
+        overrides["nodes"] = nodes
+    if seed is not None:
+        overrides["seed"] = seed
+    config = apply_workload(with_overrides(config, "sim", **overrides), workload)
+    main_for(Fleet, config)
+
+
+def service_class(name: str) -> Any:
+    if name == "relay":
+        from shoal.services.relay.service import Relay
+
+        return Relay
+    if name == "liveness":
+        from shoal.services.liveness.service import Liveness
+
+        return Liveness
+    if name == "delegator":
+        from shoal.services.delegator.service import Delegator
+
+        return Delegator
+    from shoal.services.sim.fleet import Fleet
+
+    return Fleet

@@ -1,0 +1,155 @@
+"""`shoal up` (the cluster under the supervisor, the console in front) and `shoal tui`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from shoal.services.runtime.config import ShoalConfig, with_overrides
+
+from .config import config_from, config_option
+from .workload import apply_workload, workload_argv, workload_options
+
+
+@click.command()
+@config_option
+@click.option(
+    "--nodes", type=click.IntRange(0, 100_000), default=None, help="Simulated nodes (default 8)."
+)
+@click.option("--headless", is_flag=True, help="No console; logs only.")
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False),
+    default="shoal-up.log",
+    show_default=True,
+    help="With the console: where the cluster's logs go.",
+)
+@click.option(
+    "--without",
+    "without",
+    multiple=True,
+    type=click.Choice(["liveness", "delegator"]),
+    help="Leave a service out (a deliberately broken cluster, for fault scenarios).",
+)
+@workload_options
+def up(
+    config_path: str | None,
+    nodes: int | None,
+    headless: bool,
+    log_path: str,
+    without: tuple[str, ...],
+    **workload: Any,
+) -> None:
+    """Start the relay, the liveness monitor, the delegator and a simulated fleet under the
+    supervisor.
+
+    On a terminal, the operator console opens on the cluster (logs go to --log); quitting
+    the console stops the cluster. --headless: no console, logs on stdout. The workload
+    flags go to the fleet.
+    """
+    from shoal.services.supervisor.supervisor import ProcessSpec, run_supervisor
+
+    config = config_from(config_path)  # fail here, once, rather than in every child
+    if nodes is not None:
+        config = with_overrides(config, "sim", nodes=nodes)
+    config = apply_workload(config, workload)
+    check_ports_free(config)
+    sim_args = ["--nodes", str(nodes)] if nodes is not None else []
+    sim_args += workload_argv(workload)
+    if not headless and sys.stdin.isatty() and sys.stdout.isatty():
+        sim_args += [f"--without={name}" for name in without]  # passed on to the child
+        sys.exit(_up_with_console(config, config_path, sim_args, log_path))
+    common = ["--config", os.path.abspath(config_path)] if config_path else []
+    python = [sys.executable, "-m", "shoal.services.cli"]
+    specs = [
+        ProcessSpec(name, [*python, "run", name, *common])
+        for name in ("relay", "liveness", "delegator")
+        if name not in without
+    ]
+    specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
+    sys.exit(run_supervisor(specs, config.supervisor))
+
+
+def _up_with_console(
+    config: ShoalConfig, config_path: str | None, sim_args: list[str], log_path: str
+) -> int:
+    """The cluster as a headless child process (logs to a file), the console in front."""
+    import signal
+    import subprocess
+
+    argv = [sys.executable, "-m", "shoal.services.cli", "up", "--headless"]
+    argv += ["--config", os.path.abspath(config_path)] if config_path else []
+    argv += sim_args
+    with open(log_path, "ab") as log:
+        cluster = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        run_console(config, readonly=False)
+    finally:
+        cluster.send_signal(signal.SIGINT)
+        try:
+            code = cluster.wait(config.supervisor.stop_timeout_s + 5)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            code = cluster.wait()
+    click.echo(f"cluster stopped (exit {code}); its log: {log_path}")
+    return 0
+
+
+def run_console(config: ShoalConfig, readonly: bool) -> None:
+    from pathlib import Path
+
+    from shoal.tui.app import ShoalConsole
+    from shoal.tui.feed import LiveFeed
+
+    feed = LiveFeed(config).start()
+    try:
+        ShoalConsole(feed, readonly=readonly, scenarios_dir=Path("scenarios")).run()
+    finally:
+        feed.close()
+
+
+@click.command()
+@config_option
+@click.option("--readonly", is_flag=True, help="Watch only: every action is refused.")
+def tui(config_path: str | None, readonly: bool) -> None:
+    """The operator console, attached to a running cluster (keeps retrying until one is up)."""
+    run_console(config_from(config_path), readonly)
+
+
+def check_ports_free(config: ShoalConfig) -> None:
+    """Refuse to start on ports that are taken (most often: a cluster already running)."""
+    import socket
+
+    endpoints = {
+        "relay.ingest": config.relay.ingest,
+        "relay.bus": config.relay.bus,
+        "relay.ctl": config.relay.ctl,
+        "liveness.bus": config.liveness.bus,
+        "liveness.ctl": config.liveness.ctl,
+        "delegator.tasks": config.delegator.tasks,
+        "delegator.bus": config.delegator.bus,
+        "delegator.ctl": config.delegator.ctl,
+        "sim.ctl": config.sim.ctl,
+        "supervisor.ctl": config.supervisor.ctl,
+    }
+    for key, endpoint in endpoints.items():
+        if not endpoint.startswith("tcp://") or endpoint.endswith(":*"):
+            continue
+        host, _, port = endpoint[len("tcp://") :].rpartition(":")
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host.strip("[]") or "0.0.0.0", int(port)))
+            except OSError as err:
+                raise click.ClickException(
+                    f"{key} {endpoint} is in use ({err.strerror}): is a cluster already "
+                    "running? Stop it, or move the endpoints with --config or SHOAL_* variables."
+                ) from None
+            except ValueError:
+                continue  # not host:port; the service will report it

@@ -1,0 +1,12 @@
+"""The delegator (``shoal run delegator``): binds tasks (ROUTER), bus (PUB) and ctl
+(ROUTER); follows the relay's view and the liveness monitor's membership. It trusts its
+ledger file and nothing a node says without checking it against the ledger (origin, epoch,
+owner).
+
+- ``service``: the Delegator process; ``ledger``: the durable SQLite task ledger;
+- ``placement``: power of two choices among the peers with room.
+"""
+
+from .service import Delegator
+
+__all__ = ["Delegator"]

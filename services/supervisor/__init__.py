@@ -1,0 +1,9 @@
+"""The supervisor (``shoal up``): binds ctl (ROUTER: ps, signal, restart, stop); starts,
+watches, restarts with backoff and stops every process of a local cluster. It trusts its
+children's exit codes and nothing else they print (their output is passed through, line by
+line, bounded).
+"""
+
+from .supervisor import ProcessSpec, Supervisor, run_supervisor, supervisor_request
+
+__all__ = ["ProcessSpec", "Supervisor", "run_supervisor", "supervisor_request"]
