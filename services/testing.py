@@ -10,7 +10,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,19 +18,16 @@ from typing import Any, TypeVar
 import msgspec
 
 from .runtime.config import ShoalConfig, load_config
+from .runtime.ports import next_port, tcp
+from .runtime.service import EXIT_BIND_FAILED as BIND_FAILED
 from .runtime.service import Service
 
 S = TypeVar("S", bound=Service)
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tcp(port: int | None = None) -> str:
-    return f"tcp://127.0.0.1:{port or free_port()}"
+    """A loopback port nobody else is given (runtime/ports.py says how)."""
+    return next_port()
 
 
 def config_on_free_ports(
@@ -178,7 +174,6 @@ class BusListener:
 
 
 START_ATTEMPTS = 3
-BIND_FAILED = 2  # a service's exit code when its endpoint is taken
 
 
 class Cluster:

@@ -10,7 +10,6 @@ import asyncio
 import io
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from shoal.protocol import codec
 from shoal.protocol.messages import Request
 from shoal.services.runtime.config import SupervisorConfig
 from shoal.services.runtime.log import JsonLog
+from shoal.services.runtime.ports import next_port as free_port
 from shoal.services.supervisor.supervisor import ProcessSpec, Supervisor, supervisor_request
 
 PY = sys.executable
@@ -70,12 +70,6 @@ class Harness:
     def events(self, event: str) -> list[dict[str, Any]]:
         records = [json.loads(line) for line in self.logs.text().splitlines()]
         return [r for r in records if r["event"] == event]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:

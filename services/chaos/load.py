@@ -16,6 +16,7 @@ import msgspec
 
 from shoal.services.runtime.config import spread
 
+from .library import resolve
 from .scenario import (
     INSTANT_KINDS,
     LINK_KINDS,
@@ -75,7 +76,8 @@ class ScenarioError(Exception):
 
 
 def load(path: str | Path, *, time_scale: float = 1.0) -> Loaded:
-    path = str(path)
+    """The scenario at ``path``, or the library scenario of that name (library.py)."""
+    path = str(resolve(path))
     try:
         text = Path(path).read_text()
     except OSError as err:

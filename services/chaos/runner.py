@@ -40,6 +40,7 @@ from typing import Any
 
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.runtime.service import EXIT_BIND_FAILED
 
 from .actuators import ActuatorError, Actuators
 from .checks import (
@@ -257,9 +258,12 @@ class _Run:
         ps = ctl_call(self.config.supervisor.ctl, "ps", timeout_s=0.5)
         if not isinstance(ps, list):
             return False, "waiting for the supervisor"
-        down = [r["name"] for r in ps if r.get("state") != "running"]
+        down = [r for r in ps if r.get("state") != "running"]
+        unbound = [r["name"] for r in down if r.get("last_exit") == EXIT_BIND_FAILED]
+        if unbound:  # said apart: a port conflict is no slow start
+            return False, f"{', '.join(unbound)} could not bind (exit 2; see the cluster log)"
         if down:
-            return False, f"waiting for {', '.join(down)}"
+            return False, f"waiting for {', '.join(r['name'] for r in down)}"
         snap = ctl_call(self.config.relay.ctl, "snapshot", timeout_s=0.5)
         heard = {n["node_id"] for n in snap.get("nodes", [])} if isinstance(snap, dict) else set()
         missing = [n for n in self.nodes if n not in heard]

@@ -14,6 +14,7 @@ from typing import Any
 import click
 import msgspec
 
+from shoal.services.chaos.library import library
 from shoal.services.chaos.load import ScenarioError, hot_ids, load, node_ids, parse
 from shoal.services.chaos.scenario import attach_errors
 
@@ -31,10 +32,23 @@ def chaos() -> None:
     """Fault-injection scenarios: a scenario file in, a verdict with numbers out."""
 
 
+@chaos.command("list")
+def list_cmd() -> None:
+    """The scenario library: each name (what `shoal chaos run NAME` takes) and its file."""
+    for path in library():
+        click.echo(f"{path.stem:<22} {path}")
+
+
 @chaos.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(files: tuple[str, ...]) -> None:
-    """Check scenario FILES; exit 4 naming the file, entry and field of each error."""
+@click.argument("files", nargs=-1, required=False, type=click.Path(dir_okay=False))
+@click.option("--library", "whole_library", is_flag=True, help="Every shipped scenario.")
+def validate(files: tuple[str, ...], whole_library: bool) -> None:
+    """Check scenario FILES (paths or library names); exit 4 naming the file, entry and
+    field of each error."""
+    if whole_library:
+        files = (*files, *map(str, library()))
+    if not files:
+        raise click.UsageError("give scenario FILES or --library")
     bad = 0
     for path in files:
         try:
@@ -50,7 +64,7 @@ def validate(files: tuple[str, ...]) -> None:
 
 
 @chaos.command()
-@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.argument("file", required=False)
 @click.option("--seed", type=int, default=None, help="Overrides the scenario's seed.")
 @click.option(
     "--report",

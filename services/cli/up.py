@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -101,15 +102,22 @@ def _up_with_console(
     return 0
 
 
-def run_console(config: ShoalConfig, readonly: bool) -> None:
-    from pathlib import Path
+def scenarios_dir() -> Path:
+    """./scenarios when the console starts in a folder that has one (a checkout, or the
+    user's own), else the library shipped with shoal."""
+    from shoal.services.chaos.library import LIBRARY_DIR
 
+    here = Path("scenarios")
+    return here if here.is_dir() else LIBRARY_DIR
+
+
+def run_console(config: ShoalConfig, readonly: bool) -> None:
     from shoal.tui.app import ShoalConsole
     from shoal.tui.feed import LiveFeed
 
     feed = LiveFeed(config).start()
     try:
-        ShoalConsole(feed, readonly=readonly, scenarios_dir=Path("scenarios")).run()
+        ShoalConsole(feed, readonly=readonly, scenarios_dir=scenarios_dir()).run()
     finally:
         feed.close()
 

@@ -53,6 +53,7 @@ from .sockets import BindError, Sockets
 
 # How many frames one handler call drains before the loop looks at other sockets and
 # timers: large enough to batch, small enough to stay fair.
+EXIT_BIND_FAILED = 2  # a service whose endpoint is taken exits with this
 DRAIN_BUDGET = 512
 # Longest the loop sleeps when no timer is due.
 MAX_POLL_MS = 1000
@@ -385,7 +386,7 @@ def main_for(service_cls: type[Service], config: ShoalConfig) -> None:
         service.log.error(
             "bind_failed", error=str(err), hint="another shoal running? see `shoal config`"
         )
-        sys.exit(2)
+        sys.exit(EXIT_BIND_FAILED)
 
 
 def _exit_with_parent() -> None:
