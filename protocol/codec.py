@@ -45,8 +45,9 @@ REJECT_REASONS = (
 
 # What a decoder raises on bytes that are not a message at all. msgspec raises
 # UnicodeDecodeError (not DecodeError) for a map key that is not UTF-8 while it reports an
-# unknown field: the fuzz test found it.
-_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError)
+# unknown field: the fuzz test found it. And RecursionError for nesting about 1,000 deep
+# (a map in a map in a map...), msgpack or JSON: the MQTT shim's tests found it.
+_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class Rejected(Exception):

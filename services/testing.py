@@ -35,12 +35,19 @@ def config_on_free_ports(
 ) -> ShoalConfig:
     """A config whose every endpoint is a free loopback port; extra keys per section."""
     config = base or load_config(env={})
+    mqtt_port = next_port()  # the embedded broker listens where the shim connects
     endpoints = {
         "relay": {"ingest": tcp(), "bus": tcp(), "ctl": tcp()},
         "liveness": {"bus": tcp(), "ctl": tcp()},
         "delegator": {"tasks": tcp(), "bus": tcp(), "ctl": tcp()},
         "sim": {"ctl": tcp()},
         "supervisor": {"ctl": tcp()},
+        "mqtt": {
+            "listen": f"127.0.0.1:{mqtt_port}",
+            "broker": f"mqtt://127.0.0.1:{mqtt_port}",
+            "shim_ctl": tcp(),
+            "shim_bus": tcp(),
+        },
     }
     for name, values in endpoints.items():
         values.update(sections.pop(name, {}))
@@ -176,6 +183,17 @@ class BusListener:
 START_ATTEMPTS = 3
 
 
+def tcp_listening(host: str, port: int, timeout_s: float = 0.3) -> bool:
+    """Whether something accepts TCP connections at host:port (the MQTT broker's readiness)."""
+    import socket
+
+    try:
+        with socket.create_connection((host or "127.0.0.1", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 class Cluster:
     """`shoal up --headless` as a real process tree on free ports, for tests and benchmarks.
 
@@ -248,8 +266,11 @@ class Cluster:
             "liveness": self.config.liveness.ctl,
             "delegator": self.config.delegator.ctl,
             "sim": self.config.sim.ctl,
+            "shim": self.config.mqtt.shim_ctl,
         }
         waiting = {k: v for k, v in endpoints.items() if k not in self.without}
+        mqtt = self.config.mqtt
+        broker_waiting = mqtt.embedded and "broker" not in self.without
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -267,7 +288,9 @@ class Cluster:
                     del waiting[name]
                 except (CtlFailed, CtlUnavailable):
                     pass
-            if not waiting:
+            if broker_waiting and tcp_listening(*mqtt.listen_address()):
+                broker_waiting = False  # the broker has no ctl socket: it accepts, it is up
+            if not waiting and not broker_waiting:
                 return True
             time.sleep(0.05)
         return True  # slow, not refused: let the caller's own waits decide

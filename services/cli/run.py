@@ -11,7 +11,7 @@ from shoal.services.runtime.config import with_overrides
 from .config import config_from, config_option
 from .workload import apply_workload, workload_options
 
-SERVICES = ("relay", "liveness", "delegator", "sim")
+SERVICES = ("relay", "liveness", "delegator", "sim", "broker", "shim")
 
 
 @click.command()
@@ -31,6 +31,11 @@ def run(service: str, config_path: str | None, nodes: int | None, **workload: An
         config = with_overrides(config, "sim", nodes=nodes)
     if service == "sim":
         config = apply_workload(config, workload)
+    if service == "broker":  # amqtt on asyncio, not a Service: its own main
+        from shoal.services.broker.process import main as broker_main
+
+        broker_main(config)
+        return
     main_for(service_class(service), config)
 
 
@@ -75,6 +80,10 @@ def service_class(name: str) -> Any:
         from shoal.services.delegator.service import Delegator
 
         return Delegator
+    if name == "shim":
+        from shoal.services.mqtt_shim.service import Shim
+
+        return Shim
     from shoal.services.sim.fleet import Fleet
 
     return Fleet

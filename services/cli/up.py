@@ -33,8 +33,16 @@ from .workload import apply_workload, workload_argv, workload_options
     "--without",
     "without",
     multiple=True,
-    type=click.Choice(["liveness", "delegator"]),
-    help="Leave a service out (a deliberately broken cluster, for fault scenarios).",
+    type=click.Choice(["liveness", "delegator", "broker", "shim"]),
+    help="Leave a service out (a deliberately broken cluster, for fault scenarios; "
+    "broker: use the one [mqtt] broker names).",
+)
+@click.option(
+    "--broker",
+    "broker_url",
+    metavar="mqtt://HOST:PORT",
+    default=None,
+    help="Use this MQTT broker (e.g. a mosquitto) instead of starting the embedded one.",
 )
 @workload_options
 def up(
@@ -43,10 +51,11 @@ def up(
     headless: bool,
     log_path: str,
     without: tuple[str, ...],
+    broker_url: str | None,
     **workload: Any,
 ) -> None:
-    """Start the relay, the liveness monitor, the delegator and a simulated fleet under the
-    supervisor.
+    """Start the relay, the liveness monitor, the delegator, the MQTT broker and shim (for
+    boards) and a simulated fleet under the supervisor.
 
     On a terminal, the operator console opens on the cluster (logs go to --log); quitting
     the console stops the cluster. --headless: no console, logs on stdout. The workload
@@ -57,22 +66,47 @@ def up(
     config = config_from(config_path)  # fail here, once, rather than in every child
     if nodes is not None:
         config = with_overrides(config, "sim", nodes=nodes)
+    if broker_url is not None:
+        config = external_broker(config, broker_url)
     config = apply_workload(config, workload)
-    check_ports_free(config)
+    check_ports_free(config, without)
     sim_args = ["--nodes", str(nodes)] if nodes is not None else []
     sim_args += workload_argv(workload)
     if not headless and sys.stdin.isatty() and sys.stdout.isatty():
         sim_args += [f"--without={name}" for name in without]  # passed on to the child
+        sim_args += ["--broker", broker_url] if broker_url else []
         sys.exit(_up_with_console(config, config_path, sim_args, log_path))
     common = ["--config", os.path.abspath(config_path)] if config_path else []
     python = [sys.executable, "-m", "shoal.services.cli"]
+    # The children read the file; what the flags changed reaches them by environment.
+    env = {"SHOAL_MQTT_BROKER": config.mqtt.broker} if broker_url else {}
+    names = ["relay", "liveness", "delegator"]
+    if config.mqtt.embedded:
+        names.append("broker")  # before the shim, so it is stopped after it
+    names.append("shim")
     specs = [
-        ProcessSpec(name, [*python, "run", name, *common])
-        for name in ("relay", "liveness", "delegator")
+        ProcessSpec(name, [*python, "run", name, *common], env=env)
+        for name in names
         if name not in without
     ]
     specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
     sys.exit(run_supervisor(specs, config.supervisor))
+
+
+def external_broker(config: ShoalConfig, url: str) -> ShoalConfig:
+    """``--broker URL``: the shim uses that broker, and none is started."""
+    import msgspec
+
+    from shoal.services.runtime.config import MqttConfig
+
+    mqtt = msgspec.structs.replace(config.mqtt, broker=url, embedded=False)
+    try:
+        msgspec.convert(msgspec.to_builtins(mqtt), MqttConfig)
+    except msgspec.ValidationError:
+        raise click.BadParameter(
+            f"{url!r} is not mqtt://HOST[:PORT]", param_hint="--broker"
+        ) from None
+    return msgspec.structs.replace(config, mqtt=mqtt)
 
 
 def _up_with_console(
@@ -130,7 +164,7 @@ def tui(config_path: str | None, readonly: bool) -> None:
     run_console(config_from(config_path), readonly)
 
 
-def check_ports_free(config: ShoalConfig) -> None:
+def check_ports_free(config: ShoalConfig, without: tuple[str, ...] = ()) -> None:
     """Refuse to start on ports that are taken (most often: a cluster already running)."""
     import socket
 
@@ -146,6 +180,11 @@ def check_ports_free(config: ShoalConfig) -> None:
         "sim.ctl": config.sim.ctl,
         "supervisor.ctl": config.supervisor.ctl,
     }
+    if "shim" not in without:
+        endpoints["mqtt.shim_ctl"] = config.mqtt.shim_ctl
+        endpoints["mqtt.shim_bus"] = config.mqtt.shim_bus
+    if config.mqtt.embedded and "broker" not in without:
+        endpoints["mqtt.listen"] = "tcp://" + config.mqtt.listen
     for key, endpoint in endpoints.items():
         if not endpoint.startswith("tcp://") or endpoint.endswith(":*"):
             continue

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from shoal.protocol import limits
+
 Positive = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
 
@@ -183,6 +185,65 @@ class SupervisorConfig(_Section, frozen=True):
     stop_timeout_s: Positive = 5.0
 
 
+# mqtt://HOST[:PORT] (an IPv6 host in brackets); HOST:PORT for a listener.
+MQTT_URL_PATTERN = r"^mqtt://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)(:[0-9]{1,5})?\Z"
+LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]*):[0-9]{1,5}\Z"
+
+
+class MqttConfig(_Section, frozen=True):
+    """Boards over MQTT: the broker they and the shim use, and the shim itself
+    (docs/protocol.md, "MQTT (boards)"; docs/architecture.md, "The device path")."""
+
+    # Where the shim (and the boards) reach the broker. With ``embedded``, ``shoal up``
+    # starts one (services/broker) listening on ``listen``, which should be the same port.
+    broker: Annotated[str, Meta(pattern=MQTT_URL_PATTERN)] = "mqtt://127.0.0.1:1883"
+    embedded: bool = True
+    listen: Annotated[str, Meta(pattern=LISTEN_PATTERN)] = "127.0.0.1:1883"
+    # The shim's MQTT keepalive; the embedded broker drops any client silent for 1.5 x its
+    # own keepalive (amqtt itself never does: its issue #308), so a board's will fires.
+    keepalive_s: Annotated[int, Meta(ge=1, le=65_535)] = 10
+    # The largest payload the shim decodes (bytes); larger ones are refused as oversize.
+    max_payload: Annotated[int, Meta(ge=64, le=limits.MAX_FRAME_BYTES)] = 4096
+    max_clients: PositiveInt = 2000  # connections the embedded broker serves at once
+    # The shim: its name (in its client id and its state topic), its endpoints, its login.
+    shim_id: Annotated[str, Meta(pattern=limits.NODE_ID_PATTERN)] = "shim-1"
+    shim_ctl: str = "tcp://127.0.0.1:7709"  # ping, status, boards (ROUTER)
+    shim_bus: str = "tcp://127.0.0.1:7710"  # its heartbeat with counters (PUB)
+    username: str = ""  # "" : connect without a username
+    password: str = ""
+    # Forwarding to the relay: a batch leaves at batch_max records or batch_interval_ms
+    # after its first record, whichever comes first (0: at the end of each read pass).
+    batch_max: Annotated[int, Meta(ge=1, le=limits.MAX_BATCH_RECORDS)] = 64
+    batch_interval_ms: Annotated[int, Meta(ge=0, le=1000)] = 5
+    # Reconnecting to the broker: full-jitter exponential backoff between these.
+    reconnect_min_ms: PositiveInt = 100
+    reconnect_max_ms: PositiveInt = 5000
+    # Boards the shim keeps track of; a board silent this long is forgotten.
+    max_boards: PositiveInt = 10_000
+    forget_after_s: Positive = 600.0
+
+    def broker_address(self) -> tuple[str, int]:
+        """``broker`` as (host, port); the port defaults to 1883."""
+        return split_host_port(self.broker.removeprefix("mqtt://"), 1883)
+
+    def listen_address(self) -> tuple[str, int]:
+        """``listen`` as (host, port); an empty host is every interface."""
+        return split_host_port(self.listen, 1883)
+
+
+def split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """ "host:port", "[v6]:port" or "host" as (host, port), brackets removed."""
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.index("]")
+        host, rest = text[1:end], text[end + 1 :]
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+    elif ":" in text:
+        host, _, tail = text.rpartition(":")
+        port = int(tail)
+    return host, port
+
+
 class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
@@ -190,6 +251,7 @@ class ShoalConfig(_Section, frozen=True):
     delegator: DelegatorConfig = DelegatorConfig()
     sim: SimConfig = SimConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    mqtt: MqttConfig = MqttConfig()
 
 
 class ConfigError(Exception):
@@ -208,6 +270,9 @@ ENV_ENDPOINTS = {
     "SHOAL_DELEGATOR_CTL": ("delegator", "ctl"),
     "SHOAL_SIM_CTL": ("sim", "ctl"),
     "SHOAL_SUPERVISOR_CTL": ("supervisor", "ctl"),
+    "SHOAL_MQTT_BROKER": ("mqtt", "broker"),
+    "SHOAL_SHIM_CTL": ("mqtt", "shim_ctl"),
+    "SHOAL_SHIM_BUS": ("mqtt", "shim_bus"),
 }
 
 
@@ -231,15 +296,20 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     for var, (section, key) in ENV_ENDPOINTS.items():
         if env.get(var):
             sect = msgspec.structs.replace(getattr(config, section), **{key: env[var]})
+            try:  # replace() checks nothing: a pattern (mqtt.broker) must hold here too
+                msgspec.convert(msgspec.to_builtins(sect), type(sect))
+            except msgspec.ValidationError as err:
+                raise ConfigError(f"{var}: {_readable(str(err), section)}") from None
             config = msgspec.structs.replace(config, **{section: sect})
     return config
 
 
-def _readable(msg: str) -> str:
+def _readable(msg: str, section: str = "") -> str:
     """msgspec says "- at `$.relay.ingest`"; a user thinks in "relay.ingest"."""
     if " - at `$." in msg:
         what, where = msg.rsplit(" - at `$.", 1)
-        return f"key '{where.rstrip('`')}': {what}"
+        where = f"{section}.{where.rstrip('`')}" if section else where.rstrip("`")
+        return f"key '{where}': {what}"
     if "unknown field" in msg:
         return msg.replace("Object contains unknown field", "unknown key")
     return msg

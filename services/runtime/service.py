@@ -160,6 +160,18 @@ class Service:
         self._handlers[sock] = handler
         self._poller.register(sock, zmq.POLLIN)
 
+    def watch_fd(self, fd: int, handler: Callable[[], None], *, writable: bool = False) -> None:
+        """Run handler when a plain file descriptor (a socket another library owns, e.g. an
+        MQTT client's) is readable, or also writable while ``writable``; call again to change
+        ``writable``. The handler is not told which: it reads and writes what it can."""
+        self._handlers[fd] = handler
+        self._poller.register(fd, zmq.POLLIN | (zmq.POLLOUT if writable else 0))
+
+    def unwatch(self, sock_or_fd: zmq.Socket[Any] | int) -> None:
+        """Stop polling a socket or file descriptor (before it is closed)."""
+        if self._handlers.pop(sock_or_fd, None) is not None:
+            self._poller.unregister(sock_or_fd)
+
     def every(self, interval_s: float, callback: Callable[[], None]) -> _Timer:
         return self._add_timer(interval_s, interval_s, callback)
 
@@ -245,7 +257,9 @@ class Service:
                 if sock == wake_fd:
                     self._drain_wake()
                     continue
-                self._guarded(self._handlers[sock])
+                handler = self._handlers.get(sock)
+                if handler is not None:  # None: an earlier handler of this pass unwatched it
+                    self._guarded(handler)
             self._run_due_timers()
 
     def _run_due_timers(self) -> None:
@@ -377,7 +391,7 @@ class Service:
 
 def main_for(service_cls: type[Service], config: ShoalConfig) -> None:
     """Run one service as this process, with signals, until it is stopped."""
-    _exit_with_parent()
+    exit_with_parent()
     service = service_cls(config)
     try:
         service.run()
@@ -389,7 +403,7 @@ def main_for(service_cls: type[Service], config: ShoalConfig) -> None:
         sys.exit(EXIT_BIND_FAILED)
 
 
-def _exit_with_parent() -> None:
+def exit_with_parent() -> None:
     """Under a supervisor, die with it (Linux): no orphan survives a SIGKILLed supervisor."""
     if os.environ.get("SHOAL_SUPERVISED") != "1":
         return

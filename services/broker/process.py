@@ -1,0 +1,165 @@
+"""The broker process: amqtt on ``[mqtt] listen`` until SIGTERM or Ctrl-C.
+
+Usage: ``shoal run broker`` (``shoal up`` starts it with ``[mqtt] embedded``). Exits 0 after
+an orderly stop, 2 with a ``bind_failed`` log line when the port is taken (as every shoal
+service does), 1 if amqtt fails otherwise.
+
+amqtt's limits and what is done about them:
+
+- MQTT 3.1.1 only (no MQTT 5): boards and the shim speak 3.1.1.
+- Keepalives are not enforced (amqtt issue #308): ``keepalive.watch`` does it.
+- Offline queues are unbounded for persistent sessions: every client is admitted as
+  anonymous (amqtt's anonymous plugin), and amqtt keeps neither queue nor session for an
+  anonymous client once it disconnects. Nothing in shoal needs a persistent session (QoS 0
+  node messages, acked by the relay; the task protocol acks itself).
+- No message size limit, and a packet is read whole before any plugin sees it: the
+  listener is loopback by default; the shim refuses payloads over ``max_payload``. A
+  deployment on a LAN uses mosquitto with ``max_packet_size``.
+- Memory grows under steady load (issue #123): the supervisor restarts the process if it
+  dies; large fleets belong on mosquitto.
+- ``max_connections``: a connection over ``max_clients`` waits (unserved) for a free slot
+  rather than being refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from shoal.services.runtime.config import ShoalConfig
+from shoal.services.runtime.log import JsonLog, Summary
+from shoal.services.runtime.service import EXIT_BIND_FAILED, exit_with_parent
+
+from . import keepalive
+
+EXIT_FAILED = 1
+STOP_TIMEOUT_S = 3.0  # amqtt's own shutdown can wait 5 s on broadcasts; the supervisor 5 s
+PLUGIN = "shoal.services.broker.keepalive.ActivityPlugin"
+
+
+def amqtt_config(config: ShoalConfig) -> dict[str, Any]:
+    """amqtt's configuration (its BrokerConfig, as a dict) for ``[mqtt]``."""
+    mqtt = config.mqtt
+    return {
+        "listeners": {
+            "default": {
+                "type": "tcp",
+                "bind": mqtt.listen,
+                "max_connections": mqtt.max_clients,
+            }
+        },
+        "timeout_disconnect_delay": 0,
+        # No $SYS plugin, no packet logging: only what shoal needs.
+        "plugins": {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            PLUGIN: {},
+        },
+    }
+
+
+class _ToSummary(logging.Handler):
+    """amqtt's warnings and errors, summed per logger and logged once per interval: a
+    client that connects and sends nothing (a readiness probe) must not flood the log."""
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__(logging.WARNING)
+        self.summary = summary
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.summary.add(f"{record.levelname.lower()} {record.name}", record.getMessage())
+
+
+class BrokerProcess:
+    """One amqtt broker with shoal's config, logs and stop."""
+
+    def __init__(self, config: ShoalConfig) -> None:
+        self.config = config
+        self.log = JsonLog("broker", config.runtime.log_level)
+        self.amqtt_log = Summary(self.log, "amqtt")
+        self.counters: dict[str, int] = {"keepalive_drops": 0}
+        self.started = time.monotonic()
+
+    def _dropped(self, client_id: str, silent_s: float) -> None:
+        self.counters["keepalive_drops"] += 1
+        self.log.info("keepalive_expired", client=client_id, silent_s=round(silent_s, 2))
+
+    async def serve(self, stop: asyncio.Event) -> int:
+        from amqtt.broker import Broker
+        from amqtt.errors import BrokerError
+
+        handler = _ToSummary(self.amqtt_log)
+        amqtt_logger = logging.getLogger("amqtt")
+        amqtt_logger.addHandler(handler)
+        amqtt_logger.setLevel(logging.WARNING)
+        amqtt_logger.propagate = False
+        broker = Broker(amqtt_config(self.config))
+        try:
+            await broker.start()
+        except BrokerError as err:
+            self.amqtt_log.pending.clear()  # its traceback says no more than this line
+            cause = err.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.EADDRINUSE, errno.EACCES):
+                self.log.error(
+                    "bind_failed",
+                    error=f"cannot bind {self.config.mqtt.listen}: {cause.strerror}",
+                    hint="another shoal running? see `shoal config`",
+                )
+                return EXIT_BIND_FAILED
+            self.log.error("start_failed", error=str(err))
+            return EXIT_FAILED
+        activity = broker.plugins_manager.get_plugin("ActivityPlugin")
+        assert isinstance(activity, keepalive.ActivityPlugin)
+        tasks = [
+            asyncio.create_task(keepalive.watch(broker, activity, self._dropped)),
+            asyncio.create_task(self._flush_logs()),
+        ]
+        self.log.info("started", pid=os.getpid(), listen=self.config.mqtt.listen)
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await asyncio.wait_for(broker.shutdown(), STOP_TIMEOUT_S)
+            except Exception as err:  # a timeout, or amqtt failing: the process ends anyway
+                self.log.warning("stop_incomplete", error=repr(err))
+            self.amqtt_log.flush()
+            uptime = round(time.monotonic() - self.started, 3)
+            self.log.info("stopped", uptime_s=uptime, **self.counters)
+        return 0
+
+    async def _flush_logs(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.runtime.log_summary_interval_s)
+            self.amqtt_log.flush()
+
+
+async def _main(config: ShoalConfig) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    process = BrokerProcess(config)
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            os._exit(130)  # a second Ctrl-C kills at once
+        process.log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    return await process.serve(stop)
+
+
+def main(config: ShoalConfig) -> None:
+    """Run the broker as this process until it is stopped; exit with its code."""
+    exit_with_parent()
+    sys.exit(asyncio.run(_main(config)))
