@@ -209,6 +209,7 @@ class Cluster:
         workdir: Any,
         nodes: int = 8,
         without: tuple[str, ...] = (),
+        up_options: dict[str, str] | None = None,
         **sections: dict[str, Any],
     ) -> None:
         from pathlib import Path
@@ -216,6 +217,8 @@ class Cluster:
         self.workdir = Path(workdir)
         self.nodes = nodes
         self.without = without  # services left out: a deliberately broken cluster
+        # More `shoal up` options, e.g. {"--broker": "mqtt://..."}: a broker of the caller's.
+        self.up_options = up_options or {}
         delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
         self._sections = {"delegator": delegator, **sections}
         self.config_path = self.workdir / "shoal.toml"
@@ -250,6 +253,7 @@ class Cluster:
         argv = [sys.executable, "-m", "shoal.services.cli", "up", "--headless"]
         argv += ["--nodes", str(self.nodes), "--config", str(self.config_path)]
         argv += [f"--without={name}" for name in self.without]
+        argv += [arg for option in self.up_options.items() for arg in option]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in __exit__)
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
@@ -270,7 +274,8 @@ class Cluster:
         }
         waiting = {k: v for k, v in endpoints.items() if k not in self.without}
         mqtt = self.config.mqtt
-        broker_waiting = mqtt.embedded and "broker" not in self.without
+        external = "--broker" in self.up_options or "broker" in self.without
+        broker_waiting = mqtt.embedded and not external
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -25,6 +25,10 @@ BENCHMARKS = {
         "delegation",
         "Hot-spot efficiency against delegation off, hand-off latency, chaos, flapping.",
     ),
+    "mqtt": (
+        "mqtt_shim",
+        "Board messages through broker -> shim -> relay, against the broker alone.",
+    ),
 }
 
 
