@@ -9,11 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import paho.mqtt.client as mqtt
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mqtt_support import HOST, embedded_broker, mqtt_config, shoal, stop
 
+from shoal.services.cli.up import check_ports_free
 from shoal.services.testing import wait_for
 
 
@@ -89,3 +92,14 @@ def test_a_taken_port_is_exit_2_with_bind_failed(tmp_path: Path) -> None:
     log = (tmp_path / "broker.log").read_text()
     assert '"event":"bind_failed"' in log and str(port) in log
     assert "Traceback" not in log
+
+
+def test_shoal_up_refuses_a_taken_mqtt_port() -> None:
+    config = mqtt_config()
+    host, port = config.mqtt.listen_address()
+    with socket.socket() as squatter:
+        squatter.bind((host, port))
+        squatter.listen()
+        with pytest.raises(click.ClickException, match=r"mqtt\.listen"):
+            check_ports_free(config)
+        check_ports_free(config, without=("broker",))  # someone else's broker: fine
