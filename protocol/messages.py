@@ -30,6 +30,7 @@ FreeHeap = Annotated[int, Meta(ge=0, le=L.FREE_HEAP_MAX_BYTES)]
 Rssi = Annotated[int, Meta(ge=L.RSSI_MIN_DBM, le=L.RSSI_MAX_DBM)]
 FirmwareVersion = Annotated[str, Meta(max_length=L.FIRMWARE_VERSION_MAX_LEN)]
 Reason = Annotated[str, Meta(max_length=L.REASON_MAX_LEN)]
+Via = Literal["zmq", "mqtt"]
 HeartbeatIntervalMs = Annotated[
     int, Meta(ge=L.HEARTBEAT_INTERVAL_MIN_MS, le=L.HEARTBEAT_INTERVAL_MAX_MS)
 ]
@@ -57,6 +58,10 @@ class Hello(_NodeMessage, tag="hello", frozen=True, gc=False):
     fw: FirmwareVersion = ""
     hb_interval_ms: HeartbeatIntervalMs = 1000
     queue_capacity: QueueLen = 0
+    # How the node reaches the relay: "zmq" directly, "mqtt" through the MQTT shim (the
+    # shim sets it on every hello it forwards, whatever the board sent). The liveness
+    # monitor suspends verdicts on "mqtt" nodes while the broker or the shim is down.
+    via: Via = "zmq"
 
 
 class Telemetry(_NodeMessage, tag="telemetry", frozen=True, gc=False):

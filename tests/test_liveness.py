@@ -51,6 +51,11 @@ class Harness:
         self.turn = 0
         self.checks = 0
         self.next_beat = self.now
+        # Boards: nodes behind the MQTT shim, heard only while the shim and the broker are up.
+        self.boards: set[str] = set()
+        self.shim_pub = 0  # 0: no shim in this cluster (it never beats)
+        self.shim_up = True
+        self.broker_up = True
         self.records([self.msg(Hello, n, hb_interval_ms=250) for n in self.boot])
 
     def _capture(self, topic: bytes, frame_type: type[Any], **fields: Any) -> None:
@@ -75,6 +80,29 @@ class Harness:
         )
         self.lv._on_frame(b"svc", frame)
 
+    def add_boards(self, *nodes: str) -> None:
+        """These nodes are boards from now on (their next hello says via mqtt); the shim
+        starts beating."""
+        self.shim_pub = self.shim_pub or 900
+        self.boards.update(nodes)
+        self.shim_beat()
+        self.records([self.msg(Hello, n, hb_interval_ms=250, via="mqtt") for n in nodes])
+
+    def shim_beat(self) -> None:
+        frame = ServiceBeat(
+            pub=self.shim_pub,
+            pseq=1,
+            service="shim",
+            pid=2,
+            uptime_s=1,
+            interval_ms=500,
+            counters={"broker_connected": int(self.broker_up)},
+        )
+        self.lv._on_shim_frame(b"svc", frame)
+
+    def path_up(self, node: str) -> bool:
+        return node not in self.boards or (self.shim_up and self.broker_up)
+
     def run(self, seconds: float) -> None:
         """Advance time: heartbeats every 250 ms, relay beats every 500 ms, checks every 25."""
         end = self.now + seconds
@@ -82,13 +110,15 @@ class Harness:
             self.now += TICK_S / 5
             if self.relay_up and self.now >= self.next_beat:
                 self.beat()
+                if self.shim_pub and self.shim_up:
+                    self.shim_beat()
                 self.next_beat += 0.5
             if self.now >= self.next_hb:
                 # Nodes speak in turn, spread over the interval, as real boots are.
                 self.next_hb += HB_S / len(self.boot)
                 node = list(self.boot)[self.turn % len(self.boot)]
                 self.turn += 1
-                if self.relay_up and node not in self.silent:
+                if self.relay_up and node not in self.silent and self.path_up(node):
                     self.records([self.msg(Heartbeat, node)])
             self.checks += 1
             if self.checks % 5 == 0:
@@ -276,3 +306,54 @@ def test_dead_nodes_stay_listed_unless_forget_after_s_is_set() -> None:
             assert bool(h.events("forgotten", "n8")) is not kept
         finally:
             h.close()
+
+
+# --- boards behind the MQTT shim: the broker and the shim are their observers -------------
+
+
+def test_a_broker_outage_suspends_verdicts_on_boards_only(h: Harness) -> None:
+    h.add_boards("n0", "n1", "n2")
+    h.run(3.0)
+    h.broker_up = False
+    h.shim_beat()  # the shim says so at once
+    h.silent.add("n7")  # a ZeroMQ node that really crashes meanwhile
+    h.run(6.0)
+    assert [e.node_id for e in h.events("dead")] == ["n7"]
+    assert h.lv.status_counters()["boards_suspended"] == 1
+    assert h.lv.healthy  # the monitor itself is fine: only the boards' path is down
+    h.broker_up = True
+    h.run(5.0)
+    assert [e.node_id for e in h.events("dead")] == ["n7"]
+    assert [e.node_id for e in h.events("suspect")] == ["n7"]
+    assert h.lv.status_counters()["boards_suspended"] == 0
+    assert h.lv.counters["gateway_outages"] == 1
+
+
+def test_a_silent_shim_suspends_boards_and_a_board_that_died_meanwhile_is_judged_after(
+    h: Harness,
+) -> None:
+    h.add_boards("n0", "n1")
+    h.run(3.0)
+    h.shim_up = False
+    h.silent.add("n1")  # dies during the shim outage
+    h.run(5.0)
+    assert h.events("dead") == [] and h.events("suspect") == []
+    back_at = h.now
+    h.shim_up = True
+    h.shim_pub += 1  # a restarted shim: a new instance
+    h.run(6.0)
+    dead = h.events("dead")
+    assert [e.node_id for e in dead] == ["n1"]
+    grace_s = h.lv.cfg.gateway_grace_ms / 1000
+    assert h.lv.nodes["n1"].since - back_at >= grace_s  # judged only after the grace
+
+
+def test_a_board_power_cut_on_a_healthy_path_is_dead_by_its_heartbeats(h: Harness) -> None:
+    h.add_boards("n0", "n1")
+    h.run(3.0)
+    cut_at = h.now
+    h.silent.add("n0")
+    h.run(3.0)
+    dead = h.events("dead")
+    assert [e.node_id for e in dead] == ["n0"]
+    assert h.lv.nodes["n0"].since - cut_at <= 1.5

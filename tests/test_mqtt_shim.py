@@ -111,6 +111,7 @@ def test_a_board_is_acked_over_mqtt_and_the_relay_has_it(env: Env) -> None:
     node = wait_for(lambda: env.node("esp-01"), 5)
     assert node.boot_id == 439041101 and node.telemetry.rssi == -61
     assert node.hello is not None and node.hello.fw == "1.2.0"
+    assert node.hello.via == "mqtt"  # the shim says how it came; the board did not
     with CtlClient(env.config.mqtt.shim_ctl) as ctl:
         rows = ctl.call("boards")
     row = next(r for r in rows if r["node_id"] == "esp-01")

@@ -36,7 +36,7 @@ def fields(row: NodeRow) -> Table:
         ("gaps", str(row.gaps)),
         ("boot id", str(row.boot_id)),
         ("boots", str(row.boots)),
-        ("", ""),
+        ("via", row.via or fmt.DASH),
     )
     for i in range(0, len(pairs), 3):
         grid.add_row(*(part for pair in pairs[i : i + 3] for part in pair))

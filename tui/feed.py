@@ -382,6 +382,7 @@ class LiveFeed:
                 free_heap=t.free_heap if t else None,
                 rssi=t.rssi if t else None,
                 fw=(t.fw if t else None) or (nv.hello.fw if nv.hello else None),
+                via=nv.hello.via if nv.hello else "",
                 boot_id=nv.boot_id,
                 boots=nv.boots,
                 reason=member.reason if member else "",

@@ -120,9 +120,10 @@ COLUMNS: tuple[Column, ...] = (
     ("heap", "heap", lambda r: r.free_heap),
     ("rssi", "rssi", lambda r: r.rssi),
     ("fw", "fw", lambda r: r.fw),
+    ("via", "via", lambda r: r.via),
 )
 COLUMN_KEYS = tuple(c[0] for c in COLUMNS)
-LEFT_ALIGNED = {"node", "state", "fw"}
+LEFT_ALIGNED = {"node", "state", "fw", "via"}
 
 
 def cells(r: NodeRow) -> tuple[str, ...]:
@@ -142,6 +143,7 @@ def cells(r: NodeRow) -> tuple[str, ...]:
         heap(r.free_heap),
         DASH if r.rssi is None else str(r.rssi),
         r.fw or DASH,
+        r.via or DASH,
     )
 
 

@@ -44,6 +44,7 @@ class NodeRow:
     free_heap: int | None = None
     rssi: int | None = None
     fw: str | None = None
+    via: str = ""  # "zmq" or "mqtt" (from the hello; "" before one is seen)
     boot_id: int = 0
     boots: int = 0
     reason: str = ""  # why it is in its state (the monitor's words)

@@ -13,8 +13,8 @@ from .config import config_from, config_option
 
 LIVENESS_STATES = ("alive", "suspect", "dead", "left")
 COLUMNS = (
-    "node", "age", "cpu%", "queue", "load", "run", "in", "out", "gaps", "dups", "msgs", "boots",
-    "state",
+    "node", "via", "age", "cpu%", "queue", "load", "run", "in", "out", "gaps", "dups", "msgs",
+    "boots", "state",
 )  # fmt: skip
 
 
@@ -49,6 +49,7 @@ def snapshot_as_dict(
                 "free_heap": t.free_heap if t else None,
                 "rssi": t.rssi if t else None,
                 "fw": (t.fw if t else None) or (n.hello.fw if n.hello else None),
+                "via": n.hello.via if n.hello else None,
                 "gaps": n.gaps,
                 "duplicates": n.duplicates,
                 "rejects": n.rejects,
@@ -102,6 +103,7 @@ def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None)
         rows.append(
             (
                 n.node_id,
+                n.hello.via if n.hello else "-",
                 _age(n.age_ms),
                 f"{t.cpu_pct:.0f}" if t else "-",
                 f"{t.queue_depth}/{t.queue_capacity}" if t else "-",
@@ -122,9 +124,7 @@ def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None)
     for m in members.members if members else []:
         if m.node_id not in known:
             age = _age(m.evidence.silence_ms)
-            rows.append(
-                (m.node_id, age, "-", "-", "-", "-", "-", "-", "-", "-", "-", str(m.boots), m.state)
-            )
+            rows.append((m.node_id, "-", age, *("-",) * 9, str(m.boots), m.state))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

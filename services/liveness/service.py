@@ -50,6 +50,7 @@ from shoal.services.runtime.service import CtlError, Service, parse_args
 from shoal.services.runtime.subscriber import BusSubscriber
 
 from .detector import Detector, Thresholds
+from .gateway import GatewayHealth
 
 STATES: tuple[MemberState, ...] = ("alive", "suspect", "dead", "left")
 # How often dead and left nodes older than forget_after_s are dropped.
@@ -81,6 +82,7 @@ class Node:
         "reason",
         "since",
         "state",
+        "via",
     )
 
     def __init__(self, node_id: str, boot_id: int, detector: Detector, now: float) -> None:
@@ -93,6 +95,7 @@ class Node:
         self.since = now
         self.reason = "joined"
         self.left_seq = -1
+        self.via = "zmq"  # from its hello: "mqtt" nodes are behind the broker and the shim
 
     def view(self, now: float) -> Member:
         return Member(
@@ -126,6 +129,9 @@ class Liveness(Service):
         self.relay_heard = 0.0  # last frame of any kind from the relay (0: never)
         self.relay_interval_s = config.runtime.heartbeat_interval_ms / 1000
         self.mass_since: float | None = None
+        self.gateway = GatewayHealth(self.cfg.relay_silent_beats, self.cfg.gateway_grace_ms / 1000)
+        self.boards_suspended = False
+        self.boards_known = False  # a hello with via "mqtt" was seen
         self.ctl_ops["members"] = self._op_members
         self.ctl_ops["member"] = self._op_member
         self.ctl_ops["forget"] = self._op_forget
@@ -142,6 +148,14 @@ class Liveness(Service):
             name="relay",
         )
         self.relay.on_gap = lambda missed: self.momentary.add("bus_gap")
+        # The MQTT shim's heartbeat: whether the boards' path can be trusted (gateway.py).
+        self.shim = BusSubscriber(
+            self,
+            self.config.mqtt.shim_bus,
+            topics=(codec.TOPIC_SERVICE_BEAT,),
+            on_frame=self._on_shim_frame,
+            name="shim",
+        )
         self.every(cfg.check_interval_ms / 1000, self._check)
         self.every(FORGET_SWEEP_S, self._forget_old)
 
@@ -153,6 +167,7 @@ class Liveness(Service):
         for node in self.nodes.values():
             counters[node.state] += 1
         counters["observer_healthy"] = int(self.healthy)
+        counters["boards_suspended"] = int(self.boards_suspended)
         return counters
 
     # --- evidence ----------------------------------------------------------------------
@@ -172,6 +187,10 @@ class Liveness(Service):
             self._flush()
         elif isinstance(frame, ServiceBeat) and frame.service == "relay":
             self.relay_interval_s = frame.interval_ms / 1000
+
+    def _on_shim_frame(self, _topic: bytes, frame: Any) -> None:
+        if isinstance(frame, ServiceBeat) and frame.service == "shim":
+            self.gateway.beat(frame, self.clock())
 
     def _heard(self, rec: NodeMessage, now: float) -> None:
         node = self.nodes.get(rec.node_id)
@@ -197,6 +216,9 @@ class Liveness(Service):
         kind = rec.__class__
         if kind is Hello:
             node.detector.announce(rec.hb_interval_ms)  # type: ignore[union-attr]
+            node.via = rec.via  # type: ignore[union-attr]
+            if node.via == "mqtt":
+                self.boards_known = True
         elif kind is Goodbye:
             node.left_seq = rec.seq
             reason = rec.reason or "goodbye"  # type: ignore[union-attr]
@@ -210,6 +232,10 @@ class Liveness(Service):
         announced = rec.hb_interval_ms if isinstance(rec, Hello) else None
         detector = Detector(self.thresholds, now, announced)
         node = self.nodes[rec.node_id] = Node(rec.node_id, rec.boot_id, detector, now)
+        if isinstance(rec, Hello):
+            node.via = rec.via
+            if node.via == "mqtt":
+                self.boards_known = True
         self._emit(node, "joined", "alive", now, f"first message ({rec.__class__.__name__})")
         if isinstance(rec, Goodbye):
             node.left_seq = rec.seq
@@ -239,10 +265,15 @@ class Liveness(Service):
         silent_for = now - self.relay_heard
         if not self.relay_heard or silent_for > cfg.relay_silent_beats * self.relay_interval_s:
             reasons.add("relay_silent")
+        suspended = self._boards_suspended(now)
         live = overdue = 0
         candidates: list[Node] = []
         for node in self.nodes.values():
             state = node.state
+            if suspended and node.via == "mqtt":
+                if state == "alive" or state == "suspect":
+                    node.detector.restart_clock(now)  # silence counts from the recovery
+                continue
             if state == "alive" or state == "suspect":
                 live += 1
                 detector = node.detector
@@ -266,6 +297,19 @@ class Liveness(Service):
             for node in candidates:
                 self._judge(node, now)
         self._flush()
+
+    def _boards_suspended(self, now: float) -> bool:
+        """Whether boards (``via`` mqtt) are exempt from verdicts now (gateway.py)."""
+        suspended, why, recovered = self.gateway.check(now, self.boards_known)
+        if suspended and not self.boards_suspended:
+            self.counters["gateway_outages"] += 1
+            self.log.warning("boards_suspended", reason=why)
+        elif recovered:
+            self.log.info("boards_path_back", grace_ms=self.cfg.gateway_grace_ms)
+        elif not suspended and self.boards_suspended:
+            self.log.info("boards_judged_again")
+        self.boards_suspended = suspended
+        return suspended
 
     def _judge(self, node: Node, now: float) -> None:
         detector = node.detector

@@ -214,6 +214,7 @@ class MqttLink:
         client.subscribe(topics.SUBSCRIPTIONS)
         client.publish(self.state_topic, self._state("online"), qos=1, retain=True)
         self.log.info("broker_connected", broker=self.cfg.broker, boot=self.boot)
+        self.service.beat_now()  # the liveness monitor judges boards again
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -226,6 +227,7 @@ class MqttLink:
         if was:
             self.counters["broker_disconnects"] += 1
             self.log.warning("broker_lost", broker=self.cfg.broker, reason=str(reason_code))
+            self.service.beat_now()  # the liveness monitor suspends verdicts on boards
         self._retry_later()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:

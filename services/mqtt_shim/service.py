@@ -22,10 +22,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 import zmq
 
 from shoal.protocol import codec
-from shoal.protocol.messages import Goodbye
+from shoal.protocol.messages import Goodbye, Hello
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.service import Service
 
@@ -146,6 +147,8 @@ class Shim(Service):
             if not self.boards.seen(node_id, rec.boot_id, rec.seq, now, type(rec) is Goodbye):
                 self._reject("too_many_boards", node_id)
                 continue
+            if type(rec) is Hello and rec.via != "mqtt":
+                rec = msgspec.structs.replace(rec, via="mqtt")  # the gateway says how it came
             self._queue(rec)
 
     def _refuse(self, node_id: str, rej: codec.Rejected) -> None:

@@ -134,6 +134,9 @@ class LivenessConfig(_Section, frozen=True):
     # A fleet-wide silence while the relay itself is healthy is believed after this long
     # (a real correlated failure, such as a power cut, must not stay unreported).
     max_suspend_ms: PositiveInt = 10_000
+    # Boards behind the MQTT shim get no verdict while the broker or the shim is down, and
+    # this long after both are back (they reconnect with backoff; the shim resubscribes).
+    gateway_grace_ms: Annotated[int, Meta(ge=0, le=60_000)] = 2000
     # Dead and left nodes stay listed until an operator removes them (op "forget", the
     # console's remove); > 0: forgotten automatically after this long. max_nodes bounds them.
     forget_after_s: Annotated[float, Meta(ge=0)] = 0.0

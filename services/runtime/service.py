@@ -310,6 +310,12 @@ class Service:
 
     # --- heartbeat and control ----------------------------------------------------------
 
+    def beat_now(self) -> None:
+        """Publish the heartbeat now, not at the next tick: a state its subscribers act
+        on has changed (the shim's broker connection)."""
+        if self.bus is not None:
+            self._beat()
+
     def _beat(self) -> None:
         self.publish(
             codec.TOPIC_SERVICE_BEAT,
