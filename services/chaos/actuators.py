@@ -3,7 +3,11 @@
 - Node faults (crash, hang, reboot, cpu_hog, queue_flood, clock_skew, flap) and link faults
   (drop, delay, duplicate, reorder, partition) go to the simulated fleet's ``fault`` op:
   the nodes take them in their own transport, as a node with a bad radio would.
-- Service faults (kill, restart, pause) are real signals through the supervisor.
+- Board faults (power_cut, radio_off) go to the board emulator's ctl (services/boards): a
+  power cut SIGKILLs the board's MicroPython process, a radio off cuts its TCP path and
+  makes its WLAN stand-in report disconnected. Healed: power on (a new boot), radio on.
+- Service faults (kill, restart, pause) are real signals through the supervisor; the MQTT
+  broker and the shim are services like the others.
 - A partition between services (its target a service) cuts the fault proxies on those
   links (services/chaos/fault_proxy.py), which the runner put into its own cluster's config.
 
@@ -27,6 +31,7 @@ from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailab
 from .fault_proxy import FaultProxy
 from .plan import PlannedFault
 from .scenario import on_services
+from .tcp_proxy import TcpProxy
 
 DEAD_MANS_MARGIN_S = 2.0
 CALL_TIMEOUT_S = 1.5
@@ -38,10 +43,17 @@ class ActuatorError(Exception):
 
 class Actuators:
     def __init__(
-        self, config: ShoalConfig, proxies: dict[tuple[str, str], FaultProxy] | None = None
+        self,
+        config: ShoalConfig,
+        proxies: dict[tuple[str, str], FaultProxy | TcpProxy] | None = None,
+        boards: list[str] | None = None,
     ) -> None:
         self.sim = CtlClient(config.sim.ctl)
         self.supervisor = CtlClient(config.supervisor.ctl)
+        self.boards = list(boards or [])
+        self.board_ctl = CtlClient(config.boards.ctl) if self.boards else None
+        self.powered_off: set[str] = set()
+        self.radios_off: set[str] = set()
         # (consumer, service) -> the fault proxy on that link; and the cuts on each now:
         # {planned fault id: when its dead-man's timer ends, or None}
         self.proxies = dict(proxies or {})
@@ -54,6 +66,8 @@ class Actuators:
     def close(self) -> None:
         self.sim.close()
         self.supervisor.close()
+        if self.board_ctl is not None:
+            self.board_ctl.close()
 
     # --- the two calls ----------------------------------------------------------------------
 
@@ -67,6 +81,15 @@ class Actuators:
         except (CtlFailed, CtlUnavailable) as err:
             raise ActuatorError(f"sim fault {args.get('action')}: {err}") from None
         return float(reply.get("applied_at", time.monotonic()))
+
+    def _board(self, op: str, args: dict[str, Any]) -> float:
+        if self.board_ctl is None:
+            raise ActuatorError(f"{op}: this cluster has no boards")
+        try:
+            self.board_ctl.call(op, args, timeout_s=CALL_TIMEOUT_S * 2, retries=0)
+        except (CtlFailed, CtlUnavailable) as err:
+            raise ActuatorError(f"boards {op} {args.get('node_id')}: {err}") from None
+        return time.monotonic()
 
     def _signal(self, service: str, sig: str) -> float:
         try:
@@ -88,6 +111,12 @@ class Actuators:
             return self._sim({"action": action, "nodes": nodes, **timer})
         if kind == "reboot":
             return self._sim({"action": "reboot", "nodes": nodes})
+        if kind == "power_cut":
+            self.powered_off.update(nodes)
+            return max(self._board("power_off", {"node_id": n}) for n in nodes)
+        if kind == "radio_off":
+            self.radios_off.update(nodes)
+            return max(self._board("radio", {"node_id": n, "on": False}) for n in nodes)
         if kind == "cpu_hog":
             return self._sim(
                 {"action": "cpu_hog", "nodes": nodes, "percent": p["percent"], **timer}
@@ -132,6 +161,12 @@ class Actuators:
             return self._sim({"action": "resume", "nodes": nodes})
         if kind in ("cpu_hog", "clock_skew"):
             return self._sim({"action": "heal", "nodes": nodes, "kinds": [kind]})
+        if kind == "power_cut":
+            self.powered_off.difference_update(nodes)
+            return max(self._board("power_on", {"node_id": n}) for n in nodes)
+        if kind == "radio_off":
+            self.radios_off.difference_update(nodes)
+            return max(self._board("radio", {"node_id": n, "on": True}) for n in nodes)
         if on_services(kind, nodes):
             for link in _links(step):
                 self._cuts.get(link, {}).pop(step.id, None)
@@ -154,9 +189,22 @@ class Actuators:
         self._cuts.clear()
         for proxy in self.proxies.values():
             proxy.heal()
+        for board in sorted(self.powered_off):
+            try:
+                self._board("power_on", {"node_id": board})
+            except ActuatorError as err:
+                errors.append(str(err))
+        for board in sorted(self.radios_off):
+            try:
+                self._board("radio", {"node_id": board, "on": True})
+            except ActuatorError as err:
+                errors.append(str(err))
+        self.powered_off.clear()
+        self.radios_off.clear()
+        sim_nodes = [n for n in nodes if n not in self.boards]
         for args in (
-            {"action": "resume", "nodes": nodes},
-            {"action": "heal", "nodes": nodes},  # link, cpu_hog and clock skew
+            {"action": "resume", "nodes": sim_nodes},
+            {"action": "heal", "nodes": sim_nodes},  # link, cpu_hog and clock skew
         ):
             try:
                 self._sim(args)

@@ -18,6 +18,8 @@ from shoal.services.runtime.config import spread
 
 from .library import resolve
 from .scenario import (
+    BOARD_KINDS,
+    DEVICE_SERVICES,
     INSTANT_KINDS,
     LINK_KINDS,
     NODE_KINDS,
@@ -109,7 +111,7 @@ _AT = re.compile(r"^(.*) - at `\$(.*)`$", re.S)
 _UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]*)`")
 _CHOICES = {
-    "fault": "one of " + ", ".join(NODE_KINDS + LINK_KINDS + SERVICE_KINDS),
+    "fault": "one of " + ", ".join(NODE_KINDS + LINK_KINDS + BOARD_KINDS + SERVICE_KINDS),
     "expect": "one of detected, redelegated, recovered, lost_tasks, duplicate_commits, "
     "no_false_dead, metric",
 }
@@ -186,7 +188,22 @@ def _named(scenario: Scenario) -> Scenario:
 
 
 def node_ids(workload: Workload, prefix: str = "sim") -> list[str]:
+    """The simulated nodes the workload starts."""
     return [f"{prefix}-{i:03d}" for i in range(workload.nodes)]
+
+
+def board_ids(workload: Workload) -> list[str]:
+    """The emulated boards the workload starts, named as ``shoal boards`` names them."""
+    if not workload.boards:
+        return []
+    from shoal.services.boards.naming import board_id
+
+    return [board_id(i) for i in range(workload.boards)]
+
+
+def member_ids(workload: Workload) -> list[str]:
+    """Every node the cluster should hold alive: simulated nodes, then boards."""
+    return node_ids(workload) + board_ids(workload)
 
 
 def hot_ids(workload: Workload, nodes: list[str] | None = None) -> list[str]:
@@ -217,6 +234,7 @@ def active_span(fault: Fault) -> float:
 def semantic_errors(s: Scenario) -> list[str]:
     errors: list[str] = []
     ids = set(node_ids(s.workload))
+    boards = set(board_ids(s.workload))
     hot = hot_ids(s.workload)
     phase = s.workload.duration
     if isinstance(s.workload.hot_spots, int) and s.workload.hot_spots > s.workload.nodes:
@@ -263,8 +281,21 @@ def semantic_errors(s: Scenario) -> list[str]:
                 )
         if isinstance(fault, Partition):
             errors += _partition_errors(where, fault, ids, hot)
+            if on_services(kind, fault.target) and not boards and "shim" in _words(fault.target):
+                errors.append(f"{where}: field `target`: the shim runs only with [workload] boards")
+        elif kind in BOARD_KINDS:
+            if not boards:
+                errors.append(f"{where}: field `kind`: {kind} needs boards ([workload] boards)")
+            else:
+                errors += _target_errors(where, kind, fault.target, boards, [])
         else:
             errors += _target_errors(where, kind, fault.target, ids, hot)
+            device = [w for w in _words(fault.target) if w in DEVICE_SERVICES]
+            if kind in SERVICE_KINDS and device and not boards:
+                errors.append(
+                    f"{where}: field `target`: {', '.join(device)} runs only with boards "
+                    "([workload] boards)"
+                )
         if isinstance(fault.target, TargetSpec):
             earlier = names[:i]
             errors += [
@@ -308,7 +339,8 @@ def semantic_errors(s: Scenario) -> list[str]:
                 elif isinstance(expect, Detected):
                     fault = s.fault[names.index(name)]
                     kind = kind_of(fault)
-                    if kind not in NODE_KINDS + LINK_KINDS or on_services(kind, fault.target):
+                    node_kinds = NODE_KINDS + LINK_KINDS + BOARD_KINDS
+                    if kind not in node_kinds or on_services(kind, fault.target):
                         errors.append(f"{where}: field `faults`: {name!r} is a {kind} of a service")
     return errors
 

@@ -18,17 +18,15 @@ import threading
 import time
 from typing import Any
 
-from shoal.protocol.messages import MemberEvent, ObserverHealth, ServiceStatus
+from shoal.protocol.messages import MemberEvent, ObserverHealth, RelaySnapshot, ServiceStatus
 from shoal.services.liveness.view import MembershipView
 from shoal.services.runtime.config import ShoalConfig, with_overrides
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from shoal.services.runtime.service import Service
 
-from .fault_proxy import FaultProxy
-
 SAMPLE_TIMEOUT_S = 0.5
 MIN_RATE_WINDOW_S = 0.5  # a rate over less than this is noise
-SERVICES_WATCHED = ("relay", "liveness", "delegator", "sim")
+SERVICES_WATCHED = ("relay", "liveness", "delegator", "sim", "broker", "shim", "boards")
 
 
 class History:
@@ -129,10 +127,12 @@ class Sampler:
         config: ShoalConfig,
         watcher: Watcher,
         nodes: list[str],
-        proxies: list[FaultProxy] | None = None,
+        proxies: list[Any] | None = None,
+        boards: list[str] | None = None,
     ) -> None:
         self.watcher = watcher
         self.nodes = nodes
+        self.boards = list(boards or [])
         self.proxies = list(proxies or [])  # the run's fault proxies (link_dropped)
         self.relay = CtlClient(config.relay.ctl)
         self.sim = CtlClient(config.sim.ctl)
@@ -166,6 +166,23 @@ class Sampler:
         self._rates[key] = rate
         return rate
 
+    def _board_tasks(self) -> dict[str, int | None]:
+        """Tasks the boards took from others and gave away, from their latest telemetry in
+        the relay's snapshot (the boards' own counters: delegated_in, delegated_out)."""
+        keys = ("boards_delegated_in", "boards_delegated_out")
+        if not self.boards:
+            return dict.fromkeys(keys)
+        snap = self._call(self.relay, "snapshot", result_type=RelaySnapshot)
+        if snap is None:
+            return dict.fromkeys(keys)
+        din = dout = 0
+        for node in snap.nodes:
+            t = node.telemetry
+            if node.node_id in self.boards and t is not None:
+                din += t.delegated_in or 0
+                dout += t.delegated_out or 0
+        return {"boards_delegated_in": din, "boards_delegated_out": dout}
+
     def sample(self) -> dict[str, Any]:
         now = time.monotonic()
         states = self.watcher.states()
@@ -186,6 +203,7 @@ class Sampler:
         relay = self._call(self.relay, "status", result_type=ServiceStatus)
         accepted = relay.counters.get("accepted") if relay is not None else None
         values["telemetry_rate"] = self._rate("accepted", now, accepted)
+        values.update(self._board_tasks())
 
         sim = self._call(self.sim, "status", result_type=ServiceStatus)
         counters = sim.counters if sim is not None else {}

@@ -18,6 +18,7 @@ import msgspec
 
 from .load import occurrences
 from .scenario import (
+    BOARD_KINDS,
     INSTANT_KINDS,
     LINK_KINDS,
     NODE_KINDS,
@@ -72,8 +73,13 @@ def params_of(fault: Fault) -> dict[str, Any]:
     }
 
 
-def make_plan(scenario: Scenario, seed: int, nodes: list[str], hot: list[str]) -> Plan:
+def make_plan(
+    scenario: Scenario, seed: int, nodes: list[str], hot: list[str], boards: list[str] = ()
+) -> Plan:
+    """``nodes``: every member (simulated nodes and ``boards``); board faults draw their
+    targets from the boards, the other node faults from the simulated nodes."""
     rng = random.Random(seed)
+    sim_nodes = [n for n in nodes if n not in boards]
     steps: list[PlannedFault] = []
     touched: list[str] = []
     by_fault: dict[str, set[str]] = {}  # the targets each fault has had so far
@@ -85,9 +91,11 @@ def make_plan(scenario: Scenario, seed: int, nodes: list[str], hot: list[str]) -
             at += round(rng.uniform(0.0, fault.jitter), 3) if fault.jitter else 0.0
             avoid = fault.target.avoid if isinstance(fault.target, TargetSpec) else []
             excluded = {n for name in avoid for n in by_fault.get(name, ())}
-            targets = resolve(fault.target, kind, rng, nodes, hot, touched, excluded)
+            pool = list(boards) if kind in BOARD_KINDS else sim_nodes
+            targets = resolve(fault.target, kind, rng, pool, hot, touched, excluded)
             by_fault.setdefault(fault.name, set()).update(targets)
-            if kind in NODE_KINDS + LINK_KINDS and not on_services(kind, fault.target):
+            node_kinds = NODE_KINDS + LINK_KINDS + BOARD_KINDS
+            if kind in node_kinds and not on_services(kind, fault.target):
                 touched += [t for t in targets if t not in touched]
             steps += _steps(fault, kind, k + 1, round(at, 3), targets)
     steps.sort(key=lambda s: (s.at_s, s.id))
@@ -146,7 +154,7 @@ def resolve(
     """The ids a target names, drawing from ``rng`` for selections (sorted, so a plan reads
     the same however the draw ordered them). A partition between services names its
     service."""
-    if kind not in NODE_KINDS + LINK_KINDS or on_services(kind, target):
+    if kind not in NODE_KINDS + LINK_KINDS + BOARD_KINDS or on_services(kind, target):
         pool = list(SERVICES)
         if isinstance(target, TargetSpec):
             return sorted(_select(target.select, pool, rng))

@@ -40,6 +40,7 @@ from typing import Any
 
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.runtime.ports import next_port
 from shoal.services.runtime.service import EXIT_BIND_FAILED
 
 from .actuators import ActuatorError, Actuators
@@ -53,10 +54,11 @@ from .checks import (
     recovery_s,
 )
 from .fault_proxy import FaultProxy
-from .load import STARTUP_ALLOWANCE_S, Loaded, ScenarioError, hot_ids, node_ids
+from .load import STARTUP_ALLOWANCE_S, Loaded, ScenarioError, board_ids, hot_ids, member_ids
 from .observer import History, Sampler, Watcher
 from .plan import Plan, PlanError, make_plan
 from .scenario import FAILING_KINDS, Scenario, attach_errors, on_services, service_links
+from .tcp_proxy import TcpProxy
 
 EXIT_CODES = {"passed": 0, "failed": 1, "aborted": 2, "undecided": 3, "invalid": 4}
 REPORT_VERSION = 1
@@ -109,7 +111,9 @@ class _Run:
         self.revoked: dict[tuple[str, str], float | None] = {}
         self.rates_before: dict[str, float] = {}
         self.cluster_log: str | None = None
-        self.proxies: dict[tuple[str, str], FaultProxy] = {}  # (consumer, service) links
+        # (consumer, service) links: ZeroMQ fault proxies, and a TCP one on shim <-> broker
+        self.proxies: dict[tuple[str, str], FaultProxy | TcpProxy] = {}
+        self.boards: list[str] = []
         self._last_progress = 0.0
         self._abort_since: dict[int, float] = {}
 
@@ -121,12 +125,14 @@ class _Run:
             try:
                 config, nodes, hot = self._cluster(stack)
                 self.config, self.nodes, self.hot = config, nodes, hot
-                self.plan = make_plan(self.s, self.seed, nodes, hot)
+                self.plan = make_plan(self.s, self.seed, nodes, hot, self.boards)
                 self.watcher = Watcher(config, self.history).start()
                 stack.callback(self.watcher.close)
-                self.sampler = Sampler(config, self.watcher, nodes, list(self.proxies.values()))
+                self.sampler = Sampler(
+                    config, self.watcher, nodes, list(self.proxies.values()), self.boards
+                )
                 stack.callback(self.sampler.close)
-                self.actuators = Actuators(config, self.proxies)
+                self.actuators = Actuators(config, self.proxies, self.boards)
                 stack.callback(self.actuators.close)
                 self._startup()
                 if self.verdict is None:
@@ -192,14 +198,22 @@ class _Run:
         w = self.s.workload
         # A partition between services needs a fault proxy on that link: the consumer's
         # config reaches the service at the proxy's endpoints ([liveness] relay_bus, ...).
-        links = {link: (tcp(), tcp()) for link in service_links(self.s)}
+        # The shim's link to the broker is TCP: a TcpProxy at [mqtt] shim_broker.
+        wanted = service_links(self.s)
+        shim_link = ("shim", "broker")
+        links = {link: (tcp(), tcp()) for link in wanted if link != shim_link}
         via: dict[str, dict[str, str]] = {}
         for (consumer, service), (bus, ctl) in links.items():
             via.setdefault(consumer, {}).update({f"{service}_bus": bus, f"{service}_ctl": ctl})
+        shim_proxy_port = next_port() if shim_link in wanted else None
+        if shim_proxy_port is not None:
+            via["mqtt"] = {"shim_broker": f"mqtt://127.0.0.1:{shim_proxy_port}"}
+        self.boards = board_ids(w)
         cluster = Cluster(
             workdir,
             nodes=w.nodes,
             without=self.opts.without,
+            **({"boards": w.boards} if w.boards else {}),  # type: ignore[arg-type]
             sim={
                 "arrival_rate_hz": w.rate,
                 "task_cost_ms": w.task_cost_ms,
@@ -223,13 +237,22 @@ class _Run:
                     bus=(up.bus, bus), ctl=(up.ctl, ctl), name=f"{consumer}-{service}"
                 )
                 self.proxies[(consumer, service)] = stack.enter_context(proxy)
+            if shim_proxy_port is not None:
+                broker = cluster.config.mqtt.listen_address()
+                old_tcp = self.proxies.get(shim_link)
+                if isinstance(old_tcp, TcpProxy) and old_tcp.upstream == broker:
+                    return
+                if old_tcp is not None:
+                    old_tcp.close()
+                tcp_proxy = TcpProxy(broker, shim_proxy_port, name="shim-broker")
+                self.proxies[shim_link] = stack.enter_context(tcp_proxy)
 
         proxies()  # before the cluster, so its consumers find them at once
         stack.callback(self._keep_log, cluster)
         stack.enter_context(cluster)
         proxies()  # again if the cluster had to start over on other ports
         self.history.add("phase", phase="startup", cluster=str(workdir))
-        return cluster.config, node_ids(w), hot_ids(w)
+        return cluster.config, member_ids(w), hot_ids(w)
 
     def _keep_log(self, cluster: Any) -> None:
         if self.opts.keep_logs is not None and cluster.log_path.exists():

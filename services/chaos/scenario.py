@@ -70,6 +70,8 @@ Metric = Literal[
     "services_down",
     "observer_healthy",
     "link_dropped",
+    "boards_delegated_in",
+    "boards_delegated_out",
 ]
 METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]
 
@@ -174,12 +176,16 @@ class SteadyState(Struct, forbid_unknown_fields=True, frozen=True):
 Selection = Literal["one", "minority", "majority", "all"]
 SELECTIONS: tuple[str, ...] = Selection.__args__  # type: ignore[attr-defined]
 Role = Literal["any", "hot", "cold", "untouched"]
-SERVICES = ("relay", "liveness", "delegator")
+SERVICES = ("relay", "liveness", "delegator", "broker", "shim")
+# The MQTT broker and the shim run only in a cluster with boards ([workload] boards > 0).
+DEVICE_SERVICES = ("broker", "shim")
 # The service-to-service links a partition can cut, by the consumer's side: the liveness
-# monitor listens to the relay; the delegator to the relay and the monitor.
+# monitor listens to the relay; the delegator to the relay and the monitor; the shim to
+# the MQTT broker (a TCP proxy on that link alone: boards still reach the broker).
 SERVICE_LINKS: dict[str, tuple[str, ...]] = {
     "liveness": ("relay",),
     "delegator": ("relay", "liveness"),
+    "shim": ("broker",),
 }
 
 
@@ -277,7 +283,17 @@ class Partition(Fault, tag="partition", frozen=True):
     from each other (through a fault proxy on their link). Default ``services``: relay
     and delegator for nodes, every service the target service listens to."""
 
-    services: list[Literal["relay", "liveness", "delegator"]] | None = None
+    services: list[Literal["relay", "liveness", "delegator", "broker"]] | None = None
+
+
+class PowerCut(Fault, tag="power_cut", frozen=True):
+    """A board loses power: its MicroPython process is SIGKILLed (no goodbye, no will until
+    the broker notices); healed: power on again (a new boot)."""
+
+
+class RadioOff(Fault, tag="radio_off", frozen=True):
+    """A board's radio goes off: its WLAN reports disconnected and its TCP path to the
+    broker is cut; healed: on again (the same boot reconnects and resends)."""
 
 
 class Kill(Fault, tag="kill", frozen=True):
@@ -305,16 +321,21 @@ AnyFault = (
     | Duplicate
     | Reorder
     | Partition
+    | PowerCut
+    | RadioOff
     | Kill
     | Restart
     | Pause
 )
 NODE_KINDS = ("crash", "hang", "reboot", "cpu_hog", "queue_flood", "clock_skew", "flap")
 LINK_KINDS = ("drop", "delay", "duplicate", "reorder", "partition")
+# Faults of the emulated boards (services/boards); their targets are boards only, and the
+# other node kinds' are simulated nodes only.
+BOARD_KINDS = ("power_cut", "radio_off")
 SERVICE_KINDS = ("kill", "restart", "pause")
 INSTANT_KINDS = ("reboot", "queue_flood", "kill", "restart", "flap")  # no `duration`
 # Faults after which a node is expected to be declared failed (expect "detected").
-FAILING_KINDS = ("crash", "hang", "flap", "partition")
+FAILING_KINDS = ("crash", "hang", "flap", "partition", "power_cut", "radio_off")
 
 
 def kind_of(fault: Fault) -> str:
@@ -350,13 +371,17 @@ def _words(target: Target) -> list[str]:
 
 def attach_errors(s: Scenario) -> list[str]:
     """What cannot run on a cluster the injector did not start (``--attach``): a partition
-    between services needs fault proxies wired into the cluster's config."""
-    return [
+    between services needs fault proxies wired into the cluster's config, and boards are
+    named by the cluster that starts them."""
+    errors = [
         f'fault[{i}] ("{f.name}"): field `target`: a partition between services needs the '
         "injector's own cluster (its fault proxy is in the cluster's config); not with --attach"
         for i, f in enumerate(s.fault)
         if on_services(kind_of(f), f.target)
     ]
+    if s.workload.boards:
+        errors.append("[workload]: field `boards`: boards need the injector's own cluster")
+    return errors
 
 
 # --- expectations --------------------------------------------------------------------------
@@ -441,6 +466,9 @@ class Workload(Struct, forbid_unknown_fields=True, frozen=True):
     task_cost_ms: Annotated[float, Meta(gt=0, le=60_000)] = 100.0
     hot_spots: Annotated[int, Meta(ge=0)] | list[str] = 0
     hot_factor: Annotated[float, Meta(ge=0, le=100)] = 3.0
+    # Emulated boards (the real firmware in MicroPython, over the embedded MQTT broker and
+    # the shim) beside the simulated nodes; they are members like any node.
+    boards: Annotated[int, Meta(ge=0, le=32)] = 0
     settle: Seconds = _s(1.0)  # after every node is alive, before the "before" checks
 
 

@@ -58,7 +58,7 @@ class MqttLink:
         self.on_message = on_message
         self.counters = counters
         self.log = log
-        self.host, self.port = cfg.broker_address()
+        self.host, self.port = cfg.shim_broker_address()
         self.state_topic = topics.state_topic(cfg.shim_id)
         self.connected = False
         self.stopping = False

@@ -212,6 +212,9 @@ class MqttConfig(_Section, frozen=True):
     shim_id: Annotated[str, Meta(pattern=limits.NODE_ID_PATTERN)] = "shim-1"
     shim_ctl: str = "tcp://127.0.0.1:7709"  # ping, status, boards (ROUTER)
     shim_bus: str = "tcp://127.0.0.1:7710"  # its heartbeat with counters (PUB)
+    # Where the shim alone reaches the broker, when not at ``broker`` ("": at ``broker``):
+    # the fault injector puts a TCP proxy here to cut the broker-to-shim link only.
+    shim_broker: Annotated[str, Meta(pattern=rf"\A\Z|{MQTT_URL_PATTERN}")] = ""
     username: str = ""  # "" : connect without a username
     password: str = ""
     # Forwarding to the relay: a batch leaves at batch_max records or batch_interval_ms
@@ -228,6 +231,11 @@ class MqttConfig(_Section, frozen=True):
     def broker_address(self) -> tuple[str, int]:
         """``broker`` as (host, port); the port defaults to 1883."""
         return split_host_port(self.broker.removeprefix("mqtt://"), 1883)
+
+    def shim_broker_address(self) -> tuple[str, int]:
+        """Where the shim connects: ``shim_broker`` if set, else ``broker``."""
+        url = self.shim_broker or self.broker
+        return split_host_port(url.removeprefix("mqtt://"), 1883)
 
     def listen_address(self) -> tuple[str, int]:
         """``listen`` as (host, port); an empty host is every interface."""
