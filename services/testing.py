@@ -48,6 +48,7 @@ def config_on_free_ports(
             "shim_ctl": tcp(),
             "shim_bus": tcp(),
         },
+        "boards": {"ctl": tcp(), "bus": tcp()},
     }
     for name, values in endpoints.items():
         values.update(sections.pop(name, {}))
@@ -210,12 +211,14 @@ class Cluster:
         nodes: int = 8,
         without: tuple[str, ...] = (),
         up_options: dict[str, str] | None = None,
+        boards: int = 0,
         **sections: dict[str, Any],
     ) -> None:
         from pathlib import Path
 
         self.workdir = Path(workdir)
         self.nodes = nodes
+        self.boards = boards  # emulated boards (MicroPython processes); none by default
         self.without = without  # services left out: a deliberately broken cluster
         # More `shoal up` options, e.g. {"--broker": "mqtt://..."}: a broker of the caller's.
         self.up_options = up_options or {}
@@ -252,6 +255,7 @@ class Cluster:
 
         argv = [sys.executable, "-m", "shoal.services.cli", "up", "--headless"]
         argv += ["--nodes", str(self.nodes), "--config", str(self.config_path)]
+        argv += ["--boards", str(self.boards)]
         argv += [f"--without={name}" for name in self.without]
         argv += [arg for option in self.up_options.items() for arg in option]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in __exit__)
@@ -272,6 +276,8 @@ class Cluster:
             "sim": self.config.sim.ctl,
             "shim": self.config.mqtt.shim_ctl,
         }
+        if self.boards:
+            endpoints["boards"] = self.config.boards.ctl
         waiting = {k: v for k, v in endpoints.items() if k not in self.without}
         mqtt = self.config.mqtt
         external = "--broker" in self.up_options or "broker" in self.without

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shoal.services.chaos.tcp_proxy import TcpProxy
+from shoal.services.runtime.tcp_proxy import TcpProxy
 from shoal.services.testing import free_port, wait_for
 
 
@@ -77,3 +77,21 @@ def test_a_timed_cut_ends_by_itself(echo: int) -> None:
         proxy.cut(0.2)
         assert wait_for(lambda: not proxy.is_cut(), 3)
         assert roundtrip(proxy.port, b"back") == b"back"
+
+
+def test_a_held_cut_keeps_the_upstream_open_and_silent(echo: int) -> None:
+    """Radio off / power cut as the broker sees it: no FIN, no RST."""
+    with TcpProxy(("127.0.0.1", echo), free_port()) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as s:
+            s.sendall(b"a")
+            assert s.recv(16) == b"a"
+            proxy.cut(None, hold=True)
+        assert proxy.counters["held"] == 1 and len(proxy.held) == 1
+        proxy.heal()
+        proxy.hold_on_close(True)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as s:
+            s.sendall(b"b")
+            assert s.recv(16) == b"b"
+        # the client closed its end: its upstream is held, not closed
+        assert wait_for(lambda: proxy.counters["held"] == 2, 2)
+        assert len(proxy.held) == 2 and proxy.connections() == 0

@@ -27,11 +27,11 @@ from typing import Any
 
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.runtime.tcp_proxy import TcpProxy
 
 from .fault_proxy import FaultProxy
 from .plan import PlannedFault
 from .scenario import on_services
-from .tcp_proxy import TcpProxy
 
 DEAD_MANS_MARGIN_S = 2.0
 CALL_TIMEOUT_S = 1.5

@@ -74,7 +74,11 @@ def params_of(fault: Fault) -> dict[str, Any]:
 
 
 def make_plan(
-    scenario: Scenario, seed: int, nodes: list[str], hot: list[str], boards: list[str] = ()
+    scenario: Scenario,
+    seed: int,
+    nodes: list[str],
+    hot: list[str],
+    boards: list[str] | tuple[str, ...] = (),
 ) -> Plan:
     """``nodes``: every member (simulated nodes and ``boards``); board faults draw their
     targets from the boards, the other node faults from the simulated nodes."""

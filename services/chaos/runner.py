@@ -42,6 +42,7 @@ from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from shoal.services.runtime.ports import next_port
 from shoal.services.runtime.service import EXIT_BIND_FAILED
+from shoal.services.runtime.tcp_proxy import TcpProxy
 
 from .actuators import ActuatorError, Actuators
 from .checks import (
@@ -58,7 +59,6 @@ from .load import STARTUP_ALLOWANCE_S, Loaded, ScenarioError, board_ids, hot_ids
 from .observer import History, Sampler, Watcher
 from .plan import Plan, PlanError, make_plan
 from .scenario import FAILING_KINDS, Scenario, attach_errors, on_services, service_links
-from .tcp_proxy import TcpProxy
 
 EXIT_CODES = {"passed": 0, "failed": 1, "aborted": 2, "undecided": 3, "invalid": 4}
 REPORT_VERSION = 1
@@ -209,11 +209,12 @@ class _Run:
         if shim_proxy_port is not None:
             via["mqtt"] = {"shim_broker": f"mqtt://127.0.0.1:{shim_proxy_port}"}
         self.boards = board_ids(w)
+        sections: dict[str, Any] = dict(via)
         cluster = Cluster(
             workdir,
             nodes=w.nodes,
             without=self.opts.without,
-            **({"boards": w.boards} if w.boards else {}),  # type: ignore[arg-type]
+            boards=w.boards,
             sim={
                 "arrival_rate_hz": w.rate,
                 "task_cost_ms": w.task_cost_ms,
@@ -221,7 +222,7 @@ class _Run:
                 "hot_spot_factor": w.hot_factor,
                 "seed": self.seed,
             },
-            **via,
+            **sections,
         )
 
         def proxies() -> None:
@@ -229,7 +230,11 @@ class _Run:
             for (consumer, service), (bus, ctl) in links.items():
                 up = getattr(cluster.config, service)
                 old = self.proxies.get((consumer, service))
-                if old is not None and old.bus == (up.bus, bus) and old.ctl == (up.ctl, ctl):
+                if (
+                    isinstance(old, FaultProxy)
+                    and old.bus == (up.bus, bus)
+                    and old.ctl == (up.ctl, ctl)
+                ):
                     continue
                 if old is not None:
                     old.close()  # frees its ports for the new one

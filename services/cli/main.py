@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from .bench import bench
+from .boards import boards
 from .chaos import chaos
 from .config import show_config
 from .run import run, sim
@@ -28,5 +29,5 @@ def main() -> None:
     """shoal: run and prove a fault-tolerant cluster of ESP32-class edge nodes."""
 
 
-for command in (up, tui, run, sim, status, tasks, bench, show_config, chaos):
+for command in (up, tui, run, sim, boards, status, tasks, bench, show_config, chaos):
     main.add_command(command)

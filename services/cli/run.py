@@ -11,7 +11,7 @@ from shoal.services.runtime.config import with_overrides
 from .config import config_from, config_option
 from .workload import apply_workload, workload_options
 
-SERVICES = ("relay", "liveness", "delegator", "sim", "broker", "shim")
+SERVICES = ("relay", "liveness", "delegator", "sim", "broker", "shim", "boards")
 
 
 @click.command()
@@ -84,6 +84,10 @@ def service_class(name: str) -> Any:
         from shoal.services.mqtt_shim.service import Shim
 
         return Shim
+    if name == "boards":
+        from shoal.services.boards.service import BoardEmulator
+
+        return BoardEmulator
     from shoal.services.sim.fleet import Fleet
 
     return Fleet

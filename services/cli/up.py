@@ -44,6 +44,13 @@ from .workload import apply_workload, workload_argv, workload_options
     default=None,
     help="Use this MQTT broker (e.g. a mosquitto) instead of starting the embedded one.",
 )
+@click.option(
+    "--boards",
+    "board_count",
+    type=click.IntRange(0, 256),
+    default=None,
+    help="Emulated boards: the real firmware in MicroPython, over MQTT (default 2; 0: none).",
+)
 @workload_options
 def up(
     config_path: str | None,
@@ -52,6 +59,7 @@ def up(
     log_path: str,
     without: tuple[str, ...],
     broker_url: str | None,
+    board_count: int | None,
     **workload: Any,
 ) -> None:
     """Start the relay, the liveness monitor, the delegator, the MQTT broker and shim (for
@@ -69,12 +77,18 @@ def up(
     if broker_url is not None:
         config = external_broker(config, broker_url)
     config = apply_workload(config, workload)
-    check_ports_free(config, without)
+    boards_n = config.boards.count if board_count is None else board_count
+    if "shim" in without:
+        boards_n = 0  # nothing would carry their messages
+    if boards_n and not _have_micropython():
+        boards_n = 0
+    check_ports_free(config, without, boards_n > 0)
     sim_args = ["--nodes", str(nodes)] if nodes is not None else []
     sim_args += workload_argv(workload)
     if not headless and sys.stdin.isatty() and sys.stdout.isatty():
         sim_args += [f"--without={name}" for name in without]  # passed on to the child
         sim_args += ["--broker", broker_url] if broker_url else []
+        sim_args += ["--boards", str(boards_n)]
         sys.exit(_up_with_console(config, config_path, sim_args, log_path))
     common = ["--config", os.path.abspath(config_path)] if config_path else []
     python = [sys.executable, "-m", "shoal.services.cli"]
@@ -90,7 +104,21 @@ def up(
         if name not in without
     ]
     specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
+    if boards_n:
+        argv = [*python, "boards", "--count", str(boards_n), *common]
+        specs.append(ProcessSpec("boards", argv, env=env))
     sys.exit(run_supervisor(specs, config.supervisor))
+
+
+def _have_micropython() -> bool:
+    from shoal.services.boards.layout import NoMicroPython, micropython
+
+    try:
+        micropython()
+    except NoMicroPython as err:
+        click.echo(f"shoal up: no emulated boards: {err}", err=True)
+        return False
+    return True
 
 
 def external_broker(config: ShoalConfig, url: str) -> ShoalConfig:
@@ -164,7 +192,9 @@ def tui(config_path: str | None, readonly: bool) -> None:
     run_console(config_from(config_path), readonly)
 
 
-def check_ports_free(config: ShoalConfig, without: tuple[str, ...] = ()) -> None:
+def check_ports_free(
+    config: ShoalConfig, without: tuple[str, ...] = (), boards: bool = False
+) -> None:
     """Refuse to start on ports that are taken (most often: a cluster already running)."""
     import socket
 
@@ -183,6 +213,9 @@ def check_ports_free(config: ShoalConfig, without: tuple[str, ...] = ()) -> None
     if "shim" not in without:
         endpoints["mqtt.shim_ctl"] = config.mqtt.shim_ctl
         endpoints["mqtt.shim_bus"] = config.mqtt.shim_bus
+    if boards:
+        endpoints["boards.ctl"] = config.boards.ctl
+        endpoints["boards.bus"] = config.boards.bus
     if config.mqtt.embedded and "broker" not in without:
         endpoints["mqtt.listen"] = "tcp://" + config.mqtt.listen
     for key, endpoint in endpoints.items():

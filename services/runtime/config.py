@@ -255,6 +255,29 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
+FirmwareValue = int | float | str | bool | None
+
+
+class BoardsConfig(_Section, frozen=True):
+    """Emulated boards (``shoal boards``, ``shoal up --boards N``): the real firmware in the
+    MicroPython unix port, one process per board, over real TCP to ``[mqtt] broker``."""
+
+    ctl: str = "tcp://127.0.0.1:7711"  # boards, power_off, power_on, radio (ROUTER)
+    bus: str = "tcp://127.0.0.1:7712"  # its heartbeat with counters (PUB)
+    count: Annotated[int, Meta(ge=0, le=256)] = 2
+    # The MicroPython heap: about 110 KB is free on an ESP32 without PSRAM.
+    heap: Annotated[str, Meta(pattern=r"^[0-9]+[KM]?\Z")] = "110K"
+    # The board's MQTT keepalive: the embedded broker drops a silent board after 1.5 x
+    # this and publishes its will (a power cut sends nothing).
+    keepalive_s: Annotated[int, Meta(ge=1, le=65_535)] = 10
+    # Keys of firmware/esp32/config.py CONFIG to override on every board ("load_arrival_hz"
+    # = 2.0, ...); and per board, by node id.
+    firmware: dict[str, FirmwareValue] = {}
+    per_board: dict[str, dict[str, FirmwareValue]] = {}
+    # A board that exits (machine.reset(), or a crash) boots again after this long.
+    reboot_delay_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
+
+
 class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
@@ -263,6 +286,7 @@ class ShoalConfig(_Section, frozen=True):
     sim: SimConfig = SimConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     mqtt: MqttConfig = MqttConfig()
+    boards: BoardsConfig = BoardsConfig()
 
 
 class ConfigError(Exception):
@@ -284,6 +308,7 @@ ENV_ENDPOINTS = {
     "SHOAL_MQTT_BROKER": ("mqtt", "broker"),
     "SHOAL_SHIM_CTL": ("mqtt", "shim_ctl"),
     "SHOAL_SHIM_BUS": ("mqtt", "shim_bus"),
+    "SHOAL_BOARDS_CTL": ("boards", "ctl"),
 }
 
 

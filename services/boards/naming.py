@@ -1,0 +1,6 @@
+"""Board ids: ``board-01`` ... (node ids of the protocol: lower case, digits, "-")."""
+
+
+def board_id(index: int) -> str:
+    """The id of the board at ``index`` (0-based) of an emulator's fleet."""
+    return f"board-{index + 1:02d}"
