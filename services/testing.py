@@ -212,6 +212,7 @@ class Cluster:
         without: tuple[str, ...] = (),
         up_options: dict[str, str] | None = None,
         boards: int = 0,
+        board_config: dict[str, Any] | None = None,
         **sections: dict[str, Any],
     ) -> None:
         from pathlib import Path
@@ -219,6 +220,8 @@ class Cluster:
         self.workdir = Path(workdir)
         self.nodes = nodes
         self.boards = boards  # emulated boards (MicroPython processes); none by default
+        if board_config:
+            sections["boards"] = board_config  # the [boards] section (``boards`` is the count)
         self.without = without  # services left out: a deliberately broken cluster
         # More `shoal up` options, e.g. {"--broker": "mqtt://..."}: a broker of the caller's.
         self.up_options = up_options or {}

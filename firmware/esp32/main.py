@@ -11,8 +11,12 @@ import time
 from clock import MonotonicMs
 from config import CONFIG
 from hal import Esp32Hal, random_u32
+from nodecore.delegation import Delegation
+from nodecore.engine import Engine
 from nodecore.node import NodeCore
 from transport import MqttTransport
+
+FIRMWARE_VERSION = "shoal-esp32/0.2"
 
 # The node core settings in CONFIG; the rest of CONFIG is for the board.
 CORE_KEYS = (
@@ -23,8 +27,20 @@ CORE_KEYS = (
     "backoff_min_ms",
     "backoff_max_ms",
 )
+# Delegation settings in CONFIG (nodecore/delegation.py DEFAULTS explains each).
+DELEGATION_KEYS = ("offer_max", "result_memory", "outstanding_max")
 STATUS_EVERY_MS = 10000
 TICK_SLEEP_MS = 20  # the core wants a tick every 10-50 ms
+
+
+class TaskLink:
+    """Delegation's link: task messages over the transport's task topics."""
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    def send(self, msg):
+        return self.transport.send_task(msg)
 
 
 def connect_wifi(cfg):
@@ -49,7 +65,11 @@ def connect_wifi(cfg):
 
 def status_line(core, transport, wlan):
     s = core.snapshot()
-    return "shoal %s state=%s seq=%d buffered=%d dropped=%d acked=%d mqtt=%s wifi=%s heap=%d" % (
+    t = s.get("tasks", {})
+    return (
+        "shoal %s state=%s seq=%d buffered=%d dropped=%d acked=%d mqtt=%s wifi=%s heap=%d"
+        " tasks=%d/%d in=%d out=%d"
+    ) % (
         core.node_id,
         s["state"],
         s["seq"],
@@ -59,22 +79,25 @@ def status_line(core, transport, wlan):
         "up" if transport.connected() else "down",
         "up" if wlan.isconnected() else "down",
         gc.mem_free(),
+        t.get("done_local", 0),
+        t.get("created", 0),
+        t.get("delegated_in", 0),
+        t.get("taken", 0),
     )
 
 
 def main(cfg=CONFIG):
+    gc.collect()
+    # Collect early (once this much more is allocated), rather than when an allocation
+    # fails: a fragmented heap fails on a large string long before it is full.
+    gc.threshold(max(4096, gc.mem_free() - cfg.get("gc_threshold_bytes", 24576)))
     wlan = connect_wifi(cfg)
     # After the radio is on: the ESP32's RNG is only truly random with WiFi/BT enabled.
     boot_id = random_u32() or 1  # the protocol needs a non-zero u32
     clock = MonotonicMs()
     now = clock.now()
-    hal = Esp32Hal(
-        now_ms=now,
-        wlan=wlan,
-        arrival_rate_hz=cfg["load_arrival_hz"],
-        task_cost_ms=cfg["load_task_cost_ms"],
-        queue_capacity=cfg["load_queue_capacity"],
-    )
+    # No simulated load: the task engine's queue is the board's, its CPU is measured.
+    hal = Esp32Hal(now_ms=now, wlan=wlan, arrival_rate_hz=None)
     transport = MqttTransport(
         cfg["node_id"],
         boot_id,
@@ -87,19 +110,32 @@ def main(cfg=CONFIG):
         now_ms=clock.now,
         link_up=wlan.isconnected,
     )
-    settings = {"queue_capacity": cfg["load_queue_capacity"]}
-    for key in CORE_KEYS:
-        settings[key] = cfg[key]
-    core = NodeCore(cfg["node_id"], boot_id, hal, transport, settings, now)
+    settings = {
+        "queue_capacity": cfg["load_queue_capacity"],
+        "rate_hz": cfg["load_arrival_hz"],  # local tasks (Poisson), run by real handlers
+        "task_cost_ms": cfg["load_task_cost_ms"],
+        "fw": FIRMWARE_VERSION,
+    }
+    for key in CORE_KEYS + DELEGATION_KEYS:
+        if key in cfg:
+            settings[key] = cfg[key]
+    engine = Engine(cfg["node_id"], boot_id, hal.rand, settings, now)
+    delegation = Delegation(engine, TaskLink(transport), settings, now)
+    core = NodeCore(cfg["node_id"], boot_id, hal, transport, settings, now, delegation=delegation)
     transport.ack_sink = core.on_ack
+    transport.task_sink = core.on_task_message
+    transport.rebirth = core.hello
+    transport.reserve_seq = core.reserve_seq
     print("shoal: node", cfg["node_id"], "boot", boot_id)
 
     next_status = now + STATUS_EVERY_MS
     try:
         while True:
+            t0 = time.ticks_us()
             now = clock.now()
             core.tick(now)
             transport.poll()
+            hal.busy(time.ticks_diff(time.ticks_us(), t0))
             if now >= next_status:
                 print(status_line(core, transport, wlan))
                 next_status = now + STATUS_EVERY_MS

@@ -7,9 +7,14 @@ Topics (node_id as in the messages):
                            relay's own acks already drive resends (protocol section 4).
 - shoal/v1/<node_id>/ack   shim -> node: {"v":1,"kind":"ack","acks":[[node_id, boot_id,
                            first, last], ...]}, the relay's Ack frame in JSON.
-- shoal/v1/<node_id>/will  the last will, {"node_id":...,"boot_id":...}, QoS 1. A will's
-                           payload is fixed at connect time, so it cannot be a goodbye with
-                           a fresh seq; the shim turns it into one.
+- shoal/v1/<node_id>/will  the last will, {"v":1,"node_id":..,"boot_id":..,"seq":S}, QoS 1.
+                           A will's payload is fixed at connect time, so it cannot be a
+                           goodbye with a fresh seq: S is a seq reserved at this connect
+                           (reserve_seq), which the shim's goodbye in our name uses.
+- shoal/v1/<node_id>/task/up    node -> delegator: a task message (offer, result...), QoS 0
+- shoal/v1/<node_id>/task/down  delegator -> node: taken, assign, result_ack..., QoS 0
+- shoal/v1/shim/+/state    the shims' retained {"v":1,"state":"online","shim":..,"boot":N},
+                           QoS 1: a shim boot not seen before asks for a rebirth (a hello).
 
 The node core owns the reconnect policy: after a failed send it goes DOWN and only sends
 again after its backoff. This transport reconnects lazily, when send() is called while it
@@ -77,6 +82,7 @@ class MqttTransport:
         now_ms=None,
         link_up=None,
         client_cls=None,
+        reserve_seq=None,
     ):
         if now_ms is None:
             from clock import MonotonicMs
@@ -97,8 +103,15 @@ class MqttTransport:
         self.up_topic = root + "/up"
         self.ack_topic = root + "/ack"
         self.will_topic = root + "/will"
-        self.will = _dumps({"node_id": node_id, "boot_id": boot_id}).encode()
+        self.task_up_topic = root + "/task/up"
+        self.task_down_topic = root + "/task/down"
+        self.reserve_seq = reserve_seq  # core.reserve_seq: a fresh will seq per connect
+        self.will_seq = None
+        self.will_registered = False
         self.ack_sink = None  # core.on_ack; set after the core is built (it needs us first)
+        self.task_sink = None  # core.on_task_message(msg, now_ms)
+        self.rebirth = None  # core.hello(now_ms): a new shim boot asks for a birth
+        self.shim_boots = {}  # shim id -> the last boot it announced
         self.client = None
         self.last_attempt_ms = None
         self.last_out_ms = 0
@@ -109,6 +122,11 @@ class MqttTransport:
             "drops": 0,
             "acks": 0,
             "bad_acks": 0,
+            "tasks_up": 0,
+            "tasks_down": 0,
+            "bad_tasks": 0,
+            "rebirths": 0,
+            "bad_states": 0,
         }
 
     def connected(self):
@@ -130,17 +148,47 @@ class MqttTransport:
             keepalive=self.keepalive_s,
         )
         c.set_callback(self._on_message)
-        c.set_last_will(self.will_topic, self.will, False, 1)
+        # A new seq only once the last one was registered with a broker: a failed attempt
+        # keeps its seq for the next (no holes burnt while the broker is away).
+        if self.reserve_seq is not None and (self.will_seq is None or self.will_registered):
+            self.will_seq = self.reserve_seq()
+            self.will_registered = False
+        c.set_last_will(self.will_topic, self.will_payload(), False, 1)
         try:
             c.connect()
             c.subscribe(self.ack_topic)
+            if self.task_sink is not None:
+                c.subscribe(self.task_down_topic)
+            if self.rebirth is not None:
+                c.subscribe(TOPIC_ROOT + "shim/+/state", 1)
         except LINK_ERRORS:
             _close_socket(c)
             self.stats["connect_failures"] += 1
             return False
         self.client = c
+        self.will_registered = True
         self.last_out_ms = now
         self.stats["connects"] += 1
+        return True
+
+    def will_payload(self):
+        w = {"v": 1, "node_id": self.node_id, "boot_id": self.boot_id}
+        if self.will_seq is not None:
+            w["seq"] = self.will_seq
+        return _dumps(w).encode()
+
+    def send_task(self, msg):
+        """Publish one task message (Delegation's link); False if the link is down. The
+        task protocol acks and resends by itself: nothing is buffered here."""
+        if self.client is None:
+            return False
+        try:
+            self.client.publish(self.task_up_topic, encode(msg))
+        except LINK_ERRORS:
+            self._drop()
+            return False
+        self.stats["tasks_up"] += 1
+        self.last_out_ms = self.now_ms()
         return True
 
     def send(self, msg):
@@ -199,7 +247,52 @@ class MqttTransport:
         self.close()
 
     def _on_message(self, topic, payload, retained=False):
-        self.handle_ack(payload)  # the ack topic is our only subscription
+        if isinstance(topic, bytes):
+            topic = topic.decode()
+        if topic == self.ack_topic:
+            self.handle_ack(payload)
+        elif topic == self.task_down_topic:
+            self.handle_task(payload)
+        elif topic.startswith(TOPIC_ROOT + "shim/"):
+            self.handle_state(payload)
+
+    def handle_task(self, payload):
+        """One task message from the delegator, to the core; bad JSON is counted."""
+        try:
+            msg = json.loads(payload)
+            if not isinstance(msg, dict):
+                raise ValueError("not an object")
+        except (ValueError, TypeError):
+            self.stats["bad_tasks"] += 1
+            return False
+        self.stats["tasks_down"] += 1
+        if self.task_sink is None or not self.task_sink(msg, self.now_ms()):
+            return False
+        return True
+
+    def handle_state(self, payload):
+        """A shim's retained state: a boot of it not seen before means it knows nothing of
+        us (it keeps boards in memory only), so send a new hello: the rebirth."""
+        try:
+            obj = json.loads(payload)
+            state, shim, boot = obj["state"], obj["shim"], obj["boot"]
+            if not isinstance(shim, str) or not isinstance(boot, int):
+                raise ValueError("bad types")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.stats["bad_states"] += 1
+            return False
+        if state != "online" or self.shim_boots.get(shim) == boot:
+            return False
+        first = shim not in self.shim_boots
+        if len(self.shim_boots) >= 4 and first:
+            self.shim_boots.clear()  # bounded: a board talks to a shim or two
+        self.shim_boots[shim] = boot
+        if first and self.stats["connects"] <= 1:
+            return False  # the shim we first connected to has our boot's hello already
+        self.stats["rebirths"] += 1
+        if self.rebirth is not None:
+            self.rebirth(self.now_ms())
+        return True
 
     def handle_ack(self, payload):
         """Apply one ack payload from the shim. Returns how many entries were for us."""

@@ -120,6 +120,14 @@ class NodeCore:
         self.seq += 1
         return msg
 
+    def reserve_seq(self):
+        """Take the next seq for a message someone else sends in our name (the shim's
+        goodbye from our MQTT will); it is never used for anything else, so it cannot
+        collide with a real message, and the relay sees a hole until the will fires."""
+        seq = self.seq
+        self.seq += 1
+        return seq
+
     def _enqueue(self, msg):
         self.ring.push(msg["seq"], msg)
 
@@ -142,7 +150,9 @@ class NodeCore:
             msg["load_factor"] = round(sample["load_factor"], 4)
         else:
             cpu, depth, capacity, load, running = eng.metrics(now_ms)
-            msg["cpu_pct"] = round(cpu, 2)
+            # A board measures its CPU (the main loop's busy time); the simulator models it.
+            measured = sample.get("cpu_pct_measured")
+            msg["cpu_pct"] = round(cpu if measured is None else measured, 2)
             msg["queue_depth"] = depth
             msg["queue_capacity"] = capacity
             msg["load_factor"] = round(load, 4)
