@@ -21,7 +21,7 @@ CONFIG = {
     "node_id": "esp32-01",
     # Node core (firmware/nodecore/node.py DEFAULTS explains each)
     "ring_capacity": 24,
-    "heartbeat_interval_ms": 1000,
+    "heartbeat_interval_ms": 250,  # dead in ~1.4 s (liveness thresholds); ~110 B per beat
     "telemetry_interval_ms": 2000,
     "ack_timeout_ms": 3000,
     "backoff_min_ms": 500,
