@@ -6,7 +6,7 @@ what only a chip has (standins/: ``network`` and ``machine``), over real TCP to 
 broker. The radio is a TCP relay per board (runtime/tcp_proxy.py) and a control file the
 ``network`` stand-in reads: off cuts the board's traffic as losing WiFi does.
 
-It binds ctl (ROUTER: boards, power_off, power_on, radio) and bus (PUB: its heartbeat with
+It binds ctl (ROUTER: boards, power_off, power_on, radio, reset, crash) and bus (PUB: its heartbeat with
 counters), and one loopback TCP port per board (that board's radio). It trusts nothing a
 board prints: each output line is only counted and kept, bounded. Ctl args are checked.
 

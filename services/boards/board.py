@@ -1,8 +1,9 @@
 """One emulated board: its MicroPython process, its radio (a TCP relay to the broker) and
 its console output, kept bounded.
 
-States: ``running``; ``rebooting`` (it exited, by machine.reset() or a crash, and boots
-again after reboot_delay_ms); ``powered-off`` (power_off: SIGKILL, and it stays off).
+States: ``running``; ``rebooting`` (it exited, by machine.reset() or a crash, or was
+reset, and boots again after reboot_delay_ms); ``powered-off`` (power_off: SIGKILL, and it
+stays off).
 
 A power cut must look to the broker as a real one does: nothing. SIGKILL makes the kernel
 close the board's socket with a FIN, which a board without power never sends, so the
@@ -107,6 +108,21 @@ class Board:
         self._reap()
         self.state = "powered-off"
         self.reboot_at = None
+
+    def hard_reset(self, delay_s: float) -> None:
+        """The reset button (or a watchdog): off at once, as a power cut, and a new boot
+        after delay_s."""
+        self.power_off()
+        self.state = "rebooting"
+        self.restarts += 1
+        self.reboot_at = time.monotonic() + delay_s
+
+    def crash(self) -> bool:
+        """Ask the network stand-in to raise inside the firmware (once); False if off."""
+        if self.state != "running" or self.dir is None:
+            return False
+        layout.ask_crash(self.dir)
+        return True
 
     def set_radio(self, on: bool) -> None:
         self.radio_on = on

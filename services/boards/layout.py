@@ -27,6 +27,7 @@ NODECORE_DIR = FIRMWARE_DIR / "nodecore"
 STANDINS_DIR = Path(standins.__file__).resolve().parent
 STANDIN_FILES = ("network.py", "machine.py")
 RADIO_FILE = "radio"  # the network stand-in reads it: "1" on, "0" off
+CRASH_FILE = "crash"  # while it exists, the network stand-in raises once (then removes it)
 
 
 class NoMicroPython(RuntimeError):
@@ -98,6 +99,7 @@ def make_board_dir(root: Path, node_id: str, overrides: dict[str, Any]) -> Path:
         shipped + f"\n# Added by the shoal board emulator for this board:\nCONFIG.update({extra})\n"
     )
     set_radio(board, True)
+    (board / CRASH_FILE).unlink(missing_ok=True)  # a crash asked of the last boot is gone
     precompile(board)
     return board
 
@@ -106,6 +108,10 @@ def set_radio(board: Path, on: bool) -> None:
     tmp = board / (RADIO_FILE + ".tmp")
     tmp.write_text("1" if on else "0")
     os.replace(tmp, board / RADIO_FILE)  # the board never reads half a file
+
+
+def ask_crash(board: Path) -> None:
+    (board / CRASH_FILE).write_bytes(b"")
 
 
 def argv(board: Path, heap: str) -> list[str]:

@@ -6,10 +6,15 @@ Ops (ctl, JSON args):
   memory_errors, status: the firmware's last status line, dir, radio_port);
 - ``power_off`` {node_id}: a power cut (SIGKILL; the broker sees silence, not a close);
 - ``power_on`` {node_id}: boot it again (a new boot);
-- ``radio`` {node_id, on}: the radio off (its TCP path cut, its WLAN disconnected) or on.
+- ``radio`` {node_id, on}: the radio off (its TCP path cut, its WLAN disconnected) or on;
+- ``reset`` {node_id}: the reset button: off at once (as a power cut), a new boot after
+  ``reboot_delay_ms``;
+- ``crash`` {node_id}: a fault inside the firmware (the WLAN stand-in raises once), so its
+  own handler runs: on firmware/esp32 a traceback, and machine.reset() 5 s later.
 
-A board that exits by itself (machine.reset(), exit 75, or a crash) boots again after
-``reboot_delay_ms``; a powered-off one stays off until power_on.
+Each returns the board's row (``boards`` returns them all). A board that exits by itself
+(machine.reset(), exit 75, or a crash) boots again after ``reboot_delay_ms``; a
+powered-off one stays off until power_on.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ class BoardEmulator(Service):
         self.ctl_ops["power_off"] = self._op_power_off
         self.ctl_ops["power_on"] = self._op_power_on
         self.ctl_ops["radio"] = self._op_radio
+        self.ctl_ops["reset"] = self._op_reset
+        self.ctl_ops["crash"] = self._op_crash
 
     def setup(self) -> None:
         micropython()  # fail at start, with the reason, rather than at every boot
@@ -71,7 +78,7 @@ class BoardEmulator(Service):
         broker = self.config.mqtt.broker_address()
         self.endpoints["broker"] = self.config.mqtt.broker
         for i in range(self.count):
-            node_id = board_id(i)
+            node_id = board_id(i, self.cfg.id_prefix)
             board = Board(node_id, self.root, broker, next_port())
             self.boards[node_id] = board
             self._boot(board)
@@ -179,4 +186,22 @@ class BoardEmulator(Service):
         board.set_radio(a.on)
         self.counters["radio_on" if a.on else "radio_off"] += 1
         self.log.info("radio", node=board.node_id, on=a.on)
+        return board.row()
+
+    def _op_reset(self, args: dict[str, Any]) -> dict[str, Any]:
+        board = self._board(parse_args(args, NodeArgs).node_id)
+        fd = board.fd()
+        if fd is not None:
+            self.unwatch(fd)
+        board.hard_reset(self.cfg.reboot_delay_ms / 1000)
+        self.counters["resets"] += 1
+        self.log.info("reset", node=board.node_id)
+        return board.row()
+
+    def _op_crash(self, args: dict[str, Any]) -> dict[str, Any]:
+        board = self._board(parse_args(args, NodeArgs).node_id)
+        if not board.crash():
+            raise CtlError(f"board {board.node_id} is {board.state}: nothing to crash")
+        self.counters["crashes"] += 1
+        self.log.info("crash", node=board.node_id)
         return board.row()

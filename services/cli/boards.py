@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+import msgspec
 
 from shoal.services.runtime.config import with_overrides
 
@@ -23,14 +24,24 @@ from .up import external_broker
     help="The MQTT broker the boards connect to (default: [mqtt] broker).",
 )
 @click.option(
+    "--prefix",
+    default=None,
+    help="Board ids are PREFIX-01, PREFIX-02, ... (default board).",
+)
+@click.option(
     "--heap", default=None, help="MicroPython heap per board, e.g. 110K (an ESP32 without PSRAM)."
 )
 def boards(
-    config_path: str | None, count: int | None, broker_url: str | None, heap: str | None
+    config_path: str | None,
+    count: int | None,
+    broker_url: str | None,
+    prefix: str | None,
+    heap: str | None,
 ) -> None:
     """Start COUNT boards: each a MicroPython unix-port process running firmware/esp32
     unchanged, its heap bounded, its radio a TCP relay that faults can cut. Control them
-    on [boards] ctl (ops boards, power_off, power_on, radio); Ctrl-C stops them all."""
+    on [boards] ctl (ops boards, power_off, power_on, radio, reset, crash); Ctrl-C stops
+    them all."""
     from shoal.services.boards.layout import NoMicroPython, micropython
     from shoal.services.boards.service import BoardEmulator
     from shoal.services.runtime.service import main_for
@@ -43,7 +54,13 @@ def boards(
         changes["count"] = count
     if heap is not None:
         changes["heap"] = heap
+    if prefix is not None:
+        changes["id_prefix"] = prefix
     config = with_overrides(config, "boards", **changes)
+    try:  # the flags checked as the file's keys are (the id pattern, the heap's form)
+        msgspec.convert(msgspec.to_builtins(config.boards), type(config.boards))
+    except msgspec.ValidationError as err:
+        raise click.ClickException(f"bad option: {err} (in [boards])") from None
     try:
         micropython()
     except NoMicroPython as err:

@@ -265,6 +265,8 @@ class BoardsConfig(_Section, frozen=True):
     ctl: str = "tcp://127.0.0.1:7711"  # boards, power_off, power_on, radio (ROUTER)
     bus: str = "tcp://127.0.0.1:7712"  # its heartbeat with counters (PUB)
     count: Annotated[int, Meta(ge=0, le=256)] = 2
+    # Board ids are PREFIX-01, PREFIX-02, ... (node ids: lower case, digits, "-").
+    id_prefix: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,24}\Z")] = "board"
     # The MicroPython heap: about 110 KB is free on an ESP32 without PSRAM.
     heap: Annotated[str, Meta(pattern=r"^[0-9]+[KM]?\Z")] = "110K"
     # The board's MQTT keepalive: the embedded broker drops a silent board after 1.5 x

@@ -3,13 +3,20 @@ the emulator's radio (the file ``radio`` in the board's directory: "1" on, "0" o
 
 The TCP path itself is cut by the emulator's relay; this only lets the firmware see what
 a chip's WiFi driver would report. RSSI wanders a little around -58 dBm, as a real one does.
+
+A fault the emulator can inject (its ``crash`` op): while the file ``crash`` exists, the
+next ``isconnected()`` removes it and raises, as a driver fault or a firmware bug would,
+so the firmware's own handler runs (on firmware/esp32: traceback, then machine.reset()).
 """
+
+import os
 
 STA_IF = 0
 AP_IF = 1
 STAT_GOT_IP = 1010
 
 _RADIO = "radio"
+_CRASH = "crash"
 _rssi = [-58]
 
 
@@ -19,6 +26,14 @@ def _radio_on():
             return f.read(1) != "0"
     except OSError:
         return True  # no control file: a board on a bench, always in range
+
+
+def _crash_if_asked():
+    try:
+        os.remove(_CRASH)  # one shot: absent (the usual case) costs one failed syscall
+    except OSError:
+        return
+    raise RuntimeError("wifi driver fault (injected by the board emulator)")
 
 
 class WLAN:
@@ -39,6 +54,7 @@ class WLAN:
         self._wanted = False
 
     def isconnected(self):
+        _crash_if_asked()
         return self._active and self._wanted and _radio_on()
 
     def status(self, param=None):
