@@ -38,4 +38,10 @@ CONFIG = {
     "outstanding_max": 64,
     # Collect when less than this is free, before an allocation fails (gc.threshold).
     "gc_threshold_bytes": 24576,
+    # Reconnect (orderly, at an idle moment) for a will with a fresh reserved seq once this
+    # many seqs were used since the last: the shim honours a will only within the relay's
+    # de-duplication window (256 seqs, about a minute of 250 ms heartbeats). 0: never.
+    "will_refresh_seqs": 200,
+    # The status line on the console (state, heap, counters), every this many ms.
+    "status_interval_ms": 10000,
 }

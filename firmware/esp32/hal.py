@@ -21,6 +21,12 @@ except ImportError:
     network = None
 
 
+def mem_free():
+    """Free GC heap in bytes; None where gc has no mem_free (CPython, in tests)."""
+    f = getattr(gc, "mem_free", None)
+    return f() if f is not None else None
+
+
 def random_u32():
     """32 random bits: the ESP32's hardware RNG through os.urandom.
 
@@ -102,7 +108,7 @@ class Esp32Hal:
         if self.load is None:
             return {
                 "cpu_pct_measured": self.cpu_pct(now_ms),
-                "free_heap": gc.mem_free(),
+                "free_heap": mem_free(),
                 "rssi": self.rssi(),
             }
         cpu_pct, depth, load_factor = self.load.sample(now_ms)
@@ -111,6 +117,6 @@ class Esp32Hal:
             "queue_depth": depth,
             "queue_capacity": self.load.queue_capacity,
             "load_factor": load_factor,
-            "free_heap": gc.mem_free(),
+            "free_heap": mem_free(),
             "rssi": self.rssi(),
         }

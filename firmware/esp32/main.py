@@ -10,7 +10,7 @@ import time
 
 from clock import MonotonicMs
 from config import CONFIG
-from hal import Esp32Hal, random_u32
+from hal import Esp32Hal, mem_free, random_u32
 from nodecore.delegation import Delegation
 from nodecore.engine import Engine
 from nodecore.node import NodeCore
@@ -29,7 +29,7 @@ CORE_KEYS = (
 )
 # Delegation settings in CONFIG (nodecore/delegation.py DEFAULTS explains each).
 DELEGATION_KEYS = ("offer_max", "result_memory", "outstanding_max")
-STATUS_EVERY_MS = 10000
+STATUS_EVERY_MS = 10000  # the status line's period (config status_interval_ms)
 TICK_SLEEP_MS = 20  # the core wants a tick every 10-50 ms
 
 
@@ -63,82 +63,134 @@ def connect_wifi(cfg):
     return wlan
 
 
-def status_line(core, transport, wlan):
-    s = core.snapshot()
-    t = s.get("tasks", {})
-    return (
-        "shoal %s state=%s seq=%d buffered=%d dropped=%d acked=%d mqtt=%s wifi=%s heap=%d"
-        " tasks=%d/%d in=%d out=%d"
-    ) % (
-        core.node_id,
-        s["state"],
-        s["seq"],
-        s["buffered"],
-        s["dropped"],
-        s["acked"],
-        "up" if transport.connected() else "down",
-        "up" if wlan.isconnected() else "down",
-        gc.mem_free(),
-        t.get("done_local", 0),
-        t.get("created", 0),
-        t.get("delegated_in", 0),
-        t.get("taken", 0),
-    )
+class Board:
+    """One board's node, wired as main() runs it: the hal (measured CPU, free heap, RSSI),
+    the MQTT transport, the task engine with the real handlers, delegation over the task
+    topics, and the node core."""
+
+    def __init__(self, cfg, boot_id, wlan, clock, client_cls=None):
+        self.cfg = cfg
+        self.wlan = wlan
+        self.clock = clock
+        now = clock.now()
+        # No simulated load: the task engine's queue is the board's, its CPU is measured.
+        self.hal = hal = Esp32Hal(now_ms=now, wlan=wlan, arrival_rate_hz=None)
+        self.transport = transport = MqttTransport(
+            cfg["node_id"],
+            boot_id,
+            cfg["mqtt_host"],
+            port=cfg["mqtt_port"],
+            user=cfg["mqtt_user"],
+            password=cfg["mqtt_password"],
+            keepalive_s=cfg["mqtt_keepalive_s"],
+            min_reconnect_ms=cfg["backoff_min_ms"],
+            now_ms=clock.now,
+            link_up=wlan.isconnected,
+            client_cls=client_cls,
+            will_refresh=cfg.get("will_refresh_seqs", 200),
+        )
+        settings = {
+            "queue_capacity": cfg["load_queue_capacity"],
+            "rate_hz": cfg["load_arrival_hz"],  # local tasks (Poisson), run by real handlers
+            "task_cost_ms": cfg["load_task_cost_ms"],
+            "fw": FIRMWARE_VERSION,
+        }
+        for key in CORE_KEYS + DELEGATION_KEYS:
+            if key in cfg:
+                settings[key] = cfg[key]
+        self.engine = Engine(cfg["node_id"], boot_id, hal.rand, settings, now)
+        self.delegation = Delegation(self.engine, TaskLink(transport), settings, now)
+        self.core = core = NodeCore(
+            cfg["node_id"], boot_id, hal, transport, settings, now, delegation=self.delegation
+        )
+        transport.ack_sink = core.on_ack
+        transport.task_sink = core.on_task_message
+        transport.rebirth = core.hello
+        transport.reserve_seq = core.reserve_seq
+        transport.idle = core.idle
+        self.status_every_ms = cfg.get("status_interval_ms", STATUS_EVERY_MS)
+        self.next_status_ms = now + self.status_every_ms
+        self.heap_min = None  # the least free heap seen after a pass, since boot
+
+    def step(self):
+        """One pass of the main loop: the node core, then the MQTT client. Its time goes to
+        the measured CPU (cpu_pct). Returns the clock's now."""
+        t0 = time.ticks_us()
+        now = self.clock.now()
+        self.core.tick(now)
+        self.transport.poll()
+        self.hal.busy(time.ticks_diff(time.ticks_us(), t0))
+        free = mem_free()
+        if free is not None and (self.heap_min is None or free < self.heap_min):
+            self.heap_min = free
+        return now
+
+    def status_due(self, now):
+        if now < self.next_status_ms:
+            return False
+        self.next_status_ms = now + self.status_every_ms
+        return True
+
+    def status_line(self):
+        s = self.core.snapshot()
+        t = s.get("tasks", {})
+        ts = self.transport.stats
+        return (
+            "shoal %s state=%s seq=%d buffered=%d dropped=%d acked=%d mqtt=%s wifi=%s heap=%d"
+            " tasks=%d/%d in=%d out=%d heap_min=%d connects=%d will_refreshes=%d"
+            " rebirths=%d bad_tasks=%d bad_task_msgs=%d bad_states=%d bad_acks=%d"
+        ) % (
+            self.core.node_id,
+            s["state"],
+            s["seq"],
+            s["buffered"],
+            s["dropped"],
+            s["acked"],
+            "up" if self.transport.connected() else "down",
+            "up" if self.wlan.isconnected() else "down",
+            _int(mem_free()),
+            t.get("done_local", 0),
+            t.get("created", 0),
+            t.get("delegated_in", 0),
+            t.get("taken", 0),
+            _int(self.heap_min),
+            ts["connects"],
+            ts["will_refreshes"],
+            ts["rebirths"],
+            ts["bad_tasks"],
+            self.delegation.stats["bad_msgs"],
+            ts["bad_states"],
+            ts["bad_acks"],
+        )
+
+    def stop(self):
+        """A goodbye, sent at once if the link is up, then an orderly DISCONNECT."""
+        self.core.goodbye(self.clock.now(), "shutdown")
+        self.transport.poll()
+        self.transport.close()
+
+
+def _int(x):
+    return -1 if x is None else x
 
 
 def main(cfg=CONFIG):
     gc.collect()
-    # Collect early (once this much more is allocated), rather than when an allocation
-    # fails: a fragmented heap fails on a large string long before it is full.
-    gc.threshold(max(4096, gc.mem_free() - cfg.get("gc_threshold_bytes", 24576)))
+    free = mem_free()
+    if free is not None:  # (None: CPython, in tests)
+        # Collect early (once this much more is allocated), rather than when an allocation
+        # fails: a fragmented heap fails on a large string long before it is full.
+        gc.threshold(max(4096, free - cfg.get("gc_threshold_bytes", 24576)))
     wlan = connect_wifi(cfg)
     # After the radio is on: the ESP32's RNG is only truly random with WiFi/BT enabled.
     boot_id = random_u32() or 1  # the protocol needs a non-zero u32
-    clock = MonotonicMs()
-    now = clock.now()
-    # No simulated load: the task engine's queue is the board's, its CPU is measured.
-    hal = Esp32Hal(now_ms=now, wlan=wlan, arrival_rate_hz=None)
-    transport = MqttTransport(
-        cfg["node_id"],
-        boot_id,
-        cfg["mqtt_host"],
-        port=cfg["mqtt_port"],
-        user=cfg["mqtt_user"],
-        password=cfg["mqtt_password"],
-        keepalive_s=cfg["mqtt_keepalive_s"],
-        min_reconnect_ms=cfg["backoff_min_ms"],
-        now_ms=clock.now,
-        link_up=wlan.isconnected,
-    )
-    settings = {
-        "queue_capacity": cfg["load_queue_capacity"],
-        "rate_hz": cfg["load_arrival_hz"],  # local tasks (Poisson), run by real handlers
-        "task_cost_ms": cfg["load_task_cost_ms"],
-        "fw": FIRMWARE_VERSION,
-    }
-    for key in CORE_KEYS + DELEGATION_KEYS:
-        if key in cfg:
-            settings[key] = cfg[key]
-    engine = Engine(cfg["node_id"], boot_id, hal.rand, settings, now)
-    delegation = Delegation(engine, TaskLink(transport), settings, now)
-    core = NodeCore(cfg["node_id"], boot_id, hal, transport, settings, now, delegation=delegation)
-    transport.ack_sink = core.on_ack
-    transport.task_sink = core.on_task_message
-    transport.rebirth = core.hello
-    transport.reserve_seq = core.reserve_seq
+    board = Board(cfg, boot_id, wlan, MonotonicMs())
     print("shoal: node", cfg["node_id"], "boot", boot_id)
-
-    next_status = now + STATUS_EVERY_MS
     try:
         while True:
-            t0 = time.ticks_us()
-            now = clock.now()
-            core.tick(now)
-            transport.poll()
-            hal.busy(time.ticks_diff(time.ticks_us(), t0))
-            if now >= next_status:
-                print(status_line(core, transport, wlan))
-                next_status = now + STATUS_EVERY_MS
+            now = board.step()
+            if board.status_due(now):
+                print(board.status_line())
                 if not wlan.isconnected():
                     try:  # the driver may have given up; ask again every status period
                         wlan.connect(cfg["wifi_ssid"], cfg["wifi_password"])
@@ -146,10 +198,8 @@ def main(cfg=CONFIG):
                         pass  # already connecting
             time.sleep_ms(TICK_SLEEP_MS)
     except KeyboardInterrupt:
-        core.goodbye(clock.now(), "shutdown")  # sent at once if the link is up
-        transport.poll()
-        transport.close()
-        print("shoal: stopped;", status_line(core, transport, wlan))
+        board.stop()
+        print("shoal: stopped;", board.status_line())
     except Exception as e:  # a board must not hang on a bug: reboot instead
         sys.print_exception(e)
         print("shoal: resetting in 5 s")

@@ -20,6 +20,14 @@ The node core owns the reconnect policy: after a failed send it goes DOWN and on
 again after its backoff. This transport reconnects lazily, when send() is called while it
 is disconnected, and never more often than every min_reconnect_ms (the backoff can draw
 delays near 0, and a blocking connect attempt costs the main loop).
+
+Will refresh: the shim honours a will only while its seq is within the relay's
+de-duplication window (256) of the highest seq it has seen from the board, and a board with
+250 ms heartbeats uses 256 seqs in about a minute. So once will_refresh seqs were sent
+since the will's seq was reserved, poll() reconnects at the next moment the node core is
+idle (nothing awaits an ack or a reply): an orderly DISCONNECT (the broker discards the old
+will), then a CONNECT with a will of a newly reserved seq. Not idle for another
+REFRESH_FORCE_EXTRA seqs, it reconnects anyway (an ack lost then is resent by the core).
 """
 
 import json
@@ -42,6 +50,13 @@ TOPIC_ROOT = "shoal/v1/"
 # MQTTException (mqtt.py raises only these); umqtt.simple also raises IndexError (a read
 # that returned nothing) and AssertionError (an unexpected packet).
 LINK_ERRORS = (OSError, IndexError, AssertionError, MQTTException)
+# What json.loads may raise on a hostile payload: ValueError for bad JSON; RuntimeError
+# (CPython's RecursionError) for deep nesting; MemoryError for a payload the heap cannot
+# hold as objects. A payload is dropped and counted for each: the board never resets for it.
+BAD_JSON = (ValueError, TypeError, KeyError, AttributeError, RuntimeError, MemoryError)
+# The reconnect for a fresh will waits for an idle core, but not beyond this many more seqs
+# (will_refresh 200 + 40 stays inside the relay's window of 256).
+REFRESH_FORCE_EXTRA = 40
 
 try:  # compact JSON saves airtime; very old firmware has no separators argument
     json.dumps({}, separators=(",", ":"))
@@ -83,6 +98,7 @@ class MqttTransport:
         link_up=None,
         client_cls=None,
         reserve_seq=None,
+        will_refresh=200,
     ):
         if now_ms is None:
             from clock import MonotonicMs
@@ -108,6 +124,10 @@ class MqttTransport:
         self.reserve_seq = reserve_seq  # core.reserve_seq: a fresh will seq per connect
         self.will_seq = None
         self.will_registered = False
+        # Reconnect for a fresh will once the seqs sent pass will_seq by this (0: never).
+        self.will_refresh = will_refresh
+        self.high_seq = -1  # the highest seq published on up
+        self.idle = None  # core.idle: no ack or reply awaited now (a moment to reconnect)
         self.ack_sink = None  # core.on_ack; set after the core is built (it needs us first)
         self.task_sink = None  # core.on_task_message(msg, now_ms)
         self.rebirth = None  # core.hello(now_ms): a new shim boot asks for a birth
@@ -127,6 +147,7 @@ class MqttTransport:
             "bad_tasks": 0,
             "rebirths": 0,
             "bad_states": 0,
+            "will_refreshes": 0,
         }
 
     def connected(self):
@@ -204,6 +225,9 @@ class MqttTransport:
         except LINK_ERRORS:
             self._drop()
             return False
+        seq = msg.get("seq", -1)
+        if seq > self.high_seq:
+            self.high_seq = seq
         self.stats["published"] += 1
         self.last_out_ms = self.now_ms()
         return True
@@ -228,6 +252,28 @@ class MqttTransport:
                 self.last_out_ms = now
         except LINK_ERRORS:
             self._drop()
+            return
+        if self.refresh_due():
+            self.refresh_will()
+
+    def refresh_due(self):
+        """True when the will's seq is about to fall out of the relay's window (above)."""
+        if not self.will_refresh or self.will_seq is None or self.client is None:
+            return False
+        ahead = self.high_seq - self.will_seq
+        if ahead < self.will_refresh:
+            return False
+        if ahead >= self.will_refresh + REFRESH_FORCE_EXTRA:
+            return True
+        return self.idle is None or self.idle()
+
+    def refresh_will(self):
+        """Orderly DISCONNECT (the broker discards the old will) and CONNECT again with a
+        will of a newly reserved seq. False if the reconnect failed: the next send retries,
+        paced by min_reconnect_ms, as after any drop."""
+        self.stats["will_refreshes"] += 1
+        self.close()
+        return self.connect()
 
     def close(self):
         """Orderly disconnect: the broker then discards the will (the core sent a goodbye)."""
@@ -254,7 +300,7 @@ class MqttTransport:
         elif topic == self.task_down_topic:
             self.handle_task(payload)
         elif topic.startswith(TOPIC_ROOT + "shim/"):
-            self.handle_state(payload)
+            self.handle_state(payload, retained)
 
     def handle_task(self, payload):
         """One task message from the delegator, to the core; bad JSON is counted."""
@@ -262,7 +308,7 @@ class MqttTransport:
             msg = json.loads(payload)
             if not isinstance(msg, dict):
                 raise ValueError("not an object")
-        except (ValueError, TypeError):
+        except BAD_JSON:
             self.stats["bad_tasks"] += 1
             return False
         self.stats["tasks_down"] += 1
@@ -270,15 +316,17 @@ class MqttTransport:
             return False
         return True
 
-    def handle_state(self, payload):
+    def handle_state(self, payload, retained=False):
         """A shim's retained state: a boot of it not seen before means it knows nothing of
-        us (it keeps boards in memory only), so send a new hello: the rebirth."""
+        us (it keeps boards in memory only), so send a new hello: the rebirth. Except the
+        states retained at our first subscribe: those shims were up when our boot's first
+        hello went out. (umqtt.simple passes no retained flag: a redundant hello then.)"""
         try:
             obj = json.loads(payload)
             state, shim, boot = obj["state"], obj["shim"], obj["boot"]
-            if not isinstance(shim, str) or not isinstance(boot, int):
+            if not isinstance(shim, str) or not isinstance(boot, int) or len(shim) > 64:
                 raise ValueError("bad types")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except BAD_JSON:
             self.stats["bad_states"] += 1
             return False
         if state != "online" or self.shim_boots.get(shim) == boot:
@@ -287,8 +335,8 @@ class MqttTransport:
         if len(self.shim_boots) >= 4 and first:
             self.shim_boots.clear()  # bounded: a board talks to a shim or two
         self.shim_boots[shim] = boot
-        if first and self.stats["connects"] <= 1:
-            return False  # the shim we first connected to has our boot's hello already
+        if first and retained and self.stats["connects"] <= 1:
+            return False  # a shim up when we first connected has our boot's hello already
         self.stats["rebirths"] += 1
         if self.rebirth is not None:
             self.rebirth(self.now_ms())
@@ -303,7 +351,7 @@ class MqttTransport:
             entries = obj["acks"]
             if not isinstance(entries, list):
                 raise ValueError("acks is not a list")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except BAD_JSON:
             self.stats["bad_acks"] += 1
             return 0
         now = self.now_ms()

@@ -275,6 +275,15 @@ class NodeCore:
         entry[2] = now_ms
         return True
 
+    def idle(self):
+        """Nothing awaits an answer: the link is UP, the ring is empty (every message acked)
+        and, with delegation, no offer or result waits for the delegator. A moment when the
+        transport can reconnect (its will refresh) without an ack or a reply getting lost."""
+        if self.state != UP or len(self.ring):
+            return False
+        d = self.delegation
+        return d is None or (d.offer is None and not d.unacked_results())
+
     def link_lost(self, now_ms):
         """The transport learned too late that what it took did not leave (a gateway whose
         batch could not be sent): the link is DOWN now, rather than after an ack timeout."""
