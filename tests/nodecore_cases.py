@@ -1207,5 +1207,66 @@ def test_no_task_is_lost_whatever_the_link_loses():
     assert deleg.unacked_results() == 0 and st["results_dropped"] == 0
 
 
+# --- the board's needs: a seq for the will, an idle moment, a measured CPU -----------------
+
+
+def test_reserve_seq_takes_a_seq_that_no_message_uses():
+    node, link = make_node()
+    node.tick(0)  # the hello as the probe, a telemetry sample queued
+    expected = node.seq
+    reserved = node.reserve_seq()
+    assert node.seq == expected + 1
+    node.on_ack(42, 0, 0, 5)
+    for now in range(20, 3000, 20):
+        node.tick(now)
+        ack_all(node, link, now)
+    seqs = [m["seq"] for m in link.sent]
+    assert reserved == expected
+    assert reserved not in seqs and max(seqs) > reserved
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_idle_only_when_up_with_nothing_awaiting_an_ack():
+    node, link = make_node()
+    assert not node.idle()  # DOWN, the hello in the ring
+    node.tick(0)
+    assert not node.idle()  # PROBING
+    node.on_ack(42, 0, link.sent[-1]["seq"], 5)
+    ack_all(node, link, 5)
+    assert node.idle()
+    node.tick(1000)  # a telemetry sample, not acked yet
+    assert not node.idle()
+    ack_all(node, link, 1010)
+    assert node.idle()
+
+
+def test_idle_waits_for_the_delegators_answer_to_an_offer():
+    deleg, eng, tlink = make_deleg()
+    link = FakeLink()
+    node = NodeCore("n-1", 7, FakeHal(), link, {"ring_capacity": 8}, 0, delegation=deleg)
+    node.tick(0)
+    ack_all(node, link, 0)
+    ack_all(node, link, 0)  # the flush after the probe's ack
+    assert node.state == UP and node.idle()
+    overload_with(deleg, eng, 16)
+    assert tlink.kinds("offer") and deleg.offer is not None
+    assert not node.idle()
+
+
+class MeasuredHal(FakeHal):
+    def sample(self, now_ms):
+        return {"cpu_pct_measured": 37.5, "free_heap": 50000, "rssi": -50}
+
+
+def test_a_measured_cpu_replaces_the_engines_model_in_telemetry():
+    link = FakeLink()
+    node = NodeCore("n-1", 7, MeasuredHal(), link, {"ring_capacity": 8}, 0, engine=make_engine())
+    node.tick(0)
+    ack_all(node, link, 0)  # the hello: UP, the telemetry follows
+    (tel,) = [m for m in link.sent if m["kind"] == "telemetry"]
+    assert tel["cpu_pct"] == 37.5 and tel["free_heap"] == 50000 and tel["rssi"] == -50
+    assert tel["queue_capacity"] == 16 and tel["fw"] == "shoal-node/0.1"
+
+
 def all_tests():
     return [(name, fn) for name, fn in sorted(globals().items()) if name.startswith("test_")]
