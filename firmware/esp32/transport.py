@@ -201,14 +201,18 @@ class MqttTransport:
     def send_task(self, msg):
         """Publish one task message (Delegation's link); False if the link is down. The
         task protocol acks and resends by itself: nothing is buffered here."""
-        if self.client is None:
+        if self.client is None or not self._publish(self.task_up_topic, msg):
             return False
+        self.stats["tasks_up"] += 1
+        return True
+
+    def _publish(self, topic, msg):
+        """Publish one message on an open session; on a link error drop the session."""
         try:
-            self.client.publish(self.task_up_topic, encode(msg))
+            self.client.publish(topic, encode(msg))
         except LINK_ERRORS:
             self._drop()
             return False
-        self.stats["tasks_up"] += 1
         self.last_out_ms = self.now_ms()
         return True
 
@@ -220,16 +224,12 @@ class MqttTransport:
                 return False
             if not self.connect():
                 return False
-        try:
-            self.client.publish(self.up_topic, encode(msg))
-        except LINK_ERRORS:
-            self._drop()
+        if not self._publish(self.up_topic, msg):
             return False
         seq = msg.get("seq", -1)
         if seq > self.high_seq:
             self.high_seq = seq
         self.stats["published"] += 1
-        self.last_out_ms = self.now_ms()
         return True
 
     def poll(self):

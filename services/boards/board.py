@@ -73,7 +73,7 @@ class Board:
         if self._log is None:
             self._log = open(self.dir / "console.log", "ab")  # noqa: SIM115 (closed in close)
         self.proc = subprocess.Popen(
-            layout.argv(self.dir, heap),
+            layout.argv(heap),
             cwd=self.dir,
             env=layout.env(self.dir),
             preexec_fn=_die_with_parent,
@@ -100,7 +100,6 @@ class Board:
         return code
 
     def power_off(self) -> None:
-        self.radio.hold_on_close(True)
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGKILL)

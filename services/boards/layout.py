@@ -114,7 +114,7 @@ def ask_crash(board: Path) -> None:
     (board / CRASH_FILE).write_bytes(b"")
 
 
-def argv(board: Path, heap: str) -> list[str]:
+def argv(heap: str) -> list[str]:
     return [micropython(), "-X", f"heapsize={heap}", "main.py"]
 
 

@@ -52,8 +52,8 @@ class Actuators:
         self.supervisor = CtlClient(config.supervisor.ctl)
         self.boards = list(boards or [])
         self.board_ctl = CtlClient(config.boards.ctl) if self.boards else None
-        self.powered_off: set[str] = set()
-        self.radios_off: set[str] = set()
+        # The boards each board fault holds now (healed at rollback if still on).
+        self.board_faults: dict[str, set[str]] = {"power_cut": set(), "radio_off": set()}
         # (consumer, service) -> the fault proxy on that link; and the cuts on each now:
         # {planned fault id: when its dead-man's timer ends, or None}
         self.proxies = dict(proxies or {})
@@ -91,6 +91,16 @@ class Actuators:
             raise ActuatorError(f"boards {op} {args.get('node_id')}: {err}") from None
         return time.monotonic()
 
+    def _board_fault(self, kind: str, boards: list[str], on: bool) -> float:
+        """Turn a power cut or a radio loss on (apply) or off (heal) on each board."""
+        held = self.board_faults[kind]
+        (held.update if on else held.difference_update)(boards)
+        if kind == "power_cut":
+            op, extra = ("power_off" if on else "power_on"), {}
+        else:
+            op, extra = "radio", {"on": not on}
+        return max(self._board(op, {"node_id": b, **extra}) for b in boards)
+
     def _signal(self, service: str, sig: str) -> float:
         try:
             self.supervisor.call(
@@ -111,12 +121,8 @@ class Actuators:
             return self._sim({"action": action, "nodes": nodes, **timer})
         if kind == "reboot":
             return self._sim({"action": "reboot", "nodes": nodes})
-        if kind == "power_cut":
-            self.powered_off.update(nodes)
-            return max(self._board("power_off", {"node_id": n}) for n in nodes)
-        if kind == "radio_off":
-            self.radios_off.update(nodes)
-            return max(self._board("radio", {"node_id": n, "on": False}) for n in nodes)
+        if kind in ("power_cut", "radio_off"):
+            return self._board_fault(kind, nodes, on=True)
         if kind == "cpu_hog":
             return self._sim(
                 {"action": "cpu_hog", "nodes": nodes, "percent": p["percent"], **timer}
@@ -161,12 +167,8 @@ class Actuators:
             return self._sim({"action": "resume", "nodes": nodes})
         if kind in ("cpu_hog", "clock_skew"):
             return self._sim({"action": "heal", "nodes": nodes, "kinds": [kind]})
-        if kind == "power_cut":
-            self.powered_off.difference_update(nodes)
-            return max(self._board("power_on", {"node_id": n}) for n in nodes)
-        if kind == "radio_off":
-            self.radios_off.difference_update(nodes)
-            return max(self._board("radio", {"node_id": n, "on": True}) for n in nodes)
+        if kind in ("power_cut", "radio_off"):
+            return self._board_fault(kind, nodes, on=False)
         if on_services(kind, nodes):
             for link in _links(step):
                 self._cuts.get(link, {}).pop(step.id, None)
@@ -189,18 +191,13 @@ class Actuators:
         self._cuts.clear()
         for proxy in self.proxies.values():
             proxy.heal()
-        for board in sorted(self.powered_off):
-            try:
-                self._board("power_on", {"node_id": board})
-            except ActuatorError as err:
-                errors.append(str(err))
-        for board in sorted(self.radios_off):
-            try:
-                self._board("radio", {"node_id": board, "on": True})
-            except ActuatorError as err:
-                errors.append(str(err))
-        self.powered_off.clear()
-        self.radios_off.clear()
+        for kind in ("power_cut", "radio_off"):
+            for board in sorted(self.board_faults[kind]):
+                try:
+                    self._board_fault(kind, [board], on=False)
+                except ActuatorError as err:
+                    errors.append(str(err))
+            self.board_faults[kind].clear()
         sim_nodes = [n for n in nodes if n not in self.boards]
         for args in (
             {"action": "resume", "nodes": sim_nodes},

@@ -216,9 +216,7 @@ class Liveness(Service):
         kind = rec.__class__
         if kind is Hello:
             node.detector.announce(rec.hb_interval_ms)  # type: ignore[union-attr]
-            node.via = rec.via  # type: ignore[union-attr]
-            if node.via == "mqtt":
-                self.boards_known = True
+            self._learn_via(node, rec)  # type: ignore[arg-type]
         elif kind is Goodbye:
             node.left_seq = rec.seq
             reason = rec.reason or "goodbye"  # type: ignore[union-attr]
@@ -233,13 +231,16 @@ class Liveness(Service):
         detector = Detector(self.thresholds, now, announced)
         node = self.nodes[rec.node_id] = Node(rec.node_id, rec.boot_id, detector, now)
         if isinstance(rec, Hello):
-            node.via = rec.via
-            if node.via == "mqtt":
-                self.boards_known = True
+            self._learn_via(node, rec)
         self._emit(node, "joined", "alive", now, f"first message ({rec.__class__.__name__})")
         if isinstance(rec, Goodbye):
             node.left_seq = rec.seq
             self._emit(node, "left", "left", now, f"goodbye: {rec.reason or 'goodbye'}")
+
+    def _learn_via(self, node: Node, hello: Hello) -> None:
+        node.via = hello.via
+        if hello.via == "mqtt":
+            self.boards_known = True
 
     def _reboot(self, node: Node, rec: NodeMessage, now: float) -> None:
         downtime_ms = int((now - node.detector.last) * 1000)
