@@ -41,7 +41,7 @@ bench *ARGS:
     python bench/delegation.py --json {{ARGS}}
     python bench/ledger.py --json {{ARGS}}
     python bench/chaos_library.py --json {{ARGS}}
-    python bench/mqtt_shim.py --json {{ARGS}}
+    python bench/mqtt_path.py --json {{ARGS}}
     python bench/nodecore_heap.py --json
     pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
 

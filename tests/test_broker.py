@@ -103,3 +103,49 @@ def test_shoal_up_refuses_a_taken_mqtt_port() -> None:
         with pytest.raises(click.ClickException, match=r"mqtt\.listen"):
             check_ports_free(config)
         check_ports_free(config, without=("broker",))  # someone else's broker: fine
+
+
+def test_the_indexed_fan_out_delivers_as_amqtt_does_exact_plus_and_hash(tmp_path: Path) -> None:
+    """services/broker/fanout.py replaces amqtt's walk over every filter; the same messages
+    must reach the same subscribers, and an unsubscribed wildcard must stop matching."""
+    config = mqtt_config()
+    port = config.mqtt.listen_address()[1]
+    filters = {"exact": "b/n1/ack", "plus": "b/+/ack", "hash": "b/#", "other": "x/#"}
+    with embedded_broker(tmp_path, config):
+        clients = {name: _client(port, name) for name in filters}
+        pub, _ = _client(port, "pub")
+        try:
+            for name, topic_filter in filters.items():
+                clients[name][0].subscribe(topic_filter, qos=1)
+            wait_for(
+                lambda: pub.publish("b/n1/ack", b"1", qos=1).rc == 0 and clients["hash"][1], 10
+            )
+            pub.publish("b/n2/ack", b"2", qos=1).wait_for_publish(5)
+            pub.publish("b/n2/deep/er", b"3", qos=1).wait_for_publish(5)
+            unsubacks: list = []
+            clients["plus"][0].on_unsubscribe = lambda *args: unsubacks.append(args)
+            clients["plus"][0].unsubscribe("b/+/ack")
+            wait_for(lambda: unsubacks, 10)  # the broker has dropped the filter
+            wait_for(
+                lambda: (
+                    pub.publish("b/n3/ack", b"4", qos=1).rc == 0
+                    and any(p == b"4" for _t, p, _r in clients["hash"][1])
+                ),
+                10,
+            )
+            pub.publish("x/end", b"end", qos=1).wait_for_publish(5)
+            wait_for(lambda: any(p == b"end" for _t, p, _r in clients["other"][1]), 10)
+
+            def payloads(name: str) -> set[bytes]:
+                return {p for _t, p, _r in clients[name][1]}
+
+            assert payloads("exact") == {b"1"}
+            assert payloads("plus") == {b"1", b"2"}
+            assert {b"1", b"2", b"3", b"4"} <= payloads("hash")
+            assert payloads("other") == {b"end"}
+        finally:
+            for c, _got in [*clients.values(), (pub, None)]:
+                c.disconnect()
+                c.loop_stop()
+    log = (tmp_path / "broker.log").read_text()
+    assert '"fanout":"IndexedBroker"' in log

@@ -92,15 +92,16 @@ class BrokerProcess:
         self.log.info("keepalive_expired", client=client_id, silent_s=round(silent_s, 2))
 
     async def serve(self, stop: asyncio.Event) -> int:
-        from amqtt.broker import Broker
         from amqtt.errors import BrokerError
+
+        from .fanout import IndexedBroker
 
         handler = _ToSummary(self.amqtt_log)
         amqtt_logger = logging.getLogger("amqtt")
         amqtt_logger.addHandler(handler)
         amqtt_logger.setLevel(logging.WARNING)
         amqtt_logger.propagate = False
-        broker = Broker(amqtt_config(self.config))
+        broker = IndexedBroker(amqtt_config(self.config))
         try:
             await broker.start()
         except BrokerError as err:
@@ -121,7 +122,9 @@ class BrokerProcess:
             asyncio.create_task(keepalive.watch(broker, activity, self._dropped)),
             asyncio.create_task(self._flush_logs()),
         ]
-        self.log.info("started", pid=os.getpid(), listen=self.config.mqtt.listen)
+        self.log.info(
+            "started", pid=os.getpid(), listen=self.config.mqtt.listen, fanout=type(broker).__name__
+        )
         try:
             await stop.wait()
         finally:
