@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -104,6 +105,7 @@ class BrokerProcess:
         broker = IndexedBroker(amqtt_config(self.config))
         try:
             await broker.start()
+            gc.freeze()  # what start-up made lives as long as the process: no full scans of it
         except BrokerError as err:
             self.amqtt_log.pending.clear()  # its traceback says no more than this line
             cause = err.__cause__
@@ -162,7 +164,16 @@ async def _main(config: ShoalConfig) -> int:
     return await process.serve(stop)
 
 
+# amqtt allocates several short-lived objects per packet (tasks, timer handles, packets):
+# at CPython's default gen-0 threshold of 700 a 1,000-board fleet at 1 msg/s ran a young
+# collection every few ms and a full one (200+ ms, every session's objects) often enough to
+# set the p99. Measured by bench/mqtt_path.py on 2 cores: e2e p99 179 ms -> 9 ms, broker CPU
+# 51 % -> 36 %, RSS unchanged (88 MB): reference counting frees nearly all of it anyway.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
 def main(config: ShoalConfig) -> None:
     """Run the broker as this process until it is stopped; exit with its code."""
     exit_with_parent()
+    gc.set_threshold(*GC_THRESHOLDS)
     sys.exit(asyncio.run(_main(config)))
