@@ -403,6 +403,16 @@ def test_heap_under_load(interpreter: str, tmp_path: Path) -> None:
     """Local tasks at 20/s (the queue fills and offers; nobody takes them), an assign every
     0.2 s (results acked), the shipped heartbeat and will refresh, for LOAD_S: the board
     keeps running, and its least free heap is printed (pytest -rP)."""
+    _run_under_load(interpreter, tmp_path, LOAD_S)
+
+
+@pytest.mark.slow
+def test_heap_soak_ten_minutes_under_micropython(tmp_path: Path) -> None:
+    """The same load for 10 minutes within the 110 KB heap: no MemoryError, no reset."""
+    _run_under_load("micropython", tmp_path, max(LOAD_S, 600.0))
+
+
+def _run_under_load(interpreter: str, tmp_path: Path, seconds: float) -> None:
     cfg = {
         "load_arrival_hz": 20.0,
         "status_interval_ms": 1000,
@@ -414,7 +424,7 @@ def test_heap_under_load(interpreter: str, tmp_path: Path) -> None:
     run.shim.ack_results = True
     try:
         run.wait("no hello", lambda: run.shim.up())
-        end = time.monotonic() + LOAD_S
+        end = time.monotonic() + seconds
         n = 0
         while time.monotonic() < end:
             n += 1
@@ -427,7 +437,7 @@ def test_heap_under_load(interpreter: str, tmp_path: Path) -> None:
         assert results, run.board.tail()
         last = statuses[-1]
         print(
-            f"{interpreter}: {LOAD_S:.0f} s, {len(statuses)} status lines,"
+            f"{interpreter}: {seconds:.0f} s, {len(statuses)} status lines,"
             f" heap_min={last.get('heap_min')} free now={last.get('heap')},"
             f" free range {min(s['heap'] for s in statuses)}..{max(s['heap'] for s in statuses)},"
             f" tasks={last.get('tasks')} results={len(results)}"
