@@ -6,9 +6,11 @@ export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
 default:
     @just --list
 
-# Start the cluster (relay, liveness, 8 simulated nodes) and, on a terminal, the console
+# Start the cluster (services, broker + shim, 8 simulated nodes, 2 emulated boards) and, on a
+# terminal, the console. Two hot spots so delegation shows: the boards (16 slots against a
+# simulated node's 64) take work only once the simulated peers fill. `--hot-spots 0` for none.
 up *ARGS:
-    shoal up {{ARGS}}
+    shoal up --hot-spots 2 {{ARGS}}
 
 # The operator console on a running cluster (pass --readonly to watch only)
 tui *ARGS:

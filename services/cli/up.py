@@ -90,6 +90,10 @@ def up(
         sim_args += ["--broker", broker_url] if broker_url else []
         sim_args += ["--boards", str(boards_n)]
         sys.exit(_up_with_console(config, config_path, sim_args, log_path))
+    if os.environ.get(CONSOLE_PID_ENV):
+        from shoal.services.runtime.service import stop_with_parent
+
+        stop_with_parent(os.environ[CONSOLE_PID_ENV])  # the cluster of a console
     common = ["--config", os.path.abspath(config_path)] if config_path else []
     python = [sys.executable, "-m", "shoal.services.cli"]
     # The children read the file; what the flags changed reaches them by environment.
@@ -137,6 +141,9 @@ def external_broker(config: ShoalConfig, url: str) -> ShoalConfig:
     return msgspec.structs.replace(config, mqtt=mqtt)
 
 
+CONSOLE_PID_ENV = "SHOAL_CONSOLE_PID"
+
+
 def _up_with_console(
     config: ShoalConfig, config_path: str | None, sim_args: list[str], log_path: str
 ) -> int:
@@ -147,19 +154,34 @@ def _up_with_console(
     argv = [sys.executable, "-m", "shoal.services.cli", "up", "--headless"]
     argv += ["--config", os.path.abspath(config_path)] if config_path else []
     argv += sim_args
+    # The cluster is a session of its own (Ctrl-C in the console is not its stop), so it
+    # would outlive a closed terminal: it stops when the console dies (stop_with_parent),
+    # and on a hang-up or SIGTERM the console stops it and exits at once, since Textual's
+    # own shutdown blocks writing to a terminal that is gone.
+    env = {**os.environ, CONSOLE_PID_ENV: str(os.getpid())}
     with open(log_path, "ab") as log:
         cluster = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
+
+    def stop_cluster() -> int:
+        cluster.send_signal(signal.SIGINT)
+        try:
+            return cluster.wait(config.supervisor.stop_timeout_s + 5)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            return cluster.wait()
+
+    def on_hang_up(signum: int, _frame: object) -> None:
+        stop_cluster()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGHUP, on_hang_up)
+    signal.signal(signal.SIGTERM, on_hang_up)
     try:
         run_console(config, readonly=False)
     finally:
-        cluster.send_signal(signal.SIGINT)
-        try:
-            code = cluster.wait(config.supervisor.stop_timeout_s + 5)
-        except subprocess.TimeoutExpired:
-            os.killpg(cluster.pid, signal.SIGKILL)
-            code = cluster.wait()
+        code = stop_cluster()
     click.echo(f"cluster stopped (exit {code}); its log: {log_path}")
     return 0
 

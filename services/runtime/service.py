@@ -413,6 +413,12 @@ def exit_with_parent() -> None:
     """Under a supervisor, die with it (Linux): no orphan survives a SIGKILLed supervisor."""
     if os.environ.get("SHOAL_SUPERVISED") != "1":
         return
+    stop_with_parent(os.environ.get("SHOAL_SUPERVISOR_PID"))
+
+
+def stop_with_parent(parent_pid: str | None) -> None:
+    """SIGTERM this process when its parent dies (Linux prctl), and exit now if parent_pid
+    (the parent it was started by) has died already."""
     try:
         import ctypes
 
@@ -421,6 +427,5 @@ def exit_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
-    parent = os.environ.get("SHOAL_SUPERVISOR_PID")
-    if parent and os.getppid() != int(parent):
-        os._exit(0)  # the supervisor died before prctl took effect
+    if parent_pid and os.getppid() != int(parent_pid):
+        os._exit(0)  # the parent died before prctl took effect
