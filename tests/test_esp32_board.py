@@ -407,6 +407,7 @@ def test_heap_under_load(interpreter: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_heap_soak_ten_minutes_under_micropython(tmp_path: Path) -> None:
     """The same load for 10 minutes within the 110 KB heap: no MemoryError, no reset."""
     _run_under_load("micropython", tmp_path, max(LOAD_S, 600.0))
