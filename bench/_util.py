@@ -482,3 +482,36 @@ def pub_sub_run(
         "pub_acks": pub_res["acks"],
         "unacked_nodes": pub_res["unacked_nodes"],
     }
+
+
+class BusListener:
+    """A SUB socket on one bus topic read by a thread of its own; ``on_frame`` gets each
+    decoded frame with the monotonic time it reached this process."""
+
+    def __init__(self, endpoint: str, topic: bytes) -> None:
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, topic + codec.TOPIC_SEP)
+        self._sock.connect(endpoint)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def on_frame(self, now: float, frame: Any) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._sock.poll(50):
+                continue
+            now = time.monotonic()
+            _, frame = codec.decode_bus(self._sock.recv())
+            self.on_frame(now, frame)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close(0)
+        self._ctx.term()

@@ -25,15 +25,13 @@ import os
 import random
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
-import zmq
 
-from shoal.bench._util import emit, progress, run_cli, versions
+from shoal.bench._util import BusListener, emit, progress, run_cli, versions
 from shoal.protocol import codec
 from shoal.protocol.messages import Membership, ObserverHealth
 from shoal.services.runtime.ctl_client import CtlClient, CtlUnavailable
@@ -50,32 +48,19 @@ TARGETS = {
 }
 
 
-class MemberEvents:
+class MemberEvents(BusListener):
     """Membership events with the monotonic time they reached this process (a thread)."""
 
     def __init__(self, endpoint: str) -> None:
         self.events: list[tuple[float, Any]] = []
         self.health: list[tuple[float, ObserverHealth]] = []
-        self._stop = threading.Event()
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
-        self._sock.setsockopt(zmq.SUBSCRIBE, codec.TOPIC_MEMBERSHIP + codec.TOPIC_SEP)
-        self._sock.connect(endpoint)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(endpoint, codec.TOPIC_MEMBERSHIP)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self._sock.poll(50):
-                continue
-            now = time.monotonic()
-            _, frame = codec.decode_bus(self._sock.recv())
-            if isinstance(frame, Membership):
-                self.events.extend((now, e) for e in frame.events)
-            elif isinstance(frame, ObserverHealth):
-                self.health.append((now, frame))
+    def on_frame(self, now: float, frame: Any) -> None:
+        if isinstance(frame, Membership):
+            self.events.extend((now, e) for e in frame.events)
+        elif isinstance(frame, ObserverHealth):
+            self.health.append((now, frame))
 
     def first(self, node: str, kind: str, after: float) -> float | None:
         for t, e in list(self.events):
@@ -92,12 +77,6 @@ class MemberEvents:
 
     def degraded(self, since: float) -> int:
         return sum(1 for t, h in list(self.health) if t >= since and not h.healthy)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close(0)
-        self._ctx.term()
 
 
 def pct(values: list[float], q: float) -> float:

@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 
 from shoal.bench import _mqtt_fleet
-from shoal.bench._util import emit, progress, rate, run_cli, versions
+from shoal.bench._util import BusListener, emit, progress, rate, run_cli, versions
 from shoal.protocol import codec
 from shoal.protocol.messages import NodeRecords
 from shoal.services.runtime.config import ShoalConfig, dump_toml
@@ -250,40 +250,17 @@ def one_broker(kind: str, n: int) -> dict[str, Any]:
 # --- 2. a fleet -------------------------------------------------------------------------
 
 
-class BusArrivals:
+class BusArrivals(BusListener):
     """When each (node, seq) record reached this process on the relay's bus (a thread)."""
 
     def __init__(self, endpoint: str) -> None:
-        import threading
-
-        import zmq
-
         self.at: dict[tuple[str, int], float] = {}
-        self._stop = threading.Event()
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
-        self._sock.setsockopt(zmq.SUBSCRIBE, codec.TOPIC_NODE_RECORDS + codec.TOPIC_SEP)
-        self._sock.connect(endpoint)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(endpoint, codec.TOPIC_NODE_RECORDS)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self._sock.poll(50):
-                continue
-            now = time.monotonic()
-            _, frame = codec.decode_bus(self._sock.recv())
-            if isinstance(frame, NodeRecords):
-                for r in frame.records:
-                    self.at.setdefault((r.node_id, r.seq), now)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close(0)
-        self._ctx.term()
+    def on_frame(self, now: float, frame: Any) -> None:
+        if isinstance(frame, NodeRecords):
+            for r in frame.records:
+                self.at.setdefault((r.node_id, r.seq), now)
 
 
 class Usage:
