@@ -185,6 +185,24 @@ class Board:
             sock.close()
 
 
+def wait_shim_online(port: int, timeout_s: float = 20.0) -> None:
+    """Until a shim says online on its retained state topic: it publishes that after its
+    SUBSCRIBE on the same connection, so from then on a board's publish reaches it (a
+    supervisor's "running" says only that the process is up)."""
+    topic = "shoal/v1/shim/+/state"
+    watcher = Board(port, "shim-watcher", subscribe=(topic,))
+    try:
+
+        def online() -> bool:
+            with watcher._lock:
+                states = [p for t, p, _ in watcher.got if t.startswith("shoal/v1/shim/")]
+            return bool(states) and msgspec.json.decode(states[-1])["state"] == "online"
+
+        wait_for(online, timeout_s)
+    finally:
+        watcher.close()
+
+
 def hello(node_id: str, boot_id: int, seq: int = 0) -> dict[str, Any]:
     return {
         "v": 1,

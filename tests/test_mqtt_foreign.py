@@ -27,6 +27,7 @@ from mqtt_support import (
     mosquitto_broker,
     mqtt_config,
     tool,
+    wait_shim_online,
 )
 
 from shoal.protocol.messages import RelaySnapshot
@@ -114,6 +115,7 @@ def test_shoal_up_with_an_external_broker(tmp_path: Path) -> None:
         with Cluster(tmp_path, nodes=1, up_options={"--broker": url}) as cluster:
             ps = cluster.ps()
             assert "broker" not in ps and ps["shim"]["state"] == "running"
+            wait_shim_online(port)
             board = Board(port, "ext-01")
             try:
                 board.publish(hello("ext-01", 81))
