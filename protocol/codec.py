@@ -47,7 +47,7 @@ REJECT_REASONS = (
 # UnicodeDecodeError (not DecodeError) for a map key that is not UTF-8 while it reports an
 # unknown field: the fuzz test found it. And RecursionError for nesting about 1,000 deep
 # (a map in a map in a map...), msgpack or JSON: the MQTT shim's tests found it.
-_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class Rejected(Exception):
@@ -109,14 +109,18 @@ def _decode(decoder: Any, data: bytes | memoryview) -> Any:
         return decoder.decode(data)
     except msgspec.ValidationError as err:
         raise Rejected(classify_validation_error(err), str(err)) from None
-    except _MALFORMED as err:
+    except MALFORMED as err:
         raise Rejected("malformed", str(err)) from None
 
 
 def _identify(decoder: Any, data: bytes | memoryview) -> tuple[str, int, int] | None:
     try:
         ident = decoder.decode(data)
-    except _MALFORMED:
+    except MALFORMED:
+        return None
+    # A refused record is acked only under an id that could own a node (§4.2): an ack for
+    # "../../etc" would tell a client that such an id was heard.
+    if not valid_node_id(ident.node_id):
         return None
     return (ident.node_id, ident.boot_id, ident.seq)
 
@@ -149,11 +153,8 @@ def valid_node_id(node_id: str) -> bool:
 
 
 def _bad_node_id(rec: Any) -> Rejected:
-    return Rejected(
-        "range",
-        f"node_id {rec.node_id!r} does not match {L.NODE_ID_PATTERN}",
-        (rec.node_id, rec.boot_id, rec.seq),
-    )
+    """Not acked: nothing is acked under an id that no node may have (§4.2)."""
+    return Rejected("range", f"node_id {rec.node_id[:40]!r} does not match {L.NODE_ID_PATTERN}")
 
 
 def _split_bad_ids(
@@ -194,7 +195,7 @@ def decode_ingest(
         # The frame parses; if it is a batch, salvage the records that are valid.
         try:
             batch = raw_batch.decode(data)
-        except _MALFORMED:
+        except MALFORMED:
             reason = classify_validation_error(err)
             raise Rejected(reason, str(err), _identify(ident, data)) from None
         if batch.v != L.PROTOCOL_VERSION:
@@ -209,7 +210,7 @@ def decode_ingest(
             except Rejected as rej:
                 bad.append(rej)
         return _split_bad_ids(good, bad)
-    except _MALFORMED as err:
+    except MALFORMED as err:
         raise Rejected("malformed", str(err)) from None
     if isinstance(msg, Batch):
         return _split_bad_ids(msg.records, [])

@@ -178,11 +178,14 @@ class Delegator(Service):
             except msgspec.ValidationError as err:
                 self._refuse(codec.classify_validation_error(err), str(err))
                 continue
-            except (msgspec.DecodeError, UnicodeDecodeError) as err:
+            except codec.MALFORMED as err:
                 self._refuse("malformed", str(err))
                 continue
             self.routes[msg.node_id] = (identity, time.monotonic())
-            self._handle(msg, now)
+            try:
+                self._handle(msg, now)
+            except Exception as err:  # one message's failure never costs the pass
+                self.handler_error(f"task {type(msg).__name__}", err)
         if self.counters["taken"] != taken_before:
             # Place what was just taken in this same pass: one commit, and no wait for the
             # placement timer (it was most of the hand-off latency).

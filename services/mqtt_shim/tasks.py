@@ -25,7 +25,6 @@ from . import topics
 _from_board = msgspec.json.Decoder(NodeTaskMessage)
 _from_delegator = msgspec.msgpack.Decoder(DelegatorMessage)
 _json = msgspec.json.Encoder()
-_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 def decode_task_up(payload: bytes, max_bytes: int) -> Any:
@@ -36,7 +35,7 @@ def decode_task_up(payload: bytes, max_bytes: int) -> Any:
         return _from_board.decode(payload)
     except msgspec.ValidationError as err:
         raise codec.Rejected(codec.classify_validation_error(err), str(err)) from None
-    except _MALFORMED as err:
+    except codec.MALFORMED as err:
         raise codec.Rejected("malformed", str(err)) from None
 
 
@@ -68,7 +67,7 @@ class TaskBridge:
         for body in received(self.dealer):
             try:
                 msg = _from_delegator.decode(body)
-            except (msgspec.ValidationError, *_MALFORMED) as err:
+            except (msgspec.ValidationError, *codec.MALFORMED) as err:
                 self.counters["task_bad_frames"] += 1
                 self.rejects.add("task_frame", str(err))
                 continue

@@ -90,7 +90,7 @@ def decode_will(payload: bytes, max_bytes: int) -> Will:
         will = _will_decoder.decode(payload)
     except msgspec.ValidationError as err:
         raise codec.Rejected(codec.classify_validation_error(err), str(err)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
+    except codec.MALFORMED as err:
         raise codec.Rejected("malformed", str(err)) from None
     if not codec.valid_node_id(will.node_id):
         raise codec.Rejected("range", f"node_id {will.node_id!r}")

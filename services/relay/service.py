@@ -203,14 +203,20 @@ class Relay(Service):
                 conn_acks = acks[identity] = {}
             try:
                 records, bad = decode(body.buffer)
+                for bad_record in bad:
+                    self._refuse(bad_record, conn_acks)
+                for rec in records:
+                    if admit(rec, now, conn_acks, identity, body):
+                        accepted.append(rec)
             except codec.Rejected as rej:
                 self._refuse(rej, conn_acks)
                 continue
-            for bad_record in bad:
-                self._refuse(bad_record, conn_acks)
-            for rec in records:
-                if admit(rec, now, conn_acks, identity, body):
-                    accepted.append(rec)
+            except Exception as err:
+                # A bug met by one frame costs that frame only: what the pass admitted so far
+                # (this frame's earlier records too) is still published and acked below.
+                self.counters["frame_errors"] += 1
+                self._reject("malformed", f"internal: {err!r}")
+                continue
             budget -= len(records) + 1
             if budget <= 0:
                 break  # publish and ack what we have; the loop comes back at once

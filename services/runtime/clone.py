@@ -101,7 +101,7 @@ class ClonedState:
                 if reply.id != self._waiting_for or not reply.ok:
                     continue  # an answer to an earlier request, or a refusal: retry covers it
                 snap = self._decoder.decode(reply.result)
-            except (codec.Rejected, msgspec.DecodeError, UnicodeDecodeError) as err:
+            except (codec.Rejected, *codec.MALFORMED) as err:
                 self.service.counters[f"{self.name}_bad_replies"] += 1
                 self.service.rejects.add(f"{self.name}_reply", str(err))
                 continue

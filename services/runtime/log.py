@@ -104,10 +104,13 @@ class Summary:
         self.pending: Counter[str] = Counter()
         self.example: dict[str, str] = {}
 
-    def add(self, key: str, example: str = "") -> None:
+    def add(self, key: str, example: str = "") -> bool:
+        """Count one; True when it is the first of its key since the last flush."""
+        first = key not in self.pending
         self.pending[key] += 1
         if example and key not in self.example:
             self.example[key] = example[:200]
+        return first
 
     def flush(self) -> None:
         if self.pending:

@@ -120,6 +120,7 @@ class Service:
         self.log = JsonLog(self.name, config.runtime.log_level)
         self.counters: defaultdict[str, int] = defaultdict(int)
         self.rejects = Summary(self.log, "rejected")
+        self.errors = Summary(self.log, "handler_errors")
         self.pub_id = random.SystemRandom().randrange(1, 2**32)
         self.endpoints: dict[str, str] = {}
         self.started_monotonic = time.monotonic()
@@ -215,7 +216,7 @@ class Service:
             if self.bus is not None:
                 interval = self.config.runtime.heartbeat_interval_ms / 1000
                 self.every(interval, self._beat)
-            self.every(self.config.runtime.log_summary_interval_s, self.rejects.flush)
+            self.every(self.config.runtime.log_summary_interval_s, self._flush_summaries)
             # What exists now lives as long as the service: keep the collector off it.
             gc.freeze()
             self.log.info("started", pid=os.getpid(), pub=self.pub_id, endpoints=self.endpoints)
@@ -223,6 +224,10 @@ class Service:
             self._loop()
         finally:
             self._shutdown()
+
+    def _flush_summaries(self) -> None:
+        self.rejects.flush()
+        self.errors.flush()
 
     def stop(self) -> None:
         """Ask the loop to stop; safe from any thread and from a signal handler."""
@@ -282,10 +287,15 @@ class Service:
         try:
             fn()
         except Exception as err:
-            self.counters["handler_errors"] += 1
-            self.log.error(
-                "handler_error", handler=getattr(fn, "__name__", repr(fn)), error=repr(err)
-            )
+            self.handler_error(getattr(fn, "__name__", repr(fn)), err)
+
+    def handler_error(self, where: str, err: BaseException) -> None:
+        """Count an unexpected error; log the first of its kind per interval at once, and
+        the rest as a summary (a stream of bad frames must not become a stream of lines)."""
+        self.counters["handler_errors"] += 1
+        key = f"{where}: {type(err).__name__}"
+        if self.errors.add(key, repr(err)):
+            self.log.error("handler_error", handler=where, error=repr(err))
 
     def _drain_wake(self) -> None:
         try:
@@ -300,7 +310,7 @@ class Service:
                 self.on_stop()
         except Exception as err:  # the rest of the stop must happen all the same
             self.log.error("stop_error", error=repr(err))
-        self.rejects.flush()
+        self._flush_summaries()
         self.sockets.close_all()
         if self._own_ctx:
             self.ctx.term()
@@ -336,7 +346,10 @@ class Service:
 
     def _drain_ctl(self) -> None:
         for frames in received_multipart(self.ctl):
-            self._answer(frames)
+            try:
+                self._answer(frames)
+            except Exception as err:  # one request's failure never costs the others
+                self.handler_error("ctl", err)
 
     def _answer(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -364,16 +377,18 @@ class Service:
             return
         self.counters["ctl_requests"] += 1
         try:
-            result = handler(req.args)
+            result = codec.encode(handler(req.args))
         except CtlError as err:
             self._reply(identity, Reply(id=req.id, ok=False, error=str(err)))
             return
         except Exception as err:
-            self.counters["handler_errors"] += 1
-            self.log.error("ctl_error", op=req.op, error=repr(err))
+            self.handler_error(f"ctl {req.op}", err)
             self._reply(identity, Reply(id=req.id, ok=False, error=f"internal error: {err!r}"))
             return
-        self._reply(identity, Reply(id=req.id, ok=True, result=msgspec.Raw(codec.encode(result))))
+        self._reply_result(identity, req.id, result)
+
+    def _reply_result(self, identity: bytes, req_id: int, result: bytes) -> None:
+        self._reply(identity, Reply(id=req_id, ok=True, result=msgspec.Raw(result)))
 
     def _reply(self, identity: bytes, reply: Reply) -> None:
         try:

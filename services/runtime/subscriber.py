@@ -123,4 +123,7 @@ class BusSubscriber:
                 if self.on_gap is not None:
                     self.on_gap(missed)
             if self.on_frame is not None:
-                self.on_frame(topic, frame)
+                try:
+                    self.on_frame(topic, frame)
+                except Exception as err:  # one frame's failure never costs the next ones
+                    self.service.handler_error(f"{self.name} frame", err)

@@ -301,7 +301,7 @@ class Fleet(Service):
         for body in received(self.task_dealer):
             try:
                 msg = _task_decoder.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            except codec.MALFORMED as err:
                 counters["task_bad_frames"] += 1
                 self.rejects.add("task_frame", str(err))
                 continue
