@@ -37,6 +37,9 @@ REJECT_REASONS = (
     "stale",  # older than the de-duplication window, or from a replaced boot
     "rate_limited",  # the node exceeded its message rate
     "too_many_nodes",  # a new node id beyond the relay's node limit
+    # A new node id from a connection that already brought in relay.new_ids_per_conn ids
+    # that have not sent a second message yet (docs/protocol.md §5.5)
+    "too_many_new_ids",
     # A node id spoken by a connection other than the one that owns it (the relay binds an
     # id to the connection it was last accepted from; docs/protocol.md §5.7)
     "impersonation",

@@ -237,6 +237,11 @@ class Reply(Struct, tag="rep", tag_field="kind", frozen=True):
     result: msgspec.Raw = msgspec.Raw(b"\xc0")  # msgpack nil
     error: str = ""
     v: Version = 1
+    # A result too large for one frame (services/runtime/chunks.py): ``result`` is a bin of
+    # its first bytes, ``size`` the whole encoding's length, and op ``chunk`` with ``blob``
+    # gives the rest. 0: ``result`` is the whole answer.
+    size: int = 0
+    blob: int = 0
 
 
 class NodeView(Struct, frozen=True, kw_only=True):

@@ -357,3 +357,25 @@ def test_a_board_power_cut_on_a_healthy_path_is_dead_by_its_heartbeats(h: Harnes
     dead = h.events("dead")
     assert [e.node_id for e in dead] == ["n0"]
     assert h.lv.nodes["n0"].since - cut_at <= 1.5
+
+
+def test_ids_heard_once_are_forgotten_soon_after_they_die_and_real_nodes_are_kept() -> None:
+    """Before: 10,000 made-up ids from one connection stayed as dead members for good."""
+    h = Harness(phantom_after_s=30.0)
+    try:
+        h.run(5.0)
+        ghosts = [f"ghost-{i}" for i in range(500)]
+        h.records([Heartbeat(node_id=g, boot_id=7, seq=0) for g in ghosts])
+        h.silent.add("n5")  # a real node that dies: heard many times, kept as dead
+        h.run(10.0)
+        assert {e.node_id for e in h.events("dead")} == {*ghosts, "n5"}
+        h.lv._forget_phantoms()
+        assert all(g in h.lv.nodes for g in ghosts)  # dead, but not for 30 s yet
+        h.run(31.0)
+        h.lv._forget_phantoms()
+        assert not any(g in h.lv.nodes for g in ghosts)  # dead for 30 s and more
+        assert len(h.events("forgotten")) == 500
+        assert h.lv.nodes["n5"].state == "dead" and len(h.lv.nodes) == 10
+        assert h.lv.counters["phantoms_forgotten"] == 500
+    finally:
+        h.close()

@@ -55,6 +55,8 @@ from .gateway import GatewayHealth
 STATES: tuple[MemberState, ...] = ("alive", "suspect", "dead", "left")
 # How often dead and left nodes older than forget_after_s are dropped.
 FORGET_SWEEP_S = 60.0
+# How often nodes that died after one message are looked for (liveness.phantom_after_s).
+PHANTOM_SWEEP_S = 5.0
 
 
 class MembersArgs(msgspec.Struct, forbid_unknown_fields=True):
@@ -78,6 +80,7 @@ class Node:
         "detector",
         "left_seq",
         "node_id",
+        "once",
         "prev_boot",
         "reason",
         "since",
@@ -95,6 +98,7 @@ class Node:
         self.since = now
         self.reason = "joined"
         self.left_seq = -1
+        self.once = True  # heard once only: a phantom if it dies so (liveness.phantom_after_s)
         self.via = "zmq"  # from its hello: "mqtt" nodes are behind the broker and the shim
 
     def view(self, now: float) -> Member:
@@ -158,6 +162,7 @@ class Liveness(Service):
         )
         self.every(cfg.check_interval_ms / 1000, self._check)
         self.every(FORGET_SWEEP_S, self._forget_old)
+        self.every(min(PHANTOM_SWEEP_S, cfg.phantom_after_s / 2), self._forget_phantoms)
 
     def status_counters(self) -> dict[str, int]:
         counters = dict(self.counters)
@@ -197,6 +202,7 @@ class Liveness(Service):
         if node is None:
             self._join(rec, now)
             return
+        node.once = False
         if rec.boot_id != node.boot_id:
             if rec.boot_id == node.prev_boot:
                 self.counters["stale_boot"] += 1  # a late message of the boot before
@@ -276,9 +282,15 @@ class Liveness(Service):
                     node.detector.restart_clock(now)  # silence counts from the recovery
                 continue
             if state == "alive" or state == "suspect":
-                live += 1
                 detector = node.detector
                 silence = now - detector.last
+                if node.once:
+                    # Heard once: no rhythm to miss, so no evidence against the observer
+                    # (made-up ids by the hundred would otherwise suspend every verdict).
+                    if silence >= detector.suspect_after_s:
+                        candidates.append(node)
+                    continue
+                live += 1
                 if silence > detector.overdue_after_s:
                     overdue += 1
                     if silence >= detector.suspect_after_s:
@@ -406,6 +418,16 @@ class Liveness(Service):
         for node in list(self.nodes.values()):
             if node.state in ("dead", "left") and node.since < cutoff:
                 self._forget(node, "forgotten after forget_after_s")
+        self._flush()
+
+    def _forget_phantoms(self) -> None:
+        """Ids heard once and then dead for phantom_after_s are forgotten: made-up ids by the
+        thousand must not stay as dead members for good (the relay forgets them too)."""
+        cutoff = self.clock() - self.cfg.phantom_after_s
+        for node in [n for n in self.nodes.values() if n.once and n.state == "dead"]:
+            if node.since < cutoff:
+                self.counters["phantoms_forgotten"] += 1
+                self._forget(node, "phantom: one message, then dead")
         self._flush()
 
     def _forget(self, node: Node, reason: str) -> None:

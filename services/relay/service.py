@@ -40,6 +40,8 @@ from .dedup import DUPLICATE, NEW, SeqWindow
 
 # Silent nodes are forgotten after this long, so ids seen once cannot fill the node table.
 FORGET_AFTER_S = 600.0
+# How often silent nodes and phantoms (relay.phantom_after_s) are looked for.
+SWEEP_S = 5.0
 # Records handled per drain pass before publishing and acking them: bounds the latency a
 # burst of large batches adds to everything else the relay does.
 RECORD_BUDGET = 4096
@@ -61,6 +63,7 @@ class NodeState:
         "left",
         "msgs",
         "node_id",
+        "origin",
         "prev_boots",
         "rejects",
         "stamp",
@@ -76,6 +79,9 @@ class NodeState:
         # The routing id of the connection that owns this node id (None once it closed);
         # stamp, the time of the last message past that check, says how long it is silent.
         self.conn: bytes | None = None
+        # The connection that brought this id in, until the node confirms it with a second
+        # accepted message: each connection may hold only so many unconfirmed ids.
+        self.origin: bytes | None = None
         self.window_width = width
         self.window = SeqWindow(width)
         self.prev_boots: tuple[int, ...] = ()
@@ -151,6 +157,8 @@ class Relay(Service):
         # disconnect event names). Bounded by the node table and the open connections.
         self.conn_nodes: dict[bytes, set[str]] = {}
         self.fd_conns: dict[int, bytes] = {}
+        # Per connection, the ids it brought in that have sent one message only.
+        self.unconfirmed: dict[bytes, int] = {}
         self.ctl_ops["snapshot"] = self._op_snapshot
 
     def setup(self) -> None:
@@ -163,7 +171,7 @@ class Relay(Service):
         self.bus = self.bind("bus", zmq.PUB, cfg.bus, hwm=cfg.bus_hwm)
         self.serve_ctl(cfg.ctl)
         self.on_readable(self.ingest, self._drain_ingest)
-        self.every(10.0, self._forget_silent)
+        self.every(min(SWEEP_S, cfg.phantom_after_s / 2), self._forget_silent)
 
     def on_stop(self) -> None:
         # Stop taking frames first; what was accepted is already published.
@@ -261,9 +269,17 @@ class Relay(Service):
             if len(self.nodes) >= cfg.max_nodes:
                 self._reject("too_many_nodes", node_id)
                 return False
+            pending = self.unconfirmed.get(identity, 0)
+            if pending >= cfg.new_ids_per_conn:
+                # Not acked: a real node resends, and gets in once the connection's earlier
+                # new ids have confirmed themselves or been forgotten as phantoms.
+                self._reject("too_many_new_ids", node_id)
+                return False
             st = self.nodes[node_id] = NodeState(
                 node_id, rec.boot_id, cfg.dedup_window, cfg.rate_burst, now
             )
+            st.origin = identity
+            self.unconfirmed[identity] = pending + 1
             self._bind(st, identity, body)
         elif st.conn != identity and not self._rebind(st, identity, body, now):
             # Before the token bucket and the boot: another connection must not spend the
@@ -312,6 +328,8 @@ class Relay(Service):
             return False
         st.msgs += 1
         st.last_seen = now
+        if st.origin is not None and st.msgs > 1:
+            self._confirm(st)
         kind = rec.__class__
         if kind is Telemetry:
             st.telemetry = rec  # type: ignore[assignment]
@@ -390,11 +408,41 @@ class Relay(Service):
 
     # --- upkeep and queries ---------------------------------------------------------------
 
+    def _confirm(self, st: NodeState) -> None:
+        """The node's second accepted message: its id no longer counts against its origin."""
+        origin, st.origin = st.origin, None
+        assert origin is not None
+        left = self.unconfirmed.get(origin, 0) - 1
+        if left > 0:
+            self.unconfirmed[origin] = left
+        else:
+            self.unconfirmed.pop(origin, None)
+
     def _forget_silent(self) -> None:
-        cutoff = time.monotonic() - FORGET_AFTER_S
-        for node_id in [n for n, st in self.nodes.items() if st.last_seen < cutoff]:
-            self._unbind(self.nodes.pop(node_id))
-            self.counters["forgotten"] += 1
+        """Forget nodes silent for FORGET_AFTER_S, and phantoms (one message, then nothing
+        for relay.phantom_after_s) much sooner: ids made up by the thousand must not hold
+        the table a real new node needs."""
+        now = time.monotonic()
+        cutoff = now - FORGET_AFTER_S
+        phantom_after = self.cfg.phantom_after_s
+        for node_id, st in list(self.nodes.items()):
+            if st.last_seen < cutoff:
+                self.counters["forgotten"] += 1
+            elif st.msgs <= 1 and now - st.last_seen > self._phantom_after(st, phantom_after):
+                self.counters["phantoms_forgotten"] += 1
+            else:
+                continue
+            del self.nodes[node_id]
+            if st.origin is not None:
+                self._confirm(st)
+            self._unbind(st)
+
+    @staticmethod
+    def _phantom_after(st: NodeState, phantom_after_s: float) -> float:
+        """A node that announced a slow heartbeat gets two of its intervals to speak again."""
+        if st.hello is not None and st.hello.hb_interval_ms:
+            return max(phantom_after_s, 2 * st.hello.hb_interval_ms / 1000)
+        return phantom_after_s
 
     def _op_snapshot(self, _args: dict[str, Any]) -> RelaySnapshot:
         now = time.monotonic()

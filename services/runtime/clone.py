@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -23,8 +24,9 @@ import msgspec
 import zmq
 
 from shoal.protocol import codec
-from shoal.protocol.messages import Request, ServiceBeat
+from shoal.protocol.messages import Reply, Request, ServiceBeat
 
+from .chunks import Reassembly
 from .service import Service, received
 from .subscriber import BusSubscriber
 
@@ -52,6 +54,8 @@ class ClonedState:
         self._pending: list[Any] = []
         self._req_ids = itertools.count(random.randrange(1, 2**31))
         self._waiting_for = 0
+        self._parts: Reassembly | None = None  # a chunked snapshot being read
+        self._progress_at = 0.0  # when the last chunk came: a retry must not cut it short
         self._decoder = msgspec.msgpack.Decoder(self.snapshot_type)
         self.sub = BusSubscriber(
             service,
@@ -85,13 +89,19 @@ class ClonedState:
         self._ask_snapshot()
 
     def _ask_snapshot(self) -> None:
+        self._parts = None
+        self._send(self.snapshot_op, {})
+
+    def _send(self, op: str, args: dict[str, Any]) -> None:
         self._waiting_for = next(self._req_ids)
-        request = Request(id=self._waiting_for, op=self.snapshot_op)
+        request = Request(id=self._waiting_for, op=op, args=args)
         with contextlib.suppress(zmq.Again):  # the retry timer asks again
             self.ctl.send(codec.encode(request), zmq.NOBLOCK)
 
     def _retry_snapshot(self) -> None:
-        if not self.synced:
+        if self.synced:
+            return
+        if self._parts is None or time.monotonic() - self._progress_at > SNAPSHOT_RETRY_S:
             self._ask_snapshot()
 
     def _on_reply(self) -> None:
@@ -100,12 +110,30 @@ class ClonedState:
                 reply = codec.decode_reply(data)
                 if reply.id != self._waiting_for or not reply.ok:
                     continue  # an answer to an earlier request, or a refusal: retry covers it
-                snap = self._decoder.decode(reply.result)
-            except (codec.Rejected, *codec.MALFORMED) as err:
+                snap = self._read_snapshot(reply)
+            except (codec.Rejected, ValueError, *codec.MALFORMED) as err:
+                self._parts = None
                 self.service.counters[f"{self.name}_bad_replies"] += 1
                 self.service.rejects.add(f"{self.name}_reply", str(err))
                 continue
-            self._apply_snapshot(snap)
+            if snap is not None:
+                self._apply_snapshot(snap)
+
+    def _read_snapshot(self, reply: Reply) -> Any:
+        """The snapshot, or None while a chunked one is still coming (the next chunk asked)."""
+        if self._parts is None and not reply.size:
+            return self._decoder.decode(reply.result)
+        chunk = msgspec.msgpack.decode(reply.result, type=bytes)
+        if self._parts is None:
+            self._parts = Reassembly(reply.blob, reply.size, chunk)
+        else:
+            self._parts.add(chunk)
+        self._progress_at = time.monotonic()
+        if not self._parts.complete:
+            self._send("chunk", self._parts.next_args())
+            return None
+        data, self._parts = bytes(self._parts.data), None
+        return self._decoder.decode(data)
 
     def _apply_snapshot(self, snap: Any) -> None:
         self.apply_snapshot(snap)

@@ -41,6 +41,12 @@ class RelayConfig(_Section, frozen=True):
     rate_per_node_hz: Positive = 50.0
     rate_burst: PositiveInt = 200
     max_nodes: PositiveInt = 10_000
+    # A connection may bring in this many node ids that have not yet sent a second message
+    # (a gateway's whole fleet at its start: the shim's 1,000 boards); a made-up id that
+    # never speaks again is a phantom, forgotten after phantom_after_s (or two of the
+    # heartbeat intervals its hello announced, if longer): a real node has spoken again.
+    new_ids_per_conn: PositiveInt = 2_048
+    phantom_after_s: Positive = 60.0
     # How many frames the ingest and bus sockets queue before senders wait (ZMQ HWM).
     # Small: frames wait in the senders' own queues (and nodes' rings) rather than in the
     # relay's memory; 1,000 keeps throughput and bounds RSS.
@@ -140,6 +146,9 @@ class LivenessConfig(_Section, frozen=True):
     # Dead and left nodes stay listed until an operator removes them (op "forget", the
     # console's remove); > 0: forgotten automatically after this long. max_nodes bounds them.
     forget_after_s: Annotated[float, Meta(ge=0)] = 0.0
+    # A node heard once only (a made-up id, or a board that died at once) is forgotten
+    # this long after it was declared dead, whatever forget_after_s says.
+    phantom_after_s: Positive = 60.0
     max_nodes: PositiveInt = 10_000
     # Where the monitor reaches the relay, if not at [relay] bus / ctl ("": the relay's
     # own endpoints). The fault injector points these at a fault proxy

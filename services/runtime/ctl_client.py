@@ -17,8 +17,9 @@ import msgspec
 import zmq
 
 from shoal.protocol import codec
-from shoal.protocol.messages import Request
+from shoal.protocol.messages import Reply, Request
 
+from .chunks import Reassembly
 from .sockets import Sockets
 
 T = TypeVar("T")
@@ -61,7 +62,28 @@ class CtlClient:
         retries: int = 2,
         backoff_s: float = 0.1,
     ) -> T:
-        """Send op; wait for its reply; retry (new socket, exponential backoff, full jitter)."""
+        """Send op; wait for its reply; retry (new socket, exponential backoff, full jitter).
+
+        A chunked reply (docs/protocol.md §7.3) is read to its end with op ``chunk``."""
+        reply = self._exchange(op, args, timeout_s, retries, backoff_s)
+        result: bytes | msgspec.Raw = reply.result
+        if reply.size:
+            parts = Reassembly(reply.blob, reply.size, msgspec.msgpack.decode(result, type=bytes))
+            while not parts.complete:
+                more = self._exchange("chunk", parts.next_args(), timeout_s, retries, backoff_s)
+                parts.add(msgspec.msgpack.decode(more.result, type=bytes))
+            result = bytes(parts.data)
+        return msgspec.msgpack.decode(result, type=result_type)  # type: ignore[no-any-return]
+
+    def _exchange(
+        self,
+        op: str,
+        args: dict[str, Any] | None,
+        timeout_s: float,
+        retries: int,
+        backoff_s: float,
+    ) -> Reply:
+        """One request and its ok reply; CtlFailed on an error reply, CtlUnavailable on none."""
         for attempt in range(retries + 1):
             req_id = next(self._ids)
             sock = self._socket()
@@ -75,7 +97,7 @@ class CtlClient:
                     continue  # a late answer to an earlier attempt
                 if not reply.ok:
                     raise CtlFailed(reply.error)
-                return msgspec.msgpack.decode(reply.result, type=result_type)  # type: ignore[no-any-return]
+                return reply
             self._reset()
             if attempt < retries:
                 time.sleep(random.uniform(0, backoff_s * 2**attempt))

@@ -47,6 +47,14 @@ import zmq
 from shoal.protocol import codec
 from shoal.protocol.messages import Reply, ServiceBeat, ServiceStatus
 
+from .chunks import (
+    CHUNK_DATA_BYTES,
+    CTL_CHUNK_BYTES,
+    RESULT_MAX_BYTES,
+    BlobGone,
+    ChunkArgs,
+    ChunkStore,
+)
 from .config import ShoalConfig
 from .log import JsonLog, Summary
 from .sockets import BindError, Sockets
@@ -125,7 +133,12 @@ class Service:
         self.endpoints: dict[str, str] = {}
         self.started_monotonic = time.monotonic()
         self.bus: zmq.Socket[Any] | None = None  # set by services that publish
-        self.ctl_ops: dict[str, CtlHandler] = {"ping": self._op_ping, "status": self._op_status}
+        self.ctl_ops: dict[str, CtlHandler] = {
+            "ping": self._op_ping,
+            "status": self._op_status,
+            "chunk": self._op_chunk,
+        }
+        self._chunks = ChunkStore()
         self.loop_lag_ms = 0.0  # how late the last timer ran: the observer's own health
         self.loop_lag_max_ms = 0.0  # the worst since the last heartbeat
         self._pseq: dict[bytes, int] = {}  # per topic: a subscriber of one topic sees no holes
@@ -388,7 +401,26 @@ class Service:
         self._reply_result(identity, req.id, result)
 
     def _reply_result(self, identity: bytes, req_id: int, result: bytes) -> None:
-        self._reply(identity, Reply(id=req_id, ok=True, result=msgspec.Raw(result)))
+        if len(result) <= CTL_CHUNK_BYTES:
+            self._reply(identity, Reply(id=req_id, ok=True, result=msgspec.Raw(result)))
+            return
+        if len(result) > RESULT_MAX_BYTES:
+            self.counters["ctl_result_too_large"] += 1
+            error = f"result of {len(result)} bytes > {RESULT_MAX_BYTES}: ask for less"
+            self._reply(identity, Reply(id=req_id, ok=False, error=error))
+            return
+        blob = self._chunks.put(result)
+        self.counters["ctl_chunked"] += 1
+        first = msgspec.Raw(codec.encode(result[:CHUNK_DATA_BYTES]))
+        self._reply(identity, Reply(id=req_id, ok=True, result=first, size=len(result), blob=blob))
+
+    def _op_chunk(self, args: dict[str, Any]) -> bytes:
+        """The bytes of a chunked result from ``offset`` on, at most CHUNK_DATA_BYTES."""
+        want = parse_args(args, ChunkArgs)
+        try:
+            return self._chunks.chunk(want.blob, want.offset)
+        except BlobGone as err:
+            raise CtlError(str(err)) from None
 
     def _reply(self, identity: bytes, reply: Reply) -> None:
         try:
