@@ -46,6 +46,7 @@ bench *ARGS:
     python bench/mqtt_path.py --json {{ARGS}}
     python bench/nodecore_heap.py --json
     pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
+    SHOAL_CHAOS_SEEDS=1,2,3 pytest -q tests/test_chaos_library.py
 
 # Run a fault-injection scenario (its own cluster; exit code = verdict; see docs/scenarios.md)
 chaos FILE *ARGS:

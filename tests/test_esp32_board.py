@@ -52,7 +52,7 @@ SHIM = "shim-t"
 DEDUP_WINDOW = 256  # relay.dedup_window: the shim honours a will within it
 WILL_REFRESH = 30  # small, so the run sees refreshes
 # How long the load runs in test_heap_under_load (SHOAL_BOARD_SOAK_S for a longer one).
-LOAD_S = float(os.environ.get("SHOAL_BOARD_SOAK_S", "20"))
+LOAD_S = float(os.environ.get("SHOAL_BOARD_SOAK_S", "12"))
 
 NETWORK = """
 STA_IF = 0
