@@ -1,5 +1,8 @@
 """The delegator's durable task ledger: SQLite in WAL mode, synchronous=FULL.
 
+Long on purpose: the ledger is one SQLite schema and the transactions over it; every
+state change must be read beside the schema's constraints that make it safe.
+
 What makes "no task lost, none committed twice" true by design:
 
 - Every change happens inside the ledger's current transaction and becomes durable at
@@ -50,9 +53,6 @@ A database failure during a mutation rolls the whole uncommitted batch back and 
 ``LedgerError`` ("... rolled back"): send none of that batch's acks. A task in the wrong
 state is refused by return value (False, a status string) and changes nothing, except in
 ``assign``, whose caller must only pass pending tasks (LedgerError, nothing rolled back).
-
-Long on purpose: the ledger is one SQLite schema and the transactions over it; every
-state change must be read beside the schema's constraints that make it safe.
 """
 
 from __future__ import annotations
