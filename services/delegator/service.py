@@ -69,7 +69,7 @@ PRUNE_INTERVAL_S = 1.0
 PRUNE_CATCH_UP_S = 0.1
 
 # Bounds of the ctl queries. Clients refuse a reply over 1 MiB (ZMQ MAXMSGSIZE): the rows of
-# a ``tasks`` page stop at PAGE_BYTES (a row is ~400 bytes, ~3 KB at every field's limit),
+# a ``tasks`` page stop at PAGE_BYTES (a row is ~300 bytes, ~3 KB at every field's limit),
 # and its ``next`` pages on. A ``task`` history of MAX_HISTORY events at their limit (~750
 # bytes each) stays under it as well.
 MAX_PAGE = 1000
