@@ -4,6 +4,7 @@ task, redeliveries and dead letters, durability across close and SIGKILL."""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import random
 import signal
@@ -17,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from shoal.protocol.tasks import Task
-from shoal.services.delegator.ledger import STATES, Ledger, LedgerError
+from shoal.services.delegator import ledger as ledger_module
+from shoal.services.delegator.ledger import (
+    SCHEMA_VERSION,
+    STATES,
+    Ledger,
+    LedgerError,
+    LedgerFileError,
+)
+from shoal.services.runtime.config import ConfigError
 
 LEASE_MS = 3000
 
@@ -54,7 +63,7 @@ def test_a_new_file_is_a_versioned_wal_ledger_with_full_sync(tmp_path: Path) -> 
         assert led._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
     Ledger(path).close()  # reopening an existing ledger works
 
@@ -71,12 +80,15 @@ def test_a_newer_schema_version_is_refused_by_name(tmp_path: Path) -> None:
     assert str(path) in str(err.value)
 
 
-def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_database_is_a_config_error_naming_key_and_path(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "ledger.db"
     path.write_bytes(b"this is not sqlite at all" * 200)
-    with pytest.raises(LedgerError, match="not a readable ledger") as err:
+    with pytest.raises(ConfigError) as err:
         Ledger(path)
-    assert str(path) in str(err.value)
+    assert str(err.value) == f"delegator.ledger '{path}': not a SQLite database"
+    assert isinstance(err.value, LedgerError)  # and still a ledger error for its callers
 
 
 def test_another_sqlite_database_is_not_taken_for_a_ledger(tmp_path: Path) -> None:
@@ -85,7 +97,7 @@ def test_another_sqlite_database_is_not_taken_for_a_ledger(tmp_path: Path) -> No
     db.execute("CREATE TABLE t (x)")
     db.commit()
     db.close()
-    with pytest.raises(LedgerError, match="not a shoal ledger"):
+    with pytest.raises(LedgerFileError, match="not a shoal ledger"):
         Ledger(path)
 
 
@@ -105,11 +117,80 @@ def test_a_corrupt_ledger_is_a_clear_error(tmp_path: Path) -> None:
     assert str(path) in str(err.value)
 
 
-def test_an_unreachable_path_is_a_clear_error(tmp_path: Path) -> None:
+def test_an_unreachable_path_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "no" / "such" / "dir" / "ledger.db"
-    with pytest.raises(LedgerError) as err:
+    with pytest.raises(ConfigError) as err:
         Ledger(path)
-    assert str(path) in str(err.value)
+    assert str(err.value) == f"delegator.ledger '{path}': directory '{path.parent}' does not exist"
+
+
+def test_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        Ledger(tmp_path)
+    assert str(err.value) == f"delegator.ledger '{tmp_path}': is a directory"
+
+
+def test_a_path_through_a_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(ConfigError, match=r"directory '.*plain' is not a directory"):
+        Ledger(tmp_path / "plain" / "ledger.db")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_a_read_only_directory_is_a_config_error(tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="is not writable"):
+            Ledger(tmp_path / "ledger.db")
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_a_ledger_file_not_writable_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    Ledger(path).close()
+    real = os.access
+
+    def access(p: object, mode: int) -> bool:  # as root, a chmod would not show it
+        return False if Path(str(p)) == path else real(p, mode)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ledger_module.os, "access", access)
+        with pytest.raises(ConfigError, match="not readable and writable"):
+            Ledger(path)
+
+
+def test_a_shoal_versioned_file_without_the_ledger_tables_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA application_id={ledger_module.APPLICATION_ID}")
+    db.execute("PRAGMA user_version=1")
+    db.execute("CREATE TABLE tasks (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match="not a shoal ledger \\(no table commits, events\\)"):
+        Ledger(path)
+    db = sqlite3.connect(path)  # refused before anything was written
+    assert db.execute("SELECT name FROM sqlite_schema").fetchall() == [("tasks",)]
+    db.close()
+
+
+def test_a_version_1_ledger_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(
+        f"{ledger_module._SCHEMA_V1} PRAGMA application_id={ledger_module.APPLICATION_ID}; "
+        "PRAGMA user_version=1;"
+    )
+    db.execute(
+        "INSERT INTO tasks (task_id, kind, cost_ms, arg, payload, origin, created_ms, state, "
+        "created_at, updated_at) VALUES ('a.1.0', 'compute', 1, 0, '', 'a', 0, 'pending', 1, 1)"
+    )
+    db.close()
+    with Ledger(path) as led:
+        assert led._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert led.task("a.1.0").state == "pending"  # type: ignore[union-attr]
+        assert led.prune(1e9, 10) == (0, False)  # the new tables are there
 
 
 # --- offer and placement -------------------------------------------------------------------
@@ -449,6 +530,159 @@ def test_counts_and_listings(ledger: Ledger) -> None:
     }
     assert [r.task_id for r in ledger.in_flight()] == ["a.1.0", "a.1.1"]
     assert [r.task_id for r in ledger.latest(2)] == ["a.1.2", "a.1.1"]
+
+
+# --- pruning -------------------------------------------------------------------------------
+
+RETAIN = 100.0
+
+
+def one_of_each_state(led: Ledger, now: float = 0.0) -> dict[str, str]:
+    """One task in every state, all last changed at ``now``: state -> task id."""
+    led.offer("a", tasks(6), now)
+    running(led, "a.1.1", "p1", now)
+    led.assign("a.1.2", "p1", now)
+    for task_id in ("a.1.3", "a.1.4"):
+        epoch = running(led, task_id, "p2", now)
+        led.result(task_id, epoch, "p2", True, "x", "", now)
+    led.delivered("a.1.4", "a", now)
+    running(led, "a.1.5", "gone", now)
+    led.owner_lost("gone", now, "dead")
+    ids = {"pending": "a.1.0", "running": "a.1.1", "assigned": "a.1.2", "done": "a.1.3"}
+    ids |= {"delivered": "a.1.4", "dead_letter": "a.1.5"}
+    assert {s: led.task(i).state for s, i in ids.items()} == {s: s for s in ids}  # type: ignore[union-attr]
+    return ids
+
+
+def test_prune_deletes_final_tasks_past_retention_and_never_an_open_one(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db", max_redeliveries=0, retention_s=RETAIN) as led:
+        ids = one_of_each_state(led)
+        led.commit()
+        open_ids = [ids[s] for s in ("pending", "assigned", "running", "done")]
+        before = {i: (led.task(i), led.history(i)) for i in open_ids}
+        assert led.prune(RETAIN - 1, 100) == (0, False)  # within retention: kept
+        assert led.prune(RETAIN + 1, 100) == (2, False)
+        led.commit()
+        assert led.task(ids["delivered"]) is None and led.task(ids["dead_letter"]) is None
+        assert led.history(ids["delivered"]) == [] and led.commit_count(ids["delivered"]) == 0
+        assert {i: (led.task(i), led.history(i)) for i in open_ids} == before
+        assert led.prune(1e9, 100) == (0, False)  # the open ones stay, however old
+        a = led.audit()
+        assert (a["total"], a["delivered"], a["dead_letter"]) == (4, 0, 0)
+        assert (a["pruned_delivered"], a["pruned_dead_letter"]) == (1, 1)
+
+
+def test_prune_goes_in_batches_oldest_change_first(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db", retention_s=RETAIN) as led:
+        for i in range(10):
+            epoch = running(led, f"a.1.{i}", "p1", float(i))
+            led.result(f"a.1.{i}", epoch, "p1", True, "", "", float(i))
+            led.delivered(f"a.1.{i}", "a", float(10 - i))  # the last delivered first
+        led.commit()
+        batches = []
+        while True:
+            pruned, more = led.prune(RETAIN + 20, 3)
+            led.commit()
+            batches.append(pruned)
+            if not more:
+                break
+        assert batches == [3, 3, 3, 1]
+        assert led.counts()["delivered"] == 0
+        order = led._db.execute("SELECT task_id FROM pruned ORDER BY seq").fetchall()
+        assert [r[0] for r in order] == [f"a.1.{i}" for i in reversed(range(10))]
+
+
+def test_beyond_max_tasks_final_tasks_go_sooner_open_ones_never(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db", retention_s=RETAIN, max_tasks=5) as led:
+        for i in range(8):
+            epoch = running(led, f"a.1.{i}", "p1", float(i))
+            led.result(f"a.1.{i}", epoch, "p1", True, "", "", float(i))
+            led.delivered(f"a.1.{i}", "a", float(i))
+        led.offer("b", tasks(3, origin="b"), 9.0)
+        assert led.prune(10.0, 100) == (6, False)  # 11 rows, 5 allowed: the 6 oldest final
+        assert [r.task_id for r in led.latest(10)] == ["b.1.2", "b.1.1", "b.1.0", "a.1.7", "a.1.6"]
+        led.offer("b", tasks(4, origin="b", start=3), 11.0)  # 7 open tasks, more than 5
+        assert led.prune(12.0, 100) == (2, False)
+        assert led.counts()["pending"] == 7 and led.counts()["delivered"] == 0
+
+
+def test_a_pruned_task_answers_late_messages_as_before_and_never_comes_back(
+    tmp_path: Path,
+) -> None:
+    with Ledger(tmp_path / "l.db", max_redeliveries=0, retention_s=RETAIN) as led:
+        ids = one_of_each_state(led)
+        done, dead = ids["delivered"], ids["dead_letter"]
+        epoch = led.task(done).epoch  # type: ignore[union-attr]
+
+        def answers() -> list[object]:
+            return [
+                led.result(done, epoch, "p2", True, "again", "", 200.0),
+                led.result(done, epoch, "p1", True, "again", "", 200.0),
+                led.result(done, epoch + 1, "p2", True, "again", "", 200.0),
+                led.result(dead, 1, "gone", True, "late", "", 200.0),
+                led.offer("a", [tasks(5)[4], tasks(6)[5]], 200.0),
+                led.offer("b", [Task(task_id=done, kind="compute", cost_ms=1, origin="b")], 200.0),
+                led.delivered(done, "a", 200.0),
+                led.delivered(done, "b", 200.0),
+            ]
+
+        before = answers()
+        assert before[:4] == ["duplicate", "wrong_node", "stale_epoch", "stale_epoch"]
+        led.commit()
+        assert led.prune(RETAIN + 1, 100) == (2, False)
+        led.commit()
+        assert answers() == before
+        assert led.task(done) is None and led.task(dead) is None  # the offers took nothing in
+        assert led.commit_count(done) == 0 and led.placeable(10) == [led.task(ids["pending"])]
+        tomb = led.tombstone(done)
+        assert tomb is not None and (tomb.state, tomb.epoch, tomb.node) == ("delivered", 1, "p2")
+        with pytest.raises(sqlite3.IntegrityError, match="cannot enter the ledger again"):
+            led._db.execute(
+                "INSERT INTO tasks (task_id, kind, cost_ms, arg, payload, origin, created_ms, "
+                "state, created_at, updated_at) "
+                f"VALUES ('{done}', 'compute', 1, 0, '', 'a', 0, 'pending', 1, 1)"
+            )
+
+
+def test_tombstones_beyond_max_pruned_go_oldest_first(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db", retention_s=0.0, max_pruned=2) as led:
+        for i in range(5):
+            epoch = running(led, f"a.1.{i}", "p1", float(i))
+            led.result(f"a.1.{i}", epoch, "p1", True, "", "", float(i))
+            led.delivered(f"a.1.{i}", "a", float(i))
+        assert led.prune(10.0, 100) == (5, False)
+        assert led.size()["tombstones"] == 2
+        assert led.tombstone("a.1.4") is not None and led.tombstone("a.1.2") is None
+        # Past the tombstones' horizon the id is unknown: refused, still never committed.
+        assert led.result("a.1.0", 1, "p1", True, "", "", 11.0) == "unknown_task"
+        assert led.audit()["pruned_delivered"] == 5
+
+
+def test_size_reports_rows_tombstones_and_bytes(ledger: Ledger) -> None:
+    ledger.offer("a", tasks(3), 0.0)
+    ledger.commit()
+    size = ledger.size()
+    assert (size["rows"], size["tombstones"]) == (3, 0) and size["bytes"] > 4096
+
+
+def test_latest_pages_on_with_a_cursor(ledger: Ledger) -> None:
+    ledger.offer("a", tasks(3), 1.0)
+    ledger.offer("a", tasks(4, start=3), 2.0)  # four changed at the same time
+    seen: list[str] = []
+    before = None
+    while page := ledger.latest_page(2, before):
+        seen += [row.task_id for _, row in page]
+        before = page[-1][0]
+    assert seen == [f"a.1.{i}" for i in reversed(range(7))]
+
+
+def test_history_can_be_cut_to_its_last_events(ledger: Ledger) -> None:
+    ledger.offer("a", tasks(1), 0.0)
+    for n in range(1, 6):
+        ledger.declined("a.1.0", ledger.assign("a.1.0", "p1", float(n)), "p1", "full", float(n))
+    assert ledger.history_length("a.1.0") == 11
+    last = ledger.history("a.1.0", limit=3)
+    assert last == ledger.history("a.1.0")[-3:] and last[-1].detail == "declined: full"
 
 
 # --- durability ----------------------------------------------------------------------------

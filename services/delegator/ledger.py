@@ -1,5 +1,8 @@
 """The delegator's durable task ledger: SQLite in WAL mode, synchronous=FULL.
 
+Long on purpose: the ledger is one SQLite schema and the transactions over it; every
+state change must be read beside the schema's constraints that make it safe.
+
 What makes "no task lost, none committed twice" true by design:
 
 - Every change happens inside the ledger's current transaction and becomes durable at
@@ -14,6 +17,11 @@ What makes "no task lost, none committed twice" true by design:
   same transaction as the task's move to ``done``, and a trigger forbids a committed task
   from leaving done/delivered: a second commit is impossible at the schema level too.
 - Every state change appends a row to ``events`` in the same transaction.
+- Pruning (``prune``) deletes only final tasks (delivered, dead_letter) and leaves a
+  tombstone (``pruned``: id, origin, the committed epoch and node) in the same transaction:
+  a late offer or result of a pruned task gets the answer it would have got before (taken
+  again unchanged, duplicate, stale_epoch), and a trigger forbids the id from entering the
+  ledger again. Tombstones are small; the oldest go past ``max_pruned``.
 
 States: pending (not placed), assigned (sent to an owner under an epoch, no answer yet),
 running (owner accepted; it holds a lease), done (result committed, not yet delivered to
@@ -25,6 +33,7 @@ the delegator. Every mutation takes ``now`` explicitly, so tests use fake times.
 Usage, one pass of the delegator's loop::
 
     ledger = Ledger(config.delegator.ledger, config.delegator.max_redeliveries)
+    # (a file that cannot be a ledger: LedgerFileError, a ConfigError naming the key)
     for row in ledger.recover(time.time(), lease_ms):     # once, after a (re)start
         ...                                                # resend assign / wait for renew
     ledger.commit()
@@ -38,35 +47,38 @@ Usage, one pass of the delegator's loop::
     ledger.commit()                                        # durable: now send the acks
     send(Taken(...)); send(Assign(...)); send(ResultAck(status=status, ...))
 
+    pruned, more = ledger.prune(time.time(), limit=256)   # from a timer; then commit()
+
 A database failure during a mutation rolls the whole uncommitted batch back and raises
 ``LedgerError`` ("... rolled back"): send none of that batch's acks. A task in the wrong
 state is refused by return value (False, a status string) and changes nothing, except in
 ``assign``, whose caller must only pass pending tasks (LedgerError, nothing rolled back).
-
-Long on purpose: the ledger is one SQLite schema and the transactions over it; every
-state change must be read beside the schema's constraints that make it safe.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 
 from msgspec import Struct
 
 from shoal.protocol.tasks import Task, TaskKind
+from shoal.services.runtime.config import ConfigError
 
 State = Literal["pending", "assigned", "running", "done", "delivered", "dead_letter"]
 STATES: tuple[State, ...] = ("pending", "assigned", "running", "done", "delivered", "dead_letter")
 ResultStatus = Literal["committed", "duplicate", "stale_epoch", "wrong_node", "unknown_task"]
 
-SCHEMA_VERSION = 1
+FINAL_STATES: tuple[State, ...] = ("delivered", "dead_letter")  # what prune may delete
+
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x73686F6C  # "shol": marks the file as a shoal ledger
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE tasks (
     seq INTEGER PRIMARY KEY,          -- insertion order: placement is oldest first
     task_id TEXT NOT NULL UNIQUE,
@@ -130,15 +142,52 @@ CREATE TRIGGER events_append_only BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 """
 
+# Version 2: pruning, and indexes that keep the ctl queries off whole-table scans.
+_V1_TO_V2 = """
+CREATE TABLE pruned (
+    seq INTEGER PRIMARY KEY,          -- pruning order: the oldest tombstones go first
+    task_id TEXT NOT NULL UNIQUE,
+    origin TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('delivered', 'dead_letter')),
+    epoch INTEGER,                    -- the committed result's epoch and node (delivered)
+    node TEXT,
+    at REAL NOT NULL                  -- when it was pruned
+);
+-- Tasks pruned ever, per final state: audit's figures stay whole.
+CREATE TABLE pruned_totals (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+
+CREATE TRIGGER pruned_stays_pruned BEFORE INSERT ON tasks
+WHEN EXISTS (SELECT 1 FROM pruned WHERE task_id = NEW.task_id)
+BEGIN SELECT RAISE(ABORT, 'a pruned task cannot enter the ledger again'); END;
+
+CREATE INDEX tasks_final_by_update ON tasks (updated_at)
+    WHERE state IN ('delivered', 'dead_letter');
+CREATE INDEX tasks_redelivered ON tasks (redeliveries) WHERE redeliveries > 0;
+CREATE INDEX events_done ON events (task_id) WHERE to_state = 'done';
+CREATE INDEX events_revoked ON events (node, at)
+    WHERE from_state IN ('assigned', 'running') AND to_state IN ('pending', 'dead_letter');
+"""
+
+# _MIGRATIONS[v]: the script that takes a version v file to version v + 1.
+_MIGRATIONS = {1: _V1_TO_V2}
+# What a file of the current version must hold (the rest of the check is the version).
+_TABLES = {"tasks", "commits", "events", "pruned", "pruned_totals"}
+
 _TASK_COLUMNS = (
     "task_id, kind, cost_ms, arg, payload, origin, created_ms, state, owner, epoch, "
     "assigned_at, lease_until, redeliveries, declines, ok, output, error, reason, "
     "created_at, updated_at"
 )
+_COLUMNS = {"seq", *(c.strip() for c in _TASK_COLUMNS.split(","))}
 
 
 class LedgerError(Exception):
     """The ledger cannot do what was asked; the message names the file."""
+
+
+class LedgerFileError(LedgerError, ConfigError):
+    """The file cannot be a ledger (unopenable, not SQLite, another schema, corrupt), in one
+    line naming the key and the path: a configuration error, which no restart fixes."""
 
 
 class TaskRow(Struct, frozen=True, kw_only=True):
@@ -196,6 +245,29 @@ class Event(Struct, frozen=True, kw_only=True):
     detail: str
 
 
+class Tombstone(Struct, frozen=True, kw_only=True):
+    """What the ledger keeps of a pruned task: enough to answer its late messages as before.
+    ``epoch`` and ``node``: the committed result's (a delivered task); None for a dead letter.
+    ``at``: when it was pruned."""
+
+    task_id: str
+    origin: str
+    state: State
+    epoch: int | None
+    node: str | None
+    at: float
+
+
+# Where a page of ``latest_page`` ends: (updated_at, seq) of its last task.
+Cursor = tuple[float, int]
+
+
+def _unreadable(err: sqlite3.Error) -> str:
+    if "file is not a database" in str(err):
+        return "not a SQLite database"
+    return f"not a readable ledger (corrupt?): {err}"
+
+
 def _row(r: tuple[Any, ...]) -> TaskRow:
     ok = r[14]
     return TaskRow(
@@ -230,14 +302,28 @@ class Ledger:
     redeliveries (the peer never ran the task): they are counted in ``declines``.
     """
 
-    def __init__(self, path: str | Path, max_redeliveries: int = 3) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        max_redeliveries: int = 3,
+        *,
+        retention_s: float = 3600.0,
+        max_tasks: int = 100_000,
+        max_pruned: int = 500_000,
+        key: str = "delegator.ledger",
+    ) -> None:
         self.path = Path(path)
         self.max_redeliveries = max_redeliveries
+        self.retention_s = retention_s
+        self.max_tasks = max_tasks
+        self.max_pruned = max_pruned
+        self.key = key  # the config key that named the file, for error messages
+        self._check_path()
         try:
             # isolation_level=None: the module issues no implicit BEGIN/COMMIT; we do.
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=2.0)
         except sqlite3.Error as err:
-            raise LedgerError(f"{self.path}: cannot open the ledger: {err}") from None
+            raise self._file_error(f"cannot open: {err}") from None
         try:
             self._open()
         except LedgerError:
@@ -245,37 +331,76 @@ class Ledger:
             raise
         except sqlite3.Error as err:
             self._db.close()
-            raise LedgerError(f"{self.path}: not a readable ledger (corrupt?): {err}") from None
+            raise self._file_error(_unreadable(err)) from None
+
+    def _file_error(self, reason: str) -> LedgerFileError:
+        return LedgerFileError(f"{self.key} '{self.path}': {reason}")
+
+    def _check_path(self) -> None:
+        """Say what SQLite would only call "unable to open database file"."""
+        path, parent = self.path, self.path.parent
+        if path.is_dir():
+            raise self._file_error("is a directory")
+        if not parent.is_dir():
+            what = "is not a directory" if parent.exists() else "does not exist"
+            raise self._file_error(f"directory '{parent}' {what}")
+        # SQLite creates the file, and the WAL and its index beside it.
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise self._file_error(f"directory '{parent}' is not writable")
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise self._file_error("not readable and writable")
 
     def _open(self) -> None:
         db = self._db
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if app_id not in (0, APPLICATION_ID):
-            raise LedgerError(f"{self.path}: not a shoal ledger (application_id {app_id:#x})")
-        if version > SCHEMA_VERSION:
-            raise LedgerError(
-                f"{self.path}: ledger schema version {version} is newer than this shoal "
-                f"reads ({SCHEMA_VERSION}); upgrade shoal or use another file"
+        if app_id not in (0, APPLICATION_ID) or (version and app_id != APPLICATION_ID):
+            raise self._file_error(
+                f"not a shoal ledger (application_id {app_id:#x}, user_version {version})"
             )
+        if version > SCHEMA_VERSION:
+            raise self._file_error(
+                f"ledger schema version {version} is newer than this shoal reads "
+                f"({SCHEMA_VERSION}); upgrade shoal or use another file"
+            )
+        if version == 0 and db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+            raise self._file_error("not a shoal ledger (other tables, no version)")
+        if version:
+            self._check_schema({"tasks", "commits", "events"})  # before writing to it
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
-            raise LedgerError(f"{self.path}: cannot use WAL mode (journal_mode is {mode})")
+            raise self._file_error(f"cannot use WAL mode (journal_mode is {mode})")
         db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
         db.execute("PRAGMA foreign_keys=ON")
-        if version == 0:
-            if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-                raise LedgerError(f"{self.path}: not a shoal ledger (other tables, no version)")
-            # One transaction: a crash while creating leaves an empty file, not half a schema.
-            db.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id={APPLICATION_ID}; "
-                f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
-        # (A version below SCHEMA_VERSION would be migrated here, step by step.)
+        self._migrate(version)
+        self._check_schema(_TABLES)
         check = db.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
             problems = "; ".join(str(r[0]) for r in check[:3])
-            raise LedgerError(f"{self.path}: the ledger is corrupt: {problems}")
+            raise self._file_error(f"the ledger is corrupt: {problems}")
+
+    def _migrate(self, version: int) -> None:
+        """A new file gets the whole schema, an older one the steps since its version; one
+        transaction either way: a crash leaves the file as it was, never half migrated."""
+        if version == SCHEMA_VERSION:
+            return
+        steps = [_SCHEMA_V1] if version == 0 else []
+        steps += [_MIGRATIONS[v] for v in range(max(version, 1), SCHEMA_VERSION)]
+        self._db.executescript(
+            f"BEGIN IMMEDIATE; {''.join(steps)} PRAGMA application_id={APPLICATION_ID}; "
+            f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        )
+
+    def _check_schema(self, tables: set[str]) -> None:
+        """Someone else's database that happens to carry a version, or a damaged ledger, is
+        refused, never written to."""
+        db = self._db
+        have = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+        if missing := sorted(tables - have):
+            raise self._file_error(f"not a shoal ledger (no table {', '.join(missing)})")
+        columns = {r[1] for r in db.execute("PRAGMA table_info(tasks)")}
+        if missing := sorted(_COLUMNS - columns):
+            raise self._file_error(f"not a shoal ledger (tasks has no {', '.join(missing)})")
 
     # --- transactions --------------------------------------------------------------------
 
@@ -377,8 +502,11 @@ class Ledger:
                 if t.origin != origin:
                     refused.append((t.task_id, "origin_mismatch"))
                     continue
+                # A pruned task's tombstone answers as the task would have (taken again).
                 had = db.execute(
-                    "SELECT origin FROM tasks WHERE task_id = ?", (t.task_id,)
+                    "SELECT origin FROM tasks WHERE task_id = ? "
+                    "UNION ALL SELECT origin FROM pruned WHERE task_id = ?",
+                    (t.task_id, t.task_id),
                 ).fetchone()
                 if had is not None:
                     if had[0] == origin:
@@ -497,19 +625,25 @@ class Ledger:
         - stale_epoch: not the live assignment's epoch (revoked, superseded, never issued,
           or another epoch's result was committed).
         - wrong_node: the right epoch from another node.
-        - unknown_task: no such task in the ledger.
+        - unknown_task: no such task in the ledger, and no tombstone of one.
+
+        A pruned task answers from its tombstone as it did before: duplicate, wrong_node or
+        stale_epoch, never a commit (nothing of it is left to commit to).
         """
         with self._change() as db:
             row = self._get(task_id)
             if row is None:
-                return "unknown_task"
+                tomb = self._tombstone(task_id)
+                if tomb is None:
+                    return "unknown_task"
+                if tomb.state != "delivered":
+                    return "stale_epoch"
+                return _against_commit(tomb.epoch, tomb.node, epoch, node)
             if row.state in ("done", "delivered"):
                 c_epoch, c_node = db.execute(
                     "SELECT epoch, node FROM commits WHERE task_id = ?", (task_id,)
                 ).fetchone()
-                if c_epoch != epoch:
-                    return "stale_epoch"
-                return "duplicate" if c_node == node else "wrong_node"
+                return _against_commit(c_epoch, c_node, epoch, node)
             if row.state not in ("assigned", "running") or row.epoch != epoch:
                 return "stale_epoch"
             if row.owner != node:
@@ -577,10 +711,13 @@ class Ledger:
 
     def delivered(self, task_id: str, origin: str, now: float) -> bool:
         """The origin acknowledged the result: done -> delivered. Idempotent: True again
-        for a delivered task; False for another origin or a task not done."""
+        for a delivered task (pruned or not); False for another origin or a task not done."""
         with self._change() as db:
             row = self._get(task_id)
-            if row is None or row.origin != origin or row.state not in ("done", "delivered"):
+            if row is None:
+                tomb = self._tombstone(task_id)
+                return tomb is not None and tomb.origin == origin and tomb.state == "delivered"
+            if row.origin != origin or row.state not in ("done", "delivered"):
                 return False
             if row.state == "done":
                 db.execute(
@@ -606,6 +743,60 @@ class Ledger:
             )
         return self.in_flight()
 
+    def prune(self, now: float, limit: int) -> tuple[int, bool]:
+        """Delete at most ``limit`` final tasks (delivered, dead_letter; never an open one),
+        oldest change first: those last changed over ``retention_s`` ago, and while the
+        ledger holds more than ``max_tasks``, the oldest final ones sooner. Each leaves a
+        tombstone; tombstones beyond ``max_pruned`` go, oldest first, ``limit`` at most.
+        Returns (tasks pruned, whether there is more to do now). A mutation: commit() it."""
+        with self._change() as db:
+            excess = db.execute("SELECT count(*) FROM tasks").fetchone()[0] - self.max_tasks
+            oldest = db.execute(
+                "SELECT t.task_id, t.origin, t.state, c.epoch, c.node, t.updated_at "
+                # The partial index: batch rows read, not every final task sorted.
+                "FROM tasks t INDEXED BY tasks_final_by_update "
+                "LEFT JOIN commits c ON c.task_id = t.task_id "
+                "WHERE t.state IN ('delivered', 'dead_letter') ORDER BY t.updated_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+            cutoff = now - self.retention_s
+            # Both rules pick a prefix of the oldest: their union is one too.
+            doomed = [r[:5] for i, r in enumerate(oldest) if r[5] < cutoff or i < excess]
+            self._bury(doomed, now)
+            trimmed = self._trim_tombstones(limit)
+        return len(doomed), len(doomed) == limit or trimmed == limit
+
+    def _bury(self, doomed: list[tuple[Any, ...]], now: float) -> None:
+        """Replace each task (id, origin, state, epoch, node) by its tombstone."""
+        db = self._db
+        ids = [(r[0],) for r in doomed]
+        db.executemany("DELETE FROM events WHERE task_id = ?", ids)
+        db.executemany("DELETE FROM commits WHERE task_id = ?", ids)  # before its task (FK)
+        db.executemany("DELETE FROM tasks WHERE task_id = ?", ids)
+        db.executemany(
+            "INSERT INTO pruned (task_id, origin, state, epoch, node, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(*r, now) for r in doomed],
+        )
+        for state in FINAL_STATES:
+            n = sum(1 for r in doomed if r[2] == state)
+            if n:
+                db.execute(
+                    "INSERT INTO pruned_totals (state, n) VALUES (?, ?) "
+                    "ON CONFLICT (state) DO UPDATE SET n = n + excluded.n",
+                    (state, n),
+                )
+
+    def _trim_tombstones(self, limit: int) -> int:
+        top = self._db.execute("SELECT max(seq) FROM pruned").fetchone()[0]
+        if top is None:
+            return 0
+        return self._db.execute(
+            "DELETE FROM pruned WHERE seq IN "
+            "(SELECT seq FROM pruned WHERE seq <= ? ORDER BY seq LIMIT ?)",
+            (top - self.max_pruned, limit),
+        ).rowcount
+
     # --- queries (they see the uncommitted changes of this Ledger) -----------------------
 
     def task(self, task_id: str) -> TaskRow | None:
@@ -624,9 +815,37 @@ class Ledger:
         """Assigned and running tasks, oldest first."""
         return self._select("state IN ('assigned', 'running')", (), "ORDER BY seq")
 
+    def tombstone(self, task_id: str) -> Tombstone | None:
+        """What is left of a pruned task, if it was pruned (and its tombstone kept)."""
+        with self._guard():
+            return self._tombstone(task_id)
+
+    def _tombstone(self, task_id: str) -> Tombstone | None:
+        r = self._db.execute(
+            "SELECT task_id, origin, state, epoch, node, at FROM pruned WHERE task_id = ?",
+            (task_id,),
+        ).fetchone()
+        if r is None:
+            return None
+        return Tombstone(task_id=r[0], origin=r[1], state=r[2], epoch=r[3], node=r[4], at=r[5])
+
     def latest(self, n: int) -> list[TaskRow]:
         """The n tasks changed last, newest first."""
-        return self._select("1", (n,), "ORDER BY updated_at DESC, seq DESC LIMIT ?")
+        return [row for _, row in self.latest_page(n)]
+
+    def latest_page(self, n: int, before: Cursor | None = None) -> list[tuple[Cursor, TaskRow]]:
+        """The n tasks changed last, newest first, each with its cursor; with ``before``, the
+        n that follow that cursor in this order (the next page). Through the updated_at
+        index: n rows read, whatever the ledger's size. A task that changes between two
+        pages moves to the front, so paging may miss it or show it twice."""
+        where, params = ("(updated_at, seq) < (?, ?)", before) if before else ("1", ())
+        with self._guard():
+            rows = self._db.execute(
+                f"SELECT updated_at, seq, {_TASK_COLUMNS} FROM tasks WHERE {where} "
+                "ORDER BY updated_at DESC, seq DESC LIMIT ?",
+                (*params, n),
+            ).fetchall()
+        return [((r[0], r[1]), _row(r[2:])) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Tasks per state, every state included."""
@@ -635,18 +854,39 @@ class Ledger:
             found = dict(rows.fetchall())
         return {s: found.get(s, 0) for s in STATES}
 
-    def history(self, task_id: str) -> list[Event]:
-        """Every state change of the task, oldest first."""
+    def history(self, task_id: str, limit: int | None = None) -> list[Event]:
+        """Every state change of the task, oldest first; with ``limit``, the last ``limit``
+        of them (a task declined over and over has no bound on its history)."""
         with self._guard():
             rows = self._db.execute(
-                "SELECT at, task_id, from_state, to_state, epoch, node, detail FROM events "
-                "WHERE task_id = ? ORDER BY id",
-                (task_id,),
+                "SELECT at, task_id, from_state, to_state, epoch, node, detail FROM "
+                "(SELECT * FROM events WHERE task_id = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+                (task_id, -1 if limit is None else limit),
             ).fetchall()
         return [
             Event(at=a, task_id=t, from_state=f, to_state=s, epoch=e, node=n, detail=d)
             for a, t, f, s, e, n, d in rows
         ]
+
+    def history_length(self, task_id: str) -> int:
+        with self._guard():
+            return int(
+                self._db.execute(
+                    "SELECT count(*) FROM events WHERE task_id = ?", (task_id,)
+                ).fetchone()[0]
+            )
+
+    def size(self) -> dict[str, int]:
+        """The ledger's footprint: task rows, tombstones, and bytes on disk (the file and
+        its WAL)."""
+        with self._guard():
+            rows = self._db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+            tombstones = self._db.execute("SELECT count(*) FROM pruned").fetchone()[0]
+        on_disk = 0
+        for name in (self.path, Path(f"{self.path}-wal")):
+            with suppress(OSError):  # no WAL after a checkpoint that truncated it
+                on_disk += name.stat().st_size
+        return {"rows": int(rows), "tombstones": int(tombstones), "bytes": on_disk}
 
     def owned(self) -> dict[str, int]:
         """Assigned and running tasks per owner: what each node holds of the ledger's."""
@@ -683,7 +923,8 @@ class Ledger:
         """Whole-ledger figures for tests, benchmarks and scenarios, from the ledger's own
         history: tasks by state, tasks whose result was committed more than once (counted
         from the event log, independently of the schema that forbids it), tasks redelivered
-        at least once, and redeliveries in all."""
+        at least once, redeliveries in all, and the tasks pruned ever per final state
+        (pruned tasks have left every other figure)."""
         with self._guard():
             db = self._db
             total = db.execute("SELECT count(*) FROM tasks").fetchone()[0]
@@ -694,10 +935,19 @@ class Ledger:
             redelivered, redeliveries = db.execute(
                 "SELECT count(*), coalesce(sum(redeliveries), 0) FROM tasks WHERE redeliveries > 0"
             ).fetchone()
+            pruned = dict(db.execute("SELECT state, n FROM pruned_totals").fetchall())
         return {
             "total": int(total),
             **self.counts(),
             "committed_twice": int(twice),
             "redelivered_tasks": int(redelivered),
             "redeliveries": int(redeliveries),
+            **{f"pruned_{s}": int(pruned.get(s, 0)) for s in FINAL_STATES},
         }
+
+
+def _against_commit(c_epoch: int | None, c_node: str | None, epoch: int, node: str) -> ResultStatus:
+    """A result for a task whose result was committed (epoch c_epoch by c_node)."""
+    if c_epoch != epoch:
+        return "stale_epoch"
+    return "duplicate" if c_node == node else "wrong_node"

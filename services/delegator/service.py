@@ -7,9 +7,13 @@ committed the pass that decided them. So a delegator killed at any moment loses 
 node was told, and a restarted one recovers every task in flight from the file.
 
 Sockets: tasks (ROUTER, nodes and gateways; protocol/tasks.py), bus (PUB: its heartbeat
-with counters), ctl (ROUTER: tasks, task, audit, drain, owned, revoked). It follows the
-relay's view (telemetry: room on each node) and the liveness monitor's membership (alive,
-suspect, dead, rebooted, left; observer health).
+with counters), ctl (ROUTER: tasks, task, audit, drain, owned, revoked; every arg bounded,
+every reply well under the clients' 1 MiB, ``tasks`` paged). It follows the relay's view
+(telemetry: room on each node) and the liveness monitor's membership (alive, suspect,
+dead, rebooted, left; observer health).
+
+Pruning: a timer deletes final tasks past ``ledger_retention_s`` (or beyond
+``ledger_max_tasks``) in batches of PRUNE_BATCH, a few milliseconds of the loop each.
 
 Placement: power of two choices (placement.py) among peers that are alive (not
 suspect), not overloaded, reachable, and below ``accept_fill`` of their queue, counting
@@ -22,13 +26,14 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import zmq
+from msgspec import Meta
 
 from shoal.protocol import codec
-from shoal.protocol.messages import NodeMessage, Telemetry
+from shoal.protocol.messages import NodeId, NodeMessage, Telemetry
 from shoal.protocol.tasks import (
     Assign,
     AssignReply,
@@ -41,6 +46,7 @@ from shoal.protocol.tasks import (
     ResultAck,
     Taken,
     Task,
+    TaskId,
 )
 from shoal.services.liveness.view import MembershipView
 from shoal.services.relay.view import RelayView
@@ -55,6 +61,21 @@ ROUTE_FRESH_S = 10.0
 # Pending tasks looked at per placement pass.
 PLACE_BATCH = 64
 TIMEOUT_CHECK_S = 0.1
+# Pruning: a batch of 256 tasks (their history, commit row and tombstone) is ~13 ms with
+# its fsync at 100,000 tasks; one a second, or every 0.1 s while catching up (2,560 tasks/s,
+# beyond what the ledger can take in).
+PRUNE_BATCH = 256
+PRUNE_INTERVAL_S = 1.0
+PRUNE_CATCH_UP_S = 0.1
+
+# Bounds of the ctl queries. Clients refuse a reply over 1 MiB (ZMQ MAXMSGSIZE): the rows of
+# a ``tasks`` page stop at PAGE_BYTES (a row is ~300 bytes, ~3 KB at every field's limit),
+# and its ``next`` pages on. A ``task`` history of MAX_HISTORY events at their limit (~750
+# bytes each) stays under it as well.
+MAX_PAGE = 1000
+PAGE_BYTES = 512 * 1024
+MAX_HISTORY = 500
+MAX_DRAINED = 4096  # drain's set, listed whole in every drain reply (~35 bytes a node)
 
 _decoder = msgspec.msgpack.Decoder(NodeTaskMessage)
 
@@ -70,12 +91,22 @@ class Assignment:
     tries: int
 
 
+WallTime = Annotated[float, Meta(ge=0, le=1e11)]  # time.time(); nan and inf refused
+Cursor = tuple[WallTime, Annotated[int, Meta(ge=0, le=2**63 - 1)]]
+
+
+class NoArgs(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
 class TaskArgs(msgspec.Struct, forbid_unknown_fields=True):
-    task_id: str
+    task_id: TaskId
+    history: Annotated[int, Meta(ge=0, le=MAX_HISTORY)] = MAX_HISTORY  # its last events
 
 
 class TasksArgs(msgspec.Struct, forbid_unknown_fields=True):
-    latest: int = 20
+    latest: Annotated[int, Meta(ge=0, le=MAX_PAGE)] = 20
+    before: Cursor | None = None  # the ``next`` of the previous page
 
 
 # Membership events after which a node no longer holds what it was assigned: dead; a new
@@ -91,12 +122,12 @@ OWNER_LOST = {
 
 
 class RevokedArgs(msgspec.Struct, forbid_unknown_fields=True):
-    node_id: str
-    since: float = 0.0  # wall time (time.time())
+    node_id: NodeId
+    since: WallTime = 0.0
 
 
 class DrainArgs(msgspec.Struct, forbid_unknown_fields=True):
-    node_id: str
+    node_id: NodeId
     drain: bool = True  # False: take work again
 
 
@@ -115,15 +146,23 @@ class Delegator(Service):
         self.rng = random.Random()
         self.ctl_ops["tasks"] = self._op_tasks
         self.ctl_ops["task"] = self._op_task
-        self.ctl_ops["audit"] = lambda _args: self.ledger.audit()
+        self.ctl_ops["audit"] = self._op_audit
         self.ctl_ops["drain"] = self._op_drain
-        self.ctl_ops["owned"] = lambda _args: self.ledger.owned()
+        self.ctl_ops["owned"] = self._op_owned
         self.ctl_ops["revoked"] = self._op_revoked
         self.drained: set[str] = set()  # nodes an operator took out of placement
+        self.counters["ledger_pruned"] = 0
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.ledger = Ledger(cfg.ledger, cfg.max_redeliveries)
+        # A file that cannot be a ledger raises a ConfigError: the process exits, unrestarted.
+        self.ledger = Ledger(
+            cfg.ledger,
+            cfg.max_redeliveries,
+            retention_s=cfg.ledger_retention_s,
+            max_tasks=cfg.ledger_max_tasks,
+            max_pruned=cfg.ledger_max_pruned,
+        )
         self.router = self.bind("tasks", zmq.ROUTER, cfg.tasks)
         self.bus = self.bind("bus", zmq.PUB, cfg.bus)
         self.serve_ctl(cfg.ctl)
@@ -135,6 +174,7 @@ class Delegator(Service):
         self.every(cfg.placement_interval_ms / 1000, self._place)
         self.every(TIMEOUT_CHECK_S, self._timeouts)
         self.every(cfg.completed_retry_ms / 1000, self._deliver)
+        self.after(PRUNE_INTERVAL_S, self._prune)
         self._recover()
 
     def on_stop(self) -> None:
@@ -144,6 +184,7 @@ class Delegator(Service):
     def status_counters(self) -> dict[str, int]:
         counters = dict(self.counters)
         counters.update({f"tasks_{k}": v for k, v in self.ledger.counts().items()})
+        counters.update({f"ledger_{k}": v for k, v in self.ledger.size().items()})
         counters["assigning"] = len(self.assigning)
         return counters
 
@@ -371,6 +412,17 @@ class Delegator(Service):
             )
         self._commit_and_send()
 
+    def _prune(self) -> None:
+        """One batch, then the next: soon while more is due (after a burst, or a retention
+        made shorter), else in a second."""
+        more = False
+        try:
+            pruned, more = self.ledger.prune(time.time(), PRUNE_BATCH)
+            self.counters["ledger_pruned"] += pruned
+            self._commit_and_send()
+        finally:
+            self.after(PRUNE_CATCH_UP_S if more else PRUNE_INTERVAL_S, self._prune)
+
     # --- what the other services say ---------------------------------------------------
 
     def _on_records(self, records: list[NodeMessage]) -> None:
@@ -410,16 +462,41 @@ class Delegator(Service):
     # --- queries -----------------------------------------------------------------------
 
     def _op_tasks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Counts, and a page of the latest changed tasks: at most ``latest`` rows and
+        PAGE_BYTES of them; ``next`` (when more follow) is the ``before`` of the next page."""
         req = parse_args(args, TasksArgs)
+        page = self.ledger.latest_page(req.latest + 1, req.before)  # one more: is there more?
+        rows: list[Any] = []
+        size = 0
+        last: tuple[float, int] | None = None
+        for cursor, row in page[: req.latest]:
+            data = msgspec.to_builtins(row)
+            size += len(codec.encode(data))
+            if size > PAGE_BYTES:
+                break
+            rows.append(data)
+            last = cursor
+        more = len(rows) < len(page)
         return {
             "counts": self.ledger.counts(),
-            "latest": [msgspec.to_builtins(r) for r in self.ledger.latest(req.latest)],
+            "latest": rows,
+            "next": list(last) if more and last is not None else None,
         }
+
+    def _op_audit(self, args: dict[str, Any]) -> dict[str, int]:
+        parse_args(args, NoArgs)
+        return self.ledger.audit()
+
+    def _op_owned(self, args: dict[str, Any]) -> dict[str, int]:
+        parse_args(args, NoArgs)
+        return self.ledger.owned()
 
     def _op_drain(self, args: dict[str, Any]) -> dict[str, Any]:
         """Take a node out of placement (its running work finishes), or put it back."""
         req = parse_args(args, DrainArgs)
         if req.drain:
+            if len(self.drained) >= MAX_DRAINED and req.node_id not in self.drained:
+                raise CtlError(f"bad arguments: {MAX_DRAINED} nodes are drained already")
             self.drained.add(req.node_id)
         else:
             self.drained.discard(req.node_id)
@@ -435,8 +512,13 @@ class Delegator(Service):
         req = parse_args(args, TaskArgs)
         row = self.ledger.task(req.task_id)
         if row is None:
-            raise CtlError(f"unknown task '{req.task_id[:64]}'")
+            tomb = self.ledger.tombstone(req.task_id)
+            if tomb is not None:
+                raise CtlError(f"task '{req.task_id}' was pruned ({tomb.state}) at {tomb.at:.3f}")
+            raise CtlError(f"unknown task '{req.task_id}'")
+        history = self.ledger.history(req.task_id, req.history)
         return {
             "task": msgspec.to_builtins(row),
-            "history": [msgspec.to_builtins(h) for h in self.ledger.history(req.task_id)],
+            "history": [msgspec.to_builtins(h) for h in history],
+            "history_total": self.ledger.history_length(req.task_id),
         }

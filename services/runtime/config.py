@@ -165,6 +165,15 @@ class DelegatorConfig(_Section, frozen=True):
     bus: str = "tcp://127.0.0.1:7707"  # its heartbeat with counters (PUB)
     ctl: str = "tcp://127.0.0.1:7708"  # tasks, task, audit, drain, owned, revoked (ROUTER)
     ledger: str = "shoal-ledger.db"  # SQLite file (WAL); relative to the working directory
+    # Pruning (docs/delegation.md): a delivered or dead-lettered task is kept whole this
+    # long after its last change (shoal tasks, its history), then leaves a tombstone that
+    # still answers its late messages. An hour is far past any resend (seconds).
+    ledger_retention_s: Annotated[float, Meta(ge=0, le=31_536_000)] = 3600.0
+    # Beyond this many tasks final ones go sooner, oldest first; open ones never do. About
+    # 900 bytes each with their history: 100,000 is ~90 MB.
+    ledger_max_tasks: Annotated[int, Meta(ge=1, le=100_000_000)] = 100_000
+    # Tombstones kept, oldest dropped first: ~100 bytes each, 200,000 is ~20 MB.
+    ledger_max_pruned: Annotated[int, Meta(ge=0, le=100_000_000)] = 200_000
     lease_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 3000
     # An assignment not answered within this is sent again, up to assign_tries times; then
     # the task goes back to pending for another peer.

@@ -36,9 +36,13 @@ TIMED_ACTIONS = ("crash", "hang", "leave", "link", "cpu_hog", "clock_skew")
 REORDER_HOLD_MS = 50  # how long a reordered message is held when delay_ms is 0
 FLOOD_MAX = 100_000
 SKEW_MAX_MS = 86_400_000  # a day
+# Beyond these a fault is nonsense (a link holding every message for 2^63 ms is a
+# partition that hoards memory), and its numbers would no longer be exact in JSON.
+DELAY_MAX_MS = 3_600_000  # an hour
+DURATION_MAX_MS = 7 * 86_400_000  # a week: longer than any chaos run
 
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+DelayMs = Annotated[int, msgspec.Meta(ge=0, le=DELAY_MAX_MS)]
 
 
 class FaultArgs(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,11 +50,11 @@ class FaultArgs(msgspec.Struct, forbid_unknown_fields=True):
 
     action: FaultAction
     nodes: list[str] = []
-    duration_ms: NonNegative = 0
+    duration_ms: Annotated[int, msgspec.Meta(ge=0, le=DURATION_MAX_MS)] = 0
     # link
     drop: Probability = 0.0
-    delay_ms: NonNegative = 0
-    jitter_ms: NonNegative = 0
+    delay_ms: DelayMs = 0
+    jitter_ms: DelayMs = 0
     correlation: Probability = 0.0
     duplicate: Probability = 0.0
     reorder: Probability = 0.0
