@@ -345,3 +345,50 @@ def test_signals_in_a_real_process(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# A service that cannot start logs one line saying why (runtime/service.py main_for).
+CONFIG_ERROR = (
+    "import sys\n"
+    'print(\'{"event":"config_error","error":"key relay.ingest: bad"}\', file=sys.stderr)\n'
+    "sys.exit(78)\n"
+)
+BIND_FAILED = (
+    "import sys\n"
+    'print(\'{"event":"bind_failed","error":"cannot bind tcp://127.0.0.1:1"}\')\n'
+    "sys.exit(2)\n"
+)
+
+
+def test_a_config_error_is_not_restarted_and_says_why_once() -> None:
+    # The crashing sibling is the clock: five of its restarts span several backoffs.
+    specs = [py("relay", CONFIG_ERROR), py("crash", "import sys; sys.exit(3)")]
+    with supervised(specs) as h:
+        wait_until(lambda: h.ps()["crash"]["restarts"] >= 5, what="5 restarts of crash")
+        row = h.ps()["relay"]
+        assert (row["state"], row["restarts"], row["last_exit"], row["pid"]) == (
+            "failed", 0, 78, None,
+        )  # fmt: skip
+        assert row["reason"] == "configuration error (exit 78): key relay.ingest: bad"
+        assert [e["name"] for e in h.events("spawned")].count("relay") == 1
+        failed = h.events("failed")
+        assert [(e["name"], e["returncode"]) for e in failed] == [("relay", 78)]
+        assert h.ps()["crash"]["reason"] is None
+        # An operator who fixed it starts it again.
+        h.req("restart", name="relay")
+        wait_until(
+            lambda: [e["name"] for e in h.events("spawned")].count("relay") == 2,
+            what="relay started again",
+        )
+
+
+def test_a_port_that_stays_taken_is_tried_three_times_then_failed() -> None:
+    with supervised([py("relay", BIND_FAILED)]) as h:
+        row = wait_until(lambda: (r := h.ps()["relay"])["state"] == "failed" and r, what="failed")
+        assert (row["restarts"], row["last_exit"]) == (2, 2)
+        assert row["reason"] == (
+            "could not bind 3 times in a row (exit 2): cannot bind tcp://127.0.0.1:1"
+        )
+        exits = [e for e in h.events("exited") if e["name"] == "relay"]
+        assert [e["delay"] for e in exits] == [0.05, 0.1, None]
+        assert len(h.events("failed")) == 1

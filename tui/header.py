@@ -52,7 +52,13 @@ def summary(state: ClusterState, readonly: bool = False) -> Text:
     return text
 
 
-SERVICE_STYLES = {"running": "green", "backoff": "yellow", "paused": "yellow", "stopped": "red"}
+SERVICE_STYLES = {
+    "running": "green",
+    "backoff": "yellow",
+    "paused": "yellow",
+    "stopped": "red",
+    "failed": "bold red",  # not restarted: its config or port cannot work (ps says why)
+}
 
 
 def services(state: ClusterState) -> RenderableType:

@@ -1,7 +1,8 @@
 """The broker process: amqtt on ``[mqtt] listen`` until SIGTERM or Ctrl-C.
 
 Usage: ``shoal run broker`` (``shoal up`` starts it with ``[mqtt] embedded``). Exits 0 after
-an orderly stop, 2 with a ``bind_failed`` log line when the port is taken (as every shoal
+an orderly stop, 2 with a ``bind_failed`` log line when the port is taken, 78 with a
+``config_error`` line when ``[mqtt] listen`` is no address of this machine (as every shoal
 service does), 1 if amqtt fails otherwise.
 
 amqtt's limits and what is done about them:
@@ -30,13 +31,19 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any
 
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.log import JsonLog, Summary
-from shoal.services.runtime.service import EXIT_BIND_FAILED, exit_with_parent
+from shoal.services.runtime.service import (
+    BAD_ADDRESS_HINTS,
+    EXIT_BIND_FAILED,
+    EXIT_CONFIG,
+    exit_with_parent,
+)
 
 from . import keepalive
 
@@ -108,16 +115,7 @@ class BrokerProcess:
             gc.freeze()  # what start-up made lives as long as the process: no full scans of it
         except BrokerError as err:
             self.amqtt_log.pending.clear()  # its traceback says no more than this line
-            cause = err.__cause__
-            if isinstance(cause, OSError) and cause.errno in (errno.EADDRINUSE, errno.EACCES):
-                self.log.error(
-                    "bind_failed",
-                    error=f"cannot bind {self.config.mqtt.listen}: {cause.strerror}",
-                    hint="another shoal running? see `shoal config`",
-                )
-                return EXIT_BIND_FAILED
-            self.log.error("start_failed", error=str(err))
-            return EXIT_FAILED
+            return self._start_failed(err)
         activity = broker.plugins_manager.get_plugin("ActivityPlugin")
         assert isinstance(activity, keepalive.ActivityPlugin)
         tasks = [
@@ -141,6 +139,27 @@ class BrokerProcess:
             uptime = round(time.monotonic() - self.started, 3)
             self.log.info("stopped", uptime_s=uptime, **self.counters)
         return 0
+
+    def _start_failed(self, err: Exception) -> int:
+        """Log why amqtt could not start, as a shoal service says it; its exit code."""
+        cause = err.__cause__
+        where = f"cannot bind mqtt.listen {self.config.mqtt.listen!r}"
+        if isinstance(cause, socket.gaierror):  # a host name that does not resolve
+            self.log.error("config_error", error=f"{where}: {cause.strerror}")
+            return EXIT_CONFIG
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            self.log.error(
+                "bind_failed",
+                error=f"{where}: {cause.strerror}",
+                hint="another shoal running? see `shoal config`",
+            )
+            return EXIT_BIND_FAILED
+        if isinstance(cause, OSError) and cause.errno in BAD_ADDRESS_HINTS:
+            hint = BAD_ADDRESS_HINTS[cause.errno]
+            self.log.error("config_error", error=f"{where}: {cause.strerror}", hint=hint)
+            return EXIT_CONFIG
+        self.log.error("start_failed", error=str(err))
+        return EXIT_FAILED
 
     async def _flush_logs(self) -> None:
         while True:

@@ -81,9 +81,16 @@ def load(path: str | Path, *, time_scale: float = 1.0) -> Loaded:
     """The scenario at ``path``, or the library scenario of that name (library.py)."""
     path = str(resolve(path))
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as err:
         raise ScenarioError(path, [f"cannot read: {err.strerror}"]) from None
+    try:
+        text = data.decode("utf-8")  # TOML is UTF-8, whatever the locale says
+    except UnicodeDecodeError as err:
+        raise ScenarioError(
+            path,
+            [f"not a TOML file: byte {data[err.start]:#04x} at offset {err.start} is not UTF-8"],
+        ) from None
     return parse(text, path, time_scale=time_scale)
 
 

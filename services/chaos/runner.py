@@ -287,6 +287,11 @@ class _Run:
         if not isinstance(ps, list):
             return False, "waiting for the supervisor"
         down = [r for r in ps if r.get("state") != "running"]
+        failed = [
+            f"{r['name']} failed: {r.get('reason')}" for r in down if r.get("state") == "failed"
+        ]
+        if failed:  # said apart: the supervisor will not start it again
+            return False, "; ".join(failed)
         unbound = [r["name"] for r in down if r.get("last_exit") == EXIT_BIND_FAILED]
         if unbound:  # said apart: a port conflict is no slow start
             return False, f"{', '.join(unbound)} could not bind (exit 2; see the cluster log)"

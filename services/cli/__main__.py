@@ -2,4 +2,4 @@
 
 from .main import main
 
-main()
+main(prog_name="shoal")  # what the user would type, in usage and error lines

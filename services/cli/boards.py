@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import click
-import msgspec
 
 from shoal.services.runtime.config import with_overrides
 
-from .config import config_from, config_option
+from .config import checked, config_from, config_option
 from .up import external_broker
 
 
@@ -57,10 +56,7 @@ def boards(
     if prefix is not None:
         changes["id_prefix"] = prefix
     config = with_overrides(config, "boards", **changes)
-    try:  # the flags checked as the file's keys are (the id pattern, the heap's form)
-        msgspec.convert(msgspec.to_builtins(config.boards), type(config.boards))
-    except msgspec.ValidationError as err:
-        raise click.ClickException(f"bad option: {err} (in [boards])") from None
+    config = checked(config)  # the flags checked as the file's keys are (id pattern, heap)
     try:
         micropython()
     except NoMicroPython as err:

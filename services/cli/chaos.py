@@ -139,6 +139,8 @@ def run(
             loaded = load(file, time_scale=time_scale or 1.0)
     except (ScenarioError, reports.ReportError) as err:
         _invalid(err)
+    except (KeyError, TypeError, ValueError):  # a report with its scenario or seed cut out
+        _invalid(reports.ReportError(f"{replay}: not a complete shoal chaos report"))
     s = loaded.scenario
     seed = s.seed if seed is None else seed
     attached = None

@@ -8,7 +8,7 @@ import click
 
 from shoal.services.runtime.config import with_overrides
 
-from .config import config_from, config_option
+from .config import checked, config_from, config_option
 from .workload import apply_workload, workload_options
 
 SERVICES = ("relay", "liveness", "delegator", "sim", "broker", "shim", "boards")
@@ -31,6 +31,7 @@ def run(service: str, config_path: str | None, nodes: int | None, **workload: An
         config = with_overrides(config, "sim", nodes=nodes)
     if service == "sim":
         config = apply_workload(config, workload)
+    config = checked(config)
     if service == "broker":  # amqtt on asyncio, not a Service: its own main
         from shoal.services.broker.process import main as broker_main
 
@@ -64,7 +65,7 @@ def sim(config_path: str | None, nodes: int | None, seed: int | None, **workload
     if seed is not None:
         overrides["seed"] = seed
     config = apply_workload(with_overrides(config, "sim", **overrides), workload)
-    main_for(Fleet, config)
+    main_for(Fleet, checked(config))
 
 
 def service_class(name: str) -> Any:

@@ -12,6 +12,7 @@ from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
 from .config import config_from, config_option
 
 LIVENESS_STATES = ("alive", "suspect", "dead", "left")
+SUPERVISOR_TIMEOUT_S = 0.3  # asked only for failed services: no supervisor costs little
 COLUMNS = (
     "node", "via", "age", "cpu%", "queue", "load", "run", "in", "out", "gaps", "dups", "msgs",
     "boots", "state",
@@ -188,10 +189,15 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
                         "members", result_type=MembershipSnapshot, timeout_s=timeout, retries=0
                     )
                 text = to_json(snap, members) if as_json else render_table(snap, members)
+                failed = "" if as_json else _failed_line(config.supervisor.ctl)
+                text += f"\n{failed}" if failed else ""
             except (CtlUnavailable, CtlFailed) as err:
+                text = f"relay at {config.relay.ctl}: {err}"
+                failed = _failed_line(config.supervisor.ctl)
+                text += f"; {failed}" if failed else ""
                 if watch is None:
-                    raise click.ClickException(f"relay at {config.relay.ctl}: {err}") from None
-                text = f"relay at {config.relay.ctl}: {err} (retrying)"
+                    raise click.ClickException(text) from None
+                text += " (retrying)"
             if watch is None:
                 click.echo(text)
                 return
@@ -201,3 +207,17 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
                 time.sleep(watch)  # the refresh period the user asked for
             except KeyboardInterrupt:
                 return
+
+
+def _failed_line(supervisor_ctl: str) -> str:
+    """The services the supervisor gave up on, with why ("" if none, or no supervisor):
+    a service whose configuration is wrong is down for good, not slow."""
+    from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+
+    try:
+        with CtlClient(supervisor_ctl) as supervisor:
+            rows: list[Any] = supervisor.call("ps", timeout_s=SUPERVISOR_TIMEOUT_S, retries=0)
+    except (CtlUnavailable, CtlFailed):
+        return ""
+    failed = [r for r in rows if isinstance(r, dict) and r.get("state") == "failed"]
+    return "; ".join(f"{r['name']} FAILED: {r.get('reason') or 'see its log'}" for r in failed)

@@ -11,7 +11,7 @@ import click
 
 from shoal.services.runtime.config import ShoalConfig, with_overrides
 
-from .config import config_from, config_option
+from .config import checked, config_from, config_option
 from .workload import apply_workload, workload_argv, workload_options
 
 
@@ -76,7 +76,8 @@ def up(
         config = with_overrides(config, "sim", nodes=nodes)
     if broker_url is not None:
         config = external_broker(config, broker_url)
-    config = apply_workload(config, workload)
+    # Checked here, once, so that a bad value never reaches a service to fail it there.
+    config = checked(apply_workload(config, workload))
     boards_n = config.boards.count if board_count is None else board_count
     if "shim" in without:
         boards_n = 0  # nothing would carry their messages
@@ -127,18 +128,12 @@ def _have_micropython() -> bool:
 
 def external_broker(config: ShoalConfig, url: str) -> ShoalConfig:
     """``--broker URL``: the shim uses that broker, and none is started."""
-    import msgspec
+    from shoal.services.runtime.endpoints import mqtt_url_error
 
-    from shoal.services.runtime.config import MqttConfig
-
-    mqtt = msgspec.structs.replace(config.mqtt, broker=url, embedded=False)
-    try:
-        msgspec.convert(msgspec.to_builtins(mqtt), MqttConfig)
-    except msgspec.ValidationError:
-        raise click.BadParameter(
-            f"{url!r} is not mqtt://HOST[:PORT]", param_hint="--broker"
-        ) from None
-    return msgspec.structs.replace(config, mqtt=mqtt)
+    why = mqtt_url_error(url)
+    if why is not None:
+        raise click.BadParameter(f"{url!r} {why}", param_hint="--broker")
+    return with_overrides(config, "mqtt", broker=url, embedded=False)
 
 
 CONSOLE_PID_ENV = "SHOAL_CONSOLE_PID"
@@ -218,7 +213,10 @@ def check_ports_free(
     config: ShoalConfig, without: tuple[str, ...] = (), boards: bool = False
 ) -> None:
     """Refuse to start on ports that are taken (most often: a cluster already running)."""
+    import errno
     import socket
+
+    from shoal.services.runtime.endpoints import split_host_port
 
     endpoints = {
         "relay.ingest": config.relay.ingest,
@@ -243,15 +241,15 @@ def check_ports_free(
     for key, endpoint in endpoints.items():
         if not endpoint.startswith("tcp://") or endpoint.endswith(":*"):
             continue
-        host, _, port = endpoint[len("tcp://") :].rpartition(":")
+        host, port = split_host_port(endpoint.removeprefix("tcp://"), 0)
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((host.strip("[]") or "0.0.0.0", int(port)))
+                probe.bind(("0.0.0.0" if host in ("", "*") else host, port))
             except OSError as err:
+                if err.errno != errno.EADDRINUSE:
+                    continue  # an interface name, [IPv6], a privileged port: the service says
                 raise click.ClickException(
                     f"{key} {endpoint} is in use ({err.strerror}): is a cluster already "
                     "running? Stop it, or move the endpoints with --config or SHOAL_* variables."
                 ) from None
-            except ValueError:
-                continue  # not host:port; the service will report it

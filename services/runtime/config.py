@@ -1,22 +1,49 @@
 """Typed configuration: built-in defaults, one TOML file to override them, env vars for endpoints.
 
 Every key and default lives here. A wrong key or type stops the program at start with a
-message that names the key (msgspec's ``forbid_unknown_fields`` does the naming).
+message that names the key (msgspec's ``forbid_unknown_fields`` does the naming); so does
+what a type cannot say: an endpoint that is no ZMQ URL, a port out of range, thresholds in
+the wrong order (``validated``). Each error is one line naming the key and its value.
 """
 
 from __future__ import annotations
 
 import os
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
 from shoal.protocol import limits
 
+from .endpoints import endpoint_error, listen_error, mqtt_url_error, split_host_port
+
 Positive = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
+
+
+class _Check:
+    """Annotated metadata: a check of a str key that a type cannot say (run by load_config
+    and ``validated``). ``why`` returns what is wrong with a value, or None."""
+
+    def __init__(self, why: Callable[[str], str | None], optional: bool = False) -> None:
+        self.why = why
+        self.optional = optional  # "" is allowed: "not set"
+
+    def error(self, value: str) -> str | None:
+        return None if self.optional and value == "" else self.why(value)
+
+
+# The checked kinds of str keys. Optional ones may be "": not set (an override of where a
+# service reaches another one, or of the broker the shim alone uses).
+Endpoint = Annotated[str, _Check(endpoint_error)]
+OptionalEndpoint = Annotated[str, _Check(endpoint_error, optional=True)]
+MqttUrl = Annotated[str, _Check(mqtt_url_error)]
+OptionalMqttUrl = Annotated[str, _Check(mqtt_url_error, optional=True)]
+ListenAddress = Annotated[str, _Check(listen_error)]
 
 
 class _Section(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -27,15 +54,15 @@ class RuntimeConfig(_Section, frozen=True):
     """What every service shares."""
 
     heartbeat_interval_ms: PositiveInt = 500
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Rejects and other noisy events are summed and logged at most once per interval.
     log_summary_interval_s: Positive = 5.0
 
 
 class RelayConfig(_Section, frozen=True):
-    ingest: str = "tcp://127.0.0.1:7700"  # nodes and gateways connect here (ROUTER)
-    bus: str = "tcp://127.0.0.1:7701"  # accepted records republished here (PUB)
-    ctl: str = "tcp://127.0.0.1:7702"  # snapshot and status requests (ROUTER)
+    ingest: Endpoint = "tcp://127.0.0.1:7700"  # nodes and gateways connect here (ROUTER)
+    bus: Endpoint = "tcp://127.0.0.1:7701"  # accepted records republished here (PUB)
+    ctl: Endpoint = "tcp://127.0.0.1:7702"  # snapshot and status requests (ROUTER)
     dedup_window: Annotated[int, Meta(ge=8, le=4096)] = 256
     # Per-node token bucket: a node at 4 heartbeats + 1 telemetry a second uses 5.
     rate_per_node_hz: Positive = 50.0
@@ -72,7 +99,7 @@ class Burst(_Section, frozen=True):
 
 
 class SimConfig(_Section, frozen=True):
-    ctl: str = "tcp://127.0.0.1:7703"  # per-node state and load control (ROUTER)
+    ctl: Endpoint = "tcp://127.0.0.1:7703"  # per-node state and load control (ROUTER)
     nodes: Annotated[int, Meta(ge=0, le=100_000)] = 8
     id_prefix: str = "sim"
     seed: int = 1
@@ -116,8 +143,8 @@ class LivenessConfig(_Section, frozen=True):
     its own thresholds (its intervals spread).
     """
 
-    bus: str = "tcp://127.0.0.1:7704"  # membership events and observer health (PUB)
-    ctl: str = "tcp://127.0.0.1:7705"  # members, member, forget (ROUTER)
+    bus: Endpoint = "tcp://127.0.0.1:7704"  # membership events and observer health (PUB)
+    ctl: Endpoint = "tcp://127.0.0.1:7705"  # members, member, forget (ROUTER)
     # How often silences are checked: the granularity of a verdict.
     check_interval_ms: Annotated[int, Meta(ge=5, le=1000)] = 25
     # Intervals kept per node (a sliding window, as in Akka's phi-accrual detector).
@@ -154,16 +181,16 @@ class LivenessConfig(_Section, frozen=True):
     # own endpoints). The fault injector points these at a fault proxy
     # (services/chaos/fault_proxy.py) to partition the monitor from the relay. The monitor only
     # subscribes to the relay's bus today; relay_ctl is there for the other half of the link.
-    relay_bus: str = ""
-    relay_ctl: str = ""
+    relay_bus: OptionalEndpoint = ""
+    relay_ctl: OptionalEndpoint = ""
 
 
 class DelegatorConfig(_Section, frozen=True):
     """Task delegation (docs/delegation.md)."""
 
-    tasks: str = "tcp://127.0.0.1:7706"  # nodes and gateways connect here (ROUTER)
-    bus: str = "tcp://127.0.0.1:7707"  # its heartbeat with counters (PUB)
-    ctl: str = "tcp://127.0.0.1:7708"  # tasks, task, audit, drain, owned, revoked (ROUTER)
+    tasks: Endpoint = "tcp://127.0.0.1:7706"  # nodes and gateways connect here (ROUTER)
+    bus: Endpoint = "tcp://127.0.0.1:7707"  # its heartbeat with counters (PUB)
+    ctl: Endpoint = "tcp://127.0.0.1:7708"  # tasks, task, audit, drain, owned, revoked (ROUTER)
     ledger: str = "shoal-ledger.db"  # SQLite file (WAL); relative to the working directory
     # Pruning (docs/delegation.md): a delivered or dead-lettered task is kept whole this
     # long after its last change (shoal tasks, its history), then leaves a tombstone that
@@ -191,24 +218,19 @@ class DelegatorConfig(_Section, frozen=True):
     # Where the delegator reaches the relay and the liveness monitor, if not at their own
     # [relay] / [liveness] bus and ctl ("": theirs). The fault injector points these at a
     # fault proxy (services/chaos/fault_proxy.py) to partition the delegator from either.
-    relay_bus: str = ""
-    relay_ctl: str = ""
-    liveness_bus: str = ""
-    liveness_ctl: str = ""
+    relay_bus: OptionalEndpoint = ""
+    relay_ctl: OptionalEndpoint = ""
+    liveness_bus: OptionalEndpoint = ""
+    liveness_ctl: OptionalEndpoint = ""
 
 
 class SupervisorConfig(_Section, frozen=True):
-    ctl: str = "tcp://127.0.0.1:7790"
+    ctl: Endpoint = "tcp://127.0.0.1:7790"
     restart_backoff_min_s: Positive = 0.1
     restart_backoff_max_s: Positive = 10.0
     # A process that stayed up this long has its backoff reset.
     stable_after_s: Positive = 10.0
     stop_timeout_s: Positive = 5.0
-
-
-# mqtt://HOST[:PORT] (an IPv6 host in brackets); HOST:PORT for a listener.
-MQTT_URL_PATTERN = r"^mqtt://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)(:[0-9]{1,5})?\Z"
-LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]*):[0-9]{1,5}\Z"
 
 
 class MqttConfig(_Section, frozen=True):
@@ -217,9 +239,9 @@ class MqttConfig(_Section, frozen=True):
 
     # Where the shim (and the boards) reach the broker. With ``embedded``, ``shoal up``
     # starts one (services/broker) listening on ``listen``, which should be the same port.
-    broker: Annotated[str, Meta(pattern=MQTT_URL_PATTERN)] = "mqtt://127.0.0.1:1883"
+    broker: MqttUrl = "mqtt://127.0.0.1:1883"
     embedded: bool = True
-    listen: Annotated[str, Meta(pattern=LISTEN_PATTERN)] = "127.0.0.1:1883"
+    listen: ListenAddress = "127.0.0.1:1883"
     # The shim's MQTT keepalive; the embedded broker drops any client silent for 1.5 x its
     # own keepalive (amqtt itself never does: its issue #308), so a board's will fires.
     keepalive_s: Annotated[int, Meta(ge=1, le=65_535)] = 10
@@ -228,11 +250,11 @@ class MqttConfig(_Section, frozen=True):
     max_clients: PositiveInt = 2000  # connections the embedded broker serves at once
     # The shim: its name (in its client id and its state topic), its endpoints, its login.
     shim_id: Annotated[str, Meta(pattern=limits.NODE_ID_PATTERN)] = "shim-1"
-    shim_ctl: str = "tcp://127.0.0.1:7709"  # ping, status, boards (ROUTER)
-    shim_bus: str = "tcp://127.0.0.1:7710"  # its heartbeat with counters (PUB)
+    shim_ctl: Endpoint = "tcp://127.0.0.1:7709"  # ping, status, boards (ROUTER)
+    shim_bus: Endpoint = "tcp://127.0.0.1:7710"  # its heartbeat with counters (PUB)
     # Where the shim alone reaches the broker, when not at ``broker`` ("": at ``broker``):
     # the fault injector puts a TCP proxy here to cut the broker-to-shim link only.
-    shim_broker: Annotated[str, Meta(pattern=rf"\A\Z|{MQTT_URL_PATTERN}")] = ""
+    shim_broker: OptionalMqttUrl = ""
     username: str = ""  # "" : connect without a username
     password: str = ""
     # Forwarding to the relay: a batch leaves at batch_max records or batch_interval_ms
@@ -260,19 +282,6 @@ class MqttConfig(_Section, frozen=True):
         return split_host_port(self.listen, 1883)
 
 
-def split_host_port(text: str, default_port: int) -> tuple[str, int]:
-    """ "host:port", "[v6]:port" or "host" as (host, port), brackets removed."""
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.index("]")
-        host, rest = text[1:end], text[end + 1 :]
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-    elif ":" in text:
-        host, _, tail = text.rpartition(":")
-        port = int(tail)
-    return host, port
-
-
 FirmwareValue = int | float | str | bool | None
 
 
@@ -280,8 +289,8 @@ class BoardsConfig(_Section, frozen=True):
     """Emulated boards (``shoal boards``, ``shoal up --boards N``): the real firmware in the
     MicroPython unix port, one process per board, over real TCP to ``[mqtt] broker``."""
 
-    ctl: str = "tcp://127.0.0.1:7711"  # boards, power_off, power_on, radio (ROUTER)
-    bus: str = "tcp://127.0.0.1:7712"  # its heartbeat with counters (PUB)
+    ctl: Endpoint = "tcp://127.0.0.1:7711"  # boards, power_off, power_on, radio (ROUTER)
+    bus: Endpoint = "tcp://127.0.0.1:7712"  # its heartbeat with counters (PUB)
     count: Annotated[int, Meta(ge=0, le=256)] = 2
     # Board ids are PREFIX-01, PREFIX-02, ... (node ids: lower case, digits, "-").
     id_prefix: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,24}\Z")] = "board"
@@ -333,31 +342,130 @@ ENV_ENDPOINTS = {
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> ShoalConfig:
-    """Defaults, then the TOML file if given, then endpoint env vars."""
+    """Defaults, then the TOML file if given, then endpoint env vars; checked (``validated``)."""
     env = dict(os.environ if env is None else env)
     if path is None and env.get("SHOAL_CONFIG"):
         path = env["SHOAL_CONFIG"]
-    config = ShoalConfig()
-    if path is not None:
-        try:
-            text = Path(path).read_bytes()
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
-        try:
-            config = msgspec.toml.decode(text, type=ShoalConfig)
-        except msgspec.ValidationError as err:
-            raise ConfigError(f"{path}: {_readable(str(err))}") from None
-        except msgspec.DecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    config = ShoalConfig() if path is None else _from_file(path)
     for var, (section, key) in ENV_ENDPOINTS.items():
         if env.get(var):
-            sect = msgspec.structs.replace(getattr(config, section), **{key: env[var]})
-            try:  # replace() checks nothing: a pattern (mqtt.broker) must hold here too
-                msgspec.convert(msgspec.to_builtins(sect), type(sect))
-            except msgspec.ValidationError as err:
-                raise ConfigError(f"{var}: {_readable(str(err), section)}") from None
-            config = msgspec.structs.replace(config, **{section: sect})
+            config = _from_env(config, var, section, key, env[var])
+    try:
+        _check_relations(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
     return config
+
+
+def _from_file(path: str | Path) -> ShoalConfig:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        config = msgspec.toml.decode(text, type=ShoalConfig)
+    except msgspec.ValidationError as err:
+        raise ConfigError(f"{path}: {_readable(str(err))}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML: {_one_line(err)}") from None
+    try:
+        _check_keys(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return config
+
+
+def _from_env(config: ShoalConfig, var: str, section: str, key: str, value: str) -> ShoalConfig:
+    """config with one endpoint moved by an env var; a bad value is an error naming it."""
+    sect = getattr(config, section)
+    why = _checks(type(sect))[key].error(value)
+    if why is not None:
+        raise ConfigError(f"{var} ({section}.{key}): {value!r} {why}")
+    return with_overrides(config, section, **{key: value})
+
+
+def validated(config: ShoalConfig) -> ShoalConfig:
+    """config if every key holds (types and ranges, endpoints, thresholds in order); else a
+    ConfigError naming the first key that does not. For a config built in code (CLI flags
+    applied with ``with_overrides``), which msgspec did not decode."""
+    try:
+        config = msgspec.convert(msgspec.to_builtins(config), ShoalConfig)
+    except msgspec.ValidationError as err:
+        raise ConfigError(_readable(str(err))) from None
+    _check_keys(config)
+    _check_relations(config)
+    return config
+
+
+_CHECKS: dict[type, dict[str, _Check]] = {}
+
+
+def _checks(section_type: type) -> dict[str, _Check]:
+    """A section's checked str keys, from their Annotated types (read once per type)."""
+    if section_type not in _CHECKS:
+        hints = typing.get_type_hints(section_type, include_extras=True)
+        _CHECKS[section_type] = {
+            name: meta
+            for name, hint in hints.items()
+            for meta in getattr(hint, "__metadata__", ())
+            if isinstance(meta, _Check)
+        }
+    return _CHECKS[section_type]
+
+
+def _sections(config: ShoalConfig) -> list[tuple[str, Any]]:
+    return [(name, getattr(config, name)) for name in config.__struct_fields__]
+
+
+def _check_keys(config: ShoalConfig) -> None:
+    for section, values in _sections(config):
+        for key, key_check in _checks(type(values)).items():
+            value = getattr(values, key)
+            why = key_check.error(value)
+            if why is not None:
+                raise ConfigError(f"key '{section}.{key}': {value!r} {why}")
+
+
+# Thresholds that only work one way round: (section, lower, upper, strictly below).
+ORDERED = (
+    ("sim", "backoff_min_ms", "backoff_max_ms", False),
+    ("mqtt", "reconnect_min_ms", "reconnect_max_ms", False),
+    ("supervisor", "restart_backoff_min_s", "restart_backoff_max_s", False),
+    ("liveness", "phi_suspect", "phi_dead", True),  # suspect before dead, never after
+    ("liveness", "min_samples", "window", False),  # more would never replace the prior
+)
+
+
+def _check_relations(config: ShoalConfig) -> None:
+    for section, low, high, strict in ORDERED:
+        values = getattr(config, section)
+        a, b = getattr(values, low), getattr(values, high)
+        if a > b or (strict and a == b):
+            what = "below" if strict else "at most"
+            raise ConfigError(
+                f"key '{section}.{low}': {a!r} must be {what} {section}.{high} ({b!r})"
+            )
+    _check_distinct(config)
+
+
+def _check_distinct(config: ShoalConfig) -> None:
+    """Two services cannot bind one endpoint: the second would fail to start."""
+    seen: dict[str, str] = {}
+    for section, values in _sections(config):
+        for key, key_check in _checks(type(values)).items():
+            value = getattr(values, key)
+            if key_check.optional or key_check.why is mqtt_url_error:
+                continue  # where a service connects, not what it binds
+            bound = f"tcp://{value}" if key_check.why is listen_error else value
+            if bound.endswith(":*") or bound.startswith("inproc://"):
+                continue  # any free port; in-process names never clash across services
+            if bound in seen:
+                raise ConfigError(f"key '{section}.{key}': {value!r} is already {seen[bound]}'s")
+            seen[bound] = f"{section}.{key}"
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def _readable(msg: str, section: str = "") -> str:

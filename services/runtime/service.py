@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import heapq
 import itertools
@@ -55,13 +56,29 @@ from .chunks import (
     ChunkArgs,
     ChunkStore,
 )
-from .config import ShoalConfig
+from .config import ConfigError, ShoalConfig
 from .log import JsonLog, Summary
 from .sockets import BindError, Sockets
 
+# Exit codes of a service that cannot start. The supervisor restarts neither for long:
+# a port taken is tried again a few times (another cluster may be stopping), a
+# configuration that cannot work is not tried again at all.
+EXIT_BIND_FAILED = 2  # its endpoint is taken (EADDRINUSE)
+EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): a key, an endpoint or a file it names is wrong
+# bind() errors that say the address itself is wrong, not that someone holds it; each
+# with what it most likely means.
+BAD_ADDRESS_HINTS = {
+    errno.EADDRNOTAVAIL: "not an address of this machine",
+    errno.ENODEV: "no such interface or address here",
+    errno.EINVAL: "not an address libzmq can bind",
+    errno.EPROTONOSUPPORT: "a transport libzmq does not support",
+    errno.EACCES: "a privileged port, or an ipc path this user may not create",
+    errno.ENOENT: "the ipc path's directory does not exist",
+    errno.ENAMETOOLONG: "the ipc path is too long",
+}
+
 # How many frames one handler call drains before the loop looks at other sockets and
 # timers: large enough to batch, small enough to stay fair.
-EXIT_BIND_FAILED = 2  # a service whose endpoint is taken exits with this
 DRAIN_BUDGET = 512
 # Longest the loop sleeps when no timer is due.
 MAX_POLL_MS = 1000
@@ -443,17 +460,43 @@ class Service:
 
 
 def main_for(service_cls: type[Service], config: ShoalConfig) -> None:
-    """Run one service as this process, with signals, until it is stopped."""
+    """Run one service as this process, with signals, until it is stopped. One that cannot
+    start logs one line saying why and exits EXIT_CONFIG or EXIT_BIND_FAILED."""
     exit_with_parent()
-    service = service_cls(config)
+    log = JsonLog(service_cls.name, config.runtime.log_level)
     try:
+        service = service_cls(config)  # may raise ConfigError too (a ledger it cannot open)
+        log = service.log
         service.run()
+    except ConfigError as err:
+        log.error("config_error", error=str(err))
+        sys.exit(EXIT_CONFIG)
     except BindError as err:
+        hint = BAD_ADDRESS_HINTS.get(err.errno)
+        if hint is not None:
+            log.error("config_error", error=str(err), hint=hint)
+            sys.exit(EXIT_CONFIG)
         # A clear line, not a traceback: the usual cause is another cluster running.
-        service.log.error(
-            "bind_failed", error=str(err), hint="another shoal running? see `shoal config`"
-        )
+        log.error("bind_failed", error=str(err), hint="another shoal running? see `shoal config`")
         sys.exit(EXIT_BIND_FAILED)
+
+
+def start_error_of(line: bytes) -> str | None:
+    """What went wrong, if line is the one a service that cannot start writes (main_for's
+    ``config_error`` or ``bind_failed`` record, or the CLI's ``error: ...``); else None.
+    The supervisor keeps it as the reason it gave up on the service."""
+    if line.startswith(b"error: "):
+        return line[len(b"error: ") :].decode("utf-8", "replace").strip()
+    if b'"config_error"' not in line and b'"bind_failed"' not in line:
+        return None
+    try:
+        record = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(record, dict) or record.get("event") not in ("config_error", "bind_failed"):
+        return None
+    hint = record.get("hint")
+    return f"{record.get('error')}" + (f" ({hint})" if hint else "")
 
 
 def exit_with_parent() -> None:

@@ -21,6 +21,10 @@ DEFAULT_HWM = 10_000
 class BindError(Exception):
     """An endpoint that cannot be bound (in use, bad address); the message names it."""
 
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno  # EADDRINUSE: taken (another cluster?); others: a wrong address
+
 
 class Sockets:
     """Creates, tracks and closes sockets for one service (or one client)."""
@@ -44,16 +48,16 @@ class Sockets:
         return sock
 
     def bind(self, kind: int, endpoint: str, **options: Any) -> zmq.Socket[Any]:
-        sock = self.make(kind, **options)
+        sock = self.make(kind, **_ipv6(endpoint, options))
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as err:
             self.close(sock)
-            raise BindError(f"cannot bind {endpoint}: {err.strerror}") from None
+            raise BindError(f"cannot bind {endpoint}: {err.strerror}", err.errno or 0) from None
         return sock
 
     def connect(self, kind: int, endpoint: str, **options: Any) -> zmq.Socket[Any]:
-        sock = self.make(kind, **options)
+        sock = self.make(kind, **_ipv6(endpoint, options))
         sock.connect(endpoint)
         return sock
 
@@ -77,3 +81,11 @@ class Sockets:
         for sock in reversed(self._open):
             sock.close(linger=LINGER_MS)
         self._open.clear()
+
+
+def _ipv6(endpoint: str, options: dict[str, Any]) -> dict[str, Any]:
+    """libzmq takes "tcp://[::1]:7700" only on a socket with IPV6 set (it says "No such
+    device" otherwise); set only there, so every other endpoint resolves as it always did."""
+    if endpoint.startswith("tcp://[") and "ipv6" not in options:
+        return {**options, "ipv6": 1}
+    return options

@@ -43,6 +43,7 @@ from shoal.protocol import codec
 from shoal.protocol.messages import Reply, ServiceStatus
 from shoal.services.runtime.config import SupervisorConfig
 from shoal.services.runtime.log import JsonLog, humanize, isatty
+from shoal.services.runtime.service import EXIT_BIND_FAILED, EXIT_CONFIG, start_error_of
 from shoal.services.runtime.sockets import Sockets
 
 # A line longer than this is written out in pieces: one runaway line must neither block
@@ -53,6 +54,10 @@ MAX_LINE_BYTES = 64 * 1024
 # makes us wait this long.
 DRAIN_AFTER_EXIT_S = 0.2
 PREFIX_WIDTH = 10
+# A child that exits EXIT_BIND_FAILED this many times in a row is not started again: a
+# port held by another cluster stays held. EXIT_CONFIG is never retried.
+BIND_FAILED_TRIES = 3
+REASON_CHARS = 300  # of a child's last error line, kept as the reason it failed
 
 SIGNALS = {
     "KILL": signal.SIGKILL,
@@ -130,6 +135,9 @@ class _Child:
         self.last_exit: int | None = None
         self.backoff_s = backoff_s
         self.restart_now = False  # set by the "restart" op: no backoff for this one
+        self.bind_failures = 0  # EXIT_BIND_FAILED exits in a row
+        self.last_error: str | None = None  # its last config_error / bind_failed / error: line
+        self.reason: str | None = None  # why it is "failed" (not started again)
         self.wake = asyncio.Event()  # cuts a backoff sleep short (restart, stop)
         self.lock = asyncio.Lock()  # held while spawning, so stop never misses a new child
         self.keeper: asyncio.Task[None] | None = None
@@ -246,8 +254,9 @@ class Supervisor:
         env = {"PYTHONUNBUFFERED": "1", **os.environ, **spec.env}
         env["SHOAL_SUPERVISED"] = "1"
         env["SHOAL_SUPERVISOR_PID"] = str(os.getpid())
-        protocol = _ChildProtocol(lambda line: self._write_line(spec.name, line), loop)
+        protocol = _ChildProtocol(lambda line: self._output(child, line), loop)
         child.started_at = time.monotonic()
+        child.last_error = None
         try:
             transport, _ = await loop.subprocess_exec(
                 lambda: protocol,
@@ -278,7 +287,8 @@ class Supervisor:
                 await self._reap(child)
             if self._stopping:
                 return
-            delay = self._next_delay(child)
+            reason = None if child.restart_now else self._fatal(child)
+            delay = None if reason is not None else self._next_delay(child)
             self.log.warning(
                 "exited",
                 name=child.spec.name,
@@ -288,6 +298,8 @@ class Supervisor:
                 restarts=child.restarts,
             )
             child.state = "stopped" if delay is None else "backoff"
+            if reason is not None:
+                self._fail(child, reason)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(child.wake.wait(), delay)
             child.wake.clear()
@@ -295,8 +307,32 @@ class Supervisor:
                 if self._stopping:
                     return
                 child.restart_now = False
+                child.reason = None
                 child.restarts += 1
                 await self._spawn(child)
+
+    def _fatal(self, child: _Child) -> str | None:
+        """Why a child that has just exited must not be started again, or None."""
+        code = child.last_exit
+        child.bind_failures = child.bind_failures + 1 if code == EXIT_BIND_FAILED else 0
+        detail = child.last_error or "see its log"
+        if code == EXIT_CONFIG:
+            return f"configuration error (exit {code}): {detail}"
+        if child.bind_failures >= BIND_FAILED_TRIES:
+            return f"could not bind {child.bind_failures} times in a row (exit {code}): {detail}"
+        return None
+
+    def _fail(self, child: _Child, reason: str) -> None:
+        """Leave it down, and say so once: restarting would only fail the same way."""
+        child.state = "failed"
+        child.reason = reason
+        self.log.error(
+            "failed",
+            name=child.spec.name,
+            returncode=child.last_exit,
+            reason=reason,
+            hint="not restarted: fix it, then restart it (ctl op restart) or start again",
+        )
 
     async def _reap(self, child: _Child) -> None:
         """Collect the exit of a child that has just died, and what is left of its output."""
@@ -378,6 +414,12 @@ class Supervisor:
         self.log.info("stop_requested", signal=signal.Signals(signum).name)
         self._begin_stop()
 
+    def _output(self, child: _Child, line: bytes) -> None:
+        error = start_error_of(line)
+        if error is not None:
+            child.last_error = error[:REASON_CHARS]
+        self._write_line(child.spec.name, line)
+
     def _write_line(self, name: str, line: bytes) -> None:
         text = line.decode("utf-8", errors="replace").rstrip("\r")
         if self._pretty:
@@ -456,6 +498,7 @@ class Supervisor:
                     "restarts": child.restarts,
                     "uptime_s": round(now - child.started_at, 3) if up else 0.0,
                     "last_exit": child.last_exit,
+                    "reason": child.reason,
                 }
             )
         return rows
@@ -486,6 +529,7 @@ class Supervisor:
         if self._stopping:
             raise CtlError("the supervisor is stopping")
         child.restart_now = True
+        child.bind_failures = 0  # an operator's restart: the tries start again
         pid = child.pid if child.alive() else None
         if pid is not None:
             # The keeper sees the exit and starts it again with no backoff.
