@@ -86,13 +86,8 @@ def make_board_dir(root: Path, node_id: str, overrides: dict[str, Any]) -> Path:
     lib = board / "lib"
     if lib.exists():
         shutil.rmtree(lib)
-    lib.mkdir(parents=True, exist_ok=True)
-    for src in sorted(ESP32_DIR.glob("*.py")):
-        if src.name != "config.py":
-            shutil.copyfile(src, board / src.name)
-    shutil.copytree(NODECORE_DIR, lib / "nodecore", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in STANDIN_FILES:
-        shutil.copyfile(STANDINS_DIR / name, board / name)
+    board.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(compiled_bundle(root), board, dirs_exist_ok=True)
     shipped = (ESP32_DIR / "config.py").read_text()
     extra = repr(dict(sorted(overrides.items())))  # str/int/float/bool/None: MicroPython too
     (board / "config.py").write_text(
@@ -100,8 +95,34 @@ def make_board_dir(root: Path, node_id: str, overrides: dict[str, Any]) -> Path:
     )
     set_radio(board, True)
     (board / CRASH_FILE).unlink(missing_ok=True)  # a crash asked of the last boot is gone
-    precompile(board)
     return board
+
+
+_bundles: dict[Path, Path] = {}
+
+
+def compiled_bundle(root: Path) -> Path:
+    """Every board's files but config.py, compiled once per emulator (root/.bundle): a
+    power-on copies them instead of running mpy-cross per module, which took seconds on a
+    busy machine inside the ctl call (a power_on timed out in the chaos library)."""
+    bundle = _bundles.get(root)
+    if bundle is not None and bundle.exists():
+        return bundle
+    bundle = root / ".bundle"
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    (bundle / "lib").mkdir(parents=True)
+    for src in sorted(ESP32_DIR.glob("*.py")):
+        if src.name != "config.py":
+            shutil.copyfile(src, bundle / src.name)
+    shutil.copytree(
+        NODECORE_DIR, bundle / "lib" / "nodecore", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in STANDIN_FILES:
+        shutil.copyfile(STANDINS_DIR / name, bundle / name)
+    precompile(bundle)
+    _bundles[root] = bundle
+    return bundle
 
 
 def set_radio(board: Path, on: bool) -> None:
