@@ -69,7 +69,9 @@ from shoal.protocol.messages import (
     Telemetry,
 )
 from shoal.protocol.tasks import (
+    Assign,
     AssignReply,
+    Completed,
     DelegatorMessage,
     NodeTaskMessage,
     Offer,
@@ -146,8 +148,14 @@ def check_node_task(msg: Any) -> None:
 
 
 def check_delegator_message(msg: Any) -> None:
+    """What a node echoes back (the epoch, a completed's task id) passes the delegator's
+    checks: a node that took epoch 2**53 had every renew after refused whole."""
     assert isinstance(msg, DelegatorMessage)  # type: ignore[arg-type]
     assert isinstance(msg.node_id, str)
+    if isinstance(msg, Assign):
+        assert 1 <= msg.epoch <= limits.SEQ_MAX
+    if isinstance(msg, Completed):
+        assert 1 <= len(msg.task_id) <= limits.TASK_ID_MAX_LEN
 
 
 def check_will(will: Any) -> None:

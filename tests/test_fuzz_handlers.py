@@ -8,15 +8,18 @@ validates its args with ``parse_args`` and answers "bad arguments: ..."); afterw
 service still answers ``ping``, its ``handler_errors`` counter is 0, and good traffic
 still gets through.
 
-Ops that stop or kill things (the sim's crash, hang and leave) are sent only with args
-they refuse.
+Ops that stop or kill things (the sim's crash, hang and leave, the supervisor's signal and
+restart) are sent only with args they refuse, and the supervisor's stop never.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import itertools
 import math
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,10 +54,12 @@ from shoal.services.delegator.service import Delegator
 from shoal.services.liveness.service import Liveness
 from shoal.services.mqtt_shim.service import Shim
 from shoal.services.relay.service import Relay
-from shoal.services.runtime.config import ShoalConfig
+from shoal.services.runtime.config import ShoalConfig, SupervisorConfig
+from shoal.services.runtime.ports import tcp
 from shoal.services.runtime.service import CtlError, Service, parse_args
 from shoal.services.sim.faults import STOPPING, FaultArgs, fault_args_error
 from shoal.services.sim.fleet import Fleet
+from shoal.services.supervisor.supervisor import SIGNALS, ProcessSpec, Supervisor
 from shoal.services.testing import (
     BusListener,
     IngestClient,
@@ -100,7 +105,7 @@ ARGS: dict[str, st.SearchStrategy[Any]] = {
     "tasks": st.integers(0, 1000),
     "skew_ms": st.integers(-(10**9), 10**9),
     "kinds": st.lists(st.sampled_from(["link", "cpu_hog", "clock_skew", "x"]), max_size=3),
-    "name": st.sampled_from(["relay", "sim", "nope"]),
+    "name": st.sampled_from(["sleeper", "relay", "nope"]),
     "signal": st.sampled_from(["TERM", "KILL", "sigstop", "HUP"]),
 }
 leaves = (
@@ -134,6 +139,8 @@ OP_ARGS = {
     "forget": ["node_id"],
     "set_rate": ["rate_hz", "nodes"],
     "fault": [f.name for f in msgspec.structs.fields(FaultArgs)],
+    "signal": ["name", "signal"],
+    "restart": ["name"],
 }
 
 
@@ -302,19 +309,25 @@ def test_every_op_is_fuzzed(env: Env) -> None:
     }
 
 
+def fuzz_one(ctl: RawCtl, op: str, ops: list[str], data: Any, skip: Any) -> None:
+    """One hostile request (skip(op, args): not to be sent), and its one reply checked."""
+    req_id = next(ctl.ids)
+    frame, op, args = data.draw(request_bodies(op, ops, req_id))
+    assume(not skip(op, args))
+    many = data.draw(st.sampled_from([1, 1, 1, 1, 1, 1, 2, 3]))  # REQ's delimiter, and more
+    check_reply(ctl.ask([b""] * (many - 1) + [frame]), 0 if many > 1 else req_id)
+
+
 @pytest.mark.parametrize(("service", "op"), SERVICE_OPS)
 @FUZZ
 @given(data=st.data())
 def test_every_ctl_op_answers_once_and_never_internal_error(
     env: Env, service: str, op: str, data: Any
 ) -> None:
-    ctl = env.ctls[service]
-    req_id = next(ctl.ids)
-    frame, op, args = data.draw(request_bodies(op, OPS[service], req_id))
-    assume(not stops_nodes(op, args))
-    assume(service != "delegator" or not known_unbounded_query(op, args))
-    many = data.draw(st.sampled_from([1, 1, 1, 1, 1, 1, 2, 3]))  # REQ's delimiter, and more
-    check_reply(ctl.ask([b""] * (many - 1) + [frame]), 0 if many > 1 else req_id)
+    def skip(op: str, args: Any) -> bool:
+        return stops_nodes(op, args) or (service == "delegator" and known_unbounded_query(op, args))
+
+    fuzz_one(env.ctls[service], op, OPS[service], data, skip)
 
 
 @pytest.mark.parametrize("service", ["relay", "liveness", "delegator", "sim", "shim"])
@@ -345,6 +358,59 @@ def test_the_delegators_query_bounds(tmp_path: Path, args: dict[str, Any]) -> No
         finally:
             ctl.close()
     assert not reply.ok and reply.error.startswith("bad arguments"), reply.error
+
+
+# --- the supervisor (not built on the runtime: its own ctl loop, in asyncio) --------------
+
+SUPERVISOR_OPS = ["ping", "status", "ps", "signal", "restart", "stop"]
+CHILD = ProcessSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+@pytest.fixture(scope="module")
+def supervisor() -> Iterator[tuple[Supervisor, RawCtl]]:
+    ctl = tcp()
+    sup = Supervisor([CHILD], SupervisorConfig(ctl=ctl), out=io.StringIO())
+    thread = threading.Thread(target=asyncio.run, args=(sup.run(install_signals=False),))
+    thread.start()
+    raw = RawCtl(ctl)
+    try:
+        wait_for(lambda: raw.call("ps")[0]["state"] == "running", 20, ignore=(AssertionError,))
+        yield sup, raw
+    finally:
+        raw.close()
+        sup.request_stop()
+        thread.join(20)
+    assert not thread.is_alive(), "the supervisor did not stop"
+
+
+def stops_or_kills(op: str, args: Any) -> bool:
+    """What the supervisor would do: stop everything, or signal or restart its child."""
+    if op == "stop":
+        return True  # it takes no args: there is no invalid way to send it
+    if op not in ("signal", "restart") or not isinstance(args, dict):
+        return False
+    if args.get("name") != CHILD.name:
+        return False
+    sig = args.get("signal")
+    return op == "restart" or (isinstance(sig, str) and sig.upper().removeprefix("SIG") in SIGNALS)
+
+
+@pytest.mark.parametrize("op", SUPERVISOR_OPS)
+@FUZZ
+@given(data=st.data())
+def test_every_supervisor_op_answers_once_and_never_internal_error(
+    supervisor: tuple[Supervisor, RawCtl], op: str, data: Any
+) -> None:
+    fuzz_one(supervisor[1], op, SUPERVISOR_OPS, data, stops_or_kills)
+
+
+def test_the_supervisor_still_serves_and_its_child_ran_on(
+    supervisor: tuple[Supervisor, RawCtl],
+) -> None:
+    sup, ctl = supervisor
+    assert sorted(sup._ops) == sorted(SUPERVISOR_OPS)
+    [row] = ctl.call("ps")
+    assert row["state"] == "running" and row["restarts"] == 0
 
 
 # --- the delegator's tasks socket -------------------------------------------------------------
