@@ -41,6 +41,7 @@ from hostile import (
     NODE_TASKS,
     NUMBERS,
     TASK,
+    WILL,
     WRONG_TYPES,
     frames,
     raw_values,
@@ -52,6 +53,7 @@ from shoal.protocol.messages import Heartbeat, Reply, ServiceStatus
 from shoal.protocol.tasks import NodeTaskMessage, Offer, Renew, Task
 from shoal.services.delegator.service import Delegator
 from shoal.services.liveness.service import Liveness
+from shoal.services.mqtt_shim.service import REJECT_REASONS as SHIM_REJECT_REASONS
 from shoal.services.mqtt_shim.service import Shim
 from shoal.services.relay.service import Relay
 from shoal.services.runtime.config import ShoalConfig, SupervisorConfig
@@ -411,6 +413,59 @@ def test_the_supervisor_still_serves_and_its_child_ran_on(
     assert sorted(sup._ops) == sorted(SUPERVISOR_OPS)
     [row] = ctl.call("ps")
     assert row["state"] == "running" and row["restarts"] == 0
+
+
+# --- the MQTT shim's payloads ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shim() -> Iterator[Shim]:
+    """A shim set up but not running: its payload handler is called here, in this thread.
+    No broker, relay or delegator: what it would send is refused and counted."""
+    config = config_on_free_ports(mqtt={"max_boards": 20, "batch_interval_ms": 0})
+    service = Shim(config)
+    service.setup()
+    try:
+        yield service
+    finally:
+        service.sockets.close_all()
+        service.ctx.term()
+
+
+BOARD_IDS = ["esp-01", "esp-02", "shim", "Bad_ID", "", "a" * 40, "../x", "esp-01\n"]
+CHANNELS = ["up", "will", "task/up", "task/down", "ack", "up/x", ""]
+topics_ = st.builds(
+    lambda root, board, channel: f"{root}{board}/{channel}",
+    st.sampled_from(["shoal/v1/", "shoal/v1/", "shoal/v1/", "shoal/v2/", ""]),
+    st.sampled_from(BOARD_IDS) | st.text(max_size=12),
+    st.sampled_from(CHANNELS),
+)
+SHIM_FAMILY = INGEST + NODE_TASKS + [WILL]
+
+
+@FUZZ
+@given(st.sampled_from(BOARD_IDS[:2]), st.data())
+def test_hostile_payloads_cost_the_shim_only_themselves(shim: Shim, board: str, data: Any) -> None:
+    """Any topic, any payload (JSON of every family, a board's own or another's, hostile,
+    damaged, msgpack): refused by reason, never an exception out of the handler."""
+    own = st.sampled_from([f"shoal/v1/{board}/{channel}" for channel in ("up", "will", "task/up")])
+    topic = data.draw(own | own | own | topics_)
+    speaker = data.draw(st.sampled_from(BOARD_IDS[:2]))  # the topic's board, or another
+    family = [retarget(t, {"esp-01": speaker}) for t in SHIM_FAMILY]
+    valid = st.sampled_from(family).map(msgspec.json.encode)
+    payload = data.draw(
+        st.one_of(valid, frames(json=True, family=family), frames(json=False, family=family))
+    )
+    before = shim.counters["rejected"]
+    shim._on_message(topic, payload)
+    assert set(shim.reject_counts) == set(SHIM_REJECT_REASONS)
+    assert shim.counters["rejected"] >= before
+
+
+def test_the_shim_counted_every_kind_of_refusal(shim: Shim) -> None:
+    counts = shim.status_counters()
+    for reason in ("malformed", "schema", "bad_topic", "impersonation"):
+        assert counts[f"reject_{reason}"] > 0, (reason, counts)
 
 
 # --- the delegator's tasks socket -------------------------------------------------------------
