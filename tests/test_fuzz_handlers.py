@@ -51,6 +51,7 @@ from hostile import (
 from shoal.protocol import codec
 from shoal.protocol.messages import Heartbeat, Reply, ServiceStatus
 from shoal.protocol.tasks import NodeTaskMessage, Offer, Renew, Task
+from shoal.services.boards.service import BoardEmulator
 from shoal.services.delegator.service import Delegator
 from shoal.services.liveness.service import Liveness
 from shoal.services.mqtt_shim.service import REJECT_REASONS as SHIM_REJECT_REASONS
@@ -86,7 +87,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDep
 # Each arg any op of these services reads, with values it would take.
 ARGS: dict[str, st.SearchStrategy[Any]] = {
     "state": st.sampled_from(["alive", "suspect", "dead", "left", "ALIVE", ""]),
-    "node_id": st.sampled_from([*FLEET, "unknown-9"]),
+    "node_id": st.sampled_from([*FLEET, "unknown-9", "board-01"]),
+    "on": st.booleans(),
     "task_id": st.sampled_from(["esp-01.439041101.7", "nope", ""]),
     "latest": st.integers(0, 100),
     "drain": st.booleans(),
@@ -143,6 +145,11 @@ OP_ARGS = {
     "fault": [f.name for f in msgspec.structs.fields(FaultArgs)],
     "signal": ["name", "signal"],
     "restart": ["name"],
+    "power_off": ["node_id"],
+    "power_on": ["node_id"],
+    "radio": ["node_id", "on"],
+    "reset": ["node_id"],
+    "crash": ["node_id"],
 }
 
 
@@ -413,6 +420,50 @@ def test_the_supervisor_still_serves_and_its_child_ran_on(
     assert sorted(sup._ops) == sorted(SUPERVISOR_OPS)
     [row] = ctl.call("ps")
     assert row["state"] == "running" and row["restarts"] == 0
+
+
+# --- the board emulator (one MicroPython board, no broker: its ctl needs none) -------------
+
+BOARD_OPS = ["ping", "status", "boards", "power_off", "power_on", "radio", "reset", "crash"]
+BOARD = "board-01"
+
+
+@pytest.fixture(scope="module")
+def boards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, RawCtl]]:
+    config = config_on_free_ports(boards={"count": 1})
+    emulator = BoardEmulator(config, workdir=str(tmp_path_factory.mktemp("boards")))
+    with running(emulator):
+        ctl = RawCtl(emulator.endpoints["ctl"])
+        try:
+            yield emulator, ctl
+        finally:
+            ctl.close()
+
+
+def cuts_the_board(op: str, args: Any) -> bool:
+    """power_off, reset and crash of the real board: not sent."""
+    return op in ("power_off", "reset", "crash") and (
+        not isinstance(args, dict) or args.get("node_id") == BOARD
+    )
+
+
+@pytest.mark.parametrize("op", BOARD_OPS)
+@FUZZ
+@given(data=st.data())
+def test_every_board_emulator_op_answers_once_and_never_internal_error(
+    boards: tuple[Service, RawCtl], op: str, data: Any
+) -> None:
+    fuzz_one(boards[1], op, BOARD_OPS, data, cuts_the_board)
+
+
+def test_the_board_emulator_still_serves_and_its_board_runs(
+    boards: tuple[Service, RawCtl],
+) -> None:
+    emulator, ctl = boards
+    assert sorted(emulator.ctl_ops) == sorted(BOARD_OPS)
+    still_healthy(ctl)
+    [row] = ctl.call("boards")
+    assert row["node_id"] == BOARD and row["state"] == "running", row
 
 
 # --- the MQTT shim's payloads ------------------------------------------------------------------
