@@ -1,6 +1,7 @@
-"""Every ctl op of every service, the delegator's tasks socket, the relay's ingest and the
-sim fleet's task link, fed hypothesis-generated hostile input over raw ZeroMQ (issue 13,
-"No input loses data", part 5). The services run in-process on free ports.
+"""Every ctl op of every service (relay, liveness, delegator, sim, shim, supervisor, board
+emulator), the delegator's tasks socket, the relay's ingest, the sim fleet's task link and
+the MQTT shim's payload handler, fed hypothesis-generated hostile input over raw ZeroMQ
+(issue 13, "No input loses data", part 5). The services run in-process on free ports.
 
 Properties: every request gets exactly one reply, with the request's id (0 only when the
 request could not be read); a refusal says why, and never "internal error" (a handler
@@ -9,7 +10,8 @@ service still answers ``ping``, its ``handler_errors`` counter is 0, and good tr
 still gets through.
 
 Ops that stop or kill things (the sim's crash, hang and leave, the supervisor's signal and
-restart) are sent only with args they refuse, and the supervisor's stop never.
+restart, the board emulator's power_off, reset and crash) are sent only with args they
+refuse, and the supervisor's stop never.
 """
 
 from __future__ import annotations
