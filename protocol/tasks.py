@@ -133,11 +133,15 @@ class Taken(_TaskMessage, tag="taken", frozen=True):
 
 
 class Assign(_TaskMessage, tag="assign", frozen=True):
-    """Run this task under this epoch; the lease lapses ``lease_ms`` after the last renew."""
+    """Run this task under this epoch; the lease lapses ``lease_ms`` after the last renew.
+
+    ``epoch`` is bounded like the node's answers that carry it (assign_reply, renew,
+    result): a node that took 2**53 would answer with what the delegator refuses, and a
+    renew with one bad lease is refused whole (every lease of the node lapses)."""
 
     node_id: str
     task: Task
-    epoch: int
+    epoch: Epoch
     lease_ms: int
 
 
@@ -156,7 +160,7 @@ class Completed(_TaskMessage, tag="completed", frozen=True):
     """To the origin: its task is done (resent until a completed_ack)."""
 
     node_id: str  # the origin
-    task_id: str
+    task_id: TaskId  # echoed in the completed_ack: bounded as it is there
     ok: bool
     output: str = ""
     error: str = ""
