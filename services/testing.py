@@ -49,6 +49,10 @@ def config_on_free_ports(
             "shim_bus": tcp(),
         },
         "boards": {"ctl": tcp(), "bus": tcp()},
+        "metrics": {
+            name: f"127.0.0.1:{next_port()}"
+            for name in ("relay", "liveness", "delegator", "sim", "shim", "boards")
+        },
     }
     for name, values in endpoints.items():
         values.update(sections.pop(name, {}))

@@ -51,6 +51,7 @@ from shoal.protocol.tasks import (
 from shoal.services.liveness.view import MembershipView
 from shoal.services.relay.view import RelayView
 from shoal.services.runtime.config import DelegatorConfig, ShoalConfig, liveness_for, relay_for
+from shoal.services.runtime.metrics import HANDOFF_BUCKETS
 from shoal.services.runtime.service import CtlError, Service, parse_args, received_multipart
 
 from .ledger import Ledger
@@ -89,6 +90,7 @@ class Assignment:
     task: Task
     sent_at: float  # monotonic
     tries: int
+    taken_at: float = 0.0  # wall time the ledger took the task (0: unknown, recovered)
 
 
 WallTime = Annotated[float, Meta(ge=0, le=1e11)]  # time.time(); nan and inf refused
@@ -155,6 +157,11 @@ class Delegator(Service):
 
     def setup(self) -> None:
         cfg = self.cfg
+        self.handoff = self.metrics.histogram(
+            "handoff_latency_seconds",
+            "from the ledger taking an offered task to the first peer accepting it",
+            HANDOFF_BUCKETS,
+        )
         # A file that cannot be a ledger raises a ConfigError: the process exits, unrestarted.
         self.ledger = Ledger(
             cfg.ledger,
@@ -292,6 +299,8 @@ class Delegator(Service):
         if msg.accepted:
             self.ledger.accepted(msg.task_id, msg.epoch, msg.node_id, self.cfg.lease_ms, now)
             self.counters["assign_accepted"] += 1
+            if pending.epoch == 1 and pending.taken_at:
+                self.handoff.observe(max(0.0, now - pending.taken_at))
         else:
             self.ledger.declined(msg.task_id, msg.epoch, msg.node_id, msg.reason or "declined", now)
             self.counters["assign_declined"] += 1
@@ -365,7 +374,9 @@ class Delegator(Service):
             peer.spare -= 1
             self.assigned_since_sample[peer.node_id] += 1
             task = row.as_task()
-            self.assigning[row.task_id] = Assignment(epoch, peer.node_id, task, sent, 1)
+            self.assigning[row.task_id] = Assignment(
+                epoch, peer.node_id, task, sent, 1, row.created_at
+            )
             self._send_assign(peer.node_id, task, epoch)
             self.counters["assigned"] += 1
         return True

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 import zmq
+from prometheus_client.core import GaugeMetricFamily
 
 from shoal.protocol import codec
 from shoal.protocol.messages import (
@@ -46,6 +47,7 @@ from shoal.protocol.messages import (
     ServiceBeat,
 )
 from shoal.services.runtime.config import LivenessConfig, ShoalConfig, relay_for
+from shoal.services.runtime.metrics import DETECTION_BUCKETS
 from shoal.services.runtime.service import CtlError, Service, parse_args
 from shoal.services.runtime.subscriber import BusSubscriber
 
@@ -159,6 +161,11 @@ class Liveness(Service):
             topics=(codec.TOPIC_SERVICE_BEAT,),
             on_frame=self._on_shim_frame,
             name="shim",
+        )
+        self.detection = self.metrics.histogram(
+            "detection_latency_seconds",
+            "silence of a node when it was declared dead (by heartbeats)",
+            DETECTION_BUCKETS,
         )
         self.every(cfg.check_interval_ms / 1000, self._check)
         self.every(FORGET_SWEEP_S, self._forget_old)
@@ -331,6 +338,7 @@ class Liveness(Service):
             if node.state != "dead":
                 reason = f"silent {silence:.2f}s >= dead threshold {detector.dead_after_s:.2f}s"
                 self._emit(node, "dead", "dead", now, reason)
+                self.detection.observe(silence)
         elif node.state == "alive" and silence >= detector.suspect_after_s:
             # (Re-checked: a recovery in this same pass restarted every clock.)
             reason = f"silent {silence:.2f}s >= suspect threshold {detector.suspect_after_s:.2f}s"
@@ -419,6 +427,17 @@ class Liveness(Service):
             if node.state in ("dead", "left") and node.since < cutoff:
                 self._forget(node, "forgotten after forget_after_s")
         self._flush()
+
+    def extra_metrics(self) -> list[Any]:
+        """Per node a 1 under its current state (label ``state``), as kube-state-metrics do."""
+        family = GaugeMetricFamily(
+            "shoal_node_state",
+            "1 for the node's current membership state",
+            labels=["node", "state"],
+        )
+        for node_id, node in sorted(self.nodes.items()):
+            family.add_metric([node_id, node.state], 1)
+        return [family]
 
     def _forget_phantoms(self) -> None:
         """Ids heard once and then dead for phantom_after_s are forgotten: made-up ids by the

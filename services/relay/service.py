@@ -34,6 +34,7 @@ from shoal.protocol.messages import (
     Telemetry,
 )
 from shoal.services.runtime.config import RelayConfig, ShoalConfig
+from shoal.services.runtime.metrics import node_gauge
 from shoal.services.runtime.service import DRAIN_BUDGET, Service, received_multipart
 
 from .dedup import DUPLICATE, NEW, SeqWindow
@@ -436,6 +437,22 @@ class Relay(Service):
             if st.origin is not None:
                 self._confirm(st)
             self._unbind(st)
+
+    def extra_metrics(self) -> list[Any]:
+        """Per node: its last telemetry and how long since anything was accepted from it."""
+        now = time.monotonic()
+        nodes = sorted(self.nodes.items())
+        tel = [(n, st.telemetry) for n, st in nodes if st.telemetry is not None]
+        return [
+            node_gauge("cpu_pct", "last reported CPU %", [(n, t.cpu_pct) for n, t in tel]),
+            node_gauge("queue_depth", "last reported queue", [(n, t.queue_depth) for n, t in tel]),
+            node_gauge("load_factor", "last reported load", [(n, t.load_factor) for n, t in tel]),
+            node_gauge(
+                "last_seen_seconds",
+                "seconds since the relay accepted a message of the node",
+                [(n, now - st.last_seen) for n, st in nodes],
+            ),
+        ]
 
     @staticmethod
     def _phantom_after(st: NodeState, phantom_after_s: float) -> float:

@@ -44,6 +44,7 @@ OptionalEndpoint = Annotated[str, _Check(endpoint_error, optional=True)]
 MqttUrl = Annotated[str, _Check(mqtt_url_error)]
 OptionalMqttUrl = Annotated[str, _Check(mqtt_url_error, optional=True)]
 ListenAddress = Annotated[str, _Check(listen_error)]
+OptionalListenAddress = Annotated[str, _Check(listen_error, optional=True)]
 
 
 class _Section(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -307,6 +308,18 @@ class BoardsConfig(_Section, frozen=True):
     reboot_delay_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
 
 
+class MetricsConfig(_Section, frozen=True):
+    """Where each service serves Prometheus metrics (``/metrics``, HTTP), as host:port; ""
+    for none. Loopback by default: the figures are for a scraper on this host."""
+
+    relay: OptionalListenAddress = "127.0.0.1:9700"
+    liveness: OptionalListenAddress = "127.0.0.1:9701"
+    delegator: OptionalListenAddress = "127.0.0.1:9702"
+    sim: OptionalListenAddress = "127.0.0.1:9703"
+    shim: OptionalListenAddress = "127.0.0.1:9704"
+    boards: OptionalListenAddress = "127.0.0.1:9705"
+
+
 class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
@@ -316,6 +329,7 @@ class ShoalConfig(_Section, frozen=True):
     supervisor: SupervisorConfig = SupervisorConfig()
     mqtt: MqttConfig = MqttConfig()
     boards: BoardsConfig = BoardsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 class ConfigError(Exception):

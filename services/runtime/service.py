@@ -26,6 +26,7 @@ Usage::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import gc
@@ -58,6 +59,7 @@ from .chunks import (
 )
 from .config import ConfigError, ShoalConfig
 from .log import JsonLog, Summary
+from .metrics import MetricsEndpoint, counter_families
 from .sockets import BindError, Sockets
 
 # Exit codes of a service that cannot start. The supervisor restarts neither for long:
@@ -156,6 +158,9 @@ class Service:
             "chunk": self._op_chunk,
         }
         self._chunks = ChunkStore()
+        self.metrics = MetricsEndpoint()  # histograms a subclass adds live in its registry
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._loop_thread: threading.Thread | None = None
         self.loop_lag_ms = 0.0  # how late the last timer ran: the observer's own health
         self.loop_lag_max_ms = 0.0  # the worst since the last heartbeat
         self._pseq: dict[bytes, int] = {}  # per topic: a subscriber of one topic sees no holes
@@ -179,6 +184,10 @@ class Service:
 
     def status_counters(self) -> dict[str, int]:
         return dict(self.counters)
+
+    def extra_metrics(self) -> list[Any]:
+        """Prometheus families beyond the status counters (per-node gauges); on the loop."""
+        return []
 
     # --- building blocks ----------------------------------------------------------------
 
@@ -249,11 +258,72 @@ class Service:
             self.every(self.config.runtime.log_summary_interval_s, self._flush_summaries)
             # What exists now lives as long as the service: keep the collector off it.
             gc.freeze()
+            self._loop_thread = threading.current_thread()
+            self._serve_metrics()
             self.log.info("started", pid=os.getpid(), pub=self.pub_id, endpoints=self.endpoints)
             self._ready.set()
             self._loop()
         finally:
             self._shutdown()
+
+    def _serve_metrics(self) -> None:
+        listen = getattr(self.config.metrics, self.name, "")
+        if not listen:
+            return
+        try:
+            self.metrics.serve(listen, self._metric_families, self.in_loop)
+        except OSError as err:
+            # Metrics are for watching the service, not for its work: it runs without them.
+            self.counters["metrics_bind_failed"] += 1
+            self.log.error("metrics_bind_failed", listen=listen, error=err.strerror or str(err))
+            return
+        self.endpoints["metrics"] = f"http://{self.metrics.address}/metrics"
+
+    def _metric_families(self) -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("shoal_service_up", "1 while the service runs", labels=["service"])
+        up.add_metric([self.name], 1)
+        uptime = GaugeMetricFamily(
+            "shoal_service_uptime_seconds", "since start", labels=["service"]
+        )
+        uptime.add_metric([self.name], self.uptime_s())
+        lag = GaugeMetricFamily(
+            "shoal_loop_lag_ms", "how late the last timer ran", labels=["service"]
+        )
+        lag.add_metric([self.name], self.loop_lag_ms)
+        return [
+            up,
+            uptime,
+            lag,
+            *counter_families(self.name, self.status_counters()),
+            *self.extra_metrics(),
+        ]
+
+    def in_loop(self, fn: Callable[[], Any], timeout_s: float) -> Any:
+        """fn's value, computed on the service's loop (safe from any thread): the loop's
+        state is never read while it changes. TimeoutError when the loop is that busy."""
+        if threading.current_thread() is self._loop_thread or self._loop_thread is None:
+            return fn()
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["value"] = fn()
+            except Exception as err:
+                box["error"] = err
+            finally:
+                done.set()
+
+        self._calls.append(call)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"c")
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"{self.name}: the loop did not answer within {timeout_s}s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def _flush_summaries(self) -> None:
         self.rejects.flush()
@@ -333,6 +403,8 @@ class Service:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        while self._calls:
+            self._calls.popleft()()  # each call catches its own errors
 
     def _shutdown(self) -> None:
         try:
@@ -341,6 +413,7 @@ class Service:
         except Exception as err:  # the rest of the stop must happen all the same
             self.log.error("stop_error", error=repr(err))
         self._flush_summaries()
+        self.metrics.close()
         self.sockets.close_all()
         if self._own_ctx:
             self.ctx.term()
