@@ -88,7 +88,14 @@ class MetricsEndpoint:
         self.address = f"{bound[0]}:{bound[1]}"
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Stop serving, without waiting: the server's loop notices a shutdown only at its
+        next 0.5 s poll, and a service's stop must not take that long (every test stops
+        several services)."""
+        server, self._server = self._server, None
+        if server is not None:
+
+            def stop() -> None:
+                server.shutdown()
+                server.server_close()
+
+            threading.Thread(target=stop, name="metrics-stop", daemon=True).start()
