@@ -445,7 +445,8 @@ def measured(
         "good_records": len(good),
         "lost": sum(per_node.values()),
         "gaps": sum(n.gaps for n in nodes.values()),  # since each node's boot
-        "new_gaps": sum(n.gaps - gaps_before.get(k, 0) for k, n in nodes.items()),
+        # A gap from before the attack may be filled by a late resend during it: never < 0.
+        "new_gaps": sum(max(0, n.gaps - gaps_before.get(k, 0)) for k, n in nodes.items()),
         "per_node": {k: {"lost": per_node.get(k, 0), "gaps": n.gaps} for k, n in nodes.items()},
         "forged_on_bus": sum(r.ts_ms == FORGED_TS for r in watch.bus.records),
         "strangers_on_bus": sum(r.node_id not in FLEET for r in watch.bus.records),
