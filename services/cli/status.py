@@ -202,11 +202,23 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
                 click.echo(text)
                 return
             click.clear()
+            click.echo(watch_header(time.time(), watch, as_json))
             click.echo(text)
             try:
                 time.sleep(watch)  # the refresh period the user asked for
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # how --watch stops: a clean exit 0
                 return
+
+
+def watch_header(at: float, every_s: float, as_json: bool = False) -> str:
+    """The line above each --watch refresh: when it was taken, so a frozen screen shows.
+    With --json it is a JSON object of its own line, so each refresh stays parseable."""
+    import time
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    if as_json:
+        return msgspec.json.encode({"at": round(at, 3), "every_s": every_s}).decode()
+    return f"shoal status at {stamp} (every {every_s:g} s; Ctrl-C stops)"
 
 
 def _failed_line(supervisor_ctl: str) -> str:
