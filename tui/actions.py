@@ -25,6 +25,8 @@ ACTION_TEXT = {
     "remove": "forget the node (it comes back when heard again)",
 }
 
+# Not in the footer (it would not fit 80 columns); the help lists them.
 NODE_ACTION_BINDINGS = [
-    Binding(ACTION_KEYS[action], f"node_action('{action}')", action) for action in ACTIONS
+    Binding(ACTION_KEYS[action], f"node_action('{action}')", action, show=False)
+    for action in ACTIONS
 ]

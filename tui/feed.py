@@ -259,6 +259,16 @@ class LiveFeed:
         run = self.scenarios.start(path)
         return f"{run.name} started; report {run.report}"
 
+    def stop_scenario(self) -> str:
+        run = self.scenarios.state()
+        if run is None or not run.running:
+            raise ActionError("no scenario is running")
+        run = self.scenarios.stop()
+        if run is None:
+            return "stopped"
+        where = f"report {run.report}" if run.report else "no report written"
+        return f"{run.name} stopped: {run.verdict} ({run.reason}); {where}"
+
     def _call(self, endpoint: str, op: str, args: dict[str, Any]) -> Any:
         with CtlClient(endpoint) as client:
             return client.call(op, args, timeout_s=ACTION_TIMEOUT_S, retries=0)

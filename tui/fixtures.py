@@ -293,5 +293,21 @@ class FixedSource:
         self._state = self._build()
         return f"{name} started; report {self.scenario.report}"
 
+    def stop_scenario(self) -> str:
+        """As the injector on SIGINT: the run ends aborted, its faults healed."""
+        run = self.scenario
+        if run is None or not run.running:
+            raise ActionError("no scenario is running")
+        self.scenario = dataclasses.replace(
+            run,
+            ended_at=T0 + self.ticks,
+            exit_code=2,
+            verdict="aborted",
+            reason="stopped by the console: interrupted (Ctrl-C); faults healed",
+        )
+        self._events.append(Event(T0 + self.ticks, "scenario", None, f"{run.name} stopped"))
+        self._state = self._build()
+        return f"{run.name} stopped: aborted; report {run.report}"
+
     def close(self) -> None:
         self.closed = True

@@ -123,6 +123,8 @@ COLUMNS: tuple[Column, ...] = (
     ("via", "via", lambda r: r.via),
 )
 COLUMN_KEYS = tuple(c[0] for c in COLUMNS)
+# Columns where a high value is the hot one: their first sort is descending.
+HOT_HIGH = frozenset({"age", "cpu", "queue", "load", "running", "in", "out", "gaps"})
 LEFT_ALIGNED = {"node", "state", "fw", "via"}
 
 

@@ -150,6 +150,12 @@ class Source(Protocol):
         ActionError (one is running already, it cannot start)."""
         ...
 
+    def stop_scenario(self) -> str:
+        """Stop the running scenario as the injector stops on Ctrl-C: it heals its faults
+        and writes its report (this waits for that). A line for the operator, or
+        ActionError (none is running)."""
+        ...
+
     def close(self) -> None:
         """Let go of the cluster; a scenario still running is stopped (its faults healed)."""
         ...
