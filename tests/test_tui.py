@@ -932,3 +932,109 @@ def test_snapshot_nodes_view_sizes(snap_compare: Any, size: tuple[int, int]) -> 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "200x50"])
 def test_snapshot_help_sizes(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(ShoalConsole(FixedSource()), press=["question_mark"], terminal_size=size)
+
+
+# --- freshness (issue 14, part 4) ----------------------------------------------------------
+
+
+def test_a_silent_sources_figures_are_marked_stale_not_shown_as_current() -> None:
+    from shoal.tui.header import summary
+
+    source = FixedSource()
+    fresh = str(summary(source.snapshot()))
+    assert "msgs/s 412.5" in fresh and "stale" not in fresh
+    source.set_silent(relay=12.0, liveness=4.0)
+    text = str(summary(source.snapshot()))
+    assert "msgs/s -" in text  # a rate of a silent relay is unknown
+    assert "duplicates 3?" in text and "gaps 11?" in text  # counters: the last known
+    assert "observer ?" in text
+    assert "stale, silent: liveness 4.0s, relay 12s" in text
+
+
+def test_a_service_not_running_shows_no_heartbeat() -> None:
+    from shoal.tui.header import heartbeat
+    from shoal.tui.model import ServiceRow
+
+    assert heartbeat(ServiceRow("relay", "running", 1, 0, 9.0, 120)) == "<1s"
+    assert heartbeat(ServiceRow("relay", "backoff", None, 1, 0.0, 120)) == "-"
+    assert heartbeat(ServiceRow("relay", "?", None, 0, 0.0, 2500)) == "2.5s"
+
+
+class FirstLookSource(FixedSource):
+    """A feed before its first build: version 0, not connected."""
+
+    def snapshot(self) -> Any:
+        from shoal.tui.model import ClusterState
+
+        return ClusterState(connected=False, detail="connecting...")
+
+
+def test_no_red_banner_before_the_feed_has_had_its_first_look() -> None:
+    app = ShoalConsole(FirstLookSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        assert app.link == ("warn", "connecting to the cluster...")
+        banner = app.screen.query_one(StatusBanner)
+        assert not banner.has_class("-error")
+
+    drive(app, steps)
+
+
+# --- honest actions (issue 14, part 3) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["hang", "flood", "drain", "crash"])
+def test_an_action_on_a_dead_node_says_so_and_asks_nothing(action: str) -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        select(app, "sim-004")
+        await pilot.press(ACTION_KEYS[action])
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert f"{action}: sim-004 is dead: {action} needs a live node" in notes.text()
+        assert source.actions == []
+
+    drive(app, steps)
+
+
+def test_remove_is_only_offered_on_a_dead_or_left_node() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        select(app, "sim-000")
+        await pilot.press("x")
+        await pilot.pause()
+        assert "sim-000 is alive: only a dead or left node can be removed" in notes.text()
+        select(app, "sim-006")  # left
+        await pilot.press("x")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+
+    drive(app, steps)
+
+
+def test_drain_shows_on_the_row_and_d_again_undrains() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        select(app, "sim-002")
+        await pilot.press("d", "y")
+        await settle(pilot)
+        table = table_of(app)
+        assert str(table.get_cell("sim-002", "state")) == "alive, drained"
+        await pilot.press("d")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "undrain node sim-002?" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await settle(pilot)
+        assert source.actions == [("drain", "sim-002"), ("undrain", "sim-002")]
+        assert str(table.get_cell("sim-002", "state")) == "alive"
+
+    drive(app, steps)

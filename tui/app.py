@@ -25,6 +25,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
 
+from .actions import verb_for, why_not
 from .base import ConsoleScreen
 from .command import CommandScreen, resolve
 from .confirm import ConfirmScreen
@@ -101,7 +102,10 @@ class ShoalConsole(App[None]):
         for event in new:
             self._event_n += 1
             self.event_log.append((self._event_n, event))
-        if not state.connected:
+        if not state.connected and state.version == 0:
+            # Nothing built yet: not a failure, the feed has not had its first look.
+            self.link = ("warn", "connecting to the cluster...")
+        elif not state.connected:
             self.link = ("error", f"disconnected: {state.detail or 'no cluster'} (retrying)")
         elif state.detail:
             self.link = ("warn", state.detail)
@@ -194,6 +198,12 @@ class ShoalConsole(App[None]):
             return
         if node_id is None:
             self.notify(f"{action}: no node selected", severity="warning")
+            return
+        row = self.state.nodes.get(node_id)
+        action = verb_for(action, row)
+        why = why_not(action, row, node_id)
+        if why is not None:
+            self.notify(f"{action}: {why}", severity="warning")
             return
         try:
             reason = self.source.available(action)

@@ -47,10 +47,13 @@ from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailab
 from shoal.services.runtime.service import Service, received
 from shoal.services.runtime.subscriber import BusSubscriber
 
+from .actions import UNDRAIN, why_not
 from .model import (
     FLOOD_TASKS,
+    GONE_STATES,
     JOINED_SHOW_S,
     RUN_SCENARIO,
+    STALE_AFTER_S,
     ActionError,
     ClusterState,
     Event,
@@ -69,6 +72,16 @@ RELAY_STALE_S = 3.0
 EVENTS_KEPT = 5000
 HISTORY_KEPT = 300  # samples per node: five minutes of 1 s telemetry
 ACTION_TIMEOUT_S = 1.5
+# A node the relay still lists but the monitor does not, silent this long, was forgotten
+# there (removed by an operator, or forget_after_s): not a new node waiting for a verdict,
+# which the monitor judges within a second or two. Hidden, so every console drops it.
+FORGOTTEN_SILENT_S = 5.0
+
+
+def forgotten(age_ms: int | None) -> bool:
+    return age_ms is None or age_ms > FORGOTTEN_SILENT_S * 1000
+
+
 # Node faults the console can apply through the simulated fleet's "fault" op.
 SIM_FAULTS = {"crash": "crash", "hang": "hang", "reboot": "reboot", "flood": "flood"}
 
@@ -153,6 +166,9 @@ class LiveFeed:
         self._ps: dict[str, dict[str, Any]] = {}
         self._ps_at = 0.0
         self._beats: dict[str, float] = {}  # service -> monotonic time of its last beat
+        # source -> monotonic time it was last heard (beats, the sim's and ps's replies)
+        self._heard: dict[str, float] = {}
+        self._synced_at: float | None = None  # when the relay's snapshot first arrived
         self._relay_counters: dict[str, int] = {}
         self._rate: tuple[float, int] | None = None  # (time, accepted) at the last beat
         self._msgs_per_s = 0.0
@@ -162,6 +178,7 @@ class LiveFeed:
         self._lost: int | None = None  # the fleet's tasks_unaccounted; None: no sim heard
         self._shown_since: dict[str, tuple[str, float]] = {}  # node -> (joined|rebooted, t)
         self._hidden: set[str] = set()  # removed by the operator until heard again
+        self._drained: set[str] = set()  # the delegator's drained nodes, as its last reply said
         self._version = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -214,26 +231,31 @@ class LiveFeed:
             if not self._ps.get("sim"):
                 return "no simulated fleet in this cluster (the injector drives its faults)"
             return None
-        if action == "drain" and self._tasks_per_s is None:
+        if action in ("drain", UNDRAIN) and self._tasks_per_s is None:
             return "no delegator in this cluster (drain takes a node out of its placement)"
         if action in SIM_FAULTS and not self._ps.get("sim"):
             return "no simulated fleet in this cluster (faults go through its fault op)"
         return None
 
     def act(self, action: str, node_id: str) -> str:
-        reason = self.available(action)
+        reason = self.available(action) or why_not(action, self._state.nodes.get(node_id), node_id)
         if reason is not None:
             raise ActionError(reason)
         try:
-            if action == "drain":
-                args = {"node_id": node_id, "drain": True}
-                self._call(self.config.delegator.ctl, "drain", args)
+            if action in ("drain", UNDRAIN):
+                args = {"node_id": node_id, "drain": action == "drain"}
+                reply = self._call(self.config.delegator.ctl, "drain", args)
+                with self._lock:  # the delegator's whole set: what every row shows
+                    self._drained = set(reply.get("all", ())) if isinstance(reply, dict) else set()
+                if action == UNDRAIN:
+                    self._add_event("action", node_id, "undrained: new work may go there again")
+                    return f"{node_id} undrained"
                 self._add_event("action", node_id, "drained: no new work goes there")
                 return f"{node_id} drained"
             if action == "remove":
                 self._call(self.config.liveness.ctl, "forget", {"node_id": node_id})
                 with self._lock:
-                    self._hidden.add(node_id)
+                    self._hidden.add(node_id)  # at once; other consoles: FORGOTTEN_SILENT_S
                 self._add_event("action", node_id, "removed by the operator")
                 return f"{node_id} removed"
             if action == "flood":
@@ -326,7 +348,7 @@ class LiveFeed:
         self._dead_letters = beat.counters.get("tasks_dead_letter")
 
     def _on_beat(self, beat: ServiceBeat) -> None:
-        self._beats[beat.service] = time.monotonic()
+        self._beats[beat.service] = self._heard[beat.service] = time.monotonic()
 
     def _on_member_event(self, event: MemberEvent) -> None:
         node = event.node_id
@@ -334,7 +356,10 @@ class LiveFeed:
             self._shown_since[node] = (event.event, time.monotonic())
         if event.event in ("joined", "rebooted", "alive"):
             with self._lock:
-                self._hidden.discard(node)
+                self._hidden.discard(node)  # a removed node that comes back is welcome
+        elif event.event == "forgotten":
+            with self._lock:
+                self._hidden.add(node)  # removed by any console (or forget_after_s)
         text = f"{event.event}: {event.reason}"
         if event.downtime_ms is not None:
             text += f" (down {event.downtime_ms / 1000:.1f}s)"
@@ -349,6 +374,7 @@ class LiveFeed:
             self._add_event("observer", None, text)
 
     def _on_sim_counters(self, counters: dict[str, Any]) -> None:
+        self._heard["sim"] = time.monotonic()
         lost = counters.get("tasks_unaccounted")
         self._lost = lost if isinstance(lost, int) else None
 
@@ -361,7 +387,7 @@ class LiveFeed:
                 self._add_event("service", None, f"{name} restarted (pid {row.get('pid')})")
         with self._lock:
             self._ps = new
-        self._ps_at = time.monotonic()
+        self._ps_at = self._heard["supervisor"] = time.monotonic()
 
     # --- the snapshot ------------------------------------------------------------------
 
@@ -371,15 +397,23 @@ class LiveFeed:
         now = time.monotonic()
         with self._lock:
             hidden = set(self._hidden)
+            drained = set(self._drained)
+        judged = self.service.members.synced
         nodes: dict[str, NodeRow] = {}
         for node_id, nv in view.nodes.items():
-            if node_id in hidden:
+            if node_id in hidden or (
+                judged and node_id not in members and forgotten(view.age_ms(node_id))
+            ):
                 continue
-            t = nv.telemetry
             member = members.get(node_id)
+            state = self._display_state(
+                node_id, member.state if member else None, nv.telemetry, now
+            )
+            # A dead or left node's last telemetry is history, not what it does now.
+            t = None if state in GONE_STATES else nv.telemetry
             nodes[node_id] = NodeRow(
                 node_id=node_id,
-                state=self._display_state(node_id, member.state if member else None, t, now),
+                state=state,
                 age_ms=view.age_ms(node_id),
                 cpu_pct=t.cpu_pct if t else None,
                 queue_depth=t.queue_depth if t else None,
@@ -391,11 +425,13 @@ class LiveFeed:
                 gaps=nv.gaps,
                 free_heap=t.free_heap if t else None,
                 rssi=t.rssi if t else None,
-                fw=(t.fw if t else None) or (nv.hello.fw if nv.hello else None),
+                fw=(nv.telemetry.fw if nv.telemetry else None)
+                or (nv.hello.fw if nv.hello else None),
                 via=nv.hello.via if nv.hello else "",
                 boot_id=nv.boot_id,
                 boots=nv.boots,
                 reason=member.reason if member else "",
+                drained=node_id in drained,
             )
         for node_id, member in members.items():
             if node_id not in nodes and node_id not in hidden:
@@ -408,9 +444,14 @@ class LiveFeed:
                     boots=member.boots,
                     reason=member.reason,
                 )
-        relay_seen = self.service.relay.sub.frames() > 0
-        relay_age = now - self._beats.get("relay", 0.0)
-        connected = view.synced and relay_seen and relay_age < RELAY_STALE_S
+        if view.synced and self._synced_at is None:
+            self._synced_at = now
+        # Fresh from the snapshot on: the relay's first beat may be half a second away,
+        # and nodes already listed must not sit under a "disconnected" banner meanwhile.
+        relay_last = max(self._beats.get("relay", 0.0), self._synced_at or 0.0)
+        connected = view.synced and now - relay_last < RELAY_STALE_S
+        heard = dict(self._heard)
+        silent = {k: round(now - t, 1) for k, t in heard.items() if now - t > STALE_AFTER_S}
         missing = []
         if not connected:
             missing.append(f"relay at {self.config.relay.ctl} not answering")
@@ -433,6 +474,7 @@ class LiveFeed:
             observer_healthy=self.service.members.healthy if self.service.members.synced else None,
             observer_reasons=tuple(self.service.members.reasons),
             scenario=self.scenarios.state(),
+            silent_s=silent,
             version=self._version,
         )
 

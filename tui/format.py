@@ -133,7 +133,7 @@ def cells(r: NodeRow) -> tuple[str, ...]:
     every node, so this is written out rather than looped."""
     return (
         r.node_id,
-        r.state,
+        f"{r.state}, drained" if r.drained else r.state,
         age(r.age_ms),
         DASH if r.cpu_pct is None else f"{r.cpu_pct:.0f}",
         queue(r.queue_depth, r.queue_capacity),
@@ -152,7 +152,10 @@ def cells(r: NodeRow) -> tuple[str, ...]:
 def cell(column: str, value: str) -> Text | str:
     """A cell as the table shows it: states coloured, numbers right-aligned."""
     if column == "state":
-        return state_text(value)
+        state, _, drained = value.partition(", ")
+        return Text.assemble(
+            (state, STATE_STYLES.get(state, "")), (f", {drained}" if drained else "", "bold yellow")
+        )
     if column in LEFT_ALIGNED:
         return value
     return Text(value, justify="right")
