@@ -134,6 +134,17 @@ def test_flood_from_the_console_drops_its_tasks_on_the_node(
     _, events = live.events(cursor)
     assert [(e.kind, e.node_id) for e in events if "flood" in e.text] == [("fault", "sim-001")]
 
+    def seen(kind: str, words: str, node: str | None) -> bool:
+        return any(
+            e.kind == kind and words in e.text and e.node_id == node for e in live.events(cursor)[1]
+        )
+
+    # Derived from what the feed receives (issue 14, part 2): the fleet's counters and
+    # the node's telemetry.
+    wait_for(lambda: seen("fault", "faults applied on the fleet", None), 10)
+    wait_for(lambda: seen("task", "tasks shed", None), 10)
+    wait_for(lambda: seen("overload", "overload entered", "sim-001"), 10)
+
 
 def scenario_of(live: LiveFeed) -> ScenarioRun:
     """The scenario the feed's snapshots show (the next snapshot after a start has it)."""

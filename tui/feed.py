@@ -47,6 +47,7 @@ from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailab
 from shoal.services.runtime.service import Service, received
 from shoal.services.runtime.subscriber import BusSubscriber
 
+from . import derived
 from .actions import UNDRAIN, why_not
 from .model import (
     FLOOD_TASKS,
@@ -178,6 +179,10 @@ class LiveFeed:
         self._lost: int | None = None  # the fleet's tasks_unaccounted; None: no sim heard
         self._shown_since: dict[str, tuple[str, float]] = {}  # node -> (joined|rebooted, t)
         self._hidden: set[str] = set()  # removed by the operator until heard again
+        self._overloaded: dict[str, bool] = {}  # node -> its last telemetry's flag
+        self._delegator_counters: dict[str, Any] | None = None
+        self._sim_counters: dict[str, Any] | None = None
+        self._window = derived.Window()  # delegator traffic, said once an interval
         self._drained: set[str] = set()  # the delegator's drained nodes, as its last reply said
         self._version = 0
 
@@ -299,8 +304,11 @@ class LiveFeed:
 
     def _add_event(self, kind: str, node_id: str | None, text: str) -> None:
         with self._lock:
-            self._cursor += 1
-            self._events.append((self._cursor, Event(time.time(), kind, node_id, text)))
+            self._add_event_locked(kind, node_id, text)
+
+    def _add_event_locked(self, kind: str, node_id: str | None, text: str) -> None:
+        self._cursor += 1
+        self._events.append((self._cursor, Event(time.time(), kind, node_id, text)))
 
     def _on_records(self, records: list[NodeMessage]) -> None:
         now = time.time()
@@ -312,6 +320,17 @@ class LiveFeed:
                     if hist is None:
                         hist = self._history[t.node_id] = deque(maxlen=HISTORY_KEPT)
                     hist.append(Sample(now, t.cpu_pct, t.load_factor, t.queue_depth))
+                    flag = bool(t.overloaded)
+                    text = derived.overload(
+                        self._overloaded.get(t.node_id),
+                        flag,
+                        t.load_factor,
+                        t.queue_depth,
+                        t.queue_capacity,
+                    )
+                    self._overloaded[t.node_id] = flag
+                    if text is not None:
+                        self._add_event_locked("overload", t.node_id, text)
 
     def _on_relay_beat(self, beat: ServiceBeat) -> None:
         self._on_beat(beat)
@@ -345,7 +364,24 @@ class LiveFeed:
         elif self._tasks_per_s is None:
             self._tasks_per_s = 0.0
         self._tasks_rate = (now, committed)
-        self._dead_letters = beat.counters.get("tasks_dead_letter")
+        dead = beat.counters.get("tasks_dead_letter")
+        text = derived.dead_lettered(self._dead_letters, dead)
+        if text is not None:
+            self._add_event("task", None, text)
+        self._dead_letters = dead
+        old, self._delegator_counters = self._delegator_counters, dict(beat.counters)
+        if old is None:
+            return  # the first beat: its counters are since the delegator started
+        grown = derived.deltas(old, beat.counters)
+        text = derived.redelegation(grown)
+        if text is not None:
+            self._add_event("delegation", None, text)
+        self._window.add(grown, now)
+        if self._window.due(now):
+            seconds = now - (self._window.started or now)
+            text = derived.delegation_summary(self._window.take(), seconds)
+            if text is not None:
+                self._add_event("delegation", None, text)
 
     def _on_beat(self, beat: ServiceBeat) -> None:
         self._beats[beat.service] = self._heard[beat.service] = time.monotonic()
@@ -375,16 +411,23 @@ class LiveFeed:
 
     def _on_sim_counters(self, counters: dict[str, Any]) -> None:
         self._heard["sim"] = time.monotonic()
+        old, self._sim_counters = self._sim_counters, dict(counters)
+        if old is not None:
+            grown = derived.deltas(old, counters)
+            texts = derived.faults(grown, old.get("nodes_stopped"), counters.get("nodes_stopped"))
+            for line in texts:
+                self._add_event("fault", None, line)
+            shed = derived.shed(grown)
+            if shed is not None:
+                self._add_event("task", None, shed)
         lost = counters.get("tasks_unaccounted")
         self._lost = lost if isinstance(lost, int) else None
 
     def _on_ps(self, rows: list[dict[str, Any]]) -> None:
         old = self._ps
         new = {row.get("name", "?"): row for row in rows if isinstance(row, dict)}
-        for name, row in new.items():
-            before = old.get(name)
-            if before is not None and row.get("restarts", 0) > before.get("restarts", 0):
-                self._add_event("service", None, f"{name} restarted (pid {row.get('pid')})")
+        for text in derived.service_changes(old, new):
+            self._add_event("service", None, text)
         with self._lock:
             self._ps = new
         self._ps_at = self._heard["supervisor"] = time.monotonic()

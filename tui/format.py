@@ -33,6 +33,9 @@ KIND_STYLES = {
     "action": "bold",
     "service": "blue",
     "scenario": "bold magenta",
+    "overload": "yellow",
+    "delegation": "cyan",
+    "task": "bold yellow",
 }
 
 
