@@ -9,10 +9,13 @@ default:
 # Start the cluster (services, broker + shim, 8 simulated nodes, 2 emulated boards) and, on a
 # terminal, the console. Two hot spots so delegation shows: the boards (16 slots against a
 # simulated node's 64) take work only once the simulated peers fill. `--hot-spots 0` for none.
+# [continue]: Ctrl-C is how these stop; a clean stop (exit 0) is not an error to `just`.
+[continue]
 up *ARGS:
     shoal up --hot-spots 2 {{ARGS}}
 
 # The operator console on a running cluster (pass --readonly to watch only)
+[continue]
 tui *ARGS:
     shoal tui {{ARGS}}
 
@@ -49,9 +52,11 @@ bench *ARGS:
     SHOAL_CHAOS_SEEDS=1,2,3 pytest -q tests/test_chaos_library.py
 
 # Run a fault-injection scenario (its own cluster; exit code = verdict; see docs/scenarios.md)
+[continue]
 chaos FILE *ARGS:
     shoal chaos run {{FILE}} {{ARGS}}
 
 # Cluster status from the relay's snapshot
+[continue]
 status *ARGS:
     shoal status {{ARGS}}

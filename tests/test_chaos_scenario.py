@@ -70,7 +70,7 @@ def test_durations_take_numbers_and_units() -> None:
 def test_a_valid_scenario_gets_names_for_its_unnamed_entries() -> None:
     s = parse(BASE).scenario
     assert s.fault[0].name == "c"
-    assert s.expect[0].name == "detected-1"
+    assert s.expect[0].name == "detected"
     assert isinstance(s.expect[0], Detected)
     assert s.expect[0].within == 2.0
 

@@ -385,4 +385,4 @@ def test_shoal_tasks_pages_on_past_one_reply(tmp_path: Path) -> None:
         assert shown["counts"]["delivered"] == 400 and shown["next"] is not None
         run = CliRunner().invoke(tasks_command, ["--config", str(config_file), "--latest", "3"])
         assert run.exit_code == 0, run.output
-        assert len(run.output.splitlines()) == 1 + 3
+        assert len(run.output.splitlines()) == 1 + 1 + 3  # counts, header, rows

@@ -156,6 +156,7 @@ def test_commands_resolve_names_prefixes_and_quit() -> None:
     assert resolve("sc") == "scenarios"
     assert resolve("no") == "nodes"
     assert resolve("q") == resolve("quit") == "quit"
+    assert resolve("q!") == "quit!"
     assert resolve("help") == "help"
     assert resolve("xyz") is None
 
@@ -233,7 +234,7 @@ def test_sort_keys_cycle_the_column_and_reverse_it() -> None:
 
     async def steps(pilot: Pilot[None]) -> None:
         table = table_of(app)
-        await pilot.press("r")
+        await pilot.press("S")
         await pilot.pause()
         assert shown_ids(app) == ALL_IDS[::-1]
         await pilot.press("s")  # next column: state, ascending (in the order of STATES)
@@ -258,12 +259,12 @@ def test_clicking_a_header_sorts_by_it_and_again_reverses() -> None:
         load = ColumnKey("load")
         table.post_message(DataTable.HeaderSelected(table, load, 5, table.columns[load].label))
         await pilot.pause()
-        assert (table.sort_column, table.sort_reverse) == ("load", False)
-        assert shown_ids(app)[0] == "sim-005"  # 0.05
+        assert (table.sort_column, table.sort_reverse) == ("load", True)  # hottest first
+        assert shown_ids(app)[0] == "sim-001"  # 1.87
         table.post_message(DataTable.HeaderSelected(table, load, 5, table.columns[load].label))
         await pilot.pause()
-        assert (table.sort_column, table.sort_reverse) == ("load", True)
-        assert shown_ids(app)[0] == "sim-001"  # 1.87
+        assert (table.sort_column, table.sort_reverse) == ("load", False)
+        assert shown_ids(app)[0] == "sim-005"  # 0.05
 
     drive(app, steps)
 
@@ -544,7 +545,7 @@ def test_events_view_follows_the_newest_and_filters() -> None:
         await pilot.pause()
         assert table.row_count == len(FIXED_EVENTS) + 1
         assert table.cursor_row == table.row_count - 1  # following
-        await pilot.press("f")  # follow off
+        await pilot.press("t")  # follow off
         table.move_cursor(row=0)
         source.tick()
         app.poll()
@@ -739,3 +740,301 @@ def test_snapshot_confirmation(snap_compare: Any) -> None:
 def test_snapshot_disconnected(snap_compare: Any) -> None:
     source = FixedSource(connected=False, detail="relay at tcp://127.0.0.1:5601 not answering")
     assert snap_compare(ShoalConsole(source), terminal_size=SIZE)
+
+
+# --- k9s habits (issue 14, part 5) ---------------------------------------------------------
+
+
+def test_j_k_g_G_home_end_move_in_every_table(scenarios_dir: Path) -> None:
+    app = ShoalConsole(FixedSource(), scenarios_dir=scenarios_dir)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        table = table_of(app)
+        await pilot.press("j", "j")
+        assert table.cursor_row == 2
+        await pilot.press("k")
+        assert table.cursor_row == 1
+        await pilot.press("G")
+        assert table.cursor_row == len(ALL_IDS) - 1
+        await pilot.press("g")
+        assert table.cursor_row == 0
+        await pilot.press("end")
+        assert table.cursor_row == len(ALL_IDS) - 1
+        await pilot.press("home")
+        assert table.cursor_row == 0
+        await pilot.press("pagedown")
+        assert table.cursor_row > 1
+        await pilot.press("colon", *"events", "enter")
+        await pilot.pause()
+        events = app.screen.query_one("#events", DataTable)
+        await pilot.press("g")
+        assert events.cursor_row == 0
+        await pilot.press("j", "G")
+        assert events.cursor_row == events.row_count - 1
+        await pilot.press("colon", *"scenarios", "enter")
+        await pilot.pause()
+        listing = app.screen.query_one(OptionList)
+        await pilot.press("j")
+        assert listing.highlighted == 1
+        await pilot.press("k")
+        assert listing.highlighted == 0
+        await pilot.press("G")
+        assert listing.highlighted == 1
+
+    drive(app, steps)
+
+
+def test_a_number_column_sorts_hottest_first_and_S_reverses() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        table = table_of(app)
+        await pilot.press("s", "s")  # node -> state (ascending) -> age: oldest first
+        await pilot.pause()
+        assert (table.sort_column, table.sort_reverse) == ("age", True)
+        assert shown_ids(app)[0] == "sim-006"  # silent for an hour
+        await pilot.press("s")  # cpu: busiest first
+        await pilot.pause()
+        assert shown_ids(app)[0] == "sim-001"
+        await pilot.press("S")
+        await pilot.pause()
+        assert (table.sort_column, table.sort_reverse) == ("cpu", False)
+        assert shown_ids(app)[0] == "sim-005"  # 5% (no cpu still last)
+        table.sort_by("heap")  # free heap: the lowest is the hot one
+        await pilot.pause()
+        assert not table.sort_reverse
+
+    drive(app, steps)
+
+
+def test_follow_and_flood_have_distinct_keys() -> None:
+    from shoal.tui.event_log import EventsScreen as Events
+
+    follow = {b.key for b in Events.BINDINGS if "follow" in b.action}  # type: ignore[union-attr]
+    assert follow == {"t"} and ACTION_KEYS["flood"] == "f"
+
+
+def test_a_bad_regex_says_why_on_the_filter_box() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await type_filter(pilot, "esp")
+        await pilot.press("slash", "(")
+        await pilot.pause()
+        box = app.screen.query_one("#filter")
+        assert "bad regex" in str(box.border_title)
+        assert "still showing: esp" in str(box.border_title)
+        await pilot.press("backspace")
+        await pilot.pause()
+        assert box.border_title is None
+
+    drive(app, steps)
+
+
+def test_ctrl_k_stops_the_running_scenario_after_yes(scenarios_dir: Path) -> None:
+    source = FixedSource()
+    app = ShoalConsole(source, scenarios_dir=scenarios_dir)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"scenarios", "enter")
+        await pilot.pause()
+        await pilot.press("ctrl+k")  # none running: said, nothing asked
+        await pilot.pause()
+        assert "stop scenario: none is running" in notes.text()
+        await pilot.press("enter", "y")
+        await settle(pilot)
+        await pilot.press("ctrl+k")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "stop scenario node-crash?" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await settle(pilot)
+        assert source.scenario is not None and source.scenario.verdict == "aborted"
+        assert "node-crash stopped: aborted" in notes.text()
+        assert "node-crash  aborted" in run_panel(app)
+
+    drive(app, steps)
+
+
+def test_q_leaves_a_console_that_does_not_own_the_cluster() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+
+    drive(app, steps)
+
+
+def test_q_in_the_console_shoal_up_opened_asks_first() -> None:
+    app = ShoalConsole(FixedSource(), owns_cluster=True)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "stop the cluster" in str(app.screen.query_one("#question").render())
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.is_running and isinstance(app.screen, NodesScreen)
+        await pilot.press("colon", *"q", "enter")  # :q asks too
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await pilot.pause()
+        assert not app.is_running
+
+    drive(app, steps)
+
+
+def test_colon_q_bang_quits_without_asking() -> None:
+    app = ShoalConsole(FixedSource(), owns_cluster=True)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"q!", "enter")
+        await pilot.pause()
+        assert not app.is_running
+
+    drive(app, steps)
+
+
+def test_help_at_80x24_stacks_its_sections_and_says_there_is_more() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def main() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("question_mark")
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, HelpScreen)
+            grid = screen.query_one("#help-grid")
+            assert grid.styles.grid_size_columns == 1
+            assert "scroll for more" in str(screen.query_one("#help-title").render())
+            scroll = screen.query_one("#help")
+            assert scroll.max_scroll_y > 0
+            await pilot.press("j", "j")
+            await pilot.pause()
+            assert scroll.scroll_y > 0
+
+    asyncio.run(main())
+
+
+SMALL, LARGE = (80, 24), (200, 50)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "200x50"])
+def test_snapshot_nodes_view_sizes(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(ShoalConsole(FixedSource()), terminal_size=size)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "200x50"])
+def test_snapshot_help_sizes(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(ShoalConsole(FixedSource()), press=["question_mark"], terminal_size=size)
+
+
+# --- freshness (issue 14, part 4) ----------------------------------------------------------
+
+
+def test_a_silent_sources_figures_are_marked_stale_not_shown_as_current() -> None:
+    from shoal.tui.header import summary
+
+    source = FixedSource()
+    fresh = str(summary(source.snapshot()))
+    assert "msgs/s 412.5" in fresh and "stale" not in fresh
+    source.set_silent(relay=12.0, liveness=4.0)
+    text = str(summary(source.snapshot()))
+    assert "msgs/s -" in text  # a rate of a silent relay is unknown
+    assert "duplicates 3?" in text and "gaps 11?" in text  # counters: the last known
+    assert "observer ?" in text
+    assert "stale, silent: liveness 4.0s, relay 12s" in text
+
+
+def test_a_service_not_running_shows_no_heartbeat() -> None:
+    from shoal.tui.header import heartbeat
+    from shoal.tui.model import ServiceRow
+
+    assert heartbeat(ServiceRow("relay", "running", 1, 0, 9.0, 120)) == "<1s"
+    assert heartbeat(ServiceRow("relay", "backoff", None, 1, 0.0, 120)) == "-"
+    assert heartbeat(ServiceRow("relay", "?", None, 0, 0.0, 2500)) == "2.5s"
+
+
+class FirstLookSource(FixedSource):
+    """A feed before its first build: version 0, not connected."""
+
+    def snapshot(self) -> Any:
+        from shoal.tui.model import ClusterState
+
+        return ClusterState(connected=False, detail="connecting...")
+
+
+def test_no_red_banner_before_the_feed_has_had_its_first_look() -> None:
+    app = ShoalConsole(FirstLookSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        assert app.link == ("warn", "connecting to the cluster...")
+        banner = app.screen.query_one(StatusBanner)
+        assert not banner.has_class("-error")
+
+    drive(app, steps)
+
+
+# --- honest actions (issue 14, part 3) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["hang", "flood", "drain", "crash"])
+def test_an_action_on_a_dead_node_says_so_and_asks_nothing(action: str) -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        select(app, "sim-004")
+        await pilot.press(ACTION_KEYS[action])
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert f"{action}: sim-004 is dead: {action} needs a live node" in notes.text()
+        assert source.actions == []
+
+    drive(app, steps)
+
+
+def test_remove_is_only_offered_on_a_dead_or_left_node() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+    notes = Notes(app)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        select(app, "sim-000")
+        await pilot.press("x")
+        await pilot.pause()
+        assert "sim-000 is alive: only a dead or left node can be removed" in notes.text()
+        select(app, "sim-006")  # left
+        await pilot.press("x")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+
+    drive(app, steps)
+
+
+def test_drain_shows_on_the_row_and_d_again_undrains() -> None:
+    source = FixedSource()
+    app = ShoalConsole(source)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        select(app, "sim-002")
+        await pilot.press("d", "y")
+        await settle(pilot)
+        table = table_of(app)
+        assert str(table.get_cell("sim-002", "state")) == "alive, drained"
+        await pilot.press("d")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "undrain node sim-002?" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await settle(pilot)
+        assert source.actions == [("drain", "sim-002"), ("undrain", "sim-002")]
+        assert str(table.get_cell("sim-002", "state")) == "alive"
+
+    drive(app, steps)

@@ -134,6 +134,17 @@ def test_flood_from_the_console_drops_its_tasks_on_the_node(
     _, events = live.events(cursor)
     assert [(e.kind, e.node_id) for e in events if "flood" in e.text] == [("fault", "sim-001")]
 
+    def seen(kind: str, words: str, node: str | None) -> bool:
+        return any(
+            e.kind == kind and words in e.text and e.node_id == node for e in live.events(cursor)[1]
+        )
+
+    # Derived from what the feed receives (issue 14, part 2): the fleet's counters and
+    # the node's telemetry.
+    wait_for(lambda: seen("fault", "faults applied on the fleet", None), 10)
+    wait_for(lambda: seen("task", "tasks shed", None), 10)
+    wait_for(lambda: seen("overload", "overload entered", "sim-001"), 10)
+
 
 def scenario_of(live: LiveFeed) -> ScenarioRun:
     """The scenario the feed's snapshots show (the next snapshot after a start has it)."""
@@ -296,3 +307,63 @@ def test_the_header_counts_the_tasks_the_fleet_cannot_account_for(
     # The sim's own accounting (created = shed + done + handed over + queued + held),
     # polled with the process table: 0 on a healthy fleet, a number rather than "-".
     wait_for(lambda: live.snapshot().lost == 0, timeout_s=15)
+
+
+def test_freshness_and_honest_actions_on_a_real_cluster(feed: tuple[Cluster, LiveFeed]) -> None:
+    """Issue 14, parts 3 and 4: a dead row shows no live figures and refuses live-node
+    actions; drain has an undrain; remove is cluster-wide (a console started afterwards
+    and `shoal status` drop the node) and the node is welcome back; a silent relay's
+    figures are stale."""
+    from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
+    from shoal.services.cli.status import shown_nodes
+
+    cluster, live = feed
+    first = wait_for(lambda: live.snapshot() if live.snapshot().nodes else None, 30)
+    assert first.connected  # nodes listed: no "disconnected" at start
+    wait_for(lambda: alive(live), timeout_s=30)
+    wait_for(lambda: live.available("drain") is None, 10)
+    assert "drained" in live.act("drain", "sim-001")
+    wait_for(lambda: live.snapshot().nodes["sim-001"].drained, 2)
+    assert "undrained" in live.act("undrain", "sim-001")
+    wait_for(lambda: not live.snapshot().nodes["sim-001"].drained, 2)
+
+    live.act("crash", "sim-002")
+    wait_for(lambda: live.snapshot().nodes["sim-002"].state == "dead", 10)
+    row = live.snapshot().nodes["sim-002"]
+    assert row.cpu_pct is None and row.load_factor is None and row.queue_depth is None
+    for action in ("hang", "flood", "drain", "crash"):
+        with pytest.raises(ActionError, match="sim-002 is dead"):
+            live.act(action, "sim-002")
+
+    assert "removed" in live.act("remove", "sim-002")
+    time.sleep(5.5)  # past FORGOTTEN_SILENT_S: a console that never saw the event drops it
+    other = LiveFeed(cluster.config, reports_dir=cluster.workdir / "other").start()
+    try:
+        wait_for(lambda: len(other.snapshot().nodes) == NODES - 1, 10)
+        assert "sim-002" not in other.snapshot().nodes
+        with (
+            CtlClient(cluster.config.relay.ctl) as relay,
+            CtlClient(cluster.config.liveness.ctl) as liveness,
+        ):
+            snap = relay.call("snapshot", result_type=RelaySnapshot)
+            members = liveness.call("members", result_type=MembershipSnapshot)
+        assert "sim-002" not in {n.node_id for n in shown_nodes(snap, members)}
+        with CtlClient(cluster.config.sim.ctl) as sim:
+            sim.call("fault", {"action": "resume", "nodes": ["sim-002"]}, timeout_s=2.0)
+        for console in (live, other):  # welcome back, in every console, not "unknown"
+            wait_for(
+                lambda c=console: (
+                    getattr(c.snapshot().nodes.get("sim-002"), "state", "") in ("joined", "alive")
+                ),
+                15,
+            )
+    finally:
+        other.close()
+
+    with CtlClient(cluster.config.supervisor.ctl) as supervisor:
+        supervisor.call("signal", {"name": "relay", "signal": "STOP"}, timeout_s=2.0)
+        try:
+            wait_for(lambda: "relay" in live.snapshot().silent_s, 10)
+        finally:
+            supervisor.call("signal", {"name": "relay", "signal": "CONT"}, timeout_s=2.0)
+    wait_for(lambda: "relay" not in live.snapshot().silent_s, 10)

@@ -19,11 +19,13 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.text import Text
 from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
 
+from .actions import verb_for, why_not
 from .base import ConsoleScreen
 from .command import CommandScreen, resolve
 from .confirm import ConfirmScreen
@@ -50,7 +52,8 @@ class ShoalConsole(App[None]):
     BINDINGS = [
         Binding("colon", "command", "command"),
         Binding("question_mark", "help", "help"),
-        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+        Binding("q", "leave", "quit"),
+        Binding("ctrl+c", "quit", "quit at once", show=False, priority=True),
     ]
 
     # (level, text) of the banner: ("", "") hidden, "warn" partial data, "error" no data.
@@ -62,10 +65,14 @@ class ShoalConsole(App[None]):
         readonly: bool = False,
         scenarios_dir: Path | None = None,
         refresh_s: float = 0.25,
+        owns_cluster: bool = False,
     ) -> None:
+        """``owns_cluster``: this console is the one `shoal up` opened, and quitting it
+        stops the cluster (so `q` asks first); a `shoal tui` console just leaves."""
         super().__init__()
         self.source = source
         self.readonly = readonly
+        self.owns_cluster = owns_cluster
         self.scenarios_dir = scenarios_dir
         self.refresh_s = max(refresh_s, MIN_REFRESH_S)
         self.state = ClusterState(connected=False, detail="connecting...")
@@ -95,7 +102,10 @@ class ShoalConsole(App[None]):
         for event in new:
             self._event_n += 1
             self.event_log.append((self._event_n, event))
-        if not state.connected:
+        if not state.connected and state.version == 0:
+            # Nothing built yet: not a failure, the feed has not had its first look.
+            self.link = ("warn", "connecting to the cluster...")
+        elif not state.connected:
             self.link = ("error", f"disconnected: {state.detail or 'no cluster'} (retrying)")
         elif state.detail:
             self.link = ("warn", state.detail)
@@ -157,9 +167,27 @@ class ShoalConsole(App[None]):
         if target is None:
             self.notify(f"unknown command ':{text.strip()}'", severity="error")
         elif target == "quit":
+            self.action_leave()
+        elif target == "quit!":
             self.exit()
         else:
             self.go(target)
+
+    def action_leave(self) -> None:
+        """`q`: leave the console; the one `shoal up` opened asks, as the cluster stops too."""
+        if not self.owns_cluster:
+            self.exit()
+            return
+        if isinstance(self.screen, ConfirmScreen):
+            return
+        question = Text.assemble(("quit", "bold"), " and ", ("stop the cluster", "bold"), "?")
+        what = "shoal up started it: it stops with this console (:q! quits without asking)"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+
+        self.push_screen(ConfirmScreen("quit", "", what=what, question=question), answered)
 
     # --- actions -----------------------------------------------------------------------
 
@@ -170,6 +198,12 @@ class ShoalConsole(App[None]):
             return
         if node_id is None:
             self.notify(f"{action}: no node selected", severity="warning")
+            return
+        row = self.state.nodes.get(node_id)
+        action = verb_for(action, row)
+        why = why_not(action, row, node_id)
+        if why is not None:
+            self.notify(f"{action}: {why}", severity="warning")
             return
         try:
             reason = self.source.available(action)
@@ -207,6 +241,29 @@ class ShoalConsole(App[None]):
 
         what = "the fault injector runs it against this cluster; quitting stops it"
         self.push_screen(ConfirmScreen("run", path.stem, noun="scenario", what=what), answered)
+
+    def request_stop_scenario(self) -> None:
+        """Confirm, then stop the running scenario (its faults healed, its report written)."""
+        verb = "stop scenario"
+        if self.readonly:
+            self.notify(f"read-only: {verb} refused", severity="warning")
+            return
+        run = self.state.scenario
+        if run is None or not run.running:
+            self.notify(f"{verb}: none is running", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.notify(f"stopping {run.name}: the injector heals its faults", title=verb)
+                self._stop_scenario()
+
+        what = "the injector heals the faults it applied and writes its report"
+        self.push_screen(ConfirmScreen("stop", run.name, noun="scenario", what=what), answered)
+
+    @work(thread=True, group="scenario-stop")
+    def _stop_scenario(self) -> None:
+        self._carry_out("stop scenario", self.source.stop_scenario)
 
     @work(thread=True, group="actions")
     def _act(self, action: str, node_id: str) -> None:

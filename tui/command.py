@@ -9,15 +9,18 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Input
 
 VIEWS = ("nodes", "events", "scenarios", "help")
-QUIT = ("q", "quit", "q!")
+QUIT = ("q", "quit")
+FORCE_QUIT = ("q!", "quit!")  # without asking, even when quitting stops the cluster
 COMMANDS = (*VIEWS, "quit")
 
 
 def resolve(text: str) -> str | None:
-    """The view (or "quit") a command names: exact, an alias, or a unique prefix."""
+    """The view (or "quit", "quit!") a command names: exact, an alias, or a unique prefix."""
     word = text.strip().lower().lstrip(":")
     if word in QUIT:
         return "quit"
+    if word in FORCE_QUIT:
+        return "quit!"
     if word in ("?", "h"):
         return "help"
     if word == "no":  # k9s: :no is nodes

@@ -20,9 +20,16 @@ class ConfirmScreen(ModalScreen[bool]):
     ]
 
     def __init__(
-        self, action: str, target: str, *, noun: str = "node", what: str | None = None
+        self,
+        action: str,
+        target: str,
+        *,
+        noun: str = "node",
+        what: str | None = None,
+        question: Text | None = None,
     ) -> None:
         super().__init__()
+        self.question = question
         self.verb = action
         self.target = target
         self.noun = noun
@@ -30,10 +37,10 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(
-                Text.assemble((self.verb, "bold"), f" {self.noun} ", (self.target, "bold"), "?"),
-                id="question",
+            question = self.question or Text.assemble(
+                (self.verb, "bold"), f" {self.noun} ", (self.target, "bold"), "?"
             )
+            yield Static(question, id="question")
             yield Static(Text(self.what, "dim"), id="what")
             with Horizontal(id="buttons"):
                 yield Button("yes (y)", variant="error", id="yes")

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Label, Sparkline, Static
 from . import format as fmt
 from .actions import NODE_ACTION_BINDINGS
 from .base import ConsoleScreen, StatusBanner
+from .keys import ConsoleTable
 from .model import ClusterState, NodeRow, Sample
 
 NO_TASKS = "tasks: this node reports none (firmware without the task fields)"
@@ -77,7 +78,7 @@ class NodeDetailScreen(ConsoleScreen):
                     yield Label(name, id=f"{name}-label", classes="spark-label")
                     yield Sparkline([], id=f"{name}-spark")
             yield Static(id="tasks")
-        events = DataTable[str | Text](id="node-events", cursor_type="row", zebra_stripes=True)
+        events = ConsoleTable(id="node-events", cursor_type="row", zebra_stripes=True)
         events.border_title = "events"
         yield events
         yield Footer()

@@ -12,6 +12,7 @@ from . import format as fmt
 from . import query
 from .base import ConsoleScreen, StatusBanner
 from .filter_box import FilterBox
+from .keys import ConsoleTable
 from .model import ClusterState, Event
 
 MAX_ROWS = 3000  # rows kept on screen; more, and the oldest go in one batch
@@ -31,7 +32,8 @@ class EventsScreen(ConsoleScreen):
     AUTO_FOCUS = "#events"
     BINDINGS = [
         Binding("slash", "filter", "filter"),
-        Binding("f", "toggle_follow", "follow"),
+        # t (tail -f): not f, which floods a node in the nodes view.
+        Binding("t", "toggle_follow", "follow"),
         Binding("escape", "back", "back"),
     ]
 
@@ -48,7 +50,7 @@ class EventsScreen(ConsoleScreen):
             "regex on kind, node or text; ! inverts; kind:fault, node:sim-003",
             "filter",
         )
-        yield DataTable[str | Text](id="events", cursor_type="row", zebra_stripes=True)
+        yield ConsoleTable(id="events", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     @property

@@ -47,10 +47,14 @@ from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailab
 from shoal.services.runtime.service import Service, received
 from shoal.services.runtime.subscriber import BusSubscriber
 
+from . import derived
+from .actions import UNDRAIN, why_not
 from .model import (
     FLOOD_TASKS,
+    GONE_STATES,
     JOINED_SHOW_S,
     RUN_SCENARIO,
+    STALE_AFTER_S,
     ActionError,
     ClusterState,
     Event,
@@ -69,6 +73,16 @@ RELAY_STALE_S = 3.0
 EVENTS_KEPT = 5000
 HISTORY_KEPT = 300  # samples per node: five minutes of 1 s telemetry
 ACTION_TIMEOUT_S = 1.5
+# A node the relay still lists but the monitor does not, silent this long, was forgotten
+# there (removed by an operator, or forget_after_s): not a new node waiting for a verdict,
+# which the monitor judges within a second or two. Hidden, so every console drops it.
+FORGOTTEN_SILENT_S = 5.0
+
+
+def forgotten(age_ms: int | None) -> bool:
+    return age_ms is None or age_ms > FORGOTTEN_SILENT_S * 1000
+
+
 # Node faults the console can apply through the simulated fleet's "fault" op.
 SIM_FAULTS = {"crash": "crash", "hang": "hang", "reboot": "reboot", "flood": "flood"}
 
@@ -153,6 +167,9 @@ class LiveFeed:
         self._ps: dict[str, dict[str, Any]] = {}
         self._ps_at = 0.0
         self._beats: dict[str, float] = {}  # service -> monotonic time of its last beat
+        # source -> monotonic time it was last heard (beats, the sim's and ps's replies)
+        self._heard: dict[str, float] = {}
+        self._synced_at: float | None = None  # when the relay's snapshot first arrived
         self._relay_counters: dict[str, int] = {}
         self._rate: tuple[float, int] | None = None  # (time, accepted) at the last beat
         self._msgs_per_s = 0.0
@@ -162,6 +179,11 @@ class LiveFeed:
         self._lost: int | None = None  # the fleet's tasks_unaccounted; None: no sim heard
         self._shown_since: dict[str, tuple[str, float]] = {}  # node -> (joined|rebooted, t)
         self._hidden: set[str] = set()  # removed by the operator until heard again
+        self._overloaded: dict[str, bool] = {}  # node -> its last telemetry's flag
+        self._delegator_counters: dict[str, Any] | None = None
+        self._sim_counters: dict[str, Any] | None = None
+        self._window = derived.Window()  # delegator traffic, said once an interval
+        self._drained: set[str] = set()  # the delegator's drained nodes, as its last reply said
         self._version = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -214,26 +236,31 @@ class LiveFeed:
             if not self._ps.get("sim"):
                 return "no simulated fleet in this cluster (the injector drives its faults)"
             return None
-        if action == "drain" and self._tasks_per_s is None:
+        if action in ("drain", UNDRAIN) and self._tasks_per_s is None:
             return "no delegator in this cluster (drain takes a node out of its placement)"
         if action in SIM_FAULTS and not self._ps.get("sim"):
             return "no simulated fleet in this cluster (faults go through its fault op)"
         return None
 
     def act(self, action: str, node_id: str) -> str:
-        reason = self.available(action)
+        reason = self.available(action) or why_not(action, self._state.nodes.get(node_id), node_id)
         if reason is not None:
             raise ActionError(reason)
         try:
-            if action == "drain":
-                args = {"node_id": node_id, "drain": True}
-                self._call(self.config.delegator.ctl, "drain", args)
+            if action in ("drain", UNDRAIN):
+                args = {"node_id": node_id, "drain": action == "drain"}
+                reply = self._call(self.config.delegator.ctl, "drain", args)
+                with self._lock:  # the delegator's whole set: what every row shows
+                    self._drained = set(reply.get("all", ())) if isinstance(reply, dict) else set()
+                if action == UNDRAIN:
+                    self._add_event("action", node_id, "undrained: new work may go there again")
+                    return f"{node_id} undrained"
                 self._add_event("action", node_id, "drained: no new work goes there")
                 return f"{node_id} drained"
             if action == "remove":
                 self._call(self.config.liveness.ctl, "forget", {"node_id": node_id})
                 with self._lock:
-                    self._hidden.add(node_id)
+                    self._hidden.add(node_id)  # at once; other consoles: FORGOTTEN_SILENT_S
                 self._add_event("action", node_id, "removed by the operator")
                 return f"{node_id} removed"
             if action == "flood":
@@ -259,6 +286,16 @@ class LiveFeed:
         run = self.scenarios.start(path)
         return f"{run.name} started; report {run.report}"
 
+    def stop_scenario(self) -> str:
+        run = self.scenarios.state()
+        if run is None or not run.running:
+            raise ActionError("no scenario is running")
+        run = self.scenarios.stop()
+        if run is None:
+            return "stopped"
+        where = f"report {run.report}" if run.report else "no report written"
+        return f"{run.name} stopped: {run.verdict} ({run.reason}); {where}"
+
     def _call(self, endpoint: str, op: str, args: dict[str, Any]) -> Any:
         with CtlClient(endpoint) as client:
             return client.call(op, args, timeout_s=ACTION_TIMEOUT_S, retries=0)
@@ -267,8 +304,11 @@ class LiveFeed:
 
     def _add_event(self, kind: str, node_id: str | None, text: str) -> None:
         with self._lock:
-            self._cursor += 1
-            self._events.append((self._cursor, Event(time.time(), kind, node_id, text)))
+            self._add_event_locked(kind, node_id, text)
+
+    def _add_event_locked(self, kind: str, node_id: str | None, text: str) -> None:
+        self._cursor += 1
+        self._events.append((self._cursor, Event(time.time(), kind, node_id, text)))
 
     def _on_records(self, records: list[NodeMessage]) -> None:
         now = time.time()
@@ -280,6 +320,17 @@ class LiveFeed:
                     if hist is None:
                         hist = self._history[t.node_id] = deque(maxlen=HISTORY_KEPT)
                     hist.append(Sample(now, t.cpu_pct, t.load_factor, t.queue_depth))
+                    flag = bool(t.overloaded)
+                    text = derived.overload(
+                        self._overloaded.get(t.node_id),
+                        flag,
+                        t.load_factor,
+                        t.queue_depth,
+                        t.queue_capacity,
+                    )
+                    self._overloaded[t.node_id] = flag
+                    if text is not None:
+                        self._add_event_locked("overload", t.node_id, text)
 
     def _on_relay_beat(self, beat: ServiceBeat) -> None:
         self._on_beat(beat)
@@ -313,10 +364,27 @@ class LiveFeed:
         elif self._tasks_per_s is None:
             self._tasks_per_s = 0.0
         self._tasks_rate = (now, committed)
-        self._dead_letters = beat.counters.get("tasks_dead_letter")
+        dead = beat.counters.get("tasks_dead_letter")
+        text = derived.dead_lettered(self._dead_letters, dead)
+        if text is not None:
+            self._add_event("task", None, text)
+        self._dead_letters = dead
+        old, self._delegator_counters = self._delegator_counters, dict(beat.counters)
+        if old is None:
+            return  # the first beat: its counters are since the delegator started
+        grown = derived.deltas(old, beat.counters)
+        text = derived.redelegation(grown)
+        if text is not None:
+            self._add_event("delegation", None, text)
+        self._window.add(grown, now)
+        if self._window.due(now):
+            seconds = now - (self._window.started or now)
+            text = derived.delegation_summary(self._window.take(), seconds)
+            if text is not None:
+                self._add_event("delegation", None, text)
 
     def _on_beat(self, beat: ServiceBeat) -> None:
-        self._beats[beat.service] = time.monotonic()
+        self._beats[beat.service] = self._heard[beat.service] = time.monotonic()
 
     def _on_member_event(self, event: MemberEvent) -> None:
         node = event.node_id
@@ -324,7 +392,10 @@ class LiveFeed:
             self._shown_since[node] = (event.event, time.monotonic())
         if event.event in ("joined", "rebooted", "alive"):
             with self._lock:
-                self._hidden.discard(node)
+                self._hidden.discard(node)  # a removed node that comes back is welcome
+        elif event.event == "forgotten":
+            with self._lock:
+                self._hidden.add(node)  # removed by any console (or forget_after_s)
         text = f"{event.event}: {event.reason}"
         if event.downtime_ms is not None:
             text += f" (down {event.downtime_ms / 1000:.1f}s)"
@@ -339,19 +410,27 @@ class LiveFeed:
             self._add_event("observer", None, text)
 
     def _on_sim_counters(self, counters: dict[str, Any]) -> None:
+        self._heard["sim"] = time.monotonic()
+        old, self._sim_counters = self._sim_counters, dict(counters)
+        if old is not None:
+            grown = derived.deltas(old, counters)
+            texts = derived.faults(grown, old.get("nodes_stopped"), counters.get("nodes_stopped"))
+            for line in texts:
+                self._add_event("fault", None, line)
+            shed = derived.shed(grown)
+            if shed is not None:
+                self._add_event("task", None, shed)
         lost = counters.get("tasks_unaccounted")
         self._lost = lost if isinstance(lost, int) else None
 
     def _on_ps(self, rows: list[dict[str, Any]]) -> None:
         old = self._ps
         new = {row.get("name", "?"): row for row in rows if isinstance(row, dict)}
-        for name, row in new.items():
-            before = old.get(name)
-            if before is not None and row.get("restarts", 0) > before.get("restarts", 0):
-                self._add_event("service", None, f"{name} restarted (pid {row.get('pid')})")
+        for text in derived.service_changes(old, new):
+            self._add_event("service", None, text)
         with self._lock:
             self._ps = new
-        self._ps_at = time.monotonic()
+        self._ps_at = self._heard["supervisor"] = time.monotonic()
 
     # --- the snapshot ------------------------------------------------------------------
 
@@ -361,15 +440,23 @@ class LiveFeed:
         now = time.monotonic()
         with self._lock:
             hidden = set(self._hidden)
+            drained = set(self._drained)
+        judged = self.service.members.synced
         nodes: dict[str, NodeRow] = {}
         for node_id, nv in view.nodes.items():
-            if node_id in hidden:
+            if node_id in hidden or (
+                judged and node_id not in members and forgotten(view.age_ms(node_id))
+            ):
                 continue
-            t = nv.telemetry
             member = members.get(node_id)
+            state = self._display_state(
+                node_id, member.state if member else None, nv.telemetry, now
+            )
+            # A dead or left node's last telemetry is history, not what it does now.
+            t = None if state in GONE_STATES else nv.telemetry
             nodes[node_id] = NodeRow(
                 node_id=node_id,
-                state=self._display_state(node_id, member.state if member else None, t, now),
+                state=state,
                 age_ms=view.age_ms(node_id),
                 cpu_pct=t.cpu_pct if t else None,
                 queue_depth=t.queue_depth if t else None,
@@ -381,11 +468,13 @@ class LiveFeed:
                 gaps=nv.gaps,
                 free_heap=t.free_heap if t else None,
                 rssi=t.rssi if t else None,
-                fw=(t.fw if t else None) or (nv.hello.fw if nv.hello else None),
+                fw=(nv.telemetry.fw if nv.telemetry else None)
+                or (nv.hello.fw if nv.hello else None),
                 via=nv.hello.via if nv.hello else "",
                 boot_id=nv.boot_id,
                 boots=nv.boots,
                 reason=member.reason if member else "",
+                drained=node_id in drained,
             )
         for node_id, member in members.items():
             if node_id not in nodes and node_id not in hidden:
@@ -398,9 +487,14 @@ class LiveFeed:
                     boots=member.boots,
                     reason=member.reason,
                 )
-        relay_seen = self.service.relay.sub.frames() > 0
-        relay_age = now - self._beats.get("relay", 0.0)
-        connected = view.synced and relay_seen and relay_age < RELAY_STALE_S
+        if view.synced and self._synced_at is None:
+            self._synced_at = now
+        # Fresh from the snapshot on: the relay's first beat may be half a second away,
+        # and nodes already listed must not sit under a "disconnected" banner meanwhile.
+        relay_last = max(self._beats.get("relay", 0.0), self._synced_at or 0.0)
+        connected = view.synced and now - relay_last < RELAY_STALE_S
+        heard = dict(self._heard)
+        silent = {k: round(now - t, 1) for k, t in heard.items() if now - t > STALE_AFTER_S}
         missing = []
         if not connected:
             missing.append(f"relay at {self.config.relay.ctl} not answering")
@@ -423,6 +517,7 @@ class LiveFeed:
             observer_healthy=self.service.members.healthy if self.service.members.synced else None,
             observer_reasons=tuple(self.service.members.reasons),
             scenario=self.scenarios.state(),
+            silent_s=silent,
             version=self._version,
         )
 

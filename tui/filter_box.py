@@ -1,5 +1,5 @@
 """The `/` prompt that the nodes and events views share: it parses what is typed
-(tui/query.py), marks a bad regex, and posts ``FilterBox.Applied`` with the new Query.
+(tui/query.py), says on its border what is wrong with a bad regex, and posts ``FilterBox.Applied`` with the new Query.
 
 Over many rows it waits for typing to pause before applying: re-filtering 1,000 rows on
 every keystroke would make the typing lag. Enter applies at once.
@@ -47,16 +47,20 @@ class FilterBox(Input):
         self._pending = None
         self.value = ""
         self.remove_class("-shown", "-bad")
+        self.border_title = None
         self._apply(query.EVERYTHING)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
         try:
             q = query.parse(event.value, self.fields)
-        except ValueError:
+        except ValueError as err:
+            # Said in words on the box, not only by its colour.
             self.add_class("-bad")
+            self.border_title = f"{err}; still showing: {self.current.text or 'everything'}"
             return
         self.remove_class("-bad")
+        self.border_title = None
         self._pending = q
         if self._timer is not None:
             self._timer.stop()

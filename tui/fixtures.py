@@ -154,6 +154,7 @@ class FixedSource:
         self.scenarios: list[str] = []
         self.scenario: ScenarioRun | None = None
         self.unavailable: dict[str, str] = {}  # action -> why not
+        self.silent: dict[str, float] = {}  # source -> seconds silent (ClusterState.silent_s)
         self.fail: Exception | None = None  # raised by snapshot() and events() when set
         self.closed = False
         self.ticks = 0
@@ -180,6 +181,7 @@ class FixedSource:
             observer_healthy=True,
             observer_reasons=(),
             scenario=self.scenario,
+            silent_s=dict(self.silent),
             version=self._version,
         )
 
@@ -218,6 +220,11 @@ class FixedSource:
 
     def set_scenario(self, run: ScenarioRun | None) -> None:
         self.scenario = run
+        self._state = self._build()
+
+    def set_silent(self, **seconds: float) -> None:
+        """Sources gone silent, e.g. ``set_silent(relay=12.0)``."""
+        self.silent = seconds
         self._state = self._build()
 
     def set_connected(self, connected: bool, detail: str = "") -> None:
@@ -273,6 +280,11 @@ class FixedSource:
             del self._nodes[node_id]
             self._state = self._build()
             return f"{node_id} removed"
+        if action in ("drain", "undrain"):
+            row = self._nodes[node_id]
+            self._nodes[node_id] = dataclasses.replace(row, drained=action == "drain")
+            self._state = self._build()
+            return f"{node_id} {action}ed"
         return f"{action} applied to {node_id}"
 
     def run_scenario(self, path: str) -> str:
@@ -292,6 +304,22 @@ class FixedSource:
         self._events.append(Event(T0 + self.ticks, "scenario", None, f"{name} started"))
         self._state = self._build()
         return f"{name} started; report {self.scenario.report}"
+
+    def stop_scenario(self) -> str:
+        """As the injector on SIGINT: the run ends aborted, its faults healed."""
+        run = self.scenario
+        if run is None or not run.running:
+            raise ActionError("no scenario is running")
+        self.scenario = dataclasses.replace(
+            run,
+            ended_at=T0 + self.ticks,
+            exit_code=2,
+            verdict="aborted",
+            reason="stopped by the console: interrupted (Ctrl-C); faults healed",
+        )
+        self._events.append(Event(T0 + self.ticks, "scenario", None, f"{run.name} stopped"))
+        self._state = self._build()
+        return f"{run.name} stopped: aborted; report {run.report}"
 
     def close(self) -> None:
         self.closed = True

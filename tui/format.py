@@ -33,6 +33,9 @@ KIND_STYLES = {
     "action": "bold",
     "service": "blue",
     "scenario": "bold magenta",
+    "overload": "yellow",
+    "delegation": "cyan",
+    "task": "bold yellow",
 }
 
 
@@ -123,6 +126,8 @@ COLUMNS: tuple[Column, ...] = (
     ("via", "via", lambda r: r.via),
 )
 COLUMN_KEYS = tuple(c[0] for c in COLUMNS)
+# Columns where a high value is the hot one: their first sort is descending.
+HOT_HIGH = frozenset({"age", "cpu", "queue", "load", "running", "in", "out", "gaps"})
 LEFT_ALIGNED = {"node", "state", "fw", "via"}
 
 
@@ -131,7 +136,7 @@ def cells(r: NodeRow) -> tuple[str, ...]:
     every node, so this is written out rather than looped."""
     return (
         r.node_id,
-        r.state,
+        f"{r.state}, drained" if r.drained else r.state,
         age(r.age_ms),
         DASH if r.cpu_pct is None else f"{r.cpu_pct:.0f}",
         queue(r.queue_depth, r.queue_capacity),
@@ -150,7 +155,10 @@ def cells(r: NodeRow) -> tuple[str, ...]:
 def cell(column: str, value: str) -> Text | str:
     """A cell as the table shows it: states coloured, numbers right-aligned."""
     if column == "state":
-        return state_text(value)
+        state, _, drained = value.partition(", ")
+        return Text.assemble(
+            (state, STATE_STYLES.get(state, "")), (f", {drained}" if drained else "", "bold yellow")
+        )
     if column in LEFT_ALIGNED:
         return value
     return Text(value, justify="right")

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from . import format as fmt
-from .model import STATES, ClusterState, ServiceRow
+from .model import FIGURE_SOURCE, STATES, ClusterState, ServiceRow
 
 
 def summary(state: ClusterState, readonly: bool = False) -> Text:
@@ -23,6 +23,7 @@ def summary(state: ClusterState, readonly: bool = False) -> Text:
         text.append(f"{name} ", fmt.STATE_STYLES[name] if n else "dim")
         text.append(str(n), "bold" if n else "dim")
     text.append("\n")
+    silent = state.silent_s
     pairs = (
         ("msgs/s", f"{state.msgs_per_s:.1f}"),
         ("tasks/s", fmt.num(state.tasks_per_s, "{:.1f}")),
@@ -36,17 +37,27 @@ def summary(state: ClusterState, readonly: bool = False) -> Text:
         if i:
             text.append("  ")
         text.append(f"{label} ", "dim")
-        text.append(value, "bold")
+        if FIGURE_SOURCE[label] in silent:
+            # A silent source's rate is unknown, its counters old: never shown as current.
+            text.append("-" if label.endswith("/s") else f"{value}?", "dim yellow")
+        else:
+            text.append(value, "bold")
     text.append("\n")
     text.append("observer ", "dim")
     if state.observer_healthy is None:
         text.append("?", "bold")
+    elif "liveness" in silent:
+        text.append("?", "bold yellow")
     elif state.observer_healthy:
         text.append("healthy", "bold green")
     else:
         text.append("DEGRADED", "bold red")
         if state.observer_reasons:
             text.append(": " + ", ".join(state.observer_reasons), "red")
+    if silent:
+        words = ", ".join(f"{name} {fmt.age(int(s * 1000))}" for name, s in sorted(silent.items()))
+        text.append("  stale, silent: ", "yellow")
+        text.append(words, "bold yellow")
     if readonly:
         text.append("    read-only: actions are refused", "bold yellow")
     return text
@@ -61,6 +72,14 @@ SERVICE_STYLES = {
 }
 
 
+def heartbeat(svc: ServiceRow) -> str:
+    """Its last heartbeat's age; "-" when the supervisor says it is not running (in
+    backoff, stopped), as no process of it can have beaten since."""
+    if svc.state not in ("running", "?"):
+        return fmt.DASH
+    return fmt.age(svc.beat_age_ms)
+
+
 def services(state: ClusterState) -> RenderableType:
     """One line per service: state, restarts, heartbeat age."""
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
@@ -73,7 +92,7 @@ def services(state: ClusterState) -> RenderableType:
             svc.name,
             Text(svc.state, SERVICE_STYLES.get(svc.state, "dim")),
             str(svc.restarts),
-            fmt.age(svc.beat_age_ms),
+            heartbeat(svc),
         )
     if not state.services:
         table.add_row(Text("no services known", "dim"), "", "", "")
@@ -101,7 +120,7 @@ class ServicesPanel(Static):
         self._shown = state.services
         # The panel's size follows its text: a new layout only when that could change.
         shape = tuple(
-            len(s.name) + len(s.state) + len(str(s.restarts)) + len(fmt.age(s.beat_age_ms))
+            len(s.name) + len(s.state) + len(str(s.restarts)) + len(heartbeat(s))
             for s in state.services
         )
         self.update(services(state), layout=shape != self._shape)

@@ -8,12 +8,13 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Grid, VerticalScroll
+from textual.containers import Grid
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from .actions import ACTION_KEYS, ACTION_TEXT
 from .command import VIEWS
+from .keys import NAVIGATION_HELP, ConsoleScroll
 from .model import ACTIONS
 
 KEY_NAMES = {
@@ -23,6 +24,9 @@ KEY_NAMES = {
     "escape": "Esc",
     "enter": "Enter",
     "ctrl+c": "Ctrl+C",
+    "ctrl+k": "Ctrl+K",
+    "home": "Home",
+    "end": "End",
     "ctrl+q": "Ctrl+Q",
 }
 
@@ -34,11 +38,16 @@ FILTER_HELP = (
 )
 
 SCENARIO_HELP = (
-    (
-        ":q Ctrl+C",
-        "quitting stops a running scenario: the injector heals its faults, writes its report",
-    ),
+    ("q :q Ctrl+C", "quitting stops a running scenario too (faults healed, report written)"),
 )
+QUIT_HELP = ((":q!", "quit without asking"),)
+# Longer words than the footer has room for, by action.
+LONGER = {
+    "leave": "quit (the console shoal up opened asks: the cluster stops with it)",
+    "quit": "quit at once (the cluster shoal up started stops too)",
+}
+TWO_COLUMNS_FROM = 110  # terminal columns; narrower, the sections stack in one
+HINT = "  j/k PgUp/PgDn scroll for more; Esc back"
 
 
 def key_label(keys: str) -> str:
@@ -60,7 +69,7 @@ def section(
     table.add_column("does")
     for binding in Binding.make_bindings(bindings):
         if binding.description and not binding.action.startswith("node_action"):
-            table.add_row(key_label(binding.key), binding.description)
+            table.add_row(key_label(binding.key), LONGER.get(binding.action, binding.description))
     for key, does in extra:
         table.add_row(key, does)
     return table
@@ -78,13 +87,18 @@ def help_sections(app_bindings: Iterable[BindingType]) -> list[Table]:
     from .scenarios import ScenariosScreen
 
     actions = tuple((ACTION_KEYS[a], f"{a}: {ACTION_TEXT[a]}") for a in ACTIONS)
-    commands = (*((f":{v}", f"the {v} view") for v in VIEWS), (":q", "quit"))
+    commands = (*((f":{v}", f"the {v} view") for v in VIEWS), (":q", "quit"), *QUIT_HELP)
     return [
         section("everywhere", app_bindings, commands),
+        section("moving (every table)", [], NAVIGATION_HELP),
         section(
             "nodes",
             [*NodesScreen.BINDINGS, *NodeTable.BINDINGS],
-            (("Enter", "node detail"), ("click header", "sort by it (again: reverse)")),
+            (
+                ("Enter", "node detail"),
+                ("", "a number sorts hottest first (heap, rssi: lowest)"),
+                ("click header", "sort by it (again: reverse)"),
+            ),
         ),
         section("node detail", NodeDetailScreen.BINDINGS),
         section("actions (nodes view and detail; y/n to confirm)", [], actions),
@@ -101,6 +115,7 @@ class HelpScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "back"),
         Binding("question_mark", "app.pop_screen", "back", show=False),
+        Binding("q", "app.pop_screen", "back", show=False),
     ]
 
     def __init__(self, app_bindings: Iterable[BindingType]) -> None:
@@ -108,8 +123,9 @@ class HelpScreen(Screen[None]):
         self.app_bindings = list(app_bindings)
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="help"):
+        with ConsoleScroll(id="help"):
             title = Text("shoal console: keys", "bold")
+            title.append(HINT, "dim")
             if getattr(self.app, "readonly", False):
                 title.append("   read-only: actions are refused", "bold yellow")
             yield Static(title, id="help-title")
@@ -117,3 +133,8 @@ class HelpScreen(Screen[None]):
                 for table in help_sections(self.app_bindings):
                     yield Static(table, classes="help-section")
         yield Footer()
+
+    def on_resize(self) -> None:
+        # Two columns when they fit; at 80x24 one, scrolled (the title says so).
+        grid = self.query_one("#help-grid", Grid)
+        grid.styles.grid_size_columns = 2 if self.size.width >= TWO_COLUMNS_FROM else 1

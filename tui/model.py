@@ -19,6 +19,21 @@ JOINED_SHOW_S = 5.0
 
 # Operator actions on a node. Destructive ones ask for confirmation; none run --readonly.
 ACTIONS = ("drain", "crash", "hang", "reboot", "flood", "remove")
+# A source this long silent is stale: its figures are shown as such, not as current.
+STALE_AFTER_S = 3.0
+# Which source each header figure comes from.
+FIGURE_SOURCE = {
+    "msgs/s": "relay",
+    "duplicates": "relay",
+    "gaps": "relay",
+    "rejected": "relay",
+    "tasks/s": "delegator",
+    "dead-lettered": "delegator",
+    "lost": "sim",
+    "observer": "liveness",
+}
+# Node states whose live figures (cpu, load, queue, tasks, heap, rssi) mean nothing now.
+GONE_STATES = frozenset({"dead", "left"})
 # Tasks a flood drops on the node at once: about three times a sim node's default queue
 # (sim.queue_capacity 64), so it is overloaded at once and sheds what does not fit.
 FLOOD_TASKS = 200
@@ -48,6 +63,7 @@ class NodeRow:
     boot_id: int = 0
     boots: int = 0
     reason: str = ""  # why it is in its state (the monitor's words)
+    drained: bool = False  # the delegator sends it no new work (drained by a console)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +130,9 @@ class ClusterState:
     observer_healthy: bool | None = None  # None: liveness monitor not reachable
     observer_reasons: tuple[str, ...] = ()
     scenario: ScenarioRun | None = None  # the scenario running now, or the last one run
+    # Sources heard before and silent now (relay, liveness, delegator, sim, supervisor):
+    # seconds since each was last heard. Their figures are stale (the header says so).
+    silent_s: dict[str, float] = field(default_factory=dict)
     version: int = 0  # +1 for every new snapshot
 
     def counts(self) -> dict[str, int]:
@@ -148,6 +167,12 @@ class Source(Protocol):
         """Start the fault injector on a scenario file against this cluster; it runs on
         while the console does (``ClusterState.scenario``). A line for the operator, or
         ActionError (one is running already, it cannot start)."""
+        ...
+
+    def stop_scenario(self) -> str:
+        """Stop the running scenario as the injector stops on Ctrl-C: it heals its faults
+        and writes its report (this waits for that). A line for the operator, or
+        ActionError (none is running)."""
         ...
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey
 
 from . import format as fmt
+from .keys import ConsoleTable
 from .model import NodeRow
 from .query import EVERYTHING, Query
 
@@ -62,13 +63,19 @@ class Descending:
     __hash__ = None  # type: ignore[assignment]
 
 
-class NodeTable(DataTable[str | Text]):
-    """Nodes keyed by node_id; sorted by a column (`s` cycles it, `r` reverses, or click
-    a header); filtered by a Query."""
+def hottest_first(column: str) -> bool:
+    """Whether a column's first sort is descending: the busiest, oldest, most behind rows
+    on top (free heap and rssi: the lowest is the worst, so those sort ascending)."""
+    return column in fmt.HOT_HIGH
+
+
+class NodeTable(ConsoleTable):
+    """Nodes keyed by node_id; sorted by a column (`s` cycles it, `S` reverses, or click
+    a header; a number sorts hottest first); filtered by a Query."""
 
     BINDINGS = [
         Binding("s", "cycle_sort", "sort"),
-        Binding("r", "reverse_sort", "reverse"),
+        Binding("S", "reverse_sort", "reverse"),
     ]
 
     def __init__(self, **kwargs: Any) -> None:
@@ -266,9 +273,11 @@ class NodeTable(DataTable[str | Text]):
         self.show(self.nodes)
 
     def sort_by(self, column: str, reverse: bool | None = None) -> None:
-        """Sort by ``column``; the same column again flips the order unless ``reverse``."""
+        """Sort by ``column``; the same column again flips the order unless ``reverse``;
+        a new column starts hottest first (``hottest_first``)."""
         if reverse is None:
-            reverse = not self.sort_reverse if column == self.sort_column else False
+            same = column == self.sort_column
+            reverse = not self.sort_reverse if same else hottest_first(column)
         self.sort_column, self.sort_reverse = column, reverse
         selected = self.selected
         self._sort()
@@ -308,7 +317,8 @@ class NodeTable(DataTable[str | Text]):
 
     def action_cycle_sort(self) -> None:
         i = fmt.COLUMN_KEYS.index(self.sort_column)
-        self.sort_by(fmt.COLUMN_KEYS[(i + 1) % len(fmt.COLUMN_KEYS)], reverse=False)
+        column = fmt.COLUMN_KEYS[(i + 1) % len(fmt.COLUMN_KEYS)]
+        self.sort_by(column, reverse=hottest_first(column))
 
     def action_reverse_sort(self) -> None:
         self.sort_by(self.sort_column, reverse=not self.sort_reverse)

@@ -18,6 +18,7 @@ from textual.widgets.option_list import Option
 
 from . import format as fmt
 from .base import ConsoleScreen, StatusBanner
+from .keys import ConsoleList
 from .model import ClusterState, ScenarioRun
 
 PREVIEW_CHARS = 20_000
@@ -75,6 +76,8 @@ class ScenariosScreen(ConsoleScreen):
     AUTO_FOCUS = "#scenario-list"
     BINDINGS = [
         Binding("enter", "run", "run it (asks first; one at a time)"),
+        # ctrl+k (k9s: kill): x is remove in the nodes view.
+        Binding("ctrl+k", "stop", "stop the running one"),
         Binding("escape", "app.go('nodes')", "back"),
     ]
 
@@ -89,7 +92,7 @@ class ScenariosScreen(ConsoleScreen):
         yield StatusBanner(id="banner")
         yield Static(id="scenario-run")
         with Horizontal(id="scenarios-body"):
-            yield OptionList(id="scenario-list")
+            yield ConsoleList(id="scenario-list")
             with VerticalScroll(id="preview-box"):
                 yield Static(id="preview")
         yield Footer()
@@ -150,6 +153,9 @@ class ScenariosScreen(ConsoleScreen):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.action_run()
+
+    def action_stop(self) -> None:
+        self.console.request_stop_scenario()
 
     def action_run(self) -> None:
         path = self._selected()

@@ -196,12 +196,17 @@ def _latencies(
     )
 
 
+def plural(n: int, noun: str) -> str:
+    """ "1 faulted node", "3 faulted nodes": counts in plain words for the report."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
     if isinstance(expect, Detected):
         steps = _selected(ctx, expect.faults, FAILING_KINDS)
         rows = detection_latencies(ctx, steps, expect.event)
         missed = sum(r["latency_s"] is None for r in rows)
-        detail = f"{len(rows)} node-faults, {missed} never declared {expect.event}"
+        detail = f"{plural(len(rows), 'faulted node')}, {missed} never declared {expect.event}"
         return _latencies(
             expect,
             f"{expect.event} within {expect.within:g} s",
@@ -224,7 +229,7 @@ def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
         ]
         missed = sum(r["latency_s"] is None for r in rows)
         detail = (
-            f"{len(rows)} failed nodes held tasks, {missed} never had them taken away"
+            f"{plural(len(rows), 'failed node')} held tasks, {missed} never had them taken away"
             if rows
             else "no failed node held a task: nothing to re-delegate"
         )

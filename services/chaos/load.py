@@ -166,9 +166,17 @@ def _entry(parts: list[str], data: Any) -> tuple[str, list[str]]:
     return "", parts
 
 
+def expect_name(kind: str, n: int) -> str:
+    """An unnamed expectation's name, as a report reads it: "lost tasks", then "lost tasks
+    2" for a second one of that kind (never "lost_tasks-1")."""
+    words = kind.replace("_", " ")
+    return words if n == 1 else f"{words} {n}"
+
+
 def _named(scenario: Scenario) -> Scenario:
-    """Give every fault and expectation a name: its own, or kind-N (1-based per kind);
-    and a partition its default ``services``."""
+    """Give every fault and expectation a name: its own, or (a fault) kind-N, 1-based per
+    kind, that other entries can refer to; (an expectation) its kind in words; and a
+    partition its default ``services``."""
     seen: dict[str, int] = {}
     faults = []
     for f in scenario.fault:
@@ -187,7 +195,9 @@ def _named(scenario: Scenario) -> Scenario:
     for e in scenario.expect:
         kind = expect_kind(e)
         seen[kind] = seen.get(kind, 0) + 1
-        expects.append(e if e.name else msgspec.structs.replace(e, name=f"{kind}-{seen[kind]}"))
+        expects.append(
+            e if e.name else msgspec.structs.replace(e, name=expect_name(kind, seen[kind]))
+        )
     return msgspec.structs.replace(scenario, fault=faults, expect=expects)
 
 

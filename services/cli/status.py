@@ -19,8 +19,21 @@ COLUMNS = (
 )  # fmt: skip
 
 
+# A node the relay lists, silent this long, that the monitor does not know was forgotten
+# there (an operator's remove, forget_after_s): not shown (tui/feed.py does the same).
+FORGOTTEN_SILENT_MS = 5000
+
+
 def _states(members: MembershipSnapshot | None) -> dict[str, str]:
     return {m.node_id: m.state for m in members.members} if members else {}
+
+
+def shown_nodes(snap: RelaySnapshot, members: MembershipSnapshot | None) -> list[Any]:
+    """The relay's nodes, less those the monitor has forgotten (when it answered)."""
+    if members is None:
+        return list(snap.nodes)
+    known = {m.node_id for m in members.members}
+    return [n for n in snap.nodes if n.node_id in known or n.age_ms <= FORGOTTEN_SILENT_MS]
 
 
 def snapshot_as_dict(
@@ -29,7 +42,7 @@ def snapshot_as_dict(
     """The JSON shape of `shoal status --json` (documented in README)."""
     states = _states(members)
     nodes = []
-    for n in snap.nodes:
+    for n in shown_nodes(snap, members):
         t = n.telemetry
         nodes.append(
             {
@@ -99,7 +112,8 @@ def _age(ms: int) -> str:
 def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None) -> str:
     states = _states(members)
     rows = [COLUMNS]
-    for n in snap.nodes:
+    shown = shown_nodes(snap, members)
+    for n in shown:
         t = n.telemetry
         rows.append(
             (
@@ -135,7 +149,7 @@ def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None)
     rejects = ", ".join(f"{k}={v}" for k, v in sorted(snap.rejects.items()) if v) or "none"
     lines.append("")
     lines.append(
-        f"relay: nodes={len(snap.nodes)} accepted={c.get('accepted', 0)} "
+        f"relay: nodes={len(shown)} accepted={c.get('accepted', 0)} "
         f"duplicates={c.get('duplicates', 0)} gaps={c.get('gaps', 0)} rejects: {rejects}"
     )
     lines.append(_liveness_line(members))
@@ -202,11 +216,23 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
                 click.echo(text)
                 return
             click.clear()
+            click.echo(watch_header(time.time(), watch, as_json))
             click.echo(text)
             try:
                 time.sleep(watch)  # the refresh period the user asked for
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # how --watch stops: a clean exit 0
                 return
+
+
+def watch_header(at: float, every_s: float, as_json: bool = False) -> str:
+    """The line above each --watch refresh: when it was taken, so a frozen screen shows.
+    With --json it is a JSON object of its own line, so each refresh stays parseable."""
+    import time
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    if as_json:
+        return msgspec.json.encode({"at": round(at, 3), "every_s": every_s}).decode()
+    return f"shoal status at {stamp} (every {every_s:g} s; Ctrl-C stops)"
 
 
 def _failed_line(supervisor_ctl: str) -> str:

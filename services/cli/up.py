@@ -174,7 +174,7 @@ def _up_with_console(
     signal.signal(signal.SIGHUP, on_hang_up)
     signal.signal(signal.SIGTERM, on_hang_up)
     try:
-        run_console(config, readonly=False)
+        run_console(config, readonly=False, owns_cluster=True)
     finally:
         code = stop_cluster()
     click.echo(f"cluster stopped (exit {code}); its log: {log_path}")
@@ -190,13 +190,15 @@ def scenarios_dir() -> Path:
     return here if here.is_dir() else LIBRARY_DIR
 
 
-def run_console(config: ShoalConfig, readonly: bool) -> None:
+def run_console(config: ShoalConfig, readonly: bool, owns_cluster: bool = False) -> None:
     from shoal.tui.app import ShoalConsole
     from shoal.tui.feed import LiveFeed
 
     feed = LiveFeed(config).start()
     try:
-        ShoalConsole(feed, readonly=readonly, scenarios_dir=scenarios_dir()).run()
+        ShoalConsole(
+            feed, readonly=readonly, scenarios_dir=scenarios_dir(), owns_cluster=owns_cluster
+        ).run()
     finally:
         feed.close()
 
