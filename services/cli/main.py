@@ -11,6 +11,7 @@ from .bench import bench
 from .boards import boards
 from .chaos import chaos
 from .config import CliError, CliUsageError, show_config
+from .firmware import firmware
 from .run import run, sim
 from .status import status
 from .tasks import tasks
@@ -56,5 +57,5 @@ def main() -> None:
     """shoal: run and prove a fault-tolerant cluster of ESP32-class edge nodes."""
 
 
-for command in (up, tui, run, sim, boards, status, tasks, bench, show_config, chaos):
+for command in (up, tui, run, sim, boards, status, tasks, bench, show_config, chaos, firmware):
     main.add_command(command)
