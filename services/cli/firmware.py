@@ -9,9 +9,13 @@ another chip than asked or than the image is for.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
+
+from shoal.services.firmware.targets import TARGETS
 
 from .config import CliError, CliUsageError
 
@@ -21,16 +25,16 @@ EXIT_NO_IMAGE = 5
 DEFAULT_OUT = "build/firmware"
 
 
-class _Coded(CliError):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.exit_code = code
+class NoPortError(CliError):
+    exit_code = EXIT_NO_PORT
 
 
-def _target_choice() -> click.Choice:
-    from shoal.services.firmware.targets import TARGETS
+class WrongChipError(CliError):
+    exit_code = EXIT_WRONG_CHIP
 
-    return click.Choice(sorted(TARGETS))
+
+class NoImageError(CliError):
+    exit_code = EXIT_NO_IMAGE
 
 
 @click.group()
@@ -42,7 +46,7 @@ def firmware() -> None:
 @click.option(
     "--out", "out_dir", default=DEFAULT_OUT, show_default=True, help="The bundle's folder."
 )
-@click.option("--target", default="esp32", type=_target_choice(), show_default=True)
+@click.option("--target", default="esp32", type=click.Choice(sorted(TARGETS)), show_default=True)
 @click.option(
     "--heap", default=None, help="The board's free heap, e.g. 110K (default: the target's)."
 )
@@ -75,4 +79,53 @@ def build_cmd(out_dir: str, target: str, heap: str | None, as_json: bool) -> Non
     click.echo(
         f"heap at boot ~{h['boot_used_bytes']:,} B of {h['budget_bytes']:,} B "
         f"({h['budget_bytes'] - h['boot_used_bytes']:,} B free; {h['method']})"
+    )
+
+
+@firmware.command("flash")
+@click.option("--port", default=None, help="The board's serial port (or socket://HOST:PORT).")
+@click.option(
+    "--chip",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", *sorted(TARGETS)]),
+)
+@click.option("--image", default=None, help="The MicroPython .bin for the chip.")
+@click.option("--erase", is_flag=True, help="Erase the whole flash first (a new board).")
+@click.option("--baud", type=click.IntRange(9600, 5_000_000), default=460_800, show_default=True)
+def flash_cmd(port: str | None, chip: str, image: str | None, erase: bool, baud: int) -> None:
+    """Write a MicroPython image to the board on PORT with esptool: detect the chip, run the
+    stub, erase if asked, write at the chip's offset, verify, hard reset."""
+    from shoal.services.firmware.flash import FlashError, flash
+
+    if port is None:
+        raise NoPortError("no --port: name the board's serial port (e.g. /dev/ttyUSB0)")
+    if image is None:
+        raise NoImageError(
+            "no --image: the MicroPython .bin for the chip (micropython.org/download)"
+        )
+    errors = {"image": NoImageError, "port": NoPortError, "chip": WrongChipError}
+    bar: Any = None
+    done = 0
+
+    def progress(cur: int, total: int) -> None:
+        nonlocal bar, done
+        if bar is None:
+            bar = click.progressbar(length=total, label="writing", file=sys.stderr)
+            bar.__enter__()
+        bar.update(cur - done)
+        done = cur
+
+    try:
+        result = flash(
+            port, Path(image), chip, erase=erase, baud=baud, progress=progress, step=click.echo
+        )
+    except FlashError as err:
+        raise errors.get(err.kind, CliError)(str(err)) from None
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    click.echo(
+        f"flashed {result.size:,} B at {result.offset:#x} on the {result.chip} {result.mac}: "
+        f"verified, reset ({result.seconds:.1f} s)"
     )

@@ -122,12 +122,12 @@ def build(out: Path, target: Target, heap_bytes: int | None = None) -> dict[str,
         if done.returncode != 0:
             first = (done.stderr or done.stdout).strip().splitlines()
             raise BuildError(f"mpy-cross {rel}: {first[-1] if first else 'failed'}")
-    files = [
+    files: list[dict[str, Any]] = [
         {"path": p.relative_to(out).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)}
         for p in sorted(out.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     ]
-    bundle_bytes = sum(int(f["size"]) for f in files)
+    bundle_bytes = sum(f["size"] for f in files)
     used, method = measure_heap(out, heap)
     if used is None:
         used, method = int(bundle_bytes * SIZE_FACTOR), f"estimate: {SIZE_FACTOR} x bundle bytes"
