@@ -49,6 +49,7 @@ def config_on_free_ports(
             "shim_bus": tcp(),
         },
         "boards": {"ctl": tcp(), "bus": tcp()},
+        "devices": {"ctl": tcp(), "bus": tcp()},
     }
     for name, values in endpoints.items():
         values.update(sections.pop(name, {}))
@@ -226,7 +227,8 @@ class Cluster:
         # More `shoal up` options, e.g. {"--broker": "mqtt://..."}: a broker of the caller's.
         self.up_options = up_options or {}
         delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
-        self._sections = {"delegator": delegator, **sections}
+        devices = {"registry": str(self.workdir / "devices.db"), **sections.pop("devices", {})}
+        self._sections = {"delegator": delegator, "devices": devices, **sections}
         self.config_path = self.workdir / "shoal.toml"
         self.log_path = self.workdir / "cluster.log"
         self.proc: Any = None

@@ -307,6 +307,18 @@ class BoardsConfig(_Section, frozen=True):
     reboot_delay_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
 
 
+class DevicesConfig(_Section, frozen=True):
+    """The device registry (``shoal devices``, ``shoal run registry``; docs/architecture.md,
+    "The device registry")."""
+
+    # SQLite file (WAL) of the boards; relative to the working directory, like the ledger.
+    registry: str = "shoal-devices.db"
+    ctl: Endpoint = "tcp://127.0.0.1:7713"  # ping, status, devices (ROUTER)
+    bus: Endpoint = "tcp://127.0.0.1:7714"  # its heartbeat with counters (PUB)
+    # Last seen and firmware are written in one transaction this often (not per message).
+    flush_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1000
+
+
 class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
@@ -316,6 +328,7 @@ class ShoalConfig(_Section, frozen=True):
     supervisor: SupervisorConfig = SupervisorConfig()
     mqtt: MqttConfig = MqttConfig()
     boards: BoardsConfig = BoardsConfig()
+    devices: DevicesConfig = DevicesConfig()
 
 
 class ConfigError(Exception):
