@@ -17,7 +17,7 @@ import click
 
 from shoal.services.firmware.targets import TARGETS
 
-from .config import CliError, CliUsageError
+from .config import CliError, CliUsageError, config_from, config_option
 
 EXIT_NO_PORT = 3
 EXIT_WRONG_CHIP = 4
@@ -128,4 +128,93 @@ def flash_cmd(port: str | None, chip: str, image: str | None, erase: bool, baud:
     click.echo(
         f"flashed {result.size:,} B at {result.offset:#x} on the {result.chip} {result.mac}: "
         f"verified, reset ({result.seconds:.1f} s)"
+    )
+
+
+@firmware.command("deploy")
+@config_option
+@click.option("--port", required=True, help="The board's serial port (mpremote connect PORT).")
+@click.option("--node-id", "node_id", required=True, help="The board's node id (e.g. esp32-01).")
+@click.option(
+    "--bundle", default=DEFAULT_OUT, show_default=True, help="What `firmware build` made."
+)
+@click.option("--wifi", "wifi_ssid", default=None, help="The WiFi network the board joins.")
+@click.option("--wifi-password", default=None, help="Its password.")
+@click.option(
+    "--broker",
+    default=None,
+    metavar="HOST[:PORT]",
+    help="Where the board finds the broker (default: [mqtt] broker).",
+)
+@click.option("--dry-run", is_flag=True, help="Print every mpremote command; run none.")
+def deploy_cmd(
+    config_path: str | None,
+    port: str,
+    node_id: str,
+    bundle: str,
+    wifi_ssid: str | None,
+    wifi_password: str | None,
+    broker: str | None,
+    dry_run: bool,
+) -> None:
+    """Copy the bundle and a config for NODE_ID to the board with mpremote, reset it, and
+    enter it in the device registry."""
+    from shoal.services.firmware.deploy import (
+        DeployError,
+        board_config,
+        deploy_commands,
+        mpremote,
+        read_bundle,
+        run_commands,
+        shown,
+    )
+    from shoal.services.firmware.deploy import (
+        config_path as config_file,
+    )
+    from shoal.services.registry.store import RegistryError, check_node_id
+    from shoal.services.runtime.endpoints import split_host_port
+
+    from .devices import open_registry
+
+    try:
+        check_node_id(node_id)
+    except RegistryError as err:
+        raise CliUsageError(f"Invalid value for --node-id: {err}") from None
+    if (wifi_password is not None) and wifi_ssid is None:
+        raise CliUsageError("--wifi-password without --wifi")
+    config = config_from(config_path)
+    address = broker or config.mqtt.broker.removeprefix("mqtt://")
+    try:
+        host, mqtt_port = split_host_port(address, 1883)
+    except ValueError:
+        raise CliUsageError(f"Invalid value for --broker: {address!r} is not HOST[:PORT]") from None
+    if not host or not 1 <= mqtt_port <= 65535:
+        raise CliUsageError(
+            f"Invalid value for --broker: {address!r} is not HOST[:PORT] (port 1..65535)"
+        )
+    wifi = (wifi_ssid, wifi_password or "") if wifi_ssid is not None else None
+    try:
+        manifest = read_bundle(Path(bundle))
+        target = config_file(Path(bundle), node_id)
+        commands = deploy_commands(mpremote(), port, Path(bundle), manifest, target)
+        if dry_run:
+            for command in commands:
+                click.echo(shown(command))
+            return
+        registry = open_registry(config_path)  # a bad registry fails before the board is touched
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(board_config(node_id, (host, mqtt_port), wifi))
+        run_commands(commands, lambda line: click.echo(line, err=True))
+    except DeployError as err:
+        raise (NoPortError if err.no_board else CliError)(f"firmware deploy: {err}") from None
+    with registry:
+        registry.add(
+            node_id,
+            chip=manifest.get("target"),
+            firmware=manifest.get("firmware"),
+            broker=f"{host}:{mqtt_port}",
+            source="deploy",
+        )
+    click.echo(
+        f"deployed {manifest['firmware']} to {node_id} on {port}; in the registry (shoal devices show {node_id})"
     )
