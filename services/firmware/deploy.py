@@ -11,7 +11,8 @@ The commands, each one mpremote process (``deploy_commands``):
 
 1. ``exec``: make ``lib`` if it is missing (``mkdir`` fails when it exists);
 2. ``cp -r BUNDLE/lib/nodecore :lib/``: the node core as .mpy;
-3. ``cp BUNDLE/main.py BUNDLE/*.mpy :``: the entry point and the board's modules;
+3. ``cp BUNDLE/main.py :main.py + cp ...``: the entry point and the board's modules, each
+   named (a bare ``:`` is a directory mpremote must stat, which not every port can);
 4. ``cp CONFIG :config.py``;
 5. ``exec``: remove .py copies of modules the bundle has as .mpy (a .py is imported first);
 6. ``reset``: the board boots the new files.
@@ -114,11 +115,19 @@ def deploy_commands(
     return [
         [*base, "exec", MKDIR_LIB],
         [*base, "cp", "-r", str(bundle / "lib" / "nodecore"), ":lib/"],
-        [*base, "cp", *(str(bundle / p) for p in top), ":"],
+        [*base, *_chained([["cp", str(bundle / p), f":{p}"] for p in top])],
         [*base, "cp", str(config), ":config.py"],
         [*base, "exec", cleanup],
         [*base, "reset"],
     ]
+
+
+def _chained(commands: list[list[str]]) -> list[str]:
+    """Several mpremote commands in one process (``a + b``): one connection."""
+    out: list[str] = []
+    for command in commands:
+        out += [*(["+"] if out else []), *command]
+    return out
 
 
 def shown(command: list[str]) -> str:
