@@ -186,3 +186,28 @@ def test_the_registry_process_exits_78_on_a_garbage_file(tmp_path: Path) -> None
         "config_error" in done.stdout + done.stderr
         and "devices.registry" in done.stdout + done.stderr
     )
+
+
+def test_an_emulated_board_under_shoal_up_appears_in_the_registry(tmp_path: Path) -> None:
+    """The whole device path: the real firmware (MicroPython unix port) -> broker -> shim ->
+    relay -> the registry process under the supervisor -> the file `shoal devices` reads."""
+    from shoal.services.boards.layout import NoMicroPython, micropython
+    from shoal.services.testing import Cluster
+
+    try:
+        micropython()
+    except NoMicroPython as err:
+        pytest.skip(str(err))
+    with Cluster(tmp_path, nodes=1, boards=1, devices={"flush_interval_ms": 200}) as c:
+        db = Path(c.config.devices.registry)
+        board = wait_for(
+            lambda: db.exists() and _get(db, "board-01"), 30, ignore=(RegistryFileError,)
+        )
+        assert board.firmware == "shoal-esp32/0.2" and board.source == "telemetry"
+        with Registry(db) as reg:  # the simulated node is no device
+            assert [d.node_id for d in reg.devices()] == ["board-01"]
+        seen = board.last_seen
+        wait_for(lambda: _get(db, "board-01").last_seen > seen, 10)
+        cfg = _config_file(tmp_path, db)
+        code, out, _ = _run("devices", "list", "--config", cfg)
+        assert code == 0 and "board-01" in out and "shoal-esp32/0.2" in out
