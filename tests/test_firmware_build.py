@@ -76,3 +76,15 @@ def test_bad_heap_and_target_are_usage_errors_in_one_line() -> None:
     assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("error: ")
     code, _, stderr = _run("firmware", "build", "--target", "esp8266")
     assert code == 2 and stderr.startswith("error: ")
+
+
+def test_without_the_unix_port_the_heap_is_estimated_and_the_manifest_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoal.services.firmware import build as build_module
+
+    monkeypatch.setattr(build_module, "micropython", lambda: None)  # a host without it
+    manifest = build_module.build(tmp_path / "b", build_module.target_named("esp32"))
+    heap = manifest["heap"]
+    assert heap["method"] == f"estimate: {build_module.SIZE_FACTOR} x bundle bytes"
+    assert heap["boot_used_bytes"] == int(manifest["bundle_bytes"] * build_module.SIZE_FACTOR)
