@@ -120,7 +120,9 @@ def flash(
             say("verifying")
             cmds.verify_flash(esp, [(target.offset, data)])
             cmds.reset_chip(esp, "hard-reset")
-        except (FatalError, SerialException, OSError) as err:
+        except FlashError:
+            raise
+        except Exception as err:  # FatalError, SerialException, OSError, or esptool's own bug
             raise FlashError("flash", f"flashing {port} failed: {_one_line(err)}") from None
         finally:
             _close(esp)
