@@ -99,6 +99,24 @@ def test_flash_writes_verifies_and_the_flash_reads_back_as_the_image(
     print(f"flash of {IMAGE_SIZE:,} B against the mock: {took:.2f} s")
 
 
+def test_flash_with_a_node_id_enters_the_chip_and_mac_in_the_registry(tmp_path: Path) -> None:
+    from shoal.services.registry.store import Registry
+
+    image = _image(tmp_path / "micropython.bin", 0)
+    cfg = tmp_path / "shoal.toml"
+    cfg.write_text(f'[devices]\nregistry = "{tmp_path / "devices.db"}"\n')
+    with mock_bootloader("esp32") as url:
+        args = ["firmware", "flash", "--port", url, "--image", str(image), "--node-id", "esp32-09"]
+        code, stdout, stderr = _run(*args, "--config", str(cfg))
+    assert code == 0, stderr
+    mac = stdout.split("connected: esp32 ")[1].split()[0]
+    with Registry(tmp_path / "devices.db") as reg:
+        device = reg.get("esp32-09")
+    assert device is not None and (device.chip, device.mac) == ("esp32", mac)
+    code, _, stderr = _run(*args[:-1], "Bad Id", "--config", str(cfg))
+    assert code == 2 and stderr.startswith("error: Invalid value for --node-id")
+
+
 def test_a_board_of_another_chip_is_refused_before_writing(tmp_path: Path) -> None:
     image = _image(tmp_path / "micropython.bin", 0)
     with mock_bootloader("esp32s3") as url:

@@ -93,10 +93,35 @@ def build_cmd(out_dir: str, target: str, heap: str | None, as_json: bool) -> Non
 @click.option("--image", default=None, help="The MicroPython .bin for the chip.")
 @click.option("--erase", is_flag=True, help="Erase the whole flash first (a new board).")
 @click.option("--baud", type=click.IntRange(9600, 5_000_000), default=460_800, show_default=True)
-def flash_cmd(port: str | None, chip: str, image: str | None, erase: bool, baud: int) -> None:
+@click.option(
+    "--node-id",
+    "node_id",
+    default=None,
+    help="Enter the board in the device registry under this id, with its chip and MAC.",
+)
+@config_option
+def flash_cmd(
+    port: str | None,
+    chip: str,
+    image: str | None,
+    erase: bool,
+    baud: int,
+    node_id: str | None,
+    config_path: str | None,
+) -> None:
     """Write a MicroPython image to the board on PORT with esptool: detect the chip, run the
     stub, erase if asked, write at the chip's offset, verify, hard reset."""
     from shoal.services.firmware.flash import FlashError, flash
+    from shoal.services.registry.store import RegistryError, check_node_id
+
+    from .devices import open_registry
+
+    if node_id is not None:
+        try:
+            check_node_id(node_id)
+        except RegistryError as err:
+            raise CliUsageError(f"Invalid value for --node-id: {err}") from None
+        open_registry(config_path).close()  # a bad registry fails before the board is touched
 
     if port is None:
         raise NoPortError("no --port: name the board's serial port (e.g. /dev/ttyUSB0)")
@@ -129,6 +154,12 @@ def flash_cmd(port: str | None, chip: str, image: str | None, erase: bool, baud:
         f"flashed {result.size:,} B at {result.offset:#x} on the {result.chip} {result.mac}: "
         f"verified, reset ({result.seconds:.1f} s)"
     )
+    if node_id is not None:
+        with open_registry(config_path) as registry:
+            registry.add(node_id, chip=result.chip, mac=result.mac, source="operator")
+        click.echo(
+            f"{node_id} in the registry with its chip and MAC (shoal devices show {node_id})"
+        )
 
 
 @firmware.command("deploy")
