@@ -53,6 +53,7 @@ def config_on_free_ports(
             name: f"127.0.0.1:{next_port()}"
             for name in ("relay", "liveness", "delegator", "sim", "shim", "boards")
         },
+        "devices": {"ctl": tcp(), "bus": tcp()},
     }
     for name, values in endpoints.items():
         values.update(sections.pop(name, {}))
@@ -230,7 +231,8 @@ class Cluster:
         # More `shoal up` options, e.g. {"--broker": "mqtt://..."}: a broker of the caller's.
         self.up_options = up_options or {}
         delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
-        self._sections = {"delegator": delegator, **sections}
+        devices = {"registry": str(self.workdir / "devices.db"), **sections.pop("devices", {})}
+        self._sections = {"delegator": delegator, "devices": devices, **sections}
         self.config_path = self.workdir / "shoal.toml"
         self.log_path = self.workdir / "cluster.log"
         self.proc: Any = None

@@ -11,6 +11,8 @@ from .bench import bench
 from .boards import boards
 from .chaos import chaos
 from .config import CliError, CliUsageError, show_config
+from .devices import devices
+from .firmware import firmware
 from .run import run, sim
 from .status import status
 from .tasks import tasks
@@ -56,5 +58,18 @@ def main() -> None:
     """shoal: run and prove a fault-tolerant cluster of ESP32-class edge nodes."""
 
 
-for command in (up, tui, run, sim, boards, status, tasks, bench, show_config, chaos):
+for command in (
+    up,
+    tui,
+    run,
+    sim,
+    boards,
+    status,
+    tasks,
+    bench,
+    show_config,
+    chaos,
+    firmware,
+    devices,
+):
     main.add_command(command)

@@ -11,7 +11,7 @@ from shoal.services.runtime.config import with_overrides
 from .config import checked, config_from, config_option
 from .workload import apply_workload, workload_options
 
-SERVICES = ("relay", "liveness", "delegator", "sim", "broker", "shim", "boards")
+SERVICES = ("relay", "liveness", "delegator", "registry", "sim", "broker", "shim", "boards")
 
 
 @click.command()
@@ -81,6 +81,10 @@ def service_class(name: str) -> Any:
         from shoal.services.delegator.service import Delegator
 
         return Delegator
+    if name == "registry":
+        from shoal.services.registry.service import RegistryService
+
+        return RegistryService
     if name == "shim":
         from shoal.services.mqtt_shim.service import Shim
 

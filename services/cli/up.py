@@ -33,7 +33,7 @@ from .workload import apply_workload, workload_argv, workload_options
     "--without",
     "without",
     multiple=True,
-    type=click.Choice(["liveness", "delegator", "broker", "shim"]),
+    type=click.Choice(["liveness", "delegator", "registry", "broker", "shim"]),
     help="Leave a service out (a deliberately broken cluster, for fault scenarios; "
     "broker: use the one [mqtt] broker names).",
 )
@@ -99,7 +99,7 @@ def up(
     python = [sys.executable, "-m", "shoal.services.cli"]
     # The children read the file; what the flags changed reaches them by environment.
     env = {"SHOAL_MQTT_BROKER": config.mqtt.broker} if broker_url else {}
-    names = ["relay", "liveness", "delegator"]
+    names = ["relay", "liveness", "delegator", "registry"]
     if config.mqtt.embedded:
         names.append("broker")  # before the shim, so it is stopped after it
     names.append("shim")
@@ -232,6 +232,9 @@ def check_ports_free(
         "sim.ctl": config.sim.ctl,
         "supervisor.ctl": config.supervisor.ctl,
     }
+    if "registry" not in without:
+        endpoints["devices.ctl"] = config.devices.ctl
+        endpoints["devices.bus"] = config.devices.bus
     if "shim" not in without:
         endpoints["mqtt.shim_ctl"] = config.mqtt.shim_ctl
         endpoints["mqtt.shim_bus"] = config.mqtt.shim_bus

@@ -320,6 +320,18 @@ class MetricsConfig(_Section, frozen=True):
     boards: OptionalListenAddress = "127.0.0.1:9705"
 
 
+class DevicesConfig(_Section, frozen=True):
+    """The device registry (``shoal devices``, ``shoal run registry``; docs/architecture.md,
+    "The device registry")."""
+
+    # SQLite file (WAL) of the boards; relative to the working directory, like the ledger.
+    registry: str = "shoal-devices.db"
+    ctl: Endpoint = "tcp://127.0.0.1:7713"  # ping, status, devices (ROUTER)
+    bus: Endpoint = "tcp://127.0.0.1:7714"  # its heartbeat with counters (PUB)
+    # Last seen and firmware are written in one transaction this often (not per message).
+    flush_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1000
+
+
 class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
@@ -330,6 +342,7 @@ class ShoalConfig(_Section, frozen=True):
     mqtt: MqttConfig = MqttConfig()
     boards: BoardsConfig = BoardsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    devices: DevicesConfig = DevicesConfig()
 
 
 class ConfigError(Exception):
