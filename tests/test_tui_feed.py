@@ -111,7 +111,7 @@ def test_crash_from_the_console_turns_the_node_dead_then_remove_hides_it(
     wait_for(lambda: "sim-002" not in live.snapshot().nodes, 5)
     wait_for(lambda: live.available("drain") is None, 10)  # the delegator has beaten
     assert "drained" in live.act("drain", "sim-001")
-    with pytest.raises(ActionError, match="only dead or left"):
+    with pytest.raises(ActionError, match="only a dead or left node can be removed"):
         live.act("remove", "sim-001")
 
 
