@@ -63,7 +63,7 @@ def test_add_seen_and_ota_history_persist_in_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "why"),
     [
-        (b"this is not a database, just garbage" * 100, "not a shoal device registry"),
+        (b"this is not a database, just garbage" * 100, "not a SQLite database"),
         (None, "not a shoal device registry (other tables"),
     ],
 )
