@@ -19,7 +19,6 @@ from mqtt_support import HOST, embedded_broker, mqtt_config, shoal, stop
 from shoal.services.cli.up import check_ports_free
 from shoal.services.testing import wait_for
 
-
 # The broker's mechanics (retained, keepalive, fan-out) with any client and topic; who may
 # connect and publish where is tests/test_mqtt_access.py's.
 ANONYMOUS = {"allow_anonymous": True}

@@ -34,8 +34,8 @@ from mqtt_support import (
 )
 
 from shoal.protocol import codec
-from shoal.services.broker.credentials import Credentials
 from shoal.protocol.messages import RelaySnapshot
+from shoal.services.broker.credentials import Credentials
 from shoal.services.delegator.placement import Peer
 from shoal.services.delegator.service import Delegator
 from shoal.services.mqtt_shim.service import Shim
