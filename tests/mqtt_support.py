@@ -128,6 +128,7 @@ class Board:
         subscribe: tuple[str, ...] = (),
         keepalive: int = 30,
         login: tuple[str, str] | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         self.node_id = node_id
         self.root = f"shoal/v1/{node_id}"
@@ -140,6 +141,8 @@ class Board:
         c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         if login is not None:
             c.username_pw_set(*login)
+        if tls_ca is not None:
+            c.tls_set(ca_certs=tls_ca)
         if will is not None:
             c.will_set(f"{self.root}/will", msgspec.json.encode(will), qos=1)
         c.on_message = self._on_message

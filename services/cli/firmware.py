@@ -205,7 +205,9 @@ def deploy_cmd(
     from shoal.services.registry.store import RegistryError, check_node_id
     from shoal.services.runtime.endpoints import split_host_port
 
-    from .devices import open_registry
+    from shoal.services.broker.credentials import Credentials
+
+    from .devices import ensure_login, open_registry
 
     try:
         check_node_id(node_id)
@@ -233,8 +235,10 @@ def deploy_cmd(
                 click.echo(shown(command))
             return
         registry = open_registry(config_path)  # a bad registry fails before the board is touched
+        password = ensure_login(Credentials(config.mqtt.credentials), node_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(board_config(node_id, (host, mqtt_port), wifi))
+        target.write_text(board_config(node_id, (host, mqtt_port), wifi, password))
+        target.chmod(0o600)  # it holds the board's MQTT password
         run_commands(commands, lambda line: click.echo(line, err=True))
     except DeployError as err:
         raise (NoPortError if err.no_board else CliError)(f"firmware deploy: {err}") from None
