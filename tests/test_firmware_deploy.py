@@ -25,10 +25,10 @@ import pytest
 from click.testing import CliRunner
 
 from shoal.services.boards.layout import STANDIN_FILES, STANDINS_DIR
+from shoal.services.broker.credentials import Credentials
 from shoal.services.cli.main import main
 from shoal.services.firmware.build import MANIFEST, micropython
 from shoal.services.firmware.deploy import mpremote
-from shoal.services.broker.credentials import Credentials
 from shoal.services.registry.store import Registry
 
 needs_unix_port = pytest.mark.skipif(micropython() is None, reason="no MicroPython unix port")

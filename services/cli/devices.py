@@ -190,9 +190,7 @@ def export_mosquitto_cmd(config_path: str | None, directory: str) -> None:
         raise CliError(f"export-mosquitto: {directory}: {err.strerror}") from None
     users = creds.users()
     click.echo(f"# {len(users)} login(s); in mosquitto.conf:", err=True)
-    click.echo(
-        f"allow_anonymous false\npassword_file {passwd.resolve()}\nacl_file {acl.resolve()}"
-    )
+    click.echo(f"allow_anonymous false\npassword_file {passwd.resolve()}\nacl_file {acl.resolve()}")
 
 
 def _credentials(config_path: str | None) -> Credentials:

@@ -190,6 +190,7 @@ def deploy_cmd(
 ) -> None:
     """Copy the bundle and a config for NODE_ID to the board with mpremote, reset it, and
     enter it in the device registry."""
+    from shoal.services.broker.credentials import Credentials
     from shoal.services.firmware.deploy import (
         DeployError,
         board_config,
@@ -204,8 +205,6 @@ def deploy_cmd(
     )
     from shoal.services.registry.store import RegistryError, check_node_id
     from shoal.services.runtime.endpoints import split_host_port
-
-    from shoal.services.broker.credentials import Credentials
 
     from .devices import ensure_login, open_registry
 
