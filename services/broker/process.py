@@ -9,9 +9,9 @@ amqtt's limits and what is done about them:
 
 - MQTT 3.1.1 only (no MQTT 5): boards and the shim speak 3.1.1.
 - Keepalives are not enforced (amqtt issue #308): ``keepalive.watch`` does it.
-- Offline queues are unbounded for persistent sessions: every client is admitted as
-  anonymous (amqtt's anonymous plugin), and amqtt keeps neither queue nor session for an
-  anonymous client once it disconnects. Nothing in shoal needs a persistent session (QoS 0
+- Offline queues are unbounded for persistent sessions: every client, once its login is
+  checked (services/broker/access.py), is marked anonymous to amqtt, which then keeps
+  neither queue nor session for it once it disconnects. Nothing in shoal needs a persistent session (QoS 0
   node messages, acked by the relay; the task protocol acks itself).
 - No message size limit, and a packet is read whole before any plugin sees it: the
   listener is loopback by default; the shim refuses payloads over ``max_payload``. A
