@@ -75,7 +75,7 @@ def allowed(user: str | None, topic: str, action: Action, anonymous_ok: bool) ->
         return board_may_publish(user, topic)
     if action == Action.SUBSCRIBE:
         return board_may_subscribe(user, topic)
-    return True  # RECEIVE: what a board may subscribe to it may receive
+    return True  # RECEIVE (AuthFirst skips it): what a board may subscribe to it may receive
 
 
 class PasswordPlugin(FileAuthPlugin):
@@ -211,6 +211,14 @@ class AuthFirst:
         if session.keep_alive > 0 and isinstance(delay, int):
             session.keep_alive += delay
         return handler, session
+
+    async def _topic_filtering(self, session: Any, topic: str, action: Action) -> bool:
+        if action == Action.RECEIVE:
+            # Checked at SUBSCRIBE already: a delivery (every message, every subscriber)
+            # goes without a plugin call.
+            return True
+        result: bool = await super()._topic_filtering(session, topic, action)  # type: ignore[misc]
+        return result
 
     async def _authenticate(self, session: Any, listener: Any) -> bool:
         if getattr(session, "shoal_authenticated", False):
