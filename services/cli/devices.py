@@ -129,6 +129,10 @@ def add_cmd(
 ) -> None:
     """Enter a board by hand (deploy and the registry process enter boards too)."""
     _checked_id(node_id)
+    from shoal.services.broker.credentials import RESERVED_BOARD_IDS
+
+    if node_id in RESERVED_BOARD_IDS:
+        raise CliUsageError(f"node id {node_id!r} is reserved (shoal/v1/{node_id}/ is the shims')")
     if mac is not None and not _is_mac(mac):
         raise CliUsageError(f"Invalid value for --mac: {mac!r} is not aa:bb:cc:dd:ee:ff")
     with open_registry(config_path) as reg:
