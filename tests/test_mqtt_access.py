@@ -10,6 +10,7 @@ import datetime
 import ipaddress
 import json
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +21,11 @@ import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brokers import mosquitto_broker
+from brokers import mosquitto_broker, require_tool
 from mqtt_support import HOST, Board, embedded_broker, heartbeat, hello, mqtt_config
 
 from shoal.protocol.messages import RelaySnapshot
-from shoal.services.broker.credentials import SHIM_USER, Credentials
+from shoal.services.broker.credentials import SHIM_USER, Credentials, read_passwd, verify_password
 from shoal.services.cli.main import main
 from shoal.services.mqtt_shim.service import Shim
 from shoal.services.relay.service import Relay
@@ -154,6 +155,30 @@ def test_on_the_embedded_broker_bad_logins_are_refused_and_counted(
     }
     # A board added while the broker runs logs in at once (the password file is re-read).
     assert _connack(port, "acc-new", _login(config, "acc-new")) == 0
+    path = tmp / "table.toml"
+    path.write_text(dump_toml(config))
+    table = CliRunner().invoke(main, ["status", "--timeout", "1", "--config", str(path)])
+    assert "broker: refusals: " in table.stdout and "refused_will=" in table.stdout
+
+
+def test_the_password_file_is_mosquittos_own_and_the_secrets_are_private(tmp_path: Path) -> None:
+    """mosquitto_passwd's hashes verify here, ours in mosquitto (the test above); the
+    passwords are kept 0600 in a 0700 directory, and never in the password file."""
+    tool = require_tool("mosquitto_passwd")
+    theirs = tmp_path / "theirs"
+    subprocess.run([tool, "-c", "-b", str(theirs), "esp-07", "s3cret"], check=True, timeout=10)
+    hashed = read_passwd(theirs)["esp-07"]
+    assert verify_password("s3cret", hashed) and not verify_password("s3cre", hashed)
+    creds = Credentials(tmp_path / "mqtt")
+    password = creds.ensure("esp-08")
+    assert creds.ensure("esp-08") == password  # kept, not made again
+    assert password not in creds.passwd.read_text()
+    assert (creds.secrets / "esp-08").stat().st_mode & 0o777 == 0o600
+    assert creds.secrets.stat().st_mode & 0o777 == 0o700
+    assert creds.make("esp-08") != password  # rotated: the old one no longer verifies
+    assert not verify_password(password, creds.users()["esp-08"])
+    with pytest.raises(ValueError, match="reserved|node id"):
+        creds.ensure("shim")
 
 
 def _mosquitto_conf(creds: Credentials, target: Path, config: Path) -> list[str]:
