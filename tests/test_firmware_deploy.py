@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from shoal.services.boards.layout import STANDIN_FILES, STANDINS_DIR
+from shoal.services.broker.credentials import Credentials
 from shoal.services.cli.main import main
 from shoal.services.firmware.build import MANIFEST, micropython
 from shoal.services.firmware.deploy import mpremote
@@ -43,7 +44,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "shoal.toml"
-    path.write_text(f'[devices]\nregistry = "{tmp_path / "devices.db"}"\n')
+    path.write_text(
+        f'[devices]\nregistry = "{tmp_path / "devices.db"}"\n'
+        f'[mqtt]\ncredentials = "{tmp_path / "mqtt"}"\n'
+    )
     return path
 
 
@@ -167,6 +171,8 @@ def test_deploy_copies_the_bundle_to_a_real_micropython_and_enters_the_board(
     config = (board / "config.py").read_text()
     assert "'node_id': 'board-07'" in config and "'mqtt_host': '10.0.0.5'" in config
     assert "'mqtt_port': 1883" in config and "'wifi_ssid': 'lab'" in config
+    password = Credentials(tmp_path / "mqtt").secret("board-07")  # its login, made by deploy
+    assert password and f"'mqtt_user': 'board-07', 'mqtt_password': '{password}'" in config
     with Registry(tmp_path / "devices.db") as reg:
         device_row = reg.get("board-07")
     assert device_row is not None

@@ -14,7 +14,7 @@ CONFIG = {
     # MQTT broker (the shim subscribes to it). An IP address avoids a blocking DNS lookup.
     "mqtt_host": "192.168.1.10",
     "mqtt_port": 1883,
-    "mqtt_user": None,  # None: connect without credentials
+    "mqtt_user": None,  # its node id; deploy writes both (shoal's brokers refuse None)
     "mqtt_password": None,
     "mqtt_keepalive_s": 60,
     # Identity: 1-32 chars of a-z, 0-9 and "-", not starting with "-" (protocol section 3.1)

@@ -190,6 +190,7 @@ def deploy_cmd(
 ) -> None:
     """Copy the bundle and a config for NODE_ID to the board with mpremote, reset it, and
     enter it in the device registry."""
+    from shoal.services.broker.credentials import Credentials
     from shoal.services.firmware.deploy import (
         DeployError,
         board_config,
@@ -205,7 +206,7 @@ def deploy_cmd(
     from shoal.services.registry.store import RegistryError, check_node_id
     from shoal.services.runtime.endpoints import split_host_port
 
-    from .devices import open_registry
+    from .devices import ensure_login, open_registry
 
     try:
         check_node_id(node_id)
@@ -233,8 +234,10 @@ def deploy_cmd(
                 click.echo(shown(command))
             return
         registry = open_registry(config_path)  # a bad registry fails before the board is touched
+        password = ensure_login(Credentials(config.mqtt.credentials), node_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(board_config(node_id, (host, mqtt_port), wifi))
+        target.write_text(board_config(node_id, (host, mqtt_port), wifi, password))
+        target.chmod(0o600)  # it holds the board's MQTT password
         run_commands(commands, lambda line: click.echo(line, err=True))
     except DeployError as err:
         raise (NoPortError if err.no_board else CliError)(f"firmware deploy: {err}") from None

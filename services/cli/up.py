@@ -243,6 +243,7 @@ def check_ports_free(
         endpoints["boards.bus"] = config.boards.bus
     if config.mqtt.embedded and "broker" not in without:
         endpoints["mqtt.listen"] = "tcp://" + config.mqtt.listen
+        endpoints["mqtt.broker_ctl"] = config.mqtt.broker_ctl
     for key, endpoint in endpoints.items():
         if not endpoint.startswith("tcp://") or endpoint.endswith(":*"):
             continue

@@ -3,7 +3,8 @@ mpremote's command line (it has no stable Python API), then the board entered in
 device registry.
 
 The config is firmware/esp32/config.py as shipped, with ``CONFIG.update({...})`` appended
-for this board (its node id, the broker's host and port, WiFi when given), as the board
+for this board (its node id, the broker's host and port, its MQTT login from ``[mqtt]
+credentials``, made if it has none, WiFi when given), as the board
 emulator writes it (services/boards/layout.py). It is written beside the bundle
 (``BUNDLE/../configs/NODE_ID/config.py``) so that ``--dry-run`` can name it exactly.
 
@@ -77,8 +78,16 @@ def read_bundle(bundle: Path) -> dict[str, Any]:
     return manifest
 
 
-def board_config(node_id: str, broker: tuple[str, int], wifi: tuple[str, str] | None) -> str:
+def board_config(
+    node_id: str,
+    broker: tuple[str, int],
+    wifi: tuple[str, str] | None,
+    mqtt_password: str | None = None,
+) -> str:
+    """The board's config.py; with its MQTT login (username: its node id) when given."""
     settings: dict[str, Any] = {"node_id": node_id, "mqtt_host": broker[0], "mqtt_port": broker[1]}
+    if mqtt_password is not None:
+        settings["mqtt_user"], settings["mqtt_password"] = node_id, mqtt_password
     if wifi is not None:
         settings["wifi_ssid"], settings["wifi_password"] = wifi
     shipped = (ESP32_DIR / "config.py").read_text()
