@@ -1,7 +1,9 @@
 """The board's entry point: WiFi, then the node core talking MQTT to the shim, forever.
 
-Layout on the board: /main.py, /config.py, /clock.py, /hal.py, /transport.py, and the node
-core as /lib/nodecore (see README.md). Ctrl-C in a serial console sends a goodbye and stops.
+Layout on the board: /boot.py, /main.py, /config.py, /clock.py, /hal.py, /transport.py,
+/ota.py, and the node core as /lib/nodecore (see README.md). boot.py (the OTA guard)
+imports this module and calls main(); run directly (``micropython main.py``), it runs
+without the guard. Ctrl-C in a serial console sends a goodbye and stops.
 """
 
 import gc
@@ -14,6 +16,7 @@ from hal import Esp32Hal, mem_free, random_u32
 from nodecore.delegation import Delegation
 from nodecore.engine import Engine
 from nodecore.node import NodeCore
+from ota import OtaClient
 from transport import MqttTransport
 
 FIRMWARE_VERSION = "shoal-esp32/0.2"
@@ -108,6 +111,17 @@ class Board:
         transport.rebirth = core.hello
         transport.reserve_seq = core.reserve_seq
         transport.idle = core.idle
+        self.ota = OtaClient(
+            cfg["node_id"],
+            FIRMWARE_VERSION,
+            transport.publish_raw,
+            clock.now,
+            acked=lambda: core.stats["acked"],
+            probation_ms=cfg.get("ota_probation_ms", 5000),
+            probation_max_ms=cfg.get("ota_probation_max_ms", 120000),
+        )
+        transport.ota_sink = self.ota.on_message
+        transport.on_connect = self.ota.on_connect
         self.status_every_ms = cfg.get("status_interval_ms", STATUS_EVERY_MS)
         self.next_status_ms = now + self.status_every_ms
         self.heap_min = None  # the least free heap seen after a pass, since boot
@@ -119,6 +133,7 @@ class Board:
         now = self.clock.now()
         self.core.tick(now)
         self.transport.poll()
+        self.ota.tick(now)
         self.hal.busy(time.ticks_diff(time.ticks_us(), t0))
         free = mem_free()
         if free is not None and (self.heap_min is None or free < self.heap_min):
@@ -139,6 +154,7 @@ class Board:
             "shoal %s state=%s seq=%d buffered=%d dropped=%d acked=%d mqtt=%s wifi=%s heap=%d"
             " tasks=%d/%d in=%d out=%d heap_min=%d connects=%d will_refreshes=%d"
             " rebirths=%d bad_tasks=%d bad_task_msgs=%d bad_states=%d bad_acks=%d"
+            " fw=%s ota=%s ota_bytes=%d ota_bad_chunks=%d"
         ) % (
             self.core.node_id,
             s["state"],
@@ -161,6 +177,10 @@ class Board:
             self.delegation.stats["bad_msgs"],
             ts["bad_states"],
             ts["bad_acks"],
+            FIRMWARE_VERSION,
+            self.ota.state,
+            self.ota.stats["bytes"],
+            self.ota.stats["bad_chunks"],
         )
 
     def stop(self):
@@ -209,5 +229,7 @@ def main(cfg=CONFIG):
         machine.reset()  # a new boot_id; the relay sees a reboot and a new hello
 
 
-if __name__ == "__main__":
+# Not when boot.py imported this module and runs main() itself: on a board the port runs
+# main.py after boot.py returns (after Ctrl-C), which must not start the node again.
+if __name__ == "__main__" and "main" not in sys.modules:
     main()

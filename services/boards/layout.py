@@ -1,9 +1,12 @@
 """Where the board's files come from, how a board's directory is laid out, and which
 interpreter runs it.
 
-A board's directory is laid out as on a board (firmware/esp32/README.md): main.py,
-config.py, clock.py, hal.py, transport.py, mqtt.py at the top, the node core as
-lib/nodecore; the stand-ins (standins/) sit beside them. config.py is the shipped one,
+A board's directory is laid out as on a board (firmware/esp32/README.md): boot.py,
+main.py, config.py, clock.py, hal.py, transport.py, mqtt.py, ota.py at the top, the node
+core as lib/nodecore; the stand-ins (standins/) sit beside them. It is the board's flash:
+the firmware is copied in at the first power-on only (as flashing and deploying a board
+would), so what an over-the-air update wrote survives every reboot and power cut. A board
+runs boot.py, as MicroPython on a chip does (the OTA guard, which then runs main). config.py is the shipped one,
 unchanged, with ``CONFIG.update({...})`` appended for this board (its id, the broker's
 address as its radio reaches it, the emulator's overrides). The files come from the
 installed package (shoal.firmware), so a wheel install runs boards too.
@@ -71,13 +74,12 @@ def precompile(board: Path) -> int:
 
 
 def make_board_dir(root: Path, node_id: str, overrides: dict[str, Any]) -> Path:
-    """Lay out one board's files under root/node_id (again, if it exists) and return it."""
+    """Lay out one board's files under root/node_id, its firmware only the first time (a
+    board keeps its flash), and return it. config.py is written at every boot."""
     board = root / node_id
-    lib = board / "lib"
-    if lib.exists():
-        shutil.rmtree(lib)
-    board.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(compiled_bundle(root), board, dirs_exist_ok=True)
+    if not (board / "boot.py").exists():
+        board.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(compiled_bundle(root), board, dirs_exist_ok=True)
     shipped = (ESP32_DIR / "config.py").read_text()
     extra = repr(dict(sorted(overrides.items())))  # str/int/float/bool/None: MicroPython too
     (board / "config.py").write_text(
@@ -125,7 +127,7 @@ def ask_crash(board: Path) -> None:
 
 
 def argv(heap: str) -> list[str]:
-    return [micropython(), "-X", f"heapsize={heap}", "main.py"]
+    return [micropython(), "-X", f"heapsize={heap}", "boot.py"]
 
 
 def env(board: Path) -> dict[str, str]:
