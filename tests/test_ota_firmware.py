@@ -41,9 +41,9 @@ def board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     machine.reset = reset  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "machine", machine)
-    for name in ("boot", "ota", "main"):
+    for name in ("otaboot", "ota", "main"):
         sys.modules.pop(name, None)
-    boot = importlib.import_module("boot")
+    boot = importlib.import_module("otaboot")
     ota = importlib.import_module("ota")
     (tmp_path / "main.py").write_text(f'FIRMWARE_VERSION = "{OLD}"\n')
     (tmp_path / "hal.mpy").write_bytes(b"old hal")

@@ -1,8 +1,8 @@
 """The board's entry point: WiFi, then the node core talking MQTT to the shim, forever.
 
 Layout on the board: /boot.py, /main.py, /config.py, /clock.py, /hal.py, /transport.py,
-/ota.py, and the node core as /lib/nodecore (see README.md). boot.py (the OTA guard)
-imports this module and calls main(); run directly (``micropython main.py``), it runs
+/ota.py, /otaboot.py, and the node core as /lib/nodecore (see README.md). boot.py (the OTA
+guard, otaboot.py) imports this module and calls main(); run directly (``micropython main.py``), it runs
 without the guard. Ctrl-C in a serial console sends a goodbye and stops.
 """
 
@@ -16,7 +16,6 @@ from hal import Esp32Hal, mem_free, random_u32
 from nodecore.delegation import Delegation
 from nodecore.engine import Engine
 from nodecore.node import NodeCore
-from ota import OtaClient
 from transport import MqttTransport
 
 FIRMWARE_VERSION = "shoal-esp32/0.2"
@@ -111,20 +110,40 @@ class Board:
         transport.rebirth = core.hello
         transport.reserve_seq = core.reserve_seq
         transport.idle = core.idle
-        self.ota = OtaClient(
-            cfg["node_id"],
-            FIRMWARE_VERSION,
-            transport.publish_raw,
-            clock.now,
-            acked=lambda: core.stats["acked"],
-            probation_ms=cfg.get("ota_probation_ms", 5000),
-            probation_max_ms=cfg.get("ota_probation_max_ms", 120000),
-        )
-        transport.ota_sink = self.ota.on_message
-        transport.on_connect = self.ota.on_connect
+        # The OTA client (ota.py, ~8 KB of heap) is loaded only when an update is under way:
+        # a message from the OTA service, or a transfer or a new version's probation that
+        # a reset interrupted (its files on flash).
+        self.ota = None
+        self._acked = lambda: core.stats["acked"]
+        transport.ota_sink = self._ota_message
+        transport.on_connect = self._ota_connect
+        if _exists("ota_pending.json") or _exists("ota_plan.json"):
+            self._load_ota()
         self.status_every_ms = cfg.get("status_interval_ms", STATUS_EVERY_MS)
         self.next_status_ms = now + self.status_every_ms
         self.heap_min = None  # the least free heap seen after a pass, since boot
+
+    def _load_ota(self):
+        from ota import OtaClient
+
+        cfg = self.cfg
+        self.ota = OtaClient(
+            cfg["node_id"],
+            FIRMWARE_VERSION,
+            self.transport.publish_raw,
+            self.clock.now,
+            acked=self._acked,
+            probation_ms=cfg.get("ota_probation_ms", 5000),
+            probation_max_ms=cfg.get("ota_probation_max_ms", 120000),
+        )
+        return self.ota
+
+    def _ota_message(self, payload):
+        (self.ota or self._load_ota()).on_message(payload)
+
+    def _ota_connect(self):
+        if self.ota is not None:
+            self.ota.on_connect()
 
     def step(self):
         """One pass of the main loop: the node core, then the MQTT client. Its time goes to
@@ -133,7 +152,8 @@ class Board:
         now = self.clock.now()
         self.core.tick(now)
         self.transport.poll()
-        self.ota.tick(now)
+        if self.ota is not None:
+            self.ota.tick(now)
         self.hal.busy(time.ticks_diff(time.ticks_us(), t0))
         free = mem_free()
         if free is not None and (self.heap_min is None or free < self.heap_min):
@@ -178,9 +198,9 @@ class Board:
             ts["bad_states"],
             ts["bad_acks"],
             FIRMWARE_VERSION,
-            self.ota.state,
-            self.ota.stats["bytes"],
-            self.ota.stats["bad_chunks"],
+            self.ota.state if self.ota else "-",
+            self.ota.stats["bytes"] if self.ota else 0,
+            self.ota.stats["bad_chunks"] if self.ota else 0,
         )
 
     def stop(self):
@@ -188,6 +208,16 @@ class Board:
         self.core.goodbye(self.clock.now(), "shutdown")
         self.transport.poll()
         self.transport.close()
+
+
+def _exists(path):
+    try:
+        import os
+
+        os.stat(path)
+        return True
+    except (ImportError, AttributeError, OSError):
+        return False
 
 
 def _int(x):

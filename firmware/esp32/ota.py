@@ -13,7 +13,7 @@ request times out, and after a power cut it finds its progress on flash.
   are written, and the file counts only when the whole matches the manifest's sha256.
 - Files are staged beside the running ones (``X.new``) and the plan kept in
   ``ota_plan.json``: the size of a staged file is how far it got.
-- When every file is verified: the pending marker, the switch, a reset. boot.py counts the
+- When every file is verified: the pending marker, the switch, a reset. otaboot.py counts the
   trial boots and rolls back by itself (an import error at once); this module confirms the
   new version once its hello was acked and it has run ``probation_ms``, or rolls back if no
   ack came within ``probation_max_ms``.
@@ -24,7 +24,7 @@ RAM: one chunk (1 KB by default) and one hash at a time; nothing of a file stays
 import json
 import os
 
-import boot
+import otaboot as boot
 
 try:
     import hashlib
@@ -123,8 +123,9 @@ class OtaClient:
                 return
             msg = json.loads(payload)
             kind = msg["kind"]
-        except (ValueError, KeyError, TypeError, IndexError, MemoryError):
+        except (ValueError, KeyError, TypeError, IndexError, MemoryError) as e:
             self.stats["bad_msgs"] += 1
+            self.detail = "bad message: %r" % (e,)
             return
         except OSError as e:  # the flash refused a write: this update cannot go on
             self._discard()
@@ -142,6 +143,9 @@ class OtaClient:
         version = msg.get("version")
         if self.state in ("trial", "switching") or version == self.fw:
             return
+        last = boot.read_json(boot.RESULT)
+        if last is not None and last.get("version") == version and last.get("result") == "rolled_back":
+            return  # this version failed here once: its status says so, it is not taken again
         if self.state == "downloading" and self.plan["version"] == version:
             return
         if hashlib is None:
@@ -152,8 +156,9 @@ class OtaClient:
             for path, size, sha in plan["files"]:
                 if not isinstance(path, str) or ".." in path or size < 0 or len(sha) != 64:
                     raise ValueError(path)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError) as e:
             self.stats["bad_msgs"] += 1
+            self.detail = "bad offer: %r" % (e,)
             return
         if self.plan is not None:
             self._discard()

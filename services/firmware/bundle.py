@@ -27,7 +27,7 @@ NODECORE_DIR = FIRMWARE_DIR / "nodecore"
 SOURCE_ONLY = ("boot.py", "main.py", "config.py")
 # Never sent over the air: the board's own settings, and the guard that rolls back a bad
 # update (replacing it is a job for `shoal firmware deploy` over the serial line).
-NOT_OVER_THE_AIR = ("boot.py", "config.py")
+NOT_OVER_THE_AIR = ("boot.py", "otaboot.mpy", "config.py")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 # What only a chip has, stood in on an emulated board and in the heap probe.

@@ -182,10 +182,17 @@ class Registry:
             raise self._file_error(f"cannot use WAL mode (journal_mode is {mode})")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
         if version == 0:
-            db.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id={APPLICATION_ID}; "
-                f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
+            try:
+                db.executescript(
+                    f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id={APPLICATION_ID}; "
+                    f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                )
+            except sqlite3.OperationalError as err:
+                # Another process (the registry, the OTA service) made it first: theirs.
+                if "already exists" not in str(err):
+                    raise
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
         have = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
         if missing := sorted(_TABLES - have):
             raise self._file_error(f"not a shoal device registry (no table {', '.join(missing)})")
