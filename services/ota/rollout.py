@@ -116,9 +116,14 @@ class Rollout:
     # --- what to do next ----------------------------------------------------------------
 
     def step(
-        self, now: float, alive: dict[str, bool], healthy: bool
+        self,
+        now: float,
+        alive: dict[str, bool],
+        healthy: bool,
+        heard: dict[str, float] | None = None,
     ) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-        """(boards to offer to, boards to abort, state changes) for this moment."""
+        """(boards to offer to, boards to abort, state changes) for this moment. ``heard``:
+        when each board last sent anything OTA (a board asking for chunks needs no offer)."""
         changes: list[tuple[str, str]] = []
         offers: list[str] = []
         aborts: list[str] = []
@@ -146,10 +151,12 @@ class Rollout:
             if self.state != "succeeded":
                 self.state = "succeeded"
             return offers, aborts, changes
-        # Boards under way: offered again now and then (the offer is idempotent; it reaches
-        # a board that rebooted, or a service restart that lost nothing but the moment).
+        # Boards under way but quiet: offered again (the offer is idempotent; it reaches a
+        # board that lost it, or that never heard it while the broker was away).
+        heard = heard or {}
         for row in self.rows.values():
-            if row.state in ("downloading", "switching") and self._due(row.node_id, now):
+            quiet = now - heard.get(row.node_id, 0.0) >= self.offer_every_s
+            if row.state in ("downloading", "switching") and quiet and self._due(row.node_id, now):
                 offers.append(row.node_id)
         gate_open = healthy and all(
             alive.get(r.node_id) for r in self.rows.values() if r.state == "confirmed"

@@ -68,6 +68,7 @@ class OtaService(Service):
         self.cfg = config.ota
         self.root = Path(self.cfg.store)
         self.rollout: Rollout | None = None
+        self.heard: dict[str, float] = {}  # node -> when it last spoke OTA (paho's thread)
         self.ctl_ops["rollout"] = self._op_rollout
         self.ctl_ops["progress"] = self._op_progress
         self.ctl_ops["abort"] = self._op_abort
@@ -136,6 +137,7 @@ class OtaService(Service):
             self.counters["impersonation"] += 1
             self.rejects.add("impersonation", f"{msg.node_id!r} on {node}'s topic")
             return
+        self.heard[node] = time.time()
         if isinstance(msg, wire.Get):
             self._serve_chunk(msg)
         else:
@@ -177,7 +179,7 @@ class OtaService(Service):
         if r is None or r.state != "running":
             return
         alive = {n: self.members.state(n) == "alive" for n in r.nodes}
-        offers, aborts, changes = r.step(time.time(), alive, self.members.healthy)
+        offers, aborts, changes = r.step(time.time(), alive, self.members.healthy, dict(self.heard))
         bundle = self.store.get(r.version)
         for node in offers:
             if bundle is not None:
