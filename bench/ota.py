@@ -35,7 +35,7 @@ TCP_IP_BYTES = 40
 
 def alive(cluster: Cluster) -> set[str]:
     with CtlClient(cluster.config.liveness.ctl) as c:
-        snap = c.call("members", timeout_s=2.0)
+        snap: dict[str, Any] = c.call("members", timeout_s=2.0)
     return {m["node_id"] for m in snap["members"] if m["state"] == "alive"}
 
 
