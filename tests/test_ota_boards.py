@@ -4,8 +4,9 @@ the MicroPython unix port, 110 KB heap, over the embedded broker), the OTA servi
 
 One cluster, in order: a rollout of a new version to the 4 boards succeeds while a foreign
 publisher sends corrupted chunks (refused, fetched again) and one board loses power mid
-transfer (it resumes from its flash); then a version that raises at import: the first board
-rolls back by itself, the rollout halts, the others never start, every board stays alive."""
+transfer (it resumes from its flash); then (slow: `just bench`; `just test` runs the same
+as scenarios/ota-bad-firmware.toml) a version that raises at import: the first board rolls
+back by itself, the rollout halts, the others never start, every board stays alive."""
 
 from __future__ import annotations
 
@@ -170,6 +171,7 @@ def test_a_rollout_to_four_boards_survives_corrupt_chunks_and_a_power_cut(
     print(run.output)
 
 
+@pytest.mark.slow  # in `just bench`; `just test` has it as scenarios/ota-bad-firmware.toml
 def test_a_version_that_raises_at_import_rolls_back_and_halts_the_rollout(
     cluster: Cluster, tmp_path: Path
 ) -> None:

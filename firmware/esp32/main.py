@@ -135,8 +135,16 @@ class Board:
             acked=self._acked,
             probation_ms=cfg.get("ota_probation_ms", 5000),
             probation_max_ms=cfg.get("ota_probation_max_ms", 120000),
+            before_reset=self._before_reset,
         )
         return self.ota
+
+    def _before_reset(self):
+        """An update's reset is planned: a goodbye, so the cluster sees the board leave and
+        come back with its new boot, not a failure."""
+        self.core.goodbye(self.clock.now(), "update")
+        self.transport.poll()
+        self.transport.close()
 
     def _ota_message(self, payload):
         (self.ota or self._load_ota()).on_message(payload)

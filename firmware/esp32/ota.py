@@ -76,13 +76,15 @@ class OtaClient:
         statvfs=None,
         probation_ms=5000,
         probation_max_ms=120000,
+        before_reset=None,
     ):
         self.node_id = node_id
         self.fw = fw  # the running version
         self.publish = publish  # (topic, payload bytes) -> sent
         self.now_ms = now_ms
         self.acked = acked  # () -> messages of this boot the relay acked
-        self.reset = reset or boot.reset
+        self._reset = reset or boot.reset
+        self.before_reset = before_reset  # e.g. the node's goodbye: a planned reboot says so
         self.statvfs = statvfs
         self.probation_ms = probation_ms
         self.probation_max_ms = probation_max_ms
@@ -306,6 +308,14 @@ class OtaClient:
         boot.remove(PLAN)
         self.plan = None
         self.hasher = None
+
+    def reset(self):
+        if self.before_reset is not None:
+            try:
+                self.before_reset()
+            except Exception:  # the reset matters more than the goodbye
+                pass
+        self._reset()
 
     # --- each pass of the main loop -------------------------------------------------------
 

@@ -77,3 +77,24 @@ class Store:
                 except BundleError:
                     return None
         return bundle
+
+
+def variant(out: Path, version: str, raise_at_import: bool = False) -> Bundle:
+    """This install's firmware built into ``out`` as ``version``; with ``raise_at_import``, a
+    version whose main.py imports a module no board has (for fault scenarios and tests: a
+    bad release)."""
+    import json
+
+    from shoal.services.firmware.build import build
+    from shoal.services.firmware.bundle import list_files
+    from shoal.services.firmware.targets import TARGETS
+
+    build(out, TARGETS["esp32"], version=version)
+    if raise_at_import:
+        main_py = out / "main.py"
+        text = main_py.read_text().replace("import gc\n", "import gc\nimport no_such_module\n", 1)
+        main_py.write_text(text)
+        manifest = json.loads((out / MANIFEST).read_text())
+        manifest["files"] = list_files(out)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return load(out)
