@@ -163,3 +163,18 @@ def test_the_store_keeps_a_checked_bundle_without_boot_files_and_finds_it_after_
 
     with pytest.raises(BundleError):
         Store(tmp_path / "other").add(src)
+
+
+def test_the_console_shows_each_board_s_update_in_one_line() -> None:
+    from shoal.services.runtime.config import load_config
+    from shoal.tui.detail import ota
+    from shoal.tui.feed import LiveFeed
+    from shoal.tui.model import NodeRow
+
+    feed = LiveFeed(load_config(env={}))
+    r = Rollout(V, ["b-1"])
+    r.step(0.0, {"b-1": True}, True)
+    r.on_status(status("b-1", "downloading", version=V, done=2048, total=41578), 1.0)
+    feed._on_ota(r.progress(3.0))
+    line = ota(NodeRow(node_id="b-1", state="alive", age_ms=0, ota=feed._ota["b-1"]))
+    assert line == f"ota: {V} downloading 2,048/41,578 B 3.0 s"
