@@ -141,12 +141,14 @@ def test_a_rollout_to_four_boards_survives_corrupt_chunks_and_a_power_cut(
             time.sleep(0.5)  # a real cut lasts a moment (the broker sees only silence)
             c.call("power_on", {"node_id": "board-03"}, timeout_s=5.0)
 
-        # Its first status after the power came back: the bytes it already had on flash.
-        def resumed() -> int:
+        # Its first status after the power came back: more than it had before the cut (it
+        # resumed from its flash; started over, it would report fewer bytes first).
+        def next_report() -> dict[str, Any] | None:
             row = {r["node_id"]: r for r in progress(cluster)["nodes"]}["board-03"]
-            return int(row["done"] >= before and row["state"] != "waiting")
+            return row if row["done"] != before or row["state"] != "downloading" else None
 
-        wait_for(resumed, timeout_s=30, interval_s=0.1, ignore=(Exception,))
+        after = wait_for(next_report, timeout_s=60, interval_s=0.05, ignore=(Exception,))
+        assert after["done"] > before, (before, after)
     finally:
         runner.join(200)
         corrupter.close()
@@ -158,9 +160,6 @@ def test_a_rollout_to_four_boards_survives_corrupt_chunks_and_a_power_cut(
     assert all(r["state"] == "confirmed" for r in rows.values()), rows
     assert corrupter.sent >= 1
     assert sum(r["bad_chunks"] for r in rows.values()) >= 1  # refused, and fetched again
-    # The resumed board fetched less than twice its bundle: it did not start over.
-    served = final["counters"]["chunk_data_bytes"]
-    assert served < 4 * final["bytes"] + final["bytes"]
     wait_for(lambda: all(f"fw={GOOD}" in b["status"] for b in boards(cluster).values()), 30)
     assert set(BOARDS) <= alive(cluster)
     with Registry(cluster.config.devices.registry) as reg:
