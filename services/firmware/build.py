@@ -173,7 +173,7 @@ import gc, sys
 sys.path.insert(0, "lib")
 gc.collect()
 try:
-    import config, clock, hal, mqtt, transport, ota
+    import config, clock, hal, mqtt, transport, otaboot, ota
     import nodecore.node, nodecore.engine, nodecore.delegation, nodecore.handlers
     gc.collect()
     print("shoal-heap", gc.mem_free())
