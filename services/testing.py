@@ -60,6 +60,7 @@ def config_on_free_ports(
             for name in ("relay", "liveness", "delegator", "sim", "shim", "boards", "broker")
         },
         "devices": {"ctl": tcp(), "bus": tcp()},
+        "ota": {"ctl": tcp(), "bus": tcp()},
     }
     for name, values in endpoints.items():
         values.update(sections.pop(name, {}))
@@ -246,13 +247,22 @@ class Cluster:
         self.boards = boards  # emulated boards (MicroPython processes); none by default
         if board_config:
             sections["boards"] = board_config  # the [boards] section (``boards`` is the count)
-        self.without = without  # services left out: a deliberately broken cluster
+        # Services left out: a deliberately broken cluster. The OTA service only with boards
+        # (a cluster of simulated nodes has nothing to update; one process less to start).
+        self.without = without if boards or "ota" in without else (*without, "ota")
         # More `shoal up` options, e.g. {"--broker": "mqtt://..."}: a broker of the caller's.
         self.up_options = up_options or {}
         delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
         devices = {"registry": str(self.workdir / "devices.db"), **sections.pop("devices", {})}
         mqtt = {"credentials": str(self.workdir / "mqtt-credentials"), **sections.pop("mqtt", {})}
-        self._sections = {"delegator": delegator, "devices": devices, "mqtt": mqtt, **sections}
+        ota = {"store": str(self.workdir / "ota"), **sections.pop("ota", {})}
+        self._sections = {
+            "delegator": delegator,
+            "devices": devices,
+            "mqtt": mqtt,
+            "ota": ota,
+            **sections,
+        }
         self.config_path = self.workdir / "shoal.toml"
         self.log_path = self.workdir / "cluster.log"
         self.proc: Any = None
@@ -307,6 +317,7 @@ class Cluster:
         }
         if self.boards:
             endpoints["boards"] = self.config.boards.ctl
+            endpoints["ota"] = self.config.ota.ctl
         waiting = {k: v for k, v in endpoints.items() if k not in self.without}
         mqtt = self.config.mqtt
         external = "--broker" in self.up_options or "broker" in self.without

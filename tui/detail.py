@@ -44,6 +44,10 @@ def fields(row: NodeRow) -> Table:
     return grid
 
 
+def ota(row: NodeRow) -> str:
+    return f"ota: {row.ota}" if row.ota else ""
+
+
 def tasks(row: NodeRow) -> str:
     if row.tasks_running is None:
         return NO_TASKS
@@ -101,7 +105,9 @@ class NodeDetailScreen(ConsoleScreen):
             self.query_one("#reason", Static).update(
                 Text.assemble(("reason ", "dim"), row.reason or fmt.DASH)
             )
-            self.query_one("#tasks", Static).update(tasks(row))
+            self.query_one("#tasks", Static).update(
+                tasks(row) + (f"\n{ota(row)}" if row.ota else "")  # a board being updated
+            )
         self._show_history()
         self._show_events()
 

@@ -117,12 +117,16 @@ class _Console(Service):
         # The fleet's own accounting: tasks its nodes cannot account for (lost on nodes).
         self.sim_sock = self.sockets.connect(zmq.DEALER, self.config.sim.ctl)
         self.on_readable(self.sim_sock, self._on_sim_status)
+        # The OTA service's rollout (none without boards): each board's update in its detail.
+        self.ota_sock = self.sockets.connect(zmq.DEALER, self.config.ota.ctl)
+        self.on_readable(self.ota_sock, self._on_ota)
         self.every(PS_INTERVAL_S, self._ask_ps)
         self.every(BUILD_INTERVAL_S, feed._build)
         self._ask_ps()
 
     def _ask_ps(self) -> None:
-        for sock, op in ((self.ps_sock, "ps"), (self.sim_sock, "status")):
+        asks = ((self.ps_sock, "ps"), (self.sim_sock, "status"), (self.ota_sock, "progress"))
+        for sock, op in asks:
             request = Request(id=next(self._ps_ids), op=op)
             with contextlib.suppress(zmq.Again):
                 sock.send(codec.encode(request), zmq.NOBLOCK)
@@ -131,6 +135,11 @@ class _Console(Service):
         for status in _results(self.sim_sock):
             if isinstance(status, dict) and isinstance(status.get("counters"), dict):
                 self.feed._on_sim_counters(status["counters"])
+
+    def _on_ota(self) -> None:
+        for progress in _results(self.ota_sock):
+            if isinstance(progress, dict) and isinstance(progress.get("nodes"), list):
+                self.feed._on_ota(progress)
 
     def _on_ps(self) -> None:
         for rows in _results(self.ps_sock):
@@ -184,6 +193,7 @@ class LiveFeed:
         self._sim_counters: dict[str, Any] | None = None
         self._window = derived.Window()  # delegator traffic, said once an interval
         self._drained: set[str] = set()  # the delegator's drained nodes, as its last reply said
+        self._ota: dict[str, str] = {}  # node -> its update, as the OTA service said last
         self._version = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -423,6 +433,21 @@ class LiveFeed:
         lost = counters.get("tasks_unaccounted")
         self._lost = lost if isinstance(lost, int) else None
 
+    def _on_ota(self, progress: dict[str, Any]) -> None:
+        """The rollout's rows as one line a board: version, state, bytes, seconds."""
+        out: dict[str, str] = {}
+        for row in progress["nodes"]:
+            if not isinstance(row, dict) or not isinstance(row.get("node_id"), str):
+                continue
+            text = f"{progress.get('version')} {row.get('state')}"
+            if row.get("total"):
+                text += f" {row.get('done', 0):,}/{row['total']:,} B"
+            if row.get("seconds") is not None:
+                text += f" {row['seconds']} s"
+            out[row["node_id"]] = text
+        with self._lock:
+            self._ota = out
+
     def _on_ps(self, rows: list[dict[str, Any]]) -> None:
         old = self._ps
         new = {row.get("name", "?"): row for row in rows if isinstance(row, dict)}
@@ -475,6 +500,7 @@ class LiveFeed:
                 boots=nv.boots,
                 reason=member.reason if member else "",
                 drained=node_id in drained,
+                ota=self._ota.get(node_id, ""),
             )
         for node_id, member in members.items():
             if node_id not in nodes and node_id not in hidden:

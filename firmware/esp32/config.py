@@ -42,6 +42,10 @@ CONFIG = {
     # many seqs were used since the last: the shim honours a will only within the relay's
     # de-duplication window (256 seqs, about a minute of 250 ms heartbeats). 0: never.
     "will_refresh_seqs": 200,
+    # Over-the-air updates (ota.py): a new version confirms itself once its hello was acked
+    # and it has run this long; with no ack within ota_probation_max_ms it rolls back.
+    "ota_probation_ms": 5000,
+    "ota_probation_max_ms": 120000,
     # The status line on the console (state, heap, counters), every this many ms.
     "status_interval_ms": 10000,
 }

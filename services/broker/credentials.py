@@ -241,9 +241,14 @@ class Credentials:
             os.close(fd)
 
 
-def shim_login(cfg: Any) -> tuple[str, str]:
-    """The shim's (username, password): ``[mqtt] username`` / ``password`` when set, else
-    svc.shim from the credentials directory (made on first use)."""
+def service_login(cfg: Any, user: str) -> tuple[str, str]:
+    """A service's MQTT (username, password): ``[mqtt] username`` / ``password`` when set,
+    else ``user`` (svc.<name>) from the credentials directory (made on first use)."""
     if cfg.username:
         return cfg.username, cfg.password
-    return SHIM_USER, Credentials(cfg.credentials).ensure(SHIM_USER)
+    return user, Credentials(cfg.credentials).ensure(user)
+
+
+def shim_login(cfg: Any) -> tuple[str, str]:
+    """The shim's login (svc.shim unless ``[mqtt] username`` says otherwise)."""
+    return service_login(cfg, SHIM_USER)

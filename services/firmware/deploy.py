@@ -21,17 +21,15 @@ The commands, each one mpremote process (``deploy_commands``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .build import ESP32_DIR, MANIFEST
+from . import bundle as bundles
+from .bundle import ESP32_DIR, BundleError, tool
 
 MKDIR_LIB = 'import os\nif "lib" not in os.listdir(): os.mkdir("lib")'
 
@@ -46,8 +44,7 @@ class DeployError(Exception):
 
 
 def mpremote() -> str:
-    here = Path(sys.executable).parent / "mpremote"
-    found = str(here) if here.exists() else shutil.which("mpremote")
+    found = tool("mpremote")
     if found is None:
         raise DeployError("mpremote not found (pip install mpremote)")
     return found
@@ -55,27 +52,10 @@ def mpremote() -> str:
 
 def read_bundle(bundle: Path) -> dict[str, Any]:
     """The bundle's manifest, every file checked against its size and sha256."""
-    path = bundle / MANIFEST
-    if not path.is_file():
-        raise DeployError(
-            f"no bundle in {bundle} (no {MANIFEST}): run `shoal firmware build` first"
-        )
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError):
-        raise DeployError(f"{path}: not a bundle manifest") from None
-    for f in files:
-        data = (bundle / f["path"]).read_bytes() if (bundle / f["path"]).is_file() else None
-        if (
-            data is None
-            or len(data) != f["size"]
-            or hashlib.sha256(data).hexdigest() != f["sha256"]
-        ):
-            raise DeployError(
-                f"{bundle / f['path']}: missing or changed since the build; build again"
-            )
-    return manifest
+        return bundles.read_bundle(bundle)
+    except BundleError as err:
+        raise DeployError(str(err)) from None
 
 
 def board_config(

@@ -348,6 +348,22 @@ class DevicesConfig(_Section, frozen=True):
     flush_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1000
 
 
+class OtaConfig(_Section, frozen=True):
+    """Over-the-air updates (``shoal firmware ota``, ``shoal run ota``; services/ota)."""
+
+    ctl: Endpoint = "tcp://127.0.0.1:7716"  # rollout, progress, abort (ROUTER)
+    bus: Endpoint = "tcp://127.0.0.1:7717"  # its heartbeat with counters (PUB)
+    # Where the service keeps the bundles it was given and the rollout (survives restarts).
+    store: str = "shoal-ota"
+    client_id: str = "shoal-ota"  # its MQTT client id
+    # The chunk a board asks for: 1 KB keeps the board's RAM small (one chunk at a time).
+    chunk_bytes: Annotated[int, Meta(ge=64, le=2048)] = 1024
+    # A board that switched must confirm its new boot (and be alive) within this.
+    trial_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 90.0
+    # Boards under way are offered again this often (a board that lost the offer).
+    offer_every_s: Annotated[float, Meta(gt=0, le=600)] = 3.0
+
+
 class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
@@ -359,6 +375,7 @@ class ShoalConfig(_Section, frozen=True):
     boards: BoardsConfig = BoardsConfig()
     metrics: MetricsConfig = MetricsConfig()
     devices: DevicesConfig = DevicesConfig()
+    ota: OtaConfig = OtaConfig()
 
 
 class ConfigError(Exception):
@@ -381,6 +398,7 @@ ENV_ENDPOINTS = {
     "SHOAL_SHIM_CTL": ("mqtt", "shim_ctl"),
     "SHOAL_SHIM_BUS": ("mqtt", "shim_bus"),
     "SHOAL_BOARDS_CTL": ("boards", "ctl"),
+    "SHOAL_OTA_CTL": ("ota", "ctl"),
 }
 
 

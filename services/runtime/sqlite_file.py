@@ -103,11 +103,19 @@ def _open(db: sqlite3.Connection, kind: FileKind, error: Callable[[str], Excepti
         db.execute("PRAGMA foreign_keys=ON")
     if version != kind.schema_version:
         # One transaction: a crash leaves the file as it was, never half upgraded.
-        db.executescript(
-            f"BEGIN IMMEDIATE; {kind.upgrade(version)} "
-            f"PRAGMA application_id={kind.application_id}; "
-            f"PRAGMA user_version={kind.schema_version}; COMMIT;"
-        )
+        try:
+            db.executescript(
+                f"BEGIN IMMEDIATE; {kind.upgrade(version)} "
+                f"PRAGMA application_id={kind.application_id}; "
+                f"PRAGMA user_version={kind.schema_version}; COMMIT;"
+            )
+        except sqlite3.OperationalError:
+            # Another process (the registry and the OTA service start together) made or
+            # upgraded the file between our read and our BEGIN: theirs stands.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if db.execute("PRAGMA user_version").fetchone()[0] != kind.schema_version:
+                raise
     _check_schema(db, kind, kind.schema_version, error)
     check = db.execute("PRAGMA quick_check").fetchall()
     if check != [("ok",)]:
