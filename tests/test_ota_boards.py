@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from click.testing import CliRunner
 
+from shoal.services.broker.credentials import service_login
 from shoal.services.cli.main import main
 from shoal.services.firmware.build import build
 from shoal.services.firmware.bundle import MANIFEST, list_files, tool
@@ -77,6 +78,8 @@ class Corrupter:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="corrupter")
         self.c.on_message = self._on_message
         self.c.on_connect = lambda c, *_: c.subscribe(wire.UP_FILTER)
+        # A service's rights on the broker (a board's could not answer another board).
+        self.c.username_pw_set(*service_login(cluster.config.mqtt, "svc.corrupter"))
         host, port = cluster.config.mqtt.broker_address()
         self.c.connect(host, port)
         self.c.loop_start()
