@@ -304,10 +304,14 @@ class Actuators:
         kernel_part, left, notes = self.kernel.split(params)
         for node in step.targets:
             self._klinks.setdefault(node, {})[step.id] = kernel_part
-        made = [] if not any(v for k, v in kernel_part.items() if k != "services") else [
-            f"kernel ({self.kernel.way}) between {', '.join(hosts)} and "
-            f"{', '.join(self._service_hosts(params))}"
-        ]  # fmt: skip
+        made = (
+            []
+            if not any(v for k, v in kernel_part.items() if k != "services")
+            else [
+                f"kernel ({self.kernel.way}) between {', '.join(hosts)} and "
+                f"{', '.join(self._service_hosts(params))}"
+            ]
+        )
         self.via[step.id] = "; ".join([*made, *notes])
         at = self._send_kernel(hosts)
         if left:

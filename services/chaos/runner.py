@@ -503,6 +503,7 @@ class _Run:
         applied.applied_wall = time.time() - (time.monotonic() - mono)
         if step.heal_at_s is not None and step.heal_at_s <= step.at_s:
             applied.healed_at = applied.applied_at  # instant
+        via: dict[str, Any] = {"via": applied.via} if applied.via else {}
         self.history.add(
             "fault",
             id=applied.id,
@@ -510,10 +511,10 @@ class _Run:
             targets=applied.targets,
             planned=applied.planned_at,
             actual=applied.applied_at,
-            **({"via": applied.via} if applied.via else {}),
+            **via,
         )
 
-    def _dropped(self, applied: Applied) -> dict[str, int]:
+    def _dropped(self, applied: Applied) -> dict[str, Any]:
         """For a heal entry: the packets the kernel dropped under that fault (hosts)."""
         n = self.actuators.kernel_dropped.get(applied.id)
         applied.kernel_dropped = n

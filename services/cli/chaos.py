@@ -191,10 +191,7 @@ def run(
         progress=progress,
     )
     try:
-        if hosts:
-            result = _run_on_hosts(loaded, options)
-        else:
-            result = run_scenario(loaded, options)
+        result = _run_on_hosts(loaded, options) if hosts else run_scenario(loaded, options)
     except ScenarioError as err:
         _invalid(err)
     except Exception:  # a bug in the injector is no verdict on the cluster

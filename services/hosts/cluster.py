@@ -52,9 +52,12 @@ class HostsCluster:
             log = open(self._host_log(h.name), "ab")  # noqa: SIM115 (closed in stop)
             self._logs[h.name] = log
             self.procs[h.name] = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 cwd=self.workdir,
-            )  # fmt: skip
+            )
 
     def endpoints(self) -> dict[str, str]:
         """Every service's ctl endpoint, by "host/service"."""
@@ -65,9 +68,9 @@ class HostsCluster:
             config = self.layout.config(h.name)
             out[f"{h.name}/supervisor"] = config.supervisor.ctl
             for name in h.runs:
-                out[f"{h.name}/{name}"] = config.sim.ctl if name == "sim" else getattr(
-                    config, name
-                ).ctl  # fmt: skip
+                out[f"{h.name}/{name}"] = (
+                    config.sim.ctl if name == "sim" else getattr(config, name).ctl
+                )
         return out
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> str | None:

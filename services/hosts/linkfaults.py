@@ -58,9 +58,27 @@ def probe(netns: str) -> str | None:
             pass
         try:
             run([*tc, "qdisc", "add", "dev", "pr0", "clsact"])
-            run([*tc, "filter", "add", "dev", "pr0", "egress", "pref", "1", "bpf", "bytecode",
-                 cbpf("169.254.0.1", 0.5), "action", "mirred", "egress", "redirect",
-                 "dev", "pr1"])  # fmt: skip
+            run(
+                [
+                    *tc,
+                    "filter",
+                    "add",
+                    "dev",
+                    "pr0",
+                    "egress",
+                    "pref",
+                    "1",
+                    "bpf",
+                    "bytecode",
+                    cbpf("169.254.0.1", 0.5),
+                    "action",
+                    "mirred",
+                    "egress",
+                    "redirect",
+                    "dev",
+                    "pr1",
+                ]
+            )
             return "drop"
         except NetnsError:
             return None
@@ -130,11 +148,39 @@ class KernelLinks:
         tc = ["tc", "-n", netns]
         if self.way == "netem":
             run([*tc, "qdisc", "add", "dev", DEV, "root", "handle", "1:", "htb", "default", "1"])
-            run([*tc, "class", "add", "dev", DEV, "parent", "1:", "classid", "1:1", "htb"]
-                + ["rate", "10gbit"])  # fmt: skip
+            run(
+                [
+                    *tc,
+                    "class",
+                    "add",
+                    "dev",
+                    DEV,
+                    "parent",
+                    "1:",
+                    "classid",
+                    "1:1",
+                    "htb",
+                    "rate",
+                    "10gbit",
+                ]
+            )
         else:
-            run(["ip", "-n", netns, "link", "add", "name", SINK, "type", "veth"]
-                + ["peer", "name", "sk1"])  # fmt: skip
+            run(
+                [
+                    "ip",
+                    "-n",
+                    netns,
+                    "link",
+                    "add",
+                    "name",
+                    SINK,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "sk1",
+                ]
+            )
             run(["ip", "-n", netns, "link", "set", "dev", SINK, "up"])
             run([*tc, "qdisc", "add", "dev", DEV, "clsact"])
 
@@ -189,24 +235,90 @@ class KernelLinks:
 
     def _drop(self, host: str, peer: str, drop: float) -> None:
         netns, pref = self.hosts[host][0], str(self._pref(peer))
-        run(["tc", "-n", netns, "filter", "add", "dev", DEV, "egress", "pref", pref, "bpf",
-             "bytecode", cbpf(self.hosts[peer][1], drop), "action", "mirred", "egress",
-             "redirect", "dev", SINK])  # fmt: skip
+        run(
+            [
+                "tc",
+                "-n",
+                netns,
+                "filter",
+                "add",
+                "dev",
+                DEV,
+                "egress",
+                "pref",
+                pref,
+                "bpf",
+                "bytecode",
+                cbpf(self.hosts[peer][1], drop),
+                "action",
+                "mirred",
+                "egress",
+                "redirect",
+                "dev",
+                SINK,
+            ]
+        )
         self.installed[(host, peer)] = [f"filter del dev {DEV} egress pref {pref}"]
 
     def _netem(self, host: str, peer: str, args: list[str]) -> None:
         netns, pref = self.hosts[host][0], self._pref(peer)
         classid = f"1:{pref:x}"
         tc = ["tc", "-n", netns]
-        run([*tc, "class", "add", "dev", DEV, "parent", "1:", "classid", classid, "htb"]
-            + ["rate", "10gbit"])  # fmt: skip
+        run(
+            [
+                *tc,
+                "class",
+                "add",
+                "dev",
+                DEV,
+                "parent",
+                "1:",
+                "classid",
+                classid,
+                "htb",
+                "rate",
+                "10gbit",
+            ]
+        )
         self.installed[(host, peer)] = [f"class del dev {DEV} classid {classid}"]
-        run([*tc, "qdisc", "add", "dev", DEV, "parent", classid, "handle", f"{pref:x}:"]
-            + ["netem", *args])  # fmt: skip
+        run(
+            [
+                *tc,
+                "qdisc",
+                "add",
+                "dev",
+                DEV,
+                "parent",
+                classid,
+                "handle",
+                f"{pref:x}:",
+                "netem",
+                *args,
+            ]
+        )
         self.installed[(host, peer)].insert(0, f"qdisc del dev {DEV} parent {classid}")
-        run([*tc, "filter", "add", "dev", DEV, "parent", "1:", "protocol", "ip", "pref",
-             str(pref), "u32", "match", "ip", "dst", f"{self.hosts[peer][1]}/32", "flowid",
-             classid])  # fmt: skip
+        run(
+            [
+                *tc,
+                "filter",
+                "add",
+                "dev",
+                DEV,
+                "parent",
+                "1:",
+                "protocol",
+                "ip",
+                "pref",
+                str(pref),
+                "u32",
+                "match",
+                "ip",
+                "dst",
+                f"{self.hosts[peer][1]}/32",
+                "flowid",
+                classid,
+            ]
+        )
         self.installed[(host, peer)].insert(0, f"filter del dev {DEV} parent 1: pref {pref}")
 
     def dropped(self, host: str, peer: str) -> int:
@@ -216,11 +328,13 @@ class KernelLinks:
         netns, pref = self.hosts[host][0], self._pref(peer)
         try:
             if self.way == "netem":
-                out = run(["tc", "-n", netns, "-s", "qdisc", "show", "dev", DEV, "parent",
-                           f"1:{pref:x}"])  # fmt: skip
+                out = run(
+                    ["tc", "-n", netns, "-s", "qdisc", "show", "dev", DEV, "parent", f"1:{pref:x}"]
+                )
                 return sum(int(n) for n in re.findall(r"dropped (\d+)", out))
-            out = run(["tc", "-n", netns, "-s", "filter", "show", "dev", DEV, "egress",
-                       "pref", str(pref)])  # fmt: skip
+            out = run(
+                ["tc", "-n", netns, "-s", "filter", "show", "dev", DEV, "egress", "pref", str(pref)]
+            )
         except NetnsError:
             return 0
         # what the filter's mirred action sent into the sink, where the kernel dropped it

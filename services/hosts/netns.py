@@ -199,11 +199,26 @@ class Net:
             ns = self.netns(host)
             self._add(ns)
             port = f"p-{host}"
-            run([*sw, "link", "add", "name", port, "type", "veth", "peer", "name", "eth0"]
-                + ["netns", ns])  # fmt: skip
+            run(
+                [
+                    *sw,
+                    "link",
+                    "add",
+                    "name",
+                    port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    ns,
+                ]
+            )
             run([*sw, "link", "set", "dev", port, "master", "br0", "up"])
-            run(["ip", "-n", ns, "addr", "add", f"{self.address(host)}/{PREFIX_LEN}"]
-                + ["dev", "eth0"])  # fmt: skip
+            run(
+                ["ip", "-n", ns, "addr", "add", f"{self.address(host)}/{PREFIX_LEN}", "dev", "eth0"]
+            )
             run(["ip", "-n", ns, "link", "set", "dev", "eth0", "up"])
         self._wait_up()
         return self
