@@ -14,7 +14,7 @@ binds it. Link faults between hosts are made by the kernel, on the hosts' interf
 - ``cluster.py``: the processes: one ``shoal up`` per host, started and stopped.
 - ``linkfaults.py``: the kernel's link faults between two hosts.
 
-Binds: nothing itself; each host's services bind on that host's address. Trusts: it runs as
-root (``ip netns``, ``tc``) and creates and removes only namespaces named with its own
-prefix (``shoalnet-PID-...``), whose processes are its own.
+It binds nothing itself: each host's services bind on that host's address. It trusts that it
+runs as root (``ip netns``, ``tc``), and it creates and removes only namespaces named with
+its own prefix (``shoalnet-PID-...``), whose processes are its own.
 """
