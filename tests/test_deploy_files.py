@@ -43,7 +43,7 @@ def test_every_service_has_a_systemd_unit_that_runs_it() -> None:
         assert f"ExecStart=/opt/shoal/bin/shoal run {service}\n" in text
         assert "RestartPreventExitStatus=78" in text  # a refused config is not retried
     for text in units.values():
-        for service in re.findall(r"shoal run (\S+)", text):
+        for service in re.findall(r"^ExecStart=\S+ run (\S+)$", text, re.M):
             assert service == "%i" or service in SERVICES
 
 
