@@ -31,3 +31,27 @@ def test_the_dashboard_queries_only_documented_metrics() -> None:
 
 def msgspec_values(cfg: MetricsConfig) -> list[str]:
     return [getattr(cfg, f) for f in cfg.__struct_fields__]
+
+
+def test_every_service_has_a_systemd_unit_that_runs_it() -> None:
+    from shoal.services.cli.run import SERVICES
+
+    units = {p.name: p.read_text() for p in (DEPLOY / "systemd").glob("*.service")}
+    assert "shoal@.service" in units
+    for service in ("relay", "liveness", "delegator", "registry", "shim", "broker", "sim"):
+        text = units[f"shoal-{service}.service"]
+        assert f"ExecStart=/opt/shoal/bin/shoal run {service}\n" in text
+        assert "RestartPreventExitStatus=78" in text  # a refused config is not retried
+    for text in units.values():
+        for service in re.findall(r"^ExecStart=\S+ run (\S+)$", text, re.M):
+            assert service == "%i" or service in SERVICES
+
+
+def test_the_deploy_guide_ports_are_the_config_defaults() -> None:
+    from shoal.services.runtime.config import load_config
+
+    guide = (DEPLOY.parent / "docs" / "deploy.md").read_text()
+    config = load_config(env={})
+    for row in re.findall(r"^\| (\d+) \| `(\w+)\.(\w+)` \|", guide, re.M):
+        port, section, key = row
+        assert getattr(getattr(config, section), key).endswith(f":{port}"), row

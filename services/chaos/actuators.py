@@ -10,6 +10,12 @@
   broker and the shim are services like the others.
 - A partition between services (its target a service) cuts the fault proxies on those
   links (services/chaos/fault_proxy.py), which the runner put into its own cluster's config.
+- On a cluster of hosts (``--hosts``, services/hosts), a link fault whose targets are whole
+  fleet hosts is made by the kernel on the links between those hosts and the hosts of the
+  services it names (services/hosts/linkfaults.py); what this kernel cannot make (delay and
+  the like without sch_netem) goes to the fleet as above, and ``via`` says which is which.
+  Node and service faults go to the fleet or the supervisor of the host that has the node
+  or the service (topology.py).
 
 Every timed fault sent to the fleet also carries the fleet's own timer (``duration_ms``:
 the planned duration plus ``DEAD_MANS_MARGIN_S``), so a fault heals itself even if the
@@ -34,6 +40,7 @@ from shoal.services.runtime.tcp_proxy import TcpProxy
 from .fault_proxy import FaultProxy
 from .plan import PlannedFault
 from .scenario import on_services
+from .topology import LINK_KINDS, Topology
 
 DEAD_MANS_MARGIN_S = 2.0
 CALL_TIMEOUT_S = 1.5
@@ -49,11 +56,20 @@ class Actuators:
         config: ShoalConfig,
         proxies: dict[tuple[str, str], FaultProxy | TcpProxy] | None = None,
         boards: list[str] | None = None,
+        topology: Topology | None = None,
     ) -> None:
         self.config = config
         self._bundles: dict[str, Path] = {}  # version -> a built bundle (ota_rollout)
-        self.sim = CtlClient(config.sim.ctl)
-        self.supervisor = CtlClient(config.supervisor.ctl)
+        self.topology = topology or Topology.single(config)
+        self.sims = {ep: CtlClient(ep) for ep in self.topology.sims}
+        self.supervisors = {ep: CtlClient(ep) for ep in self.topology.supervisors}
+        self.sim = self.sims[next(iter(self.sims))]
+        self.supervisor = self.supervisors[next(iter(self.supervisors))]
+        self.kernel = self.topology.kernel
+        # node -> {planned fault id: link params}: the link faults the kernel makes now
+        self._klinks: dict[str, dict[str, dict[str, Any]]] = {}
+        self.via: dict[str, str] = {}  # planned fault id -> what made it (hosts: kernel)
+        self.kernel_dropped: dict[str, int] = {}  # planned fault id -> packets, at its heal
         self.boards = list(boards or [])
         self.board_ctl = CtlClient(config.boards.ctl) if self.boards else None
         # The boards each board fault holds now (healed at rollback if still on).
@@ -72,23 +88,28 @@ class Actuators:
 
         for out in self._bundles.values():
             shutil.rmtree(out.parent, ignore_errors=True)
-        self.sim.close()
-        self.supervisor.close()
+        for client in (*self.sims.values(), *self.supervisors.values()):
+            client.close()
         if self.board_ctl is not None:
             self.board_ctl.close()
 
     # --- the two calls ----------------------------------------------------------------------
 
     def _sim(self, args: dict[str, Any]) -> float:
-        """One fault op; returns when the fleet applied it (its CLOCK_MONOTONIC reading)."""
-        try:
-            # No retry: a retried fault could be applied twice (a second reboot).
-            reply: dict[str, Any] = self.sim.call(
-                "fault", args, timeout_s=CALL_TIMEOUT_S, retries=0
-            )
-        except (CtlFailed, CtlUnavailable) as err:
-            raise ActuatorError(f"sim fault {args.get('action')}: {err}") from None
-        return float(reply.get("applied_at", time.monotonic()))
+        """One fault op, to each fleet that has some of its nodes; returns when the last
+        fleet applied it (its CLOCK_MONOTONIC reading)."""
+        at = 0.0
+        for ep, nodes in self.topology.sims_for(list(args.get("nodes") or [])).items():
+            part = {**args, "nodes": nodes} if nodes else args
+            try:
+                # No retry: a retried fault could be applied twice (a second reboot).
+                reply: dict[str, Any] = self.sims[ep].call(
+                    "fault", part, timeout_s=CALL_TIMEOUT_S, retries=0
+                )
+            except (CtlFailed, CtlUnavailable) as err:
+                raise ActuatorError(f"sim fault {args.get('action')}: {err}") from None
+            at = max(at, float(reply.get("applied_at", time.monotonic())))
+        return at or time.monotonic()
 
     def _board(self, op: str, args: dict[str, Any]) -> float:
         if self.board_ctl is None:
@@ -149,7 +170,7 @@ class Actuators:
 
     def _signal(self, service: str, sig: str) -> float:
         try:
-            self.supervisor.call(
+            self.supervisors[self.topology.supervisor_of(service)].call(
                 "signal", {"name": service, "signal": sig}, timeout_s=CALL_TIMEOUT_S, retries=0
             )
         except (CtlFailed, CtlUnavailable) as err:
@@ -186,7 +207,11 @@ class Actuators:
             for link in _links(step):
                 self._cuts.setdefault(link, {})[step.id] = ends
             return self._send_cuts(_links(step))
-        if kind in ("drop", "delay", "duplicate", "reorder", "partition"):
+        if kind in LINK_KINDS and (hosts := self.topology.hosts_of(nodes)) is not None:
+            return self._kernel_apply(step, hosts, link_params(kind, p), timer)
+        if kind in LINK_KINDS:
+            if self.kernel is not None:
+                self.via[step.id] = "simulator (its targets are not whole hosts)"
             for node in nodes:
                 ends = time.monotonic() + timer["duration_ms"] / 1000 if timer else None
                 self._links.setdefault(node, {})[step.id] = (link_params(kind, p), ends)
@@ -196,7 +221,7 @@ class Actuators:
         if kind == "restart":
             for service in nodes:
                 try:
-                    self.supervisor.call(
+                    self.supervisors[self.topology.supervisor_of(service)].call(
                         "restart", {"name": service}, timeout_s=CALL_TIMEOUT_S, retries=0
                     )
                 except (CtlFailed, CtlUnavailable) as err:
@@ -221,10 +246,21 @@ class Actuators:
             for link in _links(step):
                 self._cuts.get(link, {}).pop(step.id, None)
             return self._send_cuts(_links(step))
-        if kind in ("drop", "delay", "duplicate", "reorder", "partition"):
+        if kind in LINK_KINDS:
+            kernel = any(step.id in self._klinks.get(node, {}) for node in nodes)
+            sim = any(step.id in self._links.get(node, {}) for node in nodes)
             for node in nodes:
                 self._links.get(node, {}).pop(step.id, None)
-            return self._send_links(nodes)
+                self._klinks.get(node, {}).pop(step.id, None)
+            at = time.monotonic()
+            if kernel:
+                before = self.kernel.dropped_total
+                at = self._send_kernel(self.topology.hosts_of(nodes) or [])
+                # packets the rules dropped while this fault (and any merged with it) held
+                self.kernel_dropped[step.id] = self.kernel.dropped_total - before
+            if sim or not kernel:
+                at = self._send_links(nodes)
+            return at
         if kind == "pause":
             at = max(self._signal(s, "CONT") for s in nodes)
             self.paused.difference_update(nodes)
@@ -237,6 +273,9 @@ class Actuators:
         errors = []
         self._links.clear()
         self._cuts.clear()
+        self._klinks.clear()
+        if self.kernel is not None:
+            errors += self.kernel.clear_all()
         for proxy in self.proxies.values():
             proxy.heal()
         for kind in ("power_cut", "radio_off"):
@@ -300,6 +339,60 @@ class Actuators:
                 left = max(e for e in ends if e is not None) - time.monotonic()
                 at = proxy.cut(max(0.001, left))
         return at
+
+    # --- links between hosts, by the kernel ---------------------------------------------------
+
+    def _kernel_apply(
+        self, step: PlannedFault, hosts: list[str], params: dict[str, Any], timer: dict[str, int]
+    ) -> float:
+        """A link fault on whole fleet hosts: the kernel's part on the links between them and
+        the services' hosts, the rest (what this kernel cannot do) to their fleets. The
+        kernel's rules have no dead-man's timer: they go with the hosts' namespaces, which
+        the run removes however it ends."""
+        kernel_part, left, notes = self.kernel.split(params)
+        for node in step.targets:
+            self._klinks.setdefault(node, {})[step.id] = kernel_part
+        made = (
+            []
+            if not any(v for k, v in kernel_part.items() if k != "services")
+            else [
+                f"kernel ({self.kernel.way}) between {', '.join(hosts)} and "
+                f"{', '.join(self._service_hosts(params))}"
+            ]
+        )
+        self.via[step.id] = "; ".join([*made, *notes])
+        at = self._send_kernel(hosts)
+        if left:
+            ends = time.monotonic() + timer["duration_ms"] / 1000 if timer else None
+            for node in step.targets:
+                self._links.setdefault(node, {})[step.id] = (left, ends)
+            at = max(at, self._send_links(step.targets))
+        return at
+
+    def _service_hosts(self, params: dict[str, Any]) -> list[str]:
+        services = params.get("services") or ["relay", "delegator"]
+        hosts = self.topology.service_host
+        return sorted({hosts[s] for s in services if s in hosts})
+
+    def _send_kernel(self, hosts: list[str]) -> float:
+        """Each fleet host's links to the services' hosts under the merge of the kernel
+        faults its nodes have now (healed where none)."""
+        from shoal.services.hosts.netns import NetnsError
+
+        peers = self._service_hosts({})
+        for host in hosts:
+            active: dict[str, dict[str, Any]] = {}
+            for node in self.topology.host_nodes[host]:
+                active.update(self._klinks.get(node, {}))
+            for peer in peers:
+                on_peer = [p for p in active.values() if peer in self._service_hosts(p)]
+                merged = merge_links(on_peer) if on_peer else {}
+                merged.pop("services", None)
+                try:
+                    self.kernel.set(host, peer, merged or None)
+                except NetnsError as err:
+                    raise ActuatorError(f"kernel link {host} <-> {peer}: {err}") from None
+        return time.monotonic()
 
     @staticmethod
     def _timer_ms(step: PlannedFault) -> dict[str, int]:

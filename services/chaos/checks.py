@@ -42,6 +42,8 @@ class Applied:
     healed_at: float | None = None
     held: dict[str, int] = field(default_factory=dict)  # tasks each target owned
     error: str | None = None
+    via: str | None = None  # on a cluster of hosts: what made a link fault (the kernel...)
+    kernel_dropped: int | None = None  # ... and the packets it dropped, counted at the heal
 
 
 @dataclass

@@ -129,21 +129,25 @@ class Sampler:
         nodes: list[str],
         proxies: list[Any] | None = None,
         boards: list[str] | None = None,
+        sims: list[str] | None = None,
+        supervisors: list[str] | None = None,
     ) -> None:
         self.watcher = watcher
         self.nodes = nodes
         self.boards = list(boards or [])
         self.proxies = list(proxies or [])  # the run's fault proxies (link_dropped)
         self.relay = CtlClient(config.relay.ctl)
-        self.sim = CtlClient(config.sim.ctl)
+        # A cluster of hosts has a fleet and a supervisor on each: their figures are summed
+        # (unknown if one of them does not answer).
+        self.sims = [CtlClient(ep) for ep in sims or [config.sim.ctl]]
         self.delegator = CtlClient(config.delegator.ctl)
-        self.supervisor = CtlClient(config.supervisor.ctl)
+        self.supervisors = [CtlClient(ep) for ep in supervisors or [config.supervisor.ctl]]
         self._prev: dict[str, tuple[float, int]] = {}
         self._rates: dict[str, float] = {}
         self.last: dict[str, Any] = {}
 
     def close(self) -> None:
-        for client in (self.relay, self.sim, self.delegator, self.supervisor):
+        for client in (self.relay, *self.sims, self.delegator, *self.supervisors):
             client.close()
 
     def _call(self, client: CtlClient, op: str, **kw: Any) -> Any:
@@ -183,6 +187,18 @@ class Sampler:
                 dout += t.delegated_out or 0
         return {"boards_delegated_in": din, "boards_delegated_out": dout}
 
+    def _sim_counters(self) -> dict[str, int]:
+        """The fleet's counters; a fleet split over hosts: the sum of their counters, or
+        none (every metric of them unknown) if one does not answer."""
+        total: dict[str, int] = {}
+        for client in self.sims:
+            status = self._call(client, "status", result_type=ServiceStatus)
+            if status is None:
+                return {}
+            for key, value in status.counters.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
     def sample(self) -> dict[str, Any]:
         now = time.monotonic()
         states = self.watcher.states()
@@ -205,8 +221,7 @@ class Sampler:
         values["telemetry_rate"] = self._rate("accepted", now, accepted)
         values.update(self._board_tasks())
 
-        sim = self._call(self.sim, "status", result_type=ServiceStatus)
-        counters = sim.counters if sim is not None else {}
+        counters = self._sim_counters()
         done = counters.get("tasks_completed")
         values["task_throughput"] = self._rate("completed", now, done)
         values["overloaded"] = counters.get("tasks_overloaded")
@@ -238,7 +253,10 @@ class Sampler:
             twice + twice_at_origin if twice is not None and twice_at_origin is not None else None
         )
 
-        ps = self._call(self.supervisor, "ps")
+        tables = [self._call(client, "ps") for client in self.supervisors]
+        ps = (
+            [row for t in tables for row in t] if all(isinstance(t, list) for t in tables) else None
+        )
         if isinstance(ps, list):
             running = {row["name"] for row in ps if row.get("state") == "running"}
             watched = [row["name"] for row in ps if row["name"] in SERVICES_WATCHED]

@@ -61,6 +61,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"- reason: {r.get('reason') or '-'}",
         f"- seed {r['seed']}, time scale {r.get('time_scale', 1.0):g}, "
         f"{'attached to a running cluster' if r.get('attached') else 'own cluster'}"
+        + (f" on {r['hosts']}" if r.get("hosts") else "")
         + (f" without {', '.join(r['without'])}" if r.get("without") else ""),
         f"- started {r['started_at']}, took {r['duration_s']:.1f} s",
         f"- scenario {s['path']} (sha256 {s['sha256'][:16]}...)",
@@ -76,7 +77,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {f['id']} | {f['kind']} | {', '.join(f['targets'])} | {_fmt(f['planned_at'])} "
             f"| {_fmt(f['applied_at'])} | {_fmt(f['planned_heal'])} | {_fmt(f['healed_at'])} "
-            f"| {f.get('error') or ''} |"
+            f"| {f.get('error') or _via(f)} |"
         )
     if not r["faults"]:
         lines.append("| (none applied) | | | | | | | |")
@@ -127,3 +128,11 @@ def markdown(r: dict[str, Any]) -> str:
     if r.get("cluster_log"):
         lines += ["", f"Cluster log: {r['cluster_log']}"]
     return "\n".join(lines) + "\n"
+
+
+def _via(fault: dict[str, Any]) -> str:
+    """What made a fault on a cluster of hosts, and what the kernel dropped under it."""
+    via = fault.get("via") or ""
+    if fault.get("kernel_dropped") is not None:
+        via += f" ({fault['kernel_dropped']} packets dropped)"
+    return via

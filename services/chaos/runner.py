@@ -66,6 +66,7 @@ from .scenario import (
     on_services,
     service_links,
 )
+from .topology import Topology
 
 EXIT_CODES = {"passed": 0, "failed": 1, "aborted": 2, "undecided": 3, "invalid": 4}
 REPORT_VERSION = 1
@@ -89,6 +90,9 @@ class Options:
     without: tuple[str, ...] = ()  # services left out of our own cluster
     keep_logs: Path | None = None  # where our own cluster's log is copied
     progress: Callable[[str], None] | None = None
+    # Our own cluster on hosts (services.hosts.layout.Layout: network namespaces, made by
+    # ``shoal chaos run --hosts``, which runs us on the ops host); None: on this host.
+    hosts: Any = None
 
 
 def run(loaded: Loaded, options: Options) -> dict[str, Any]:
@@ -121,6 +125,7 @@ class _Run:
         # (consumer, service) links: ZeroMQ fault proxies, and a TCP one on shim <-> broker
         self.proxies: dict[tuple[str, str], FaultProxy | TcpProxy] = {}
         self.boards: list[str] = []
+        self.topology: Topology | None = None
         self._last_progress = 0.0
         self._abort_since: dict[int, float] = {}
 
@@ -132,14 +137,22 @@ class _Run:
             try:
                 config, nodes, hot = self._cluster(stack)
                 self.config, self.nodes, self.hot = config, nodes, hot
+                if self.topology is None:
+                    self.topology = Topology.single(config)
                 self.plan = make_plan(self.s, self.seed, nodes, hot, self.boards)
                 self.watcher = Watcher(config, self.history).start()
                 stack.callback(self.watcher.close)
                 self.sampler = Sampler(
-                    config, self.watcher, nodes, list(self.proxies.values()), self.boards
+                    config,
+                    self.watcher,
+                    nodes,
+                    list(self.proxies.values()),
+                    self.boards,
+                    sims=list(self.topology.sims),
+                    supervisors=list(self.topology.supervisors),
                 )
                 stack.callback(self.sampler.close)
-                self.actuators = Actuators(config, self.proxies, self.boards)
+                self.actuators = Actuators(config, self.proxies, self.boards, self.topology)
                 stack.callback(self.actuators.close)
                 self.actuators.prepare(self.plan.faults)
                 self._startup()
@@ -202,6 +215,8 @@ class _Run:
             nodes = sorted(nodes_op)
             self.rates_before = {n: float(v.get("rate_hz", 0.0)) for n, v in nodes_op.items()}
             return config, nodes, hot_ids(self.s.workload, nodes)
+        if self.opts.hosts is not None:
+            return self._hosts_cluster(stack)
         from shoal.services.testing import Cluster, tcp
 
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-chaos-")))
@@ -275,6 +290,35 @@ class _Run:
         self.history.add("phase", phase="startup", cluster=str(workdir))
         return cluster.config, member_ids(w), hot_ids(w)
 
+    def _hosts_cluster(
+        self, stack: contextlib.ExitStack
+    ) -> tuple[ShoalConfig, list[str], list[str]]:
+        """Our own cluster on hosts (network namespaces already made, their config files
+        written: ``shoal chaos run --hosts``); this process runs on the ops host."""
+        from shoal.services.hosts.cluster import HostsCluster
+        from shoal.services.hosts.linkfaults import KernelLinks
+
+        layout = self.opts.hosts
+        net = layout.net()
+        kernel = None
+        if layout.way is not None:
+            kernel = KernelLinks(
+                {h.name: (net.netns(h.name), net.address(h.name)) for h in layout.hosts},
+                layout.way,
+            )
+        self.topology = Topology.of_hosts(layout, kernel)
+        cluster = HostsCluster(layout)
+        stack.callback(self._keep_log, cluster)
+        stack.enter_context(cluster)
+        self.history.add(
+            "phase", phase="startup", cluster=layout.workdir, hosts=self.topology.description
+        )
+        why = cluster.wait_ready()
+        if why is not None:
+            raise Unobservable(f"the cluster of hosts did not start: {why}")
+        w = self.s.workload
+        return layout.config("ops"), member_ids(w), hot_ids(w)
+
     def _keep_log(self, cluster: Any) -> None:
         if self.opts.keep_logs is not None and cluster.log_path.exists():
             self.opts.keep_logs.parent.mkdir(parents=True, exist_ok=True)
@@ -299,9 +343,11 @@ class _Run:
         self._sample_for(self.s.workload.settle, "settle")
 
     def _ready(self) -> tuple[bool, str]:
-        ps = ctl_call(self.config.supervisor.ctl, "ps", timeout_s=0.5)
-        if not isinstance(ps, list):
+        assert self.topology is not None
+        tables = [ctl_call(ep, "ps", timeout_s=0.5) for ep in self.topology.supervisors]
+        if not all(isinstance(t, list) for t in tables):
             return False, "waiting for the supervisor"
+        ps = [row for t in tables for row in t]
         down = [r for r in ps if r.get("state") != "running"]
         failed = [
             f"{r['name']} failed: {r.get('reason')}" for r in down if r.get("state") == "failed"
@@ -440,6 +486,7 @@ class _Run:
                         id=applied.id,
                         planned=applied.planned_heal,
                         actual=applied.healed_at,
+                        **self._dropped(applied),
                     )
             if now >= next_sample:
                 entry = self._sample("during")
@@ -467,10 +514,12 @@ class _Run:
             if isinstance(owned, dict):
                 applied.held = {n: int(owned.get(n, 0)) for n in applied.targets}
         mono = self.actuators.apply(step)
+        applied.via = self.actuators.via.get(step.id)
         applied.applied_at = self.history.at(mono)
         applied.applied_wall = time.time() - (time.monotonic() - mono)
         if step.heal_at_s is not None and step.heal_at_s <= step.at_s:
             applied.healed_at = applied.applied_at  # instant
+        via: dict[str, Any] = {"via": applied.via} if applied.via else {}
         self.history.add(
             "fault",
             id=applied.id,
@@ -478,7 +527,14 @@ class _Run:
             targets=applied.targets,
             planned=applied.planned_at,
             actual=applied.applied_at,
+            **via,
         )
+
+    def _dropped(self, applied: Applied) -> dict[str, Any]:
+        """For a heal entry: the packets the kernel dropped under that fault (hosts)."""
+        n = self.actuators.kernel_dropped.get(applied.id)
+        applied.kernel_dropped = n
+        return {} if n is None else {"kernel_dropped": n}
 
     # --- safety -------------------------------------------------------------------------------
 
@@ -524,6 +580,7 @@ class _Run:
                 planned=applied.planned_heal,
                 actual=applied.healed_at,
                 by="rollback",
+                **self._dropped(applied),
             )
         errors = self.actuators.heal_everything(self.nodes)
         self.history.add("rollback", errors=errors)
@@ -550,8 +607,10 @@ class _Run:
 
     def _drain(self) -> None:
         self.history.add("phase", phase="drain")
-        with contextlib.suppress(CtlFailed, CtlUnavailable), CtlClient(self.config.sim.ctl) as sim:
-            sim.call("set_rate", {"rate_hz": 0.0}, timeout_s=2.0, retries=0)
+        assert self.topology is not None
+        for endpoint in self.topology.sims:
+            with contextlib.suppress(CtlFailed, CtlUnavailable), CtlClient(endpoint) as sim:
+                sim.call("set_rate", {"rate_hz": 0.0}, timeout_s=2.0, retries=0)
 
         def settled() -> bool:
             v = self.sampler.last
@@ -666,6 +725,9 @@ class _Run:
             "seed": self.seed,
             "time_scale": self.opts.time_scale,
             "attached": self.opts.attach is not None,
+            "hosts": self.topology.description
+            if self.opts.hosts is not None and self.topology
+            else None,
             "without": list(self.opts.without),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_wall)),
             "duration_s": round(time.monotonic() - self.t0, 3),
@@ -709,6 +771,9 @@ class _Run:
             out[f"detect_{event}_ms_max"] = _ms(max(lat) if lat else None)
         if ctx.last_heal is not None:
             out["recovery_s"] = recovery_s(ctx)
+        if self.opts.hosts is not None and hasattr(self, "actuators"):
+            kernel = self.actuators.kernel
+            out["kernel_dropped"] = kernel.dropped_total if kernel is not None else None
         revoked = [v for v in self.revoked.values() if v is not None]
         out["redelegate_ms_max"] = _ms(max(revoked) if revoked else None)
         during = [e["values"] for e in self.history.of("sample") if e["phase"] == "during"]

@@ -16,7 +16,7 @@ import msgspec
 
 from shoal.services.chaos.library import library
 from shoal.services.chaos.load import ScenarioError, hot_ids, load, node_ids, parse
-from shoal.services.chaos.scenario import attach_errors
+from shoal.services.chaos.scenario import attach_errors, kind_of, on_services
 
 INVALID = 4
 EXIT_UNDECIDED = 3
@@ -104,6 +104,12 @@ def validate(files: tuple[str, ...], whole_library: bool) -> None:
     type=click.Choice(["liveness", "delegator"]),
     help="Start our cluster without this service (a deliberately broken cluster).",
 )
+@click.option(
+    "--hosts",
+    is_flag=True,
+    help="Start our cluster on hosts: Linux network namespaces joined by veths (needs "
+    "root), one for the services, one per part of the fleet; link faults by the kernel.",
+)
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def run(
     file: str | None,
@@ -115,6 +121,7 @@ def run(
     replay: str | None,
     time_scale: float | None,
     without: tuple[str, ...],
+    hosts: bool,
     quiet: bool,
 ) -> None:
     """Run scenario FILE and write its report; the exit code is the verdict."""
@@ -144,6 +151,10 @@ def run(
     s = loaded.scenario
     seed = s.seed if seed is None else seed
     attached = None
+    if hosts and attach:
+        raise click.UsageError("--hosts starts its own cluster: not with --attach")
+    if hosts and (errors := hosts_errors(s)):
+        _invalid(ScenarioError(loaded.path, errors))
     if attach:
         from .config import config_from
 
@@ -180,7 +191,7 @@ def run(
         progress=progress,
     )
     try:
-        result = run_scenario(loaded, options)
+        result = _run_on_hosts(loaded, options) if hosts else run_scenario(loaded, options)
     except ScenarioError as err:
         _invalid(err)
     except Exception:  # a bug in the injector is no verdict on the cluster
@@ -199,6 +210,77 @@ def run(
         )
     click.echo(f"{s.name}: {result['verdict']} ({result['reason']}); report {out}, summary {md}")
     sys.exit(result["exit_code"])
+
+
+def hosts_errors(s: Any) -> list[str]:
+    """What a cluster of hosts cannot run: partitions between services (the services share
+    the bus host) and emulated boards."""
+    errors = [
+        f'fault[{i}] ("{f.name}"): field `target`: a partition between services is not '
+        "made between hosts yet (the services share the bus host); not with --hosts"
+        for i, f in enumerate(s.fault)
+        if on_services(kind_of(f), f.target)
+    ]
+    if s.workload.boards:
+        errors.append("workload: field `boards`: no emulated boards on hosts; not with --hosts")
+    return errors
+
+
+def _run_on_hosts(loaded: Any, options: Any) -> dict[str, Any]:
+    """The run on a cluster of hosts: namespaces made (leftovers of dead runs removed
+    first), each host's config written, link faults readied on each host, the injector
+    moved to the ops host; afterwards, whatever happened, every namespace removed."""
+    import contextlib
+    import shutil
+    import signal
+    import tempfile
+
+    from shoal.services.chaos.plan import make_plan
+    from shoal.services.chaos.runner import run as run_scenario
+    from shoal.services.chaos.topology import link_groups
+    from shoal.services.hosts import linkfaults, netns
+    from shoal.services.hosts.layout import OPS, plan_layout, write_configs
+
+    why = netns.unavailable()
+    if why is not None:
+        click.echo(f"{loaded.scenario.name}: undecided (--hosts: {why})", err=True)
+        sys.exit(EXIT_UNDECIDED)
+    s, seed = loaded.scenario, options.seed
+    w = s.workload
+    nodes = node_ids(w)
+    plan = make_plan(s, seed, nodes, hot_ids(w))
+    workdir = tempfile.mkdtemp(prefix="shoal-hosts-")
+    layout = plan_layout(workdir, nodes, link_groups(plan), without=options.without)
+    sim = {
+        "arrival_rate_hz": w.rate,
+        "task_cost_ms": w.task_cost_ms,
+        "hot_spots": w.hot_spots,
+        "hot_spot_factor": w.hot_factor,
+        "seed": seed,
+    }
+    write_configs(layout, sim)
+    net = layout.net()
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)  # -> finally
+    try:
+        net.build()
+        layout.way = linkfaults.probe(net.netns(OPS))
+        if layout.way is not None:
+            kernel = linkfaults.KernelLinks(
+                {h.name: (net.netns(h.name), net.address(h.name)) for h in layout.hosts},
+                layout.way,
+            )
+            for h in layout.hosts:
+                kernel.prepare(h.name)
+        layout.save()
+        options.hosts = layout
+        with netns.entered(net.netns(OPS)):
+            return run_scenario(loaded, options)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no second stop half way
+        net.teardown()
+        signal.signal(signal.SIGTERM, old_term)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(workdir)
 
 
 def _progress_line() -> Any:

@@ -14,6 +14,9 @@ from shoal.services.runtime.config import ShoalConfig, with_overrides
 from .config import checked, config_from, config_option
 from .workload import apply_workload, workload_argv, workload_options
 
+# What ``--only`` chooses from; --without takes the ones a cluster may lack.
+SERVICES = ("relay", "liveness", "delegator", "registry", "broker", "shim", "sim")
+
 
 @click.command()
 @config_option
@@ -38,6 +41,14 @@ from .workload import apply_workload, workload_argv, workload_options
     "broker: use the one [mqtt] broker names).",
 )
 @click.option(
+    "--only",
+    "only",
+    multiple=True,
+    type=click.Choice(list(SERVICES)),
+    help="Start only this service (repeatable): one host's share of a cluster spread over "
+    "several hosts (docs/deploy.md); the others are reached where the config says.",
+)
+@click.option(
     "--broker",
     "broker_url",
     metavar="mqtt://HOST:PORT",
@@ -58,6 +69,7 @@ def up(
     headless: bool,
     log_path: str,
     without: tuple[str, ...],
+    only: tuple[str, ...],
     broker_url: str | None,
     board_count: int | None,
     **workload: Any,
@@ -72,6 +84,10 @@ def up(
     from shoal.services.supervisor.supervisor import ProcessSpec, run_supervisor
 
     config = config_from(config_path)  # fail here, once, rather than in every child
+    if only and without:
+        raise click.UsageError("--only and --without do not go together")
+    if only:
+        without = tuple(name for name in SERVICES if name not in only)
     if nodes is not None:
         config = with_overrides(config, "sim", nodes=nodes)
     if broker_url is not None:
@@ -79,15 +95,16 @@ def up(
     # Checked here, once, so that a bad value never reaches a service to fail it there.
     config = checked(apply_workload(config, workload))
     boards_n = config.boards.count if board_count is None else board_count
-    if "shim" in without:
-        boards_n = 0  # nothing would carry their messages
+    if "shim" in without or "sim" in without:
+        boards_n = 0  # nothing would carry their messages (or: a host without the fleet)
     if boards_n and not _have_micropython():
         boards_n = 0
     check_ports_free(config, without, boards_n > 0)
     sim_args = ["--nodes", str(nodes)] if nodes is not None else []
     sim_args += workload_argv(workload)
     if not headless and sys.stdin.isatty() and sys.stdout.isatty():
-        sim_args += [f"--without={name}" for name in without]  # passed on to the child
+        sim_args += [f"--only={name}" for name in only]  # passed on to the child
+        sim_args += [f"--without={name}" for name in without if not only]
         sim_args += ["--broker", broker_url] if broker_url else []
         sim_args += ["--boards", str(boards_n)]
         sys.exit(_up_with_console(config, config_path, sim_args, log_path))
@@ -109,7 +126,8 @@ def up(
         for name in names
         if name not in without
     ]
-    specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
+    if "sim" not in without:
+        specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
     if boards_n:
         argv = [*python, "boards", "--count", str(boards_n), *common]
         specs.append(ProcessSpec("boards", argv, env=env))
@@ -233,6 +251,9 @@ def check_ports_free(
         "sim.ctl": config.sim.ctl,
         "supervisor.ctl": config.supervisor.ctl,
     }
+    for key in list(endpoints):  # a host of a spread cluster binds only its own
+        if key.split(".")[0] in without:
+            del endpoints[key]
     if "registry" not in without:
         endpoints["devices.ctl"] = config.devices.ctl
         endpoints["devices.bus"] = config.devices.bus

@@ -103,6 +103,10 @@ class SimConfig(_Section, frozen=True):
     ctl: Endpoint = "tcp://127.0.0.1:7703"  # per-node state and load control (ROUTER)
     nodes: Annotated[int, Meta(ge=0, le=100_000)] = 8
     id_prefix: str = "sim"
+    # A fleet split over several hosts, one process on each (docs/deploy.md): this process
+    # runs only these of the fleet's ids ([]: all of them). Hot spots, rates and bursts
+    # still name nodes of the whole fleet, so every host reads the same workload.
+    only: list[str] = []
     seed: int = 1
     telemetry_interval_ms: PositiveInt = 1000
     heartbeat_interval_ms: PositiveInt = 250

@@ -105,7 +105,7 @@ from shoal.services.runtime.service import CtlError, Service, parse_args, receiv
 from .faults import HEALABLE, LINK_SERVICES, STOPPING, FaultArgs, LinkFault, fault_args_error
 from .links import GatewayLink, TaskLink
 from .node import COMPLETIONS_MEMORY, TASK_TOTALS, SimNode
-from .workload import SetRateArgs, base_rates, burst_active
+from .workload import SetRateArgs, base_rates, burst_active, node_ids
 
 _encoder = msgspec.msgpack.Encoder()
 _task_decoder = msgspec.msgpack.Decoder(DelegatorMessage)
@@ -145,10 +145,11 @@ class Fleet(Service):
         self.nodes: dict[str, SimNode] = {}
         accept_fill = config.delegator.accept_fill
         rates = base_rates(self.cfg)
-        for i, node_id in enumerate(rates):
+        place = {node_id: i for i, node_id in enumerate(node_ids(self.cfg))}
+        for node_id in rates:
             self.nodes[node_id] = SimNode(
                 node_id,
-                i,
+                place[node_id],  # its place in the whole fleet: its streams (sim.only)
                 self.cfg,
                 self.link,
                 now,
@@ -158,7 +159,11 @@ class Fleet(Service):
                 self.counters,
             )
         # Bursts: each one's nodes, and whether it is on (checked at every tick).
-        self._bursts = [(b, b.nodes or list(self.nodes)) for b in self.cfg.bursts]
+        self._bursts = [
+            (b, [n for n in b.nodes if n in self.nodes] or list(self.nodes))
+            for b in self.cfg.bursts
+            if not b.nodes or any(n in self.nodes for n in b.nodes)
+        ]
         self._bursts_on = [False] * len(self._bursts)
         # task id -> (boot, when) of the origin that took its result: completions_twice
         self._completions: dict[str, tuple[int, int]] = {}

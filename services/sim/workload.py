@@ -64,7 +64,7 @@ def base_rates(cfg: SimConfig) -> dict[str, float]:
     WorkloadError for a node id that is not in the fleet."""
     ids = node_ids(cfg)
     known = set(ids)
-    named = [("rates", list(cfg.rates))]
+    named = [("rates", list(cfg.rates)), ("only", cfg.only)]
     named += [(f"bursts[{i}].nodes", b.nodes) for i, b in enumerate(cfg.bursts)]
     for key, what in named:
         unknown = [n for n in what if n not in known]
@@ -75,6 +75,8 @@ def base_rates(cfg: SimConfig) -> dict[str, float]:
     for node_id in hot_spot_ids(cfg):
         rates[node_id] = hot
     rates.update(cfg.rates)
+    if cfg.only:  # this process runs part of the fleet; each node keeps its place in it
+        return {node_id: rates[node_id] for node_id in ids if node_id in set(cfg.only)}
     return rates
 
 
