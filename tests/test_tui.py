@@ -942,10 +942,10 @@ def test_a_silent_sources_figures_are_marked_stale_not_shown_as_current() -> Non
 
     source = FixedSource()
     fresh = str(summary(source.snapshot()))
-    assert "msgs/s 412.5" in fresh and "stale" not in fresh
+    assert "msgs in/s 412.5" in fresh and "stale" not in fresh
     source.set_silent(relay=12.0, liveness=4.0)
     text = str(summary(source.snapshot()))
-    assert "msgs/s -" in text  # a rate of a silent relay is unknown
+    assert "msgs in/s -" in text  # a rate of a silent relay is unknown
     assert "duplicates 3?" in text and "gaps 11?" in text  # counters: the last known
     assert "observer ?" in text
     assert "stale, silent: liveness 4.0s, relay 12s" in text
@@ -1038,3 +1038,76 @@ def test_drain_shows_on_the_row_and_d_again_undrains() -> None:
         assert str(table.get_cell("sim-002", "state")) == "alive"
 
     drive(app, steps)
+
+
+# --- the tasks view (issue 14, part 1) -----------------------------------------------------
+
+
+def test_tasks_view_lists_the_ledger_filters_and_opens_a_tasks_history() -> None:
+    from shoal.tui.fixtures import FIXED_TASKS
+    from shoal.tui.tasks import TaskHistoryScreen, TasksScreen
+
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"tasks", "enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, TasksScreen)
+        assert screen.table.row_count == len(FIXED_TASKS)
+        counts = str(screen.query_one("#ledger-counts").render())
+        assert "running 1" in counts and "dead_letter 1" in counts
+        await pilot.press("slash", *"state:running|assigned", "enter")
+        await pilot.pause()
+        assert screen.table.row_count == 2
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("slash", *"node:sim-002", "enter")
+        await pilot.pause()
+        assert screen.table.row_count == 2  # running and done on sim-002
+        await pilot.press("escape", "j", "enter")
+        await settle(pilot)
+        history = app.screen
+        assert isinstance(history, TaskHistoryScreen)
+        assert history.task_id == FIXED_TASKS[1].task_id
+        title = str(history.query_one("#task-title").render())
+        assert "assigned" in title and "why: owner sim-004 dead" in title
+        assert history.query_one("#task-history", DataTable).row_count == 3
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, TasksScreen)
+
+    drive(app, steps)
+
+
+def test_tasks_view_without_a_delegator_says_so() -> None:
+    source = FixedSource()
+    source.unavailable["ledger"] = "no ledger: delegator at tcp://x not answering"
+    app = ShoalConsole(source)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"tasks", "enter")
+        await settle(pilot)
+        assert "no ledger" in str(app.screen.query_one("#ledger-counts").render())
+
+    drive(app, steps)
+
+
+def test_node_detail_lists_the_nodes_tasks() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        app.open_detail("sim-002")
+        await settle(pilot)
+        text = str(app.screen.query_one("#node-ledger").render())
+        assert "1 tasks on this node now" in text and "sim-001-000041 running" in text
+
+    drive(app, steps)
+
+
+def test_snapshot_tasks_view(snap_compare: Any) -> None:
+    async def wait(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"tasks", "enter")
+        await settle(pilot)
+
+    assert snap_compare(ShoalConsole(FixedSource()), run_before=wait, terminal_size=(120, 30))

@@ -322,6 +322,13 @@ def test_freshness_and_honest_actions_on_a_real_cluster(feed: tuple[Cluster, Liv
     assert first.connected  # nodes listed: no "disconnected" at start
     wait_for(lambda: alive(live), timeout_s=30)
     wait_for(lambda: live.available("drain") is None, 10)
+    from shoal.tui.model import TASK_STATES
+
+    ledger = live.ledger()  # the tasks view's data (issue 14, part 1)
+    assert set(ledger.counts) == set(TASK_STATES)
+    if ledger.tasks:
+        row, steps = live.task_history(ledger.tasks[0].task_id)
+        assert row.task_id == ledger.tasks[0].task_id and steps
     assert "drained" in live.act("drain", "sim-001")
     wait_for(lambda: live.snapshot().nodes["sim-001"].drained, 2)
     assert "undrained" in live.act("undrain", "sim-001")

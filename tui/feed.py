@@ -53,14 +53,18 @@ from .model import (
     FLOOD_TASKS,
     GONE_STATES,
     JOINED_SHOW_S,
+    LEDGER_ROWS,
     RUN_SCENARIO,
     STALE_AFTER_S,
     ActionError,
     ClusterState,
     Event,
+    Ledger,
     NodeRow,
     Sample,
     ServiceRow,
+    TaskRow,
+    TaskStep,
 )
 from .scenario_runner import REPORTS_DIR, ScenarioRunner
 
@@ -136,6 +140,21 @@ class _Console(Service):
         for rows in _results(self.ps_sock):
             if isinstance(rows, list):
                 self.feed._on_ps(rows)
+
+
+def task_row(r: dict[str, Any]) -> TaskRow:
+    """A ledger row (a msgpack map) as the console shows it."""
+    return TaskRow(
+        task_id=str(r.get("task_id", "")),
+        state=str(r.get("state", "")),
+        kind=str(r.get("kind") or ""),
+        owner=r.get("owner"),
+        origin=r.get("origin"),
+        epoch=int(r.get("epoch") or 0),
+        redeliveries=int(r.get("redeliveries") or 0),
+        reason=str(r.get("reason") or ""),
+        updated_at=float(r.get("updated_at") or 0.0),
+    )
 
 
 def _results(sock: zmq.Socket[Any]) -> Iterator[Any]:
@@ -295,6 +314,33 @@ class LiveFeed:
             return "stopped"
         where = f"report {run.report}" if run.report else "no report written"
         return f"{run.name} stopped: {run.verdict} ({run.reason}); {where}"
+
+    def ledger(self, latest: int = LEDGER_ROWS) -> Ledger:
+        try:
+            page = self._call(self.config.delegator.ctl, "tasks", {"latest": latest})
+        except (CtlUnavailable, CtlFailed) as err:
+            raise ActionError(
+                f"no ledger: delegator at {self.config.delegator.ctl}: {err}"
+            ) from None
+        return Ledger(dict(page["counts"]), tuple(task_row(r) for r in page["latest"]))
+
+    def task_history(self, task_id: str) -> tuple[TaskRow, list[TaskStep]]:
+        try:
+            reply = self._call(self.config.delegator.ctl, "task", {"task_id": task_id})
+        except (CtlUnavailable, CtlFailed) as err:
+            raise ActionError(f"task {task_id}: {err}") from None
+        steps = [
+            TaskStep(
+                at=float(e.get("at", 0.0)),
+                from_state=e.get("from_state"),
+                to_state=str(e.get("to_state", "")),
+                epoch=int(e.get("epoch", 0)),
+                node=e.get("node"),
+                detail=str(e.get("detail", "")),
+            )
+            for e in reply["history"]
+        ]
+        return task_row(reply["task"]), steps
 
     def _call(self, endpoint: str, op: str, args: dict[str, Any]) -> Any:
         with CtlClient(endpoint) as client:

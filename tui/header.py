@@ -25,8 +25,8 @@ def summary(state: ClusterState, readonly: bool = False) -> Text:
     text.append("\n")
     silent = state.silent_s
     pairs = (
-        ("msgs/s", f"{state.msgs_per_s:.1f}"),
-        ("tasks/s", fmt.num(state.tasks_per_s, "{:.1f}")),
+        ("msgs in/s", f"{state.msgs_per_s:.1f}"),
+        ("results/s", fmt.num(state.tasks_per_s, "{:.1f}")),
         ("lost", fmt.num(state.lost)),
         ("dead-lettered", fmt.num(state.dead_letters)),
         ("duplicates", str(state.duplicates)),
