@@ -308,7 +308,8 @@ OPS = {
     "relay": ["ping", "status", "chunk", "snapshot"],
     "liveness": ["ping", "status", "chunk", "members", "member", "forget"],
     "delegator": [
-        *("ping", "status", "chunk", "tasks", "task", "audit", "drain", "owned", "revoked")
+        *("ping", "status", "chunk", "tasks", "task", "audit", "drain", "drained", "owned"),
+        "revoked",
     ],
     "sim": ["ping", "status", "chunk", "nodes", "set_rate", "fault"],
     "shim": ["ping", "status", "chunk", "boards"],

@@ -333,6 +333,11 @@ def test_freshness_and_honest_actions_on_a_real_cluster(feed: tuple[Cluster, Liv
     wait_for(lambda: live.snapshot().nodes["sim-001"].drained, 2)
     assert "undrained" in live.act("undrain", "sim-001")
     wait_for(lambda: not live.snapshot().nodes["sim-001"].drained, 2)
+    with CtlClient(cluster.config.delegator.ctl) as delegator:  # another console's drain
+        delegator.call("drain", {"node_id": "sim-003"})
+    wait_for(lambda: live.snapshot().nodes["sim-003"].drained, 5)
+    assert "undrained" in live.act("undrain", "sim-003")
+    wait_for(lambda: not live.snapshot().nodes["sim-003"].drained, 5)
 
     live.act("crash", "sim-002")
     wait_for(lambda: live.snapshot().nodes["sim-002"].state == "dead", 10)

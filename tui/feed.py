@@ -121,12 +121,16 @@ class _Console(Service):
         # The fleet's own accounting: tasks its nodes cannot account for (lost on nodes).
         self.sim_sock = self.sockets.connect(zmq.DEALER, self.config.sim.ctl)
         self.on_readable(self.sim_sock, self._on_sim_status)
+        # The delegator's drained set, whoever drained: every console shows it on the row.
+        self.drained_sock = self.sockets.connect(zmq.DEALER, self.config.delegator.ctl)
+        self.on_readable(self.drained_sock, self._on_drained)
         self.every(PS_INTERVAL_S, self._ask_ps)
         self.every(BUILD_INTERVAL_S, feed._build)
         self._ask_ps()
 
     def _ask_ps(self) -> None:
-        for sock, op in ((self.ps_sock, "ps"), (self.sim_sock, "status")):
+        asks = ((self.ps_sock, "ps"), (self.sim_sock, "status"), (self.drained_sock, "drained"))
+        for sock, op in asks:
             request = Request(id=next(self._ps_ids), op=op)
             with contextlib.suppress(zmq.Again):
                 sock.send(codec.encode(request), zmq.NOBLOCK)
@@ -135,6 +139,11 @@ class _Console(Service):
         for status in _results(self.sim_sock):
             if isinstance(status, dict) and isinstance(status.get("counters"), dict):
                 self.feed._on_sim_counters(status["counters"])
+
+    def _on_drained(self) -> None:
+        for reply in _results(self.drained_sock):
+            if isinstance(reply, dict) and isinstance(reply.get("drained"), list):
+                self.feed._on_drained([str(n) for n in reply["drained"]])
 
     def _on_ps(self) -> None:
         for rows in _results(self.ps_sock):
@@ -202,7 +211,7 @@ class LiveFeed:
         self._delegator_counters: dict[str, Any] | None = None
         self._sim_counters: dict[str, Any] | None = None
         self._window = derived.Window()  # delegator traffic, said once an interval
-        self._drained: set[str] = set()  # the delegator's drained nodes, as its last reply said
+        self._drained: set[str] = set()  # the delegator's drained nodes (`drained`, each second)
         self._version = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -468,6 +477,9 @@ class LiveFeed:
                 self._add_event("task", None, shed)
         lost = counters.get("tasks_unaccounted")
         self._lost = lost if isinstance(lost, int) else None
+
+    def _on_drained(self, nodes: list[str]) -> None:
+        self._drained = set(nodes)  # replaced whole: the UI's action reads it on its thread
 
     def _on_ps(self, rows: list[dict[str, Any]]) -> None:
         old = self._ps

@@ -5,6 +5,7 @@ shown, never on the UI thread and never while it is hidden."""
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -21,6 +22,7 @@ from .keys import ConsoleTable
 from .model import TASK_STATES, ActionError, Ledger, Source, TaskRow, TaskStep
 
 LEDGER_REFRESH_S = 2.0
+REBUILD_OVER = 200  # rows more or fewer than shown (a filter): cheaper built anew
 TASK_FIELDS = ("state", "node", "kind")
 STATE_STYLES = {
     "pending": "yellow",
@@ -46,6 +48,21 @@ def counts_text(ledger: Ledger, shown: int) -> Text:
 
 def _texts(row: TaskRow) -> tuple[str, ...]:
     return (row.task_id, row.state, row.kind, row.owner or "", row.origin or "", row.reason)
+
+
+def _cells(r: TaskRow) -> tuple[str | Text, ...]:
+    """A task's cells as the table shows them, in COLUMNS order."""
+    return (
+        r.task_id,
+        Text(r.state, STATE_STYLES.get(r.state, "")),
+        r.kind or fmt.DASH,
+        r.owner or fmt.DASH,
+        r.origin or fmt.DASH,
+        Text(str(r.epoch), justify="right"),
+        Text(str(r.redeliveries), justify="right"),
+        fmt.clock(r.updated_at) if r.updated_at else fmt.DASH,
+        r.reason,
+    )
 
 
 def _fields(row: TaskRow) -> dict[str, str]:
@@ -79,6 +96,7 @@ class TasksScreen(ConsoleScreen):
         self.ledger: Ledger | None = None
         self.query_ = query.EVERYTHING
         self._timer: Timer | None = None
+        self._slots: list[tuple[str, tuple[str | Text, ...]]] = []  # row n: task id, cells
 
     @property
     def source(self) -> Source:
@@ -128,27 +146,43 @@ class TasksScreen(ConsoleScreen):
         self.query_one("#ledger-counts", Static).update(Text(why, "bold red"))
 
     def show_ledger(self, ledger: Ledger) -> None:
+        """Show the ledger's rows, latest changed first, writing only the cells that changed.
+
+        Rows are slots (row n shows the n-th task), not keyed by task: with delegation going
+        on the latest 1,000 tasks turn over within one refresh, and a table rebuilt (or
+        re-sorted after removing and adding rows) every 2 s re-measured 9,000 cells each
+        time, most of the view's CPU at 1,000 nodes. A slot's changed cell is written as is
+        (measured only when wider than its column), and only rows in view are drawn."""
         self.ledger = ledger
         table = self.table
         selected = self.selected
         rows = [r for r in ledger.tasks if self.query_.matches(_texts(r), _fields(r))]
+        columns = {str(key.value): column for key, column in table.columns.items()}
         with self.app.batch_update():
-            table.clear()
-            for r in rows:
-                table.add_row(
-                    r.task_id,
-                    Text(r.state, STATE_STYLES.get(r.state, "")),
-                    r.kind or fmt.DASH,
-                    r.owner or fmt.DASH,
-                    r.origin or fmt.DASH,
-                    Text(str(r.epoch), justify="right"),
-                    Text(str(r.redeliveries), justify="right"),
-                    fmt.clock(r.updated_at) if r.updated_at else fmt.DASH,
-                    r.reason,
-                    key=r.task_id,
-                )
-            if selected is not None and selected in {r.task_id for r in rows}:
-                table.move_cursor(row=table.get_row_index(selected))
+            if abs(len(rows) - len(self._slots)) > REBUILD_OVER:
+                table.clear()
+                self._slots.clear()
+            while len(self._slots) > len(rows):
+                table.remove_row(str(len(self._slots) - 1))
+                self._slots.pop()
+            for n, r in enumerate(rows):
+                cells = _cells(r)
+                if n == len(self._slots):
+                    table.add_row(*cells, key=str(n))
+                    self._slots.append((r.task_id, cells))
+                    continue
+                old = self._slots[n][1]
+                if old != cells:
+                    for column, was, now in zip(COLUMNS, old, cells, strict=True):
+                        if was != now:
+                            plain = now if isinstance(now, str) else now.plain
+                            wider = cell_len(plain) > columns[column].content_width
+                            table.update_cell(str(n), column, now, update_width=wider)
+                    self._slots[n] = (r.task_id, cells)
+            if selected is not None:
+                where = next((n for n, r in enumerate(rows) if r.task_id == selected), None)
+                if where is not None and where != table.cursor_row:
+                    table.move_cursor(row=where)  # the cursor stays on its task
         self.query_one("#ledger-counts", Static).update(counts_text(ledger, len(rows)))
         title = f"tasks [{len(rows)}/{len(ledger.tasks)}]"
         self.table.border_title = title + (
@@ -158,10 +192,9 @@ class TasksScreen(ConsoleScreen):
 
     @property
     def selected(self) -> str | None:
-        table = self.table
-        if not table.row_count:
-            return None
-        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        """The task id under the cursor."""
+        row = self.table.cursor_row
+        return self._slots[row][0] if self.table.row_count and row < len(self._slots) else None
 
     # --- keys --------------------------------------------------------------------------
 
@@ -189,8 +222,8 @@ class TasksScreen(ConsoleScreen):
             self.table.focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            self.app.push_screen(TaskHistoryScreen(event.row_key.value))
+        if event.data_table is self.table and event.cursor_row < len(self._slots):
+            self.app.push_screen(TaskHistoryScreen(self._slots[event.cursor_row][0]))
 
 
 class TaskHistoryScreen(Screen[None]):

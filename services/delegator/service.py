@@ -7,7 +7,7 @@ committed the pass that decided them. So a delegator killed at any moment loses 
 node was told, and a restarted one recovers every task in flight from the file.
 
 Sockets: tasks (ROUTER, nodes and gateways; protocol/tasks.py), bus (PUB: its heartbeat
-with counters), ctl (ROUTER: tasks, task, audit, drain, owned, revoked; every arg bounded,
+with counters), ctl (ROUTER: tasks, task, audit, drain, drained, owned, revoked; every arg bounded,
 every reply well under the clients' 1 MiB, ``tasks`` paged). It follows the relay's view
 (telemetry: room on each node) and the liveness monitor's membership (alive, suspect,
 dead, rebooted, left; observer health).
@@ -150,6 +150,7 @@ class Delegator(Service):
         self.ctl_ops["task"] = self._op_task
         self.ctl_ops["audit"] = self._op_audit
         self.ctl_ops["drain"] = self._op_drain
+        self.ctl_ops["drained"] = self._op_drained
         self.ctl_ops["owned"] = self._op_owned
         self.ctl_ops["revoked"] = self._op_revoked
         self.drained: set[str] = set()  # nodes an operator took out of placement
@@ -513,6 +514,11 @@ class Delegator(Service):
             self.drained.discard(req.node_id)
         self.log.info("drain", node=req.node_id, drain=req.drain)
         return {"node_id": req.node_id, "drained": req.drain, "all": sorted(self.drained)}
+
+    def _op_drained(self, args: dict[str, Any]) -> dict[str, list[str]]:
+        """Every drained node, sorted: what each console shows on the node's row."""
+        parse_args(args, NoArgs)
+        return {"drained": sorted(self.drained)}
 
     def _op_revoked(self, args: dict[str, Any]) -> dict[str, Any]:
         req = parse_args(args, RevokedArgs)
