@@ -379,3 +379,34 @@ def test_freshness_and_honest_actions_on_a_real_cluster(feed: tuple[Cluster, Liv
         finally:
             supervisor.call("signal", {"name": "relay", "signal": "CONT"}, timeout_s=2.0)
     wait_for(lambda: "relay" not in live.snapshot().silent_s, 10)
+
+
+def test_a_restarted_service_shows_no_heartbeat_until_its_new_process_beats() -> None:
+    """The relay's heartbeat read `<1s` through its restart backoff: ps was asked once a
+    second, so a 0.1-0.8 s backoff passed as "running" with the dead process's last beat.
+    Now ps is asked four times a second, and a beat counts only from the pid ps names."""
+    from shoal.protocol.messages import ServiceBeat
+    from shoal.tui.feed import PS_INTERVAL_S
+    from shoal.tui.header import heartbeat
+
+    assert PS_INTERVAL_S <= 0.25  # shorter than the first backoff's doubling
+    live = LiveFeed(config_on_free_ports())  # not started: its methods are fed by hand
+
+    def beat(pid: int) -> None:
+        live._on_beat(
+            ServiceBeat(service="relay", pid=pid, uptime_s=1.0, interval_ms=500, pub=1, pseq=1)
+        )
+
+    def relay() -> str:
+        row = next(s for s in live._services(time.monotonic()) if s.name == "relay")
+        return heartbeat(row)
+
+    beat(100)
+    live._on_ps([{"name": "relay", "state": "running", "pid": 100}])
+    assert relay() == "<1s"
+    live._on_ps([{"name": "relay", "state": "backoff", "pid": None}])
+    assert relay() == "-"
+    live._on_ps([{"name": "relay", "state": "running", "pid": 101}])  # restarted
+    assert relay() == "-"  # the beat of pid 100 is not the new process's
+    beat(101)
+    assert relay() == "<1s"

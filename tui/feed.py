@@ -70,8 +70,12 @@ from .scenario_runner import REPORTS_DIR, ScenarioRunner
 
 # How often a new ClusterState is built: the console refreshes at most this often.
 BUILD_INTERVAL_S = 0.25
-# How often the supervisor's process table is asked for.
-PS_INTERVAL_S = 1.0
+# The supervisor's ps, four times a second: a restart's backoff (0.1 s at first, doubling)
+# is shorter than a second, and asked once a second the whole backoff passed as "running"
+# with the dead process's last heartbeat, under a second old, as its heartbeat.
+PS_INTERVAL_S = 0.25
+PS_STALE_S = 3.0  # no ps reply for this long: the supervisor's states are unknown ("?")
+COUNTS_INTERVAL_S = 1.0  # the fleet's status counters and the delegator's drained set
 # A relay silent (no frame) for longer than this counts as disconnected.
 RELAY_STALE_S = 3.0
 EVENTS_KEPT = 5000
@@ -125,15 +129,21 @@ class _Console(Service):
         self.drained_sock = self.sockets.connect(zmq.DEALER, self.config.delegator.ctl)
         self.on_readable(self.drained_sock, self._on_drained)
         self.every(PS_INTERVAL_S, self._ask_ps)
+        self.every(COUNTS_INTERVAL_S, self._ask_counts)
         self.every(BUILD_INTERVAL_S, feed._build)
         self._ask_ps()
+        self._ask_counts()
+
+    def _ask(self, sock: zmq.Socket[Any], op: str) -> None:
+        with contextlib.suppress(zmq.Again):
+            sock.send(codec.encode(Request(id=next(self._ps_ids), op=op)), zmq.NOBLOCK)
 
     def _ask_ps(self) -> None:
-        asks = ((self.ps_sock, "ps"), (self.sim_sock, "status"), (self.drained_sock, "drained"))
-        for sock, op in asks:
-            request = Request(id=next(self._ps_ids), op=op)
-            with contextlib.suppress(zmq.Again):
-                sock.send(codec.encode(request), zmq.NOBLOCK)
+        self._ask(self.ps_sock, "ps")
+
+    def _ask_counts(self) -> None:
+        self._ask(self.sim_sock, "status")
+        self._ask(self.drained_sock, "drained")
 
     def _on_sim_status(self) -> None:
         for status in _results(self.sim_sock):
@@ -195,6 +205,7 @@ class LiveFeed:
         self._ps: dict[str, dict[str, Any]] = {}
         self._ps_at = 0.0
         self._beats: dict[str, float] = {}  # service -> monotonic time of its last beat
+        self._beat_pids: dict[str, int] = {}  # service -> the pid its last beat came from
         # source -> monotonic time it was last heard (beats, the sim's and ps's replies)
         self._heard: dict[str, float] = {}
         self._synced_at: float | None = None  # when the relay's snapshot first arrived
@@ -440,6 +451,7 @@ class LiveFeed:
 
     def _on_beat(self, beat: ServiceBeat) -> None:
         self._beats[beat.service] = self._heard[beat.service] = time.monotonic()
+        self._beat_pids[beat.service] = beat.pid
 
     def _on_member_event(self, event: MemberEvent) -> None:
         node = event.node_id
@@ -594,12 +606,15 @@ class LiveFeed:
     def _services(self, now: float) -> tuple[ServiceRow, ...]:
         with self._lock:
             ps = dict(self._ps)
-        stale = now - self._ps_at > 3 * PS_INTERVAL_S
+        stale = now - self._ps_at > PS_STALE_S
         names = list(ps) or ["relay", "liveness", "sim"]
         rows = []
         for name in names:
             row = {} if stale else ps.get(name, {})
             beat = self._beats.get(name)
+            pid = row.get("pid")
+            if pid is not None and self._beat_pids.get(name) != pid:
+                beat = None  # a process started since: its first heartbeat is still to come
             rows.append(
                 ServiceRow(
                     name=name,
