@@ -140,6 +140,7 @@ OP_ARGS = {
     "task": ["task_id"],
     "drain": ["node_id", "drain"],
     "revoked": ["node_id", "since"],
+    "moved": ["node_id", "since"],
     "members": ["state"],
     "member": ["node_id"],
     "forget": ["node_id"],
@@ -309,7 +310,7 @@ OPS = {
     "liveness": ["ping", "status", "chunk", "members", "member", "forget"],
     "delegator": [
         *("ping", "status", "chunk", "tasks", "task", "audit", "drain", "drained", "owned"),
-        "revoked",
+        *("revoked", "moved"),
     ],
     "sim": ["ping", "status", "chunk", "nodes", "set_rate", "fault"],
     "shim": ["ping", "status", "chunk", "boards"],

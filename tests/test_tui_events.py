@@ -59,3 +59,28 @@ def test_service_changes_restarts_and_states() -> None:
         "relay restarted (pid 2; restarts 1)",
         "sim running -> failed: exit 78",
     ]
+
+
+def test_where_a_lost_nodes_tasks_went_is_said_by_new_owner() -> None:
+    from shoal.tui import derived
+
+    rows = [
+        {"task_id": "a", "state": "running", "owner": "sim-003"},
+        {"task_id": "b", "state": "assigned", "owner": "sim-003"},
+        {"task_id": "c", "state": "running", "owner": "sim-001"},
+        {"task_id": "d", "state": "delivered", "owner": "board-01"},
+        {"task_id": "e", "state": "pending", "owner": None},
+        {"task_id": "f", "state": "dead_letter", "owner": None},
+    ]
+    assert derived.moved("sim-005", "dead", rows, 7) == (
+        "sim-005 dead: its 7 tasks re-delegated: running on sim-003 2, sim-001 1;"
+        " done on board-01 1; 1 waiting for a peer; 1 dead-lettered; 1 more not listed"
+    )
+    assert derived.moved("sim-005", "dead", [], 0) is None
+    one = [{"task_id": "a", "state": "done", "owner": "sim-002"}]
+    assert derived.moved("sim-005", "rebooted", one, 1) == (
+        "sim-005 rebooted: its task re-delegated: done on sim-002 1"
+    )
+    assert (
+        derived.redelegation({"assign_declined": 1}) == "1 task re-delegated: assignment declined 1"
+    )

@@ -16,7 +16,7 @@ from . import format as fmt
 from .actions import NODE_ACTION_BINDINGS
 from .base import ConsoleScreen, StatusBanner
 from .keys import ConsoleTable
-from .model import ClusterState, NodeRow, Sample, Source
+from .model import GONE_STATES, ClusterState, NodeRow, Sample, Source
 from .tasks import LEDGER_REFRESH_S, node_tasks
 
 NO_TASKS = "tasks: this node reports none (firmware without the task fields)"
@@ -48,6 +48,9 @@ def fields(row: NodeRow) -> Table:
 
 
 def tasks(row: NodeRow) -> str:
+    if row.state in GONE_STATES:
+        # Its figures are history (the feed blanks them): not "firmware without tasks".
+        return f"tasks: - ({row.state}: the events below say where its tasks went)"
     if row.tasks_running is None:
         return NO_TASKS
     return (

@@ -75,6 +75,10 @@ BUILD_INTERVAL_S = 0.25
 # with the dead process's last heartbeat, under a second old, as its heartbeat.
 PS_INTERVAL_S = 0.25
 PS_STALE_S = 3.0  # no ps reply for this long: the supervisor's states are unknown ("?")
+# Membership events after which the delegator takes a node's tasks away (delegator OWNER_LOST),
+# and how far before the event the `moved` question looks (clocks: the delegator's and ours).
+LOST_OWNER = frozenset({"dead", "rebooted", "left"})
+MOVED_SINCE_S = 5.0
 COUNTS_INTERVAL_S = 1.0  # the fleet's status counters and the delegator's drained set
 # A relay silent (no frame) for longer than this counts as disconnected.
 RELAY_STALE_S = 3.0
@@ -126,24 +130,25 @@ class _Console(Service):
         self.sim_sock = self.sockets.connect(zmq.DEALER, self.config.sim.ctl)
         self.on_readable(self.sim_sock, self._on_sim_status)
         # The delegator's drained set, whoever drained: every console shows it on the row.
-        self.drained_sock = self.sockets.connect(zmq.DEALER, self.config.delegator.ctl)
-        self.on_readable(self.drained_sock, self._on_drained)
+        self.delegator_sock = self.sockets.connect(zmq.DEALER, self.config.delegator.ctl)
+        self.on_readable(self.delegator_sock, self._on_drained)
         self.every(PS_INTERVAL_S, self._ask_ps)
         self.every(COUNTS_INTERVAL_S, self._ask_counts)
         self.every(BUILD_INTERVAL_S, feed._build)
         self._ask_ps()
         self._ask_counts()
 
-    def _ask(self, sock: zmq.Socket[Any], op: str) -> None:
+    def _ask(self, sock: zmq.Socket[Any], op: str, args: dict[str, Any] | None = None) -> None:
+        request = Request(id=next(self._ps_ids), op=op, args=args or {})
         with contextlib.suppress(zmq.Again):
-            sock.send(codec.encode(Request(id=next(self._ps_ids), op=op)), zmq.NOBLOCK)
+            sock.send(codec.encode(request), zmq.NOBLOCK)
 
     def _ask_ps(self) -> None:
         self._ask(self.ps_sock, "ps")
 
     def _ask_counts(self) -> None:
         self._ask(self.sim_sock, "status")
-        self._ask(self.drained_sock, "drained")
+        self._ask(self.delegator_sock, "drained")
 
     def _on_sim_status(self) -> None:
         for status in _results(self.sim_sock):
@@ -151,9 +156,24 @@ class _Console(Service):
                 self.feed._on_sim_counters(status["counters"])
 
     def _on_drained(self) -> None:
-        for reply in _results(self.drained_sock):
-            if isinstance(reply, dict) and isinstance(reply.get("drained"), list):
+        """The delegator's replies: its drained set, or where a lost node's tasks are."""
+        for reply in _results(self.delegator_sock):
+            if not isinstance(reply, dict):
+                continue
+            if isinstance(reply.get("drained"), list):
                 self.feed._on_drained([str(n) for n in reply["drained"]])
+            elif isinstance(reply.get("tasks"), list) and isinstance(reply.get("node_id"), str):
+                self.feed._on_moved(reply)
+
+    def ask_moved(self, node_id: str, since: float) -> None:
+        """Where the tasks taken from ``node_id`` since then are: asked later, in steps."""
+        for delay in derived.MOVED_ASK_AFTER_S:
+            self.after(
+                delay,
+                lambda: self._ask(
+                    self.delegator_sock, "moved", {"node_id": node_id, "since": since}
+                ),
+            )
 
     def _on_ps(self) -> None:
         for rows in _results(self.ps_sock):
@@ -205,6 +225,7 @@ class LiveFeed:
         self._ps: dict[str, dict[str, Any]] = {}
         self._ps_at = 0.0
         self._beats: dict[str, float] = {}  # service -> monotonic time of its last beat
+        self._lost_owner: dict[str, str] = {}  # node -> dead, rebooted, left: its last loss
         self._beat_pids: dict[str, int] = {}  # service -> the pid its last beat came from
         # source -> monotonic time it was last heard (beats, the sim's and ps's replies)
         self._heard: dict[str, float] = {}
@@ -463,6 +484,9 @@ class LiveFeed:
         elif event.event == "forgotten":
             with self._lock:
                 self._hidden.add(node)  # removed by any console (or forget_after_s)
+        if event.event in LOST_OWNER and self._tasks_per_s is not None:  # a delegator is heard
+            self._lost_owner[node] = event.event
+            self.service.ask_moved(node, max(0.0, time.time() - MOVED_SINCE_S))
         text = f"{event.event}: {event.reason}"
         if event.downtime_ms is not None:
             text += f" (down {event.downtime_ms / 1000:.1f}s)"
@@ -489,6 +513,15 @@ class LiveFeed:
                 self._add_event("task", None, shed)
         lost = counters.get("tasks_unaccounted")
         self._lost = lost if isinstance(lost, int) else None
+
+    def _on_moved(self, reply: dict[str, Any]) -> None:
+        node = reply["node_id"]
+        rows = [r for r in reply["tasks"] if isinstance(r, dict)]
+        total = reply.get("total")
+        why = self._lost_owner.get(node, "lost")
+        text = derived.moved(node, why, rows, total if isinstance(total, int) else len(rows))
+        if text is not None:
+            self._add_event("delegation", node, text)
 
     def _on_drained(self, nodes: list[str]) -> None:
         self._drained = set(nodes)  # replaced whole: the UI's action reads it on its thread
