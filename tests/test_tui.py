@@ -29,6 +29,7 @@ from shoal.tui.base import StatusBanner
 from shoal.tui.command import resolve
 from shoal.tui.confirm import ConfirmScreen
 from shoal.tui.detail import NO_TASKS, NodeDetailScreen
+from shoal.tui.detail import tasks as tasks_line
 from shoal.tui.event_log import EventsScreen
 from shoal.tui.fixtures import FIXED_EVENTS, FIXED_NODES, SCENARIO_TICKS, T0, FixedSource
 from shoal.tui.help import HelpScreen
@@ -343,7 +344,9 @@ def test_enter_opens_the_node_detail_and_escape_goes_back() -> None:
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, NodeDetailScreen) and screen.node_id == "sim-004"
-        assert NO_TASKS in str(screen.query_one("#tasks").render())
+        shown = str(screen.query_one("#tasks").render())  # dead: its figures are history
+        assert "tasks: - (dead: the events below say where its tasks went)" in shown
+        assert tasks_line(app.state.nodes["sim-000"]) == NO_TASKS  # alive, no task fields
         events = screen.query_one("#node-events", DataTable)
         assert events.row_count == 2  # its suspect and dead events
         await pilot.press("escape")
