@@ -95,12 +95,15 @@ def _by_owner(counts: dict[str, int]) -> str:
     )
 
 
-def moved(node: str, why: str, rows: Sequence[Mapping[str, Any]], total: int) -> str | None:
+def moved(
+    node: str, why: str, rows: Sequence[Mapping[str, Any]], total: int, last: bool = False
+) -> str | None:
     """Where the tasks taken from a lost node are now, by new owner: "sim-005 dead: its
     19 tasks re-delegated: running on sim-003 5, sim-001 4; done on board-01 3; 7 waiting
-    for a peer". None when it held none."""
+    for a peer". When it held none: None, or on the ``last`` ask, that it held none (its
+    delegated work may all have finished just before; the detail's list is 2 s old)."""
     if not total:
-        return None
+        return f"{node} {why}: it held no delegated tasks, none re-delegated" if last else None
     on: dict[str, int] = {}
     done: dict[str, int] = {}
     waiting = dead = 0

@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import sys
 import threading
@@ -78,7 +79,7 @@ PS_STALE_S = 3.0  # no ps reply for this long: the supervisor's states are unkno
 # Membership events after which the delegator takes a node's tasks away (delegator OWNER_LOST),
 # and how far before the event the `moved` question looks (clocks: the delegator's and ours).
 LOST_OWNER = frozenset({"dead", "rebooted", "left"})
-MOVED_SINCE_S = 5.0
+MOVED_SINCE_S = 1.0
 COUNTS_INTERVAL_S = 1.0  # the fleet's status counters and the delegator's drained set
 # A relay silent (no frame) for longer than this counts as disconnected.
 RELAY_STALE_S = 3.0
@@ -167,13 +168,11 @@ class _Console(Service):
 
     def ask_moved(self, node_id: str, since: float) -> None:
         """Where the tasks taken from ``node_id`` since then are: asked later, in steps."""
-        for delay in derived.MOVED_ASK_AFTER_S:
-            self.after(
-                delay,
-                lambda: self._ask(
-                    self.delegator_sock, "moved", {"node_id": node_id, "since": since}
-                ),
-            )
+        for n, delay in enumerate(derived.MOVED_ASK_AFTER_S):
+            args = {"node_id": node_id, "since": since}
+            self.after(delay, functools.partial(self._ask, self.delegator_sock, "moved", args))
+            if n == len(derived.MOVED_ASK_AFTER_S) - 1:
+                self.feed._moved_last_ask[node_id] = time.monotonic() + delay
 
     def _on_ps(self) -> None:
         for rows in _results(self.ps_sock):
@@ -226,6 +225,7 @@ class LiveFeed:
         self._ps_at = 0.0
         self._beats: dict[str, float] = {}  # service -> monotonic time of its last beat
         self._lost_owner: dict[str, str] = {}  # node -> dead, rebooted, left: its last loss
+        self._moved_last_ask: dict[str, float] = {}  # node -> when its last `moved` is asked
         self._beat_pids: dict[str, int] = {}  # service -> the pid its last beat came from
         # source -> monotonic time it was last heard (beats, the sim's and ps's replies)
         self._heard: dict[str, float] = {}
@@ -519,7 +519,9 @@ class LiveFeed:
         rows = [r for r in reply["tasks"] if isinstance(r, dict)]
         total = reply.get("total")
         why = self._lost_owner.get(node, "lost")
-        text = derived.moved(node, why, rows, total if isinstance(total, int) else len(rows))
+        last = time.monotonic() >= self._moved_last_ask.get(node, 0.0) - 0.5  # the last ask's
+        n = total if isinstance(total, int) else len(rows)
+        text = derived.moved(node, why, rows, n, last)
         if text is not None:
             self._add_event("delegation", node, text)
 
