@@ -72,18 +72,16 @@ def test_where_a_lost_nodes_tasks_went_is_said_by_new_owner() -> None:
         {"task_id": "e", "state": "pending", "owner": None},
         {"task_id": "f", "state": "dead_letter", "owner": None},
     ]
-    assert derived.moved("sim-005", "dead", rows, 7) == (
-        "sim-005 dead: its 7 tasks re-delegated: running on sim-003 2, sim-001 1;"
+    assert derived.moved("dead", rows, 7) == (
+        "dead: 7 tasks re-delegated: running on sim-003 2, sim-001 1;"
         " done on board-01 1; 1 waiting for a peer; 1 dead-lettered; 1 more not listed"
     )
-    assert derived.moved("sim-005", "dead", [], 0) is None  # not yet: asked again later
-    assert derived.moved("sim-005", "dead", [], 0, last=True) == (
-        "sim-005 dead: it held no delegated tasks, none re-delegated"
+    assert derived.moved("dead", [], 0) is None  # not yet: asked again later
+    assert derived.moved("dead", [], 0, last=True) == (
+        "dead: it held no delegated tasks, none re-delegated"
     )
     one = [{"task_id": "a", "state": "done", "owner": "sim-002"}]
-    assert derived.moved("sim-005", "rebooted", one, 1) == (
-        "sim-005 rebooted: its task re-delegated: done on sim-002 1"
-    )
+    assert derived.moved("rebooted", one, 1) == ("rebooted: 1 task re-delegated: done on sim-002 1")
     assert (
         derived.redelegation({"assign_declined": 1}) == "1 task re-delegated: assignment declined 1"
     )

@@ -96,14 +96,14 @@ def _by_owner(counts: dict[str, int]) -> str:
 
 
 def moved(
-    node: str, why: str, rows: Sequence[Mapping[str, Any]], total: int, last: bool = False
+    why: str, rows: Sequence[Mapping[str, Any]], total: int, last: bool = False
 ) -> str | None:
-    """Where the tasks taken from a lost node are now, by new owner: "sim-005 dead: its
-    19 tasks re-delegated: running on sim-003 5, sim-001 4; done on board-01 3; 7 waiting
+    """Where the tasks taken from a lost node are now, by new owner: "dead: 19 tasks
+    re-delegated: running on sim-003 5, sim-001 4; done on board-01 3; 7 waiting
     for a peer". When it held none: None, or on the ``last`` ask, that it held none (its
     delegated work may all have finished just before; the detail's list is 2 s old)."""
     if not total:
-        return f"{node} {why}: it held no delegated tasks, none re-delegated" if last else None
+        return f"{why}: it held no delegated tasks, none re-delegated" if last else None
     on: dict[str, int] = {}
     done: dict[str, int] = {}
     waiting = dead = 0
@@ -128,8 +128,9 @@ def moved(
         parts.append(f"{dead} dead-lettered")
     if total > len(rows):
         parts.append(f"{total - len(rows)} more not listed")
-    its = "its task" if total == 1 else f"its {total} tasks"
-    return f"{node} {why}: {its} re-delegated: " + "; ".join(parts)
+    # No node id in the text: the events view's node column and the detail both say it, and
+    # the owners must fit 100 columns.
+    return f"{why}: {tasks(total)} re-delegated: " + "; ".join(parts)
 
 
 def dead_lettered(old: int | None, new: int | None) -> str | None:

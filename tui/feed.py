@@ -521,7 +521,7 @@ class LiveFeed:
         why = self._lost_owner.get(node, "lost")
         last = time.monotonic() >= self._moved_last_ask.get(node, 0.0) - 0.5  # the last ask's
         n = total if isinstance(total, int) else len(rows)
-        text = derived.moved(node, why, rows, n, last)
+        text = derived.moved(why, rows, n, last)
         if text is not None:
             self._add_event("delegation", node, text)
 
