@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from shoal.services.cli.main import main as cli
 from shoal.services.testing import Cluster, free_port
-from shoal.tui.web import WebConsoleError, check_host, is_loopback, public_url
+from shoal.tui.web import WebConsoleError, check_host, is_loopback, origin_allowed, public_url
 
 NODES = 3
 # Where the screenshot is kept: $SHOAL_TEST_ARTIFACTS, else test-artifacts/ (git ignores it).
@@ -41,6 +41,20 @@ def test_loopback_hosts_are_served_and_others_refused_with_the_reason() -> None:
             check_host(host, allow_remote=False)
         check_host(host, allow_remote=True)  # said explicitly
     assert public_url("::1", 80) == "http://[::1]:80"
+
+
+def test_only_this_consoles_own_page_may_open_its_websocket() -> None:
+    served = "http://127.0.0.1:7780"
+    for origin in (None, served, served + "/", "http://localhost:7780", "http://[::1]:7780"):
+        assert origin_allowed(origin, served), origin
+    for origin in (
+        "http://elsewhere.example",
+        "http://evil.example:7780",  # even if it resolves to 127.0.0.1 (DNS rebinding)
+        "http://127.0.0.1:8080",  # another local page
+        "https://127.0.0.1:7780",
+        "null",
+    ):
+        assert not origin_allowed(origin, served), origin
 
 
 def test_shoal_tui_web_refuses_a_public_host_unless_told(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class WebConsoleError(Exception):
@@ -63,6 +64,27 @@ def console_command(tui_args: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
+def origin_allowed(origin: str | None, served_at: str) -> bool:
+    """A WebSocket may come from this console's own page: no Origin (not a browser), the
+    URL it is served at, or the same port under another loopback name (``localhost`` for
+    ``127.0.0.1``, an SSH tunnel's end). A name is taken literally, never resolved, so a
+    DNS-rebound ``evil.example`` pointing at 127.0.0.1 is still another origin."""
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    if origin == served_at:
+        return True
+    mine, theirs = urlsplit(served_at), urlsplit(origin)
+    if theirs.scheme != "http" or theirs.port != mine.port or theirs.hostname is None:
+        return False
+    if theirs.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(theirs.hostname).is_loopback
+    except ValueError:
+        return False
+
+
 def _server_class() -> type[Any]:
     from aiohttp import web
     from textual_serve.server import Server
@@ -72,7 +94,7 @@ def _server_class() -> type[Any]:
 
         async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
             origin = request.headers.get("Origin")
-            if origin is not None and origin.rstrip("/") != self.public_url:
+            if not origin_allowed(origin, self.public_url):
                 raise web.HTTPForbidden(
                     text=f"origin {origin} is not this console's ({self.public_url})"
                 )
