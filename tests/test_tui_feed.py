@@ -13,7 +13,7 @@ import pytest
 from shoal.services.runtime.ctl_client import CtlClient
 from shoal.services.testing import Cluster, config_on_free_ports, wait_for
 from shoal.tui.feed import LiveFeed
-from shoal.tui.model import FLOOD_TASKS, RUN_SCENARIO, ActionError, ScenarioRun
+from shoal.tui.model import FLOOD_TASKS, RUN_SCENARIO, ActionError, ScenarioRun, ServiceRow
 from shoal.tui.scenario_runner import ScenarioRunner
 
 NODES = 5
@@ -89,8 +89,12 @@ def test_the_feed_shows_every_node_its_state_and_the_services(
     wait_for(lambda: live.snapshot().nodes["sim-000"].cpu_pct is not None, 10)
     assert row.boot_id and row.fw
     wait_for(lambda: {s.name for s in live.snapshot().services} >= {"relay", "liveness", "sim"})
-    services = {s.name: s for s in live.snapshot().services}
-    assert services["relay"].state == "running" and services["relay"].beat_age_ms is not None
+
+    def relay() -> ServiceRow:
+        return next(s for s in live.snapshot().services if s.name == "relay")
+
+    # ps is asked four times a second: it may name the relay before its first heartbeat
+    wait_for(lambda: relay().state == "running" and relay().beat_age_ms is not None, 10)
     assert state.observer_healthy is True
     wait_for(lambda: live.snapshot().msgs_per_s > 0, 10)
     wait_for(lambda: len(live.history("sim-000")) >= 2, 10)

@@ -5,6 +5,7 @@ origin's WebSocket)."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -20,7 +21,14 @@ from click.testing import CliRunner
 
 from shoal.services.cli.main import main as cli
 from shoal.services.testing import Cluster, free_port
-from shoal.tui.web import WebConsoleError, check_host, is_loopback, origin_allowed, public_url
+from shoal.tui.web import (
+    WebConsoleError,
+    check_host,
+    console_command,
+    is_loopback,
+    origin_allowed,
+    public_url,
+)
 
 NODES = 3
 # Where the screenshot is kept: $SHOAL_TEST_ARTIFACTS, else test-artifacts/ (git ignores it).
@@ -55,6 +63,13 @@ def test_only_this_consoles_own_page_may_open_its_websocket() -> None:
         "null",
     ):
         assert not origin_allowed(origin, served), origin
+
+
+def test_each_tab_runs_shoal_tui_with_the_same_options_never_web_again() -> None:
+    command = console_command(["--readonly", "--config", "/tmp/a b.toml"])
+    assert command.startswith(shlex.quote(sys.executable))
+    assert "shoal.services.cli tui --readonly --config '/tmp/a b.toml'" in command
+    assert "--web" not in command
 
 
 def test_shoal_tui_web_refuses_a_public_host_unless_told(tmp_path: Path) -> None:
