@@ -79,6 +79,12 @@ def test_shoal_tui_web_refuses_a_public_host_unless_told(tmp_path: Path) -> None
     assert "--allow-remote" in result.output
 
 
+def test_web_options_without_web_are_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["tui", "--port", "9000", "--allow-remote"])
+    assert result.exit_code == 2
+    assert "--port, --allow-remote: only with --web" in result.output
+
+
 def test_shoal_tui_web_says_when_its_port_is_taken() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

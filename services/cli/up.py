@@ -238,6 +238,14 @@ def tui(
     """The operator console, attached to a running cluster (keeps retrying until one is up)."""
     config = config_from(config_path)
     if not web:
+        ctx = click.get_current_context()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("host", "port", "allow_remote")
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise CliUsageError(f"{', '.join(given)}: only with --web (the console in a browser)")
         run_console(config, readonly)
         return
     from shoal.tui.web import WebConsoleError, check_host, serve_console
