@@ -48,6 +48,7 @@ bench *ARGS:
     python bench/chaos_library.py --json {{ARGS}}
     python bench/mqtt_path.py --json {{ARGS}}
     python bench/nodecore_heap.py --json
+    python bench/ota.py --json
     pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
     SHOAL_CHAOS_SEEDS=1,2,3 pytest -q tests/test_chaos_library.py
 

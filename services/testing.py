@@ -9,10 +9,14 @@ Usage::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -47,13 +51,16 @@ def config_on_free_ports(
             "broker": f"mqtt://127.0.0.1:{mqtt_port}",
             "shim_ctl": tcp(),
             "shim_bus": tcp(),
+            "broker_ctl": tcp(),
+            "credentials": str(scratch_dir() / f"mqtt-{mqtt_port}"),
         },
         "boards": {"ctl": tcp(), "bus": tcp()},
         "metrics": {
             name: f"127.0.0.1:{next_port()}"
-            for name in ("relay", "liveness", "delegator", "sim", "shim", "boards")
+            for name in ("relay", "liveness", "delegator", "sim", "shim", "boards", "broker")
         },
         "devices": {"ctl": tcp(), "bus": tcp()},
+        "ota": {"ctl": tcp(), "bus": tcp()},
     }
     for name, values in endpoints.items():
         values.update(sections.pop(name, {}))
@@ -65,6 +72,19 @@ def config_on_free_ports(
             config, **{name: msgspec.structs.replace(getattr(config, name), **values)}
         )
     return config
+
+
+_SCRATCH: list[Path] = []
+
+
+def scratch_dir() -> Path:
+    """A directory of this process's own, removed when it exits: where a config made here
+    keeps what must not land in the working directory (MQTT credentials). Made on first use;
+    a test that wants its files elsewhere passes its own path."""
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="shoal-test-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
 
 
 def wait_for(
@@ -227,12 +247,22 @@ class Cluster:
         self.boards = boards  # emulated boards (MicroPython processes); none by default
         if board_config:
             sections["boards"] = board_config  # the [boards] section (``boards`` is the count)
-        self.without = without  # services left out: a deliberately broken cluster
+        # Services left out: a deliberately broken cluster. The OTA service only with boards
+        # (a cluster of simulated nodes has nothing to update; one process less to start).
+        self.without = without if boards or "ota" in without else (*without, "ota")
         # More `shoal up` options, e.g. {"--broker": "mqtt://..."}: a broker of the caller's.
         self.up_options = up_options or {}
         delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
         devices = {"registry": str(self.workdir / "devices.db"), **sections.pop("devices", {})}
-        self._sections = {"delegator": delegator, "devices": devices, **sections}
+        mqtt = {"credentials": str(self.workdir / "mqtt-credentials"), **sections.pop("mqtt", {})}
+        ota = {"store": str(self.workdir / "ota"), **sections.pop("ota", {})}
+        self._sections = {
+            "delegator": delegator,
+            "devices": devices,
+            "mqtt": mqtt,
+            "ota": ota,
+            **sections,
+        }
         self.config_path = self.workdir / "shoal.toml"
         self.log_path = self.workdir / "cluster.log"
         self.proc: Any = None
@@ -287,6 +317,7 @@ class Cluster:
         }
         if self.boards:
             endpoints["boards"] = self.config.boards.ctl
+            endpoints["ota"] = self.config.ota.ctl
         waiting = {k: v for k, v in endpoints.items() if k not in self.without}
         mqtt = self.config.mqtt
         external = "--broker" in self.up_options or "broker" in self.without

@@ -122,9 +122,12 @@ def require_tool(name: str) -> str:
 
 
 @contextmanager
-def mosquitto_broker(users: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+def mosquitto_broker(
+    users: dict[str, str] | None = None, conf: list[str] | None = None
+) -> Iterator[tuple[str, int]]:
     """mosquitto 2.0 on a loopback port, persistence off. With users, a password file
-    (mosquitto_passwd) and no anonymous clients; without, anonymous clients allowed."""
+    (mosquitto_passwd) and no anonymous clients; with conf, those lines instead (a password
+    file and ACL of the caller's, a TLS listener's files); else anonymous clients allowed."""
     require_mosquitto()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="mosquitto-") as d:
@@ -132,7 +135,9 @@ def mosquitto_broker(users: dict[str, str] | None = None) -> Iterator[tuple[str,
         lines = [f"listener {port} {HOST}", "persistence false", "log_dest stdout"]
         if os.geteuid() == 0:
             lines.append("user root")  # as root it would switch to 'mosquitto' and lose d
-        if users:
+        if conf is not None:
+            lines += conf
+        elif users:
             passwd = require_tool("mosquitto_passwd")
             pwfile = workdir / "passwords"
             pwfile.touch(mode=0o600)

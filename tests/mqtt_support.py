@@ -127,25 +127,36 @@ class Board:
         will: dict[str, Any] | None = None,
         subscribe: tuple[str, ...] = (),
         keepalive: int = 30,
+        login: tuple[str, str] | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         self.node_id = node_id
         self.root = f"shoal/v1/{node_id}"
         self.got: list[tuple[str, bytes, bool]] = []
+        self.granted: list[int] = []  # the SUBACK's codes (0x80: refused)
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        c = self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{node_id}-{next_port()}"
-        )
+        # A board logs in as its node id, with its node id as client id (the broker's rule).
+        client_id = login[0] if login and "." not in login[0] else f"test-{node_id}-{next_port()}"
+        c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if login is not None:
+            c.username_pw_set(*login)
+        if tls_ca is not None:
+            c.tls_set(ca_certs=tls_ca)
         if will is not None:
             c.will_set(f"{self.root}/will", msgspec.json.encode(will), qos=1)
         c.on_message = self._on_message
-        c.on_subscribe = lambda *a: self._subscribed.set()
+        c.on_subscribe = self._on_subscribe
         c.connect(HOST, port, keepalive=keepalive)
         c.loop_start()
         topics = subscribe or (f"{self.root}/ack", f"{self.root}/task/down")
         c.subscribe([(t, 1) for t in topics])
         if not self._subscribed.wait(10):
             raise AssertionError("no SUBACK")
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        self.granted = [c.value for c in codes]
+        self._subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
@@ -185,12 +196,28 @@ class Board:
             sock.close()
 
 
-def wait_shim_online(port: int, timeout_s: float = 20.0) -> None:
+def service_login(config: ShoalConfig) -> tuple[str, str]:
+    """A service's login (the shim's), from config's credentials directory."""
+    from shoal.services.broker.credentials import shim_login
+
+    return shim_login(config.mqtt)
+
+
+def board_login(config: ShoalConfig, node_id: str) -> tuple[str, str]:
+    """A board's own login, made in config's credentials directory if it has none."""
+    from shoal.services.broker.credentials import Credentials
+
+    return node_id, Credentials(config.mqtt.credentials).ensure(node_id)
+
+
+def wait_shim_online(
+    port: int, timeout_s: float = 20.0, login: tuple[str, str] | None = None
+) -> None:
     """Until a shim says online on its retained state topic: it publishes that after its
     SUBSCRIBE on the same connection, so from then on a board's publish reaches it (a
     supervisor's "running" says only that the process is up)."""
     topic = "shoal/v1/shim/+/state"
-    watcher = Board(port, "shim-watcher", subscribe=(topic,))
+    watcher = Board(port, "shim-watcher", subscribe=(topic,), login=login)
     try:
 
         def online() -> bool:

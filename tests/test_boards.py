@@ -108,7 +108,7 @@ def test_bad_ctl_args_are_refused_by_name(cluster: Cluster) -> None:
 
 
 def test_board_files_are_the_shipped_firmware_unchanged(cluster: Cluster) -> None:
-    from shoal.services.boards.layout import ESP32_DIR
+    from shoal.services.firmware.bundle import ESP32_DIR
 
     d = Path(boards(cluster)["board-01"]["dir"])
     assert (d / "main.py").read_bytes() == (ESP32_DIR / "main.py").read_bytes()

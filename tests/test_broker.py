@@ -19,6 +19,10 @@ from mqtt_support import HOST, embedded_broker, mqtt_config, shoal, stop
 from shoal.services.cli.up import check_ports_free
 from shoal.services.testing import wait_for
 
+# The broker's mechanics (retained, keepalive, fan-out) with any client and topic; who may
+# connect and publish where is tests/test_mqtt_access.py's.
+ANONYMOUS = {"allow_anonymous": True}
+
 
 def _client(port: int, name: str, keepalive: int = 30) -> tuple[mqtt.Client, list]:
     got: list = []
@@ -30,7 +34,7 @@ def _client(port: int, name: str, keepalive: int = 30) -> tuple[mqtt.Client, lis
 
 
 def test_the_broker_serves_clients_keeps_retained_and_stops_on_sigterm(tmp_path: Path) -> None:
-    config = mqtt_config()
+    config = mqtt_config(mqtt=ANONYMOUS)
     port = config.mqtt.listen_address()[1]
     with embedded_broker(tmp_path, config) as proc:
         sub, got = _client(port, "sub")
@@ -56,7 +60,7 @@ def test_the_broker_serves_clients_keeps_retained_and_stops_on_sigterm(tmp_path:
 
 def test_a_silent_client_is_dropped_after_one_and_a_half_keepalives(tmp_path: Path) -> None:
     """amqtt never drops it by itself (its #308): the watchdog does, and the will fires."""
-    config = mqtt_config()
+    config = mqtt_config(mqtt=ANONYMOUS)
     port = config.mqtt.listen_address()[1]
     with embedded_broker(tmp_path, config):
         watcher, got = _client(port, "watcher")
@@ -108,7 +112,7 @@ def test_shoal_up_refuses_a_taken_mqtt_port() -> None:
 def test_the_indexed_fan_out_delivers_as_amqtt_does_exact_plus_and_hash(tmp_path: Path) -> None:
     """services/broker/fanout.py replaces amqtt's walk over every filter; the same messages
     must reach the same subscribers, and an unsubscribed wildcard must stop matching."""
-    config = mqtt_config()
+    config = mqtt_config(mqtt=ANONYMOUS)
     port = config.mqtt.listen_address()[1]
     filters = {"exact": "b/n1/ack", "plus": "b/+/ack", "hash": "b/#", "other": "x/#"}
     with embedded_broker(tmp_path, config):

@@ -20,7 +20,9 @@ from shoal.services.testing import IngestClient, config_on_free_ports, running, 
 
 def _config_file(tmp_path: Path, registry: Path) -> str:
     path = tmp_path / "shoal.toml"
-    path.write_text(f'[devices]\nregistry = "{registry}"\n')
+    path.write_text(
+        f'[devices]\nregistry = "{registry}"\n[mqtt]\ncredentials = "{tmp_path / "mqtt"}"\n'
+    )
     return str(path)
 
 
@@ -63,7 +65,7 @@ def test_add_seen_and_ota_history_persist_in_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "why"),
     [
-        (b"this is not a database, just garbage" * 100, "not a shoal device registry"),
+        (b"this is not a database, just garbage" * 100, "not a SQLite database"),
         (None, "not a shoal device registry (other tables"),
     ],
 )
@@ -120,7 +122,13 @@ def test_devices_commands_add_list_show_remove(tmp_path: Path) -> None:
     assert json.loads(out)["ota_history"] == []
     code, out, _ = _run("devices", "show", "esp32-07", "--config", cfg)
     assert code == 0 and "mac          24:0a:c4:00:00:07" in out
+    code, out, _ = _run("devices", "credentials", "esp32-07", "--json", "--config", cfg)
+    login = json.loads(out)  # made by add; hashed in the password file, never in clear
+    assert code == 0 and login["mqtt_user"] == "esp32-07" and len(login["mqtt_password"]) >= 22
+    passwd = (tmp_path / "mqtt" / "passwd").read_text()
+    assert passwd.startswith("esp32-07:$7$101$") and login["mqtt_password"] not in passwd
     assert _run("devices", "remove", "esp32-07", "--config", cfg)[0] == 0
+    assert "esp32-07" not in (tmp_path / "mqtt" / "passwd").read_text()  # revoked
     code, _, err = _run("devices", "remove", "esp32-07", "--config", cfg)
     assert code == 1 and err == "error: no device 'esp32-07' in the registry\n"
     code, _, err = _run("devices", "show", "ESP32_07", "--config", cfg)

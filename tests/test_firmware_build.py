@@ -33,7 +33,7 @@ def test_build_writes_mpy_files_and_a_manifest_that_matches_them(tmp_path: Path)
     assert manifest["mpy_abi"].startswith("6.")
     paths = {f["path"] for f in manifest["files"]}
     assert {"main.py", "config.py", "mqtt.mpy", "transport.mpy", "lib/nodecore/node.mpy"} <= paths
-    assert not any(p.endswith(".py") for p in paths - {"main.py", "config.py"})
+    assert not any(p.endswith(".py") for p in paths - {"boot.py", "main.py", "config.py"})
     for f in manifest["files"]:
         data = (out / f["path"]).read_bytes()
         assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"]

@@ -24,9 +24,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from shoal.services.boards.layout import STANDIN_FILES, STANDINS_DIR
+from shoal.services.broker.credentials import Credentials
 from shoal.services.cli.main import main
 from shoal.services.firmware.build import MANIFEST, micropython
+from shoal.services.firmware.bundle import STANDIN_FILES, STANDINS_DIR
 from shoal.services.firmware.deploy import mpremote
 from shoal.services.registry.store import Registry
 
@@ -43,7 +44,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "shoal.toml"
-    path.write_text(f'[devices]\nregistry = "{tmp_path / "devices.db"}"\n')
+    path.write_text(
+        f'[devices]\nregistry = "{tmp_path / "devices.db"}"\n'
+        f'[mqtt]\ncredentials = "{tmp_path / "mqtt"}"\n'
+    )
     return path
 
 
@@ -62,11 +66,12 @@ def test_dry_run_prints_exactly_the_mpremote_commands(bundle: Path, tmp_path: Pa
         f"{c} exec 'import os",
         """if "lib" not in os.listdir(): os.mkdir("lib")'""",
         f"{c} cp -r {b}/lib/nodecore :lib/",
-        f"{c} cp {b}/clock.mpy :clock.mpy + cp {b}/hal.mpy :hal.mpy + cp {b}/main.py :main.py"
-        f" + cp {b}/mqtt.mpy :mqtt.mpy + cp {b}/transport.mpy :transport.mpy",
+        f"{c} cp {b}/boot.py :boot.py + cp {b}/clock.mpy :clock.mpy + cp {b}/hal.mpy :hal.mpy"
+        f" + cp {b}/main.py :main.py + cp {b}/mqtt.mpy :mqtt.mpy + cp {b}/ota.mpy :ota.mpy"
+        f" + cp {b}/otaboot.mpy :otaboot.mpy + cp {b}/transport.mpy :transport.mpy",
         f"{c} cp {conf} :config.py",
         f"{c} exec 'import os",
-        'for f in ["clock.py", "hal.py", "mqtt.py", "transport.py"]:',
+        'for f in ["clock.py", "hal.py", "mqtt.py", "ota.py", "otaboot.py", "transport.py"]:',
         "    if f in os.listdir(): os.remove(f)",
         'for f in ["__init__.py", "backoff.py", "delegation.py", "engine.py", "handlers.py",'
         ' "loadmodel.py", "node.py", "overload.py", "prng.py", "ring.py"]:',
@@ -167,6 +172,8 @@ def test_deploy_copies_the_bundle_to_a_real_micropython_and_enters_the_board(
     config = (board / "config.py").read_text()
     assert "'node_id': 'board-07'" in config and "'mqtt_host': '10.0.0.5'" in config
     assert "'mqtt_port': 1883" in config and "'wifi_ssid': 'lab'" in config
+    password = Credentials(tmp_path / "mqtt").secret("board-07")  # its login, made by deploy
+    assert password and f"'mqtt_user': 'board-07', 'mqtt_password': '{password}'" in config
     with Registry(tmp_path / "devices.db") as reg:
         device_row = reg.get("board-07")
     assert device_row is not None

@@ -53,6 +53,9 @@ def test_every_service_serves_its_counters_and_per_node_gauges(tmp_path: Path) -
         assert "shoal_delegator_assigning" in delegator
         sim = wait_for(lambda: scrape(m.sim), 30, 0.2, ignore=(OSError,))
         assert sim["shoal_service_up"].samples[0].labels == {"service": "sim"}
+        broker = wait_for(lambda: scrape(m.broker), 30, 0.2, ignore=(OSError,))
+        assert broker["shoal_broker_refused_bad_password"].samples[0].value == 0
+        assert "shoal_broker_denied_publish" in broker
 
 
 def test_a_scrape_reads_the_loops_state_on_the_loop() -> None:

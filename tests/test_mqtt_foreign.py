@@ -20,12 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mqtt_support import (
     HOST,
     Board,
+    board_login,
     doc_examples,
     embedded_broker,
     heartbeat,
     hello,
     mosquitto_broker,
     mqtt_config,
+    service_login,
     tool,
     wait_shim_online,
 )
@@ -62,8 +64,13 @@ def test_mosquitto_pub_and_sub_speak_to_the_shim(relay_and_shim_on_embedded: Sho
     sub_bin, pub_bin = tool("mosquitto_sub"), tool("mosquitto_pub")
     (hello_json,) = doc_examples("mqtt-up").values()
     (ack_json,) = doc_examples("mqtt-ack").values()
+    # The board publishes as itself; the watcher of its acks is a service (a second
+    # connection as esp-01 would take the board's client id).
+    board = ["-u", "esp-01", "-P", board_login(config, "esp-01")[1], "-i", "esp-01"]
+    service = ["-u", "svc.shim", "-P", service_login(config)[1]]
     sub = subprocess.Popen(
-        [sub_bin, "-h", HOST, "-p", port, "-t", "shoal/v1/esp-01/ack", "-C", "1", "-W", "30"],
+        [sub_bin, "-h", HOST, "-p", port, *service, "-t", "shoal/v1/esp-01/ack", "-C", "1",
+         "-W", "30"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -72,7 +79,8 @@ def test_mosquitto_pub_and_sub_speak_to_the_shim(relay_and_shim_on_embedded: Sho
         deadline = time.monotonic() + 30
         while sub.poll() is None and time.monotonic() < deadline:
             subprocess.run(
-                [pub_bin, "-h", HOST, "-p", port, "-t", "shoal/v1/esp-01/up", "-m", hello_json],
+                [pub_bin, "-h", HOST, "-p", port, *board, "-t", "shoal/v1/esp-01/up",
+                 "-m", hello_json],
                 check=True, timeout=20,
             )  # fmt: skip
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -21,11 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mqtt_support import (
     HOST,
     Board,
+    board_login,
     doc_examples,
     embedded_broker,
     heartbeat,
     hello,
     mqtt_config,
+    service_login,
     shoal,
     stop,
     telemetry,
@@ -33,6 +35,7 @@ from mqtt_support import (
 
 from shoal.protocol import codec
 from shoal.protocol.messages import RelaySnapshot
+from shoal.services.broker.credentials import Credentials
 from shoal.services.delegator.placement import Peer
 from shoal.services.delegator.service import Delegator
 from shoal.services.mqtt_shim.service import Shim
@@ -54,6 +57,7 @@ class Env:
         self.boards: list[Board] = []
 
     def board(self, node_id: str, **kwargs: Any) -> Board:
+        kwargs.setdefault("login", board_login(self.config, node_id))
         board = Board(self.port, node_id, **kwargs)
         self.boards.append(board)
         return board
@@ -186,7 +190,9 @@ def test_a_bad_payload_is_counted_by_reason_and_costs_nothing_else(
 
 
 def test_a_topic_naming_no_board_is_refused(env: Env, before: dict[str, int]) -> None:
-    board = env.board("topic-1")
+    # A board's login could not publish there (the broker's ACL); a service's can, and
+    # the shim refuses such topics on a broker without that ACL too.
+    board = env.board("topic-1", login=service_login(env.config))
     for topic in ("shoal/v1/Bad_ID/up", "shoal/v1/shim/up", "shoal/v1/-x/will"):
         board.publish(hello("topic-1", 3), topic=topic)
     board.publish(hello("topic-1", 3))
@@ -223,7 +229,8 @@ def test_a_will_is_a_goodbye_for_the_current_boot_only(env: Env, before: dict[st
     assert env.node("will-2").left is False and env.node("will-2").boot_id == 43
 
     # A will for a board never seen, and one speaking for another board.
-    new.publish(
+    service = env.board("svc-will", login=service_login(env.config))  # a board could not
+    service.publish(
         {"v": 1, "node_id": "never-seen", "boot_id": 9, "seq": 1}, "shoal/v1/never-seen/will"
     )
     new.publish({"v": 1, "node_id": "will-1", "boot_id": 41, "seq": 1}, "will")
@@ -278,7 +285,7 @@ def test_the_shim_says_online_when_it_starts_and_its_will_says_offline(env: Env)
         config,
         mqtt=msgspec.structs.replace(
             config.mqtt, broker=env.config.mqtt.broker, listen=env.config.mqtt.listen,
-            shim_id="shim-kill",
+            shim_id="shim-kill", credentials=env.config.mqtt.credentials,
         ),
     )  # fmt: skip
     topic = "shoal/v1/shim/shim-kill/state"
@@ -321,7 +328,7 @@ def test_the_shim_reconnects_after_the_broker_restarts(env: Env, tmp_path: Path)
         with embedded_broker(tmp_path, config):
             wait_for(lambda: shim.counters["broker_connected"], 15)
             assert shim.status_counters()["reconnects"] >= 1
-            board = Board(port, "re-1")
+            board = Board(port, "re-1", login=board_login(config, "re-1"))
             try:
                 board.publish(hello("re-1", 61))
                 # No relay here: the batch cannot be sent; counted, and the board resends.
@@ -387,6 +394,7 @@ def _varint_end(packet: bytes) -> tuple[int, int]:
 def test_the_documented_bytes_work_against_a_live_broker_and_shim(env: Env) -> None:
     """docs/protocol.md section 11.9, sent as raw bytes: a board written from the text."""
     packets = doc_examples("mqtt-packet")
+    Credentials(env.config.mqtt.credentials).make("esp-01", password="kQ3vX9-esp01")
     with socket.create_connection((HOST, env.port), timeout=10) as sock:
         sock.sendall(packets["connect"])
         assert _read_packet(sock) == bytes.fromhex("20020000")

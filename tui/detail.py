@@ -47,6 +47,10 @@ def fields(row: NodeRow) -> Table:
     return grid
 
 
+def ota(row: NodeRow) -> str:
+    return f"ota: {row.ota}" if row.ota else ""
+
+
 def tasks(row: NodeRow) -> str:
     if row.state in GONE_STATES:
         # Its figures are history (the feed blanks them): not "firmware without tasks".
@@ -130,7 +134,9 @@ class NodeDetailScreen(ConsoleScreen):
             self.query_one("#reason", Static).update(
                 Text.assemble(("reason ", "dim"), row.reason or fmt.DASH)
             )
-            self.query_one("#tasks", Static).update(tasks(row))
+            self.query_one("#tasks", Static).update(
+                tasks(row) + (f"\n{ota(row)}" if row.ota else "")  # a board being updated
+            )
         self._show_history()
         self._show_events()
 

@@ -139,6 +139,7 @@ class LiveFeed:
         self._sim_counters: dict[str, Any] | None = None
         self._window = derived.Window()  # delegator traffic, said once an interval
         self._drained: set[str] = set()  # the delegator's drained nodes (`drained`, each second)
+        self._ota: dict[str, str] = {}  # node -> its update, as the OTA service said last
         self._version = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -423,6 +424,21 @@ class LiveFeed:
     def _on_drained(self, nodes: list[str]) -> None:
         self._drained = set(nodes)  # replaced whole: the UI's action reads it on its thread
 
+    def _on_ota(self, progress: dict[str, Any]) -> None:
+        """The rollout's rows as one line a board: version, state, bytes, seconds."""
+        out: dict[str, str] = {}
+        for row in progress["nodes"]:
+            if not isinstance(row, dict) or not isinstance(row.get("node_id"), str):
+                continue
+            text = f"{progress.get('version')} {row.get('state')}"
+            if row.get("total"):
+                text += f" {row.get('done', 0):,}/{row['total']:,} B"
+            if row.get("seconds") is not None:
+                text += f" {row['seconds']} s"
+            out[row["node_id"]] = text
+        with self._lock:
+            self._ota = out
+
     def _on_ps(self, rows: list[dict[str, Any]]) -> None:
         old = self._ps
         new = {row.get("name", "?"): row for row in rows if isinstance(row, dict)}
@@ -475,6 +491,7 @@ class LiveFeed:
                 boots=nv.boots,
                 reason=member.reason if member else "",
                 drained=node_id in drained,
+                ota=self._ota.get(node_id, ""),
             )
         for node_id, member in members.items():
             if node_id not in nodes and node_id not in hidden:

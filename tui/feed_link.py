@@ -2,7 +2,8 @@
 
 It follows the relay (RelayView) and the monitor (MembershipView), hears the delegator's
 heartbeat, and asks without blocking, on DEALER sockets, what no bus carries: the
-supervisor's ``ps``, the fleet's ``status``, the delegator's ``drained`` set and, after a
+supervisor's ``ps``, the fleet's ``status``, the OTA service's ``progress``, the
+delegator's ``drained`` set and, after a
 node is lost, where its tasks went (``moved``). Every answer goes to the LiveFeed, which
 keeps the state and builds the snapshots.
 """
@@ -38,7 +39,7 @@ BUILD_INTERVAL_S = 0.25
 # is shorter than a second, and asked once a second the whole backoff passed as "running"
 # with the dead process's last heartbeat, under a second old, as its heartbeat.
 PS_INTERVAL_S = 0.25
-COUNTS_INTERVAL_S = 1.0  # the fleet's status counters and the delegator's drained set
+COUNTS_INTERVAL_S = 1.0  # the fleet's counters, the delegator's drained set, OTA progress
 
 
 class FeedLink(Service):
@@ -74,6 +75,9 @@ class FeedLink(Service):
         # The delegator's drained set, whoever drained: every console shows it on the row.
         self.delegator_sock = self.sockets.connect(zmq.DEALER, self.config.delegator.ctl)
         self.on_readable(self.delegator_sock, self._on_drained)
+        # The OTA service's rollout (none without boards): each board's update in its detail.
+        self.ota_sock = self.sockets.connect(zmq.DEALER, self.config.ota.ctl)
+        self.on_readable(self.ota_sock, self._on_ota)
         self.every(PS_INTERVAL_S, self._ask_ps)
         self.every(COUNTS_INTERVAL_S, self._ask_counts)
         self.every(BUILD_INTERVAL_S, feed._build)
@@ -91,6 +95,12 @@ class FeedLink(Service):
     def _ask_counts(self) -> None:
         self._ask(self.sim_sock, "status")
         self._ask(self.delegator_sock, "drained")
+        self._ask(self.ota_sock, "progress")
+
+    def _on_ota(self) -> None:
+        for progress in _results(self.ota_sock):
+            if isinstance(progress, dict) and isinstance(progress.get("nodes"), list):
+                self.feed._on_ota(progress)
 
     def _on_sim_status(self) -> None:
         for status in _results(self.sim_sock):

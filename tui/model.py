@@ -64,6 +64,7 @@ class NodeRow:
     boots: int = 0
     reason: str = ""  # why it is in its state (the monitor's words)
     drained: bool = False  # the delegator sends it no new work (drained by a console)
+    ota: str = ""  # its over-the-air update, as the OTA service's rollout has it ("": none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ CONFIG = {
     # MQTT broker (the shim subscribes to it). An IP address avoids a blocking DNS lookup.
     "mqtt_host": "192.168.1.10",
     "mqtt_port": 1883,
-    "mqtt_user": None,  # None: connect without credentials
+    "mqtt_user": None,  # its node id; deploy writes both (shoal's brokers refuse None)
     "mqtt_password": None,
     "mqtt_keepalive_s": 60,
     # Identity: 1-32 chars of a-z, 0-9 and "-", not starting with "-" (protocol section 3.1)
@@ -42,6 +42,10 @@ CONFIG = {
     # many seqs were used since the last: the shim honours a will only within the relay's
     # de-duplication window (256 seqs, about a minute of 250 ms heartbeats). 0: never.
     "will_refresh_seqs": 200,
+    # Over-the-air updates (ota.py): a new version confirms itself once its hello was acked
+    # and it has run this long; with no ack within ota_probation_max_ms it rolls back.
+    "ota_probation_ms": 5000,
+    "ota_probation_max_ms": 120000,
     # The status line on the console (state, heap, counters), every this many ms.
     "status_interval_ms": 10000,
 }

@@ -1,7 +1,9 @@
 """The board's entry point: WiFi, then the node core talking MQTT to the shim, forever.
 
-Layout on the board: /main.py, /config.py, /clock.py, /hal.py, /transport.py, and the node
-core as /lib/nodecore (see README.md). Ctrl-C in a serial console sends a goodbye and stops.
+Layout on the board: /boot.py, /main.py, /config.py, /clock.py, /hal.py, /transport.py,
+/ota.py, /otaboot.py, and the node core as /lib/nodecore (see README.md). boot.py (the OTA
+guard, otaboot.py) imports this module and calls main(); run directly (``micropython main.py``), it runs
+without the guard. Ctrl-C in a serial console sends a goodbye and stops.
 """
 
 import gc
@@ -108,9 +110,48 @@ class Board:
         transport.rebirth = core.hello
         transport.reserve_seq = core.reserve_seq
         transport.idle = core.idle
+        # The OTA client (ota.py, ~8 KB of heap) is loaded only when an update is under way:
+        # a message from the OTA service, or a transfer or a new version's probation that
+        # a reset interrupted (its files on flash).
+        self.ota = None
+        self._acked = lambda: core.stats["acked"]
+        transport.ota_sink = self._ota_message
+        transport.on_connect = self._ota_connect
+        if _exists("ota_pending.json") or _exists("ota_plan.json"):
+            self._load_ota()
         self.status_every_ms = cfg.get("status_interval_ms", STATUS_EVERY_MS)
         self.next_status_ms = now + self.status_every_ms
         self.heap_min = None  # the least free heap seen after a pass, since boot
+
+    def _load_ota(self):
+        from ota import OtaClient
+
+        cfg = self.cfg
+        self.ota = OtaClient(
+            cfg["node_id"],
+            FIRMWARE_VERSION,
+            self.transport.publish_raw,
+            self.clock.now,
+            acked=self._acked,
+            probation_ms=cfg.get("ota_probation_ms", 5000),
+            probation_max_ms=cfg.get("ota_probation_max_ms", 120000),
+            before_reset=self._before_reset,
+        )
+        return self.ota
+
+    def _before_reset(self):
+        """An update's reset is planned: a goodbye, so the cluster sees the board leave and
+        come back with its new boot, not a failure."""
+        self.core.goodbye(self.clock.now(), "update")
+        self.transport.poll()
+        self.transport.close()
+
+    def _ota_message(self, payload):
+        (self.ota or self._load_ota()).on_message(payload)
+
+    def _ota_connect(self):
+        if self.ota is not None:
+            self.ota.on_connect()
 
     def step(self):
         """One pass of the main loop: the node core, then the MQTT client. Its time goes to
@@ -119,6 +160,8 @@ class Board:
         now = self.clock.now()
         self.core.tick(now)
         self.transport.poll()
+        if self.ota is not None:
+            self.ota.tick(now)
         self.hal.busy(time.ticks_diff(time.ticks_us(), t0))
         free = mem_free()
         if free is not None and (self.heap_min is None or free < self.heap_min):
@@ -139,6 +182,7 @@ class Board:
             "shoal %s state=%s seq=%d buffered=%d dropped=%d acked=%d mqtt=%s wifi=%s heap=%d"
             " tasks=%d/%d in=%d out=%d heap_min=%d connects=%d will_refreshes=%d"
             " rebirths=%d bad_tasks=%d bad_task_msgs=%d bad_states=%d bad_acks=%d"
+            " fw=%s ota=%s ota_bytes=%d ota_bad_chunks=%d"
         ) % (
             self.core.node_id,
             s["state"],
@@ -161,6 +205,10 @@ class Board:
             self.delegation.stats["bad_msgs"],
             ts["bad_states"],
             ts["bad_acks"],
+            FIRMWARE_VERSION,
+            self.ota.state if self.ota else "-",
+            self.ota.stats["bytes"] if self.ota else 0,
+            self.ota.stats["bad_chunks"] if self.ota else 0,
         )
 
     def stop(self):
@@ -168,6 +216,16 @@ class Board:
         self.core.goodbye(self.clock.now(), "shutdown")
         self.transport.poll()
         self.transport.close()
+
+
+def _exists(path):
+    try:
+        import os
+
+        os.stat(path)
+        return True
+    except (ImportError, AttributeError, OSError):
+        return False
 
 
 def _int(x):
@@ -209,5 +267,7 @@ def main(cfg=CONFIG):
         machine.reset()  # a new boot_id; the relay sees a reboot and a new hello
 
 
-if __name__ == "__main__":
+# Not when boot.py imported this module and runs main() itself: on a board the port runs
+# main.py after boot.py returns (after Ctrl-C), which must not start the node again.
+if __name__ == "__main__" and "main" not in sys.modules:
     main()

@@ -13,6 +13,8 @@ Topics (node_id as in the messages):
                            (reserve_seq), which the shim's goodbye in our name uses.
 - shoal/v1/<node_id>/task/up    node -> delegator: a task message (offer, result...), QoS 0
 - shoal/v1/<node_id>/task/down  delegator -> node: taken, assign, result_ack..., QoS 0
+- shoal/v1/<node_id>/ota/down   OTA service -> node: offers and chunks (ota.py), QoS 0
+- shoal/v1/<node_id>/ota/up     node -> OTA service: chunk requests and status, QoS 0
 - shoal/v1/shim/+/state    the shims' retained {"v":1,"state":"online","shim":..,"boot":N},
                            QoS 1: a shim boot not seen before asks for a rebirth (a hello).
 
@@ -121,6 +123,7 @@ class MqttTransport:
         self.will_topic = root + "/will"
         self.task_up_topic = root + "/task/up"
         self.task_down_topic = root + "/task/down"
+        self.ota_down_topic = root + "/ota/down"
         self.reserve_seq = reserve_seq  # core.reserve_seq: a fresh will seq per connect
         self.will_seq = None
         self.will_registered = False
@@ -131,6 +134,8 @@ class MqttTransport:
         self.ack_sink = None  # core.on_ack; set after the core is built (it needs us first)
         self.task_sink = None  # core.on_task_message(msg, now_ms)
         self.rebirth = None  # core.hello(now_ms): a new shim boot asks for a birth
+        self.ota_sink = None  # OtaClient.on_message(payload): offers and chunks
+        self.on_connect = None  # called after each successful connect (OtaClient's)
         self.shim_boots = {}  # shim id -> the last boot it announced
         self.client = None
         self.last_attempt_ms = None
@@ -182,6 +187,8 @@ class MqttTransport:
                 c.subscribe(self.task_down_topic)
             if self.rebirth is not None:
                 c.subscribe(TOPIC_ROOT + "shim/+/state", 1)
+            if self.ota_sink is not None:
+                c.subscribe(self.ota_down_topic)
         except LINK_ERRORS:
             _close_socket(c)
             self.stats["connect_failures"] += 1
@@ -190,6 +197,8 @@ class MqttTransport:
         self.will_registered = True
         self.last_out_ms = now
         self.stats["connects"] += 1
+        if self.on_connect is not None:
+            self.on_connect()
         return True
 
     def will_payload(self):
@@ -204,6 +213,18 @@ class MqttTransport:
         if self.client is None or not self._publish(self.task_up_topic, msg):
             return False
         self.stats["tasks_up"] += 1
+        return True
+
+    def publish_raw(self, topic, payload):
+        """Publish bytes as they are (the OTA client's); False if the link is down."""
+        if self.client is None:
+            return False
+        try:
+            self.client.publish(topic, payload)
+        except LINK_ERRORS:
+            self._drop()
+            return False
+        self.last_out_ms = self.now_ms()
         return True
 
     def _publish(self, topic, msg):
@@ -299,6 +320,9 @@ class MqttTransport:
             self.handle_ack(payload)
         elif topic == self.task_down_topic:
             self.handle_task(payload)
+        elif topic == self.ota_down_topic:
+            if self.ota_sink is not None:
+                self.ota_sink(payload)
         elif topic.startswith(TOPIC_ROOT + "shim/"):
             self.handle_state(payload, retained)
 

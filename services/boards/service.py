@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from shoal.services.broker.credentials import Credentials
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.ports import next_port
 from shoal.services.runtime.service import CtlError, Service, parse_args
@@ -64,6 +65,7 @@ class BoardEmulator(Service):
         self._own_dir = workdir is None
         self.root = Path(workdir or tempfile.mkdtemp(prefix="shoal-boards-"))
         self.boards: dict[str, Board] = {}
+        self.logins: dict[str, str] = {}  # node id -> its MQTT password
         self.ctl_ops["boards"] = self._op_boards
         self.ctl_ops["power_off"] = self._op_power_off
         self.ctl_ops["power_on"] = self._op_power_on
@@ -77,8 +79,11 @@ class BoardEmulator(Service):
         self.serve_ctl(self.cfg.ctl)
         broker = self.config.mqtt.broker_address()
         self.endpoints["broker"] = self.config.mqtt.broker
+        credentials = Credentials(self.config.mqtt.credentials)
         for i in range(self.count):
             node_id = board_id(i, self.cfg.id_prefix)
+            # Its own login, as a real board's deploy writes it (made on the first run).
+            self.logins[node_id] = credentials.ensure(node_id)
             board = Board(node_id, self.root, broker, next_port())
             self.boards[node_id] = board
             self._boot(board)
@@ -112,9 +117,8 @@ class BoardEmulator(Service):
             "mqtt_port": board.radio.port,  # through its radio, to the broker
             "mqtt_keepalive_s": cfg.keepalive_s,
         }
-        if self.config.mqtt.username:
-            out["mqtt_user"] = self.config.mqtt.username
-            out["mqtt_password"] = self.config.mqtt.password
+        out["mqtt_user"] = board.node_id
+        out["mqtt_password"] = self.logins[board.node_id]
         out.update(cfg.firmware)
         out.update(cfg.per_board.get(board.node_id, {}))
         return out

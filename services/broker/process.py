@@ -9,9 +9,9 @@ amqtt's limits and what is done about them:
 
 - MQTT 3.1.1 only (no MQTT 5): boards and the shim speak 3.1.1.
 - Keepalives are not enforced (amqtt issue #308): ``keepalive.watch`` does it.
-- Offline queues are unbounded for persistent sessions: every client is admitted as
-  anonymous (amqtt's anonymous plugin), and amqtt keeps neither queue nor session for an
-  anonymous client once it disconnects. Nothing in shoal needs a persistent session (QoS 0
+- Offline queues are unbounded for persistent sessions: every client, once its login is
+  checked (services/broker/access.py), is marked anonymous to amqtt, which then keeps
+  neither queue nor session for it once it disconnects. Nothing in shoal needs a persistent session (QoS 0
   node messages, acked by the relay; the task protocol acks itself).
 - No message size limit, and a packet is read whole before any plugin sees it: the
   listener is loopback by default; the shim refuses payloads over ``max_payload``. A
@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Any
 
-from shoal.services.runtime.config import ShoalConfig
+from shoal.services.runtime.config import ConfigError, ShoalConfig
 from shoal.services.runtime.log import JsonLog, Summary
 from shoal.services.runtime.service import (
     BAD_ADDRESS_HINTS,
@@ -46,15 +46,22 @@ from shoal.services.runtime.service import (
 )
 
 from . import keepalive
+from .access import AuthFirst, new_counters
+from .credentials import Credentials
+from .fanout import IndexedBroker
+from .status import BrokerStatus
 
 EXIT_FAILED = 1
 STOP_TIMEOUT_S = 3.0  # amqtt's own shutdown can wait 5 s on broadcasts; the supervisor 5 s
 PLUGIN = "shoal.services.broker.keepalive.ActivityPlugin"
+PASSWORDS = "shoal.services.broker.access.PasswordPlugin"
+ACL = "shoal.services.broker.access.AclPlugin"
 
 
 def amqtt_config(config: ShoalConfig) -> dict[str, Any]:
     """amqtt's configuration (its BrokerConfig, as a dict) for ``[mqtt]``."""
     mqtt = config.mqtt
+    anonymous = mqtt.allow_anonymous
     return {
         "listeners": {
             "default": {
@@ -64,12 +71,21 @@ def amqtt_config(config: ShoalConfig) -> dict[str, Any]:
             }
         },
         "timeout_disconnect_delay": 0,
-        # No $SYS plugin, no packet logging: only what shoal needs.
+        # No $SYS plugin, no packet logging: only what shoal needs. No AnonymousAuthPlugin:
+        # it admits any client that sends a username.
         "plugins": {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            PASSWORDS: {
+                "password_file": str(Credentials(mqtt.credentials).passwd),
+                "allow_anonymous": anonymous,
+            },
+            ACL: {"allow_anonymous": anonymous},
             PLUGIN: {},
         },
     }
+
+
+class ShoalBroker(AuthFirst, IndexedBroker):
+    """amqtt with the indexed fan-out, a login checked before any session is touched."""
 
 
 class _ToSummary(logging.Handler):
@@ -92,24 +108,49 @@ class BrokerProcess:
         self.config = config
         self.log = JsonLog("broker", config.runtime.log_level)
         self.amqtt_log = Summary(self.log, "amqtt")
+        # Fixed keys (the status thread copies the dict while the loop counts).
         self.counters: dict[str, int] = {"keepalive_drops": 0}
+        self.refusals: list[dict[str, int]] = []  # the access plugins' counters
         self.started = time.monotonic()
+
+    def status_counters(self) -> dict[str, int]:
+        """What ``shoal status`` shows of the broker: its counters and every refusal."""
+        out = {**self.counters, **new_counters()}
+        for counters in list(self.refusals):
+            for key, value in list(counters.items()):
+                out[key] += value
+        return out
 
     def _dropped(self, client_id: str, silent_s: float) -> None:
         self.counters["keepalive_drops"] += 1
         self.log.info("keepalive_expired", client=client_id, silent_s=round(silent_s, 2))
 
     async def serve(self, stop: asyncio.Event) -> int:
-        from amqtt.errors import BrokerError
-
-        from .fanout import IndexedBroker
-
         handler = _ToSummary(self.amqtt_log)
         amqtt_logger = logging.getLogger("amqtt")
         amqtt_logger.addHandler(handler)
         amqtt_logger.setLevel(logging.WARNING)
         amqtt_logger.propagate = False
-        broker = IndexedBroker(amqtt_config(self.config))
+        try:
+            Credentials(self.config.mqtt.credentials).ensure_file()  # amqtt needs the file
+        except ConfigError as err:
+            self.log.error("config_error", error=str(err))
+            return EXIT_CONFIG
+        status = BrokerStatus(self.config, self.status_counters)
+        code = status.start_in_thread()
+        if code:
+            return code
+        try:
+            return await self._serve(stop)
+        finally:
+            status.stop_thread()
+
+    async def _serve(self, stop: asyncio.Event) -> int:
+        from amqtt.errors import BrokerError
+
+        from .access import AclPlugin, PasswordPlugin
+
+        broker = ShoalBroker(amqtt_config(self.config))
         try:
             await broker.start()
             gc.freeze()  # what start-up made lives as long as the process: no full scans of it
@@ -118,12 +159,21 @@ class BrokerProcess:
             return self._start_failed(err)
         activity = broker.plugins_manager.get_plugin("ActivityPlugin")
         assert isinstance(activity, keepalive.ActivityPlugin)
+        for name in ("PasswordPlugin", "AclPlugin"):
+            plugin = broker.plugins_manager.get_plugin(name)
+            assert isinstance(plugin, PasswordPlugin | AclPlugin)
+            self.refusals.append(plugin.counters)
         tasks = [
             asyncio.create_task(keepalive.watch(broker, activity, self._dropped)),
             asyncio.create_task(self._flush_logs()),
         ]
         self.log.info(
-            "started", pid=os.getpid(), listen=self.config.mqtt.listen, fanout=type(broker).__name__
+            "started",
+            pid=os.getpid(),
+            listen=self.config.mqtt.listen,
+            fanout=IndexedBroker.__name__ if isinstance(broker, IndexedBroker) else "amqtt",
+            anonymous=self.config.mqtt.allow_anonymous,
+            users=len(Credentials(self.config.mqtt.credentials).users()),
         )
         try:
             await stop.wait()
@@ -137,7 +187,7 @@ class BrokerProcess:
                 self.log.warning("stop_incomplete", error=repr(err))
             self.amqtt_log.flush()
             uptime = round(time.monotonic() - self.started, 3)
-            self.log.info("stopped", uptime_s=uptime, **self.counters)
+            self.log.info("stopped", uptime_s=uptime, **self.status_counters())
         return 0
 
     def _start_failed(self, err: Exception) -> int:

@@ -22,7 +22,9 @@ Healing one of them sends what the others still ask for.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from shoal.services.runtime.config import ShoalConfig
@@ -48,6 +50,8 @@ class Actuators:
         proxies: dict[tuple[str, str], FaultProxy | TcpProxy] | None = None,
         boards: list[str] | None = None,
     ) -> None:
+        self.config = config
+        self._bundles: dict[str, Path] = {}  # version -> a built bundle (ota_rollout)
         self.sim = CtlClient(config.sim.ctl)
         self.supervisor = CtlClient(config.supervisor.ctl)
         self.boards = list(boards or [])
@@ -64,6 +68,10 @@ class Actuators:
         self.paused: set[str] = set()
 
     def close(self) -> None:
+        import shutil
+
+        for out in self._bundles.values():
+            shutil.rmtree(out.parent, ignore_errors=True)
         self.sim.close()
         self.supervisor.close()
         if self.board_ctl is not None:
@@ -101,6 +109,44 @@ class Actuators:
             op, extra = "radio", {"on": not on}
         return max(self._board(op, {"node_id": b, **extra}) for b in boards)
 
+    def prepare(self, steps: list[PlannedFault]) -> None:
+        """What must be ready before the timeline starts: each rollout's bundle (a build
+        takes seconds, far more on a busy machine, and would hold up every fault after it)."""
+        for step in steps:
+            if step.kind == "ota_rollout":
+                self._bundle(bool(step.params.get("bad")))
+
+    def _bundle(self, bad: bool) -> Path:
+        version = "shoal-esp32/chaos-bad" if bad else "shoal-esp32/chaos"
+        out = self._bundles.get(version)
+        if out is not None:
+            return out
+        from shoal.services.ota.bundles import variant
+
+        out = Path(tempfile.mkdtemp(prefix="shoal-chaos-ota-")) / "bundle"
+        try:
+            variant(out, version, raise_at_import=bad)
+        except Exception as err:  # mpy-cross missing, a build refused: the fault cannot run
+            raise ActuatorError(f"ota_rollout: building {version}: {err}") from None
+        self._bundles[version] = out
+        return out
+
+    def _rollout(self, boards: list[str], bad: bool, max_unavailable: int) -> float:
+        """Start the rollout of a new version (one that raises at import if ``bad``)
+        through the OTA service."""
+        out = self._bundle(bad)
+        try:
+            with CtlClient(self.config.ota.ctl) as ota:
+                ota.call(
+                    "rollout",
+                    {"bundle": str(out), "nodes": boards, "max_unavailable": max_unavailable},
+                    timeout_s=10.0,
+                    retries=0,
+                )
+        except (CtlFailed, CtlUnavailable) as err:
+            raise ActuatorError(f"ota_rollout: {err}") from None
+        return time.monotonic()
+
     def _signal(self, service: str, sig: str) -> float:
         try:
             self.supervisor.call(
@@ -123,6 +169,8 @@ class Actuators:
             return self._sim({"action": "reboot", "nodes": nodes})
         if kind in ("power_cut", "radio_off"):
             return self._board_fault(kind, nodes, on=True)
+        if kind == "ota_rollout":
+            return self._rollout(nodes, bool(p.get("bad")), int(p.get("max_unavailable", 1)))
         if kind == "cpu_hog":
             return self._sim(
                 {"action": "cpu_hog", "nodes": nodes, "percent": p["percent"], **timer}

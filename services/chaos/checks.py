@@ -18,6 +18,7 @@ from .scenario import (
     LostTasks,
     MetricExpect,
     NoFalseDead,
+    OtaExpect,
     Probe,
     Recovered,
     Redelegated,
@@ -299,6 +300,33 @@ def evaluate(expect: Expect, ctx: Context) -> dict[str, Any]:
             nodes=sorted({m["node"] for m in false}),
             decided=ctx.membership_known,
             detail="" if ctx.membership_known else "unknown: no liveness monitor answered",
+        )
+    if isinstance(expect, OtaExpect):
+        ota = ctx.final.get("ota")
+        if not isinstance(ota, dict) or ota.get("state") in (None, "none"):
+            return _result(
+                expect,
+                expect.result,
+                None,
+                False,
+                decided=False,
+                detail="unknown: no rollout, or the OTA service did not answer",
+            )
+        rows = ota.get("nodes", [])
+        back = sum(r.get("state") == "rolled_back" for r in rows)
+        states = {r["node_id"]: r["state"] for r in rows}
+        passed = ota["state"] == expect.result and (
+            expect.rolled_back is None or back == expect.rolled_back
+        )
+        wanted = expect.result + (
+            f", {expect.rolled_back} rolled back" if expect.rolled_back is not None else ""
+        )
+        return _result(
+            expect,
+            wanted,
+            ota["state"],
+            passed,
+            detail=f"{ota.get('version')}: {back} rolled back; {states}; {ota.get('detail', '')}",
         )
     if isinstance(expect, MetricExpect):
         value = _num(ctx.final.get(expect.metric))

@@ -24,6 +24,7 @@ from .scenario import (
     NODE_KINDS,
     SELECTIONS,
     SERVICES,
+    UPDATE_KINDS,
     Fault,
     Flap,
     Scenario,
@@ -99,7 +100,11 @@ def make_plan(
             targets = resolve(fault.target, kind, rng, pool, hot, touched, excluded)
             by_fault.setdefault(fault.name, set()).update(targets)
             node_kinds = NODE_KINDS + LINK_KINDS + BOARD_KINDS
-            if kind in node_kinds and not on_services(kind, fault.target):
+            if (
+                kind in node_kinds
+                and kind not in UPDATE_KINDS
+                and not on_services(kind, fault.target)
+            ):
                 touched += [t for t in targets if t not in touched]
             steps += _steps(fault, kind, k + 1, round(at, 3), targets)
     steps.sort(key=lambda s: (s.at_s, s.id))

@@ -58,7 +58,14 @@ from .fault_proxy import FaultProxy
 from .load import STARTUP_ALLOWANCE_S, Loaded, ScenarioError, board_ids, hot_ids, member_ids
 from .observer import History, Sampler, Watcher
 from .plan import Plan, PlanError, make_plan
-from .scenario import FAILING_KINDS, Scenario, attach_errors, on_services, service_links
+from .scenario import (
+    FAILING_KINDS,
+    Scenario,
+    attach_errors,
+    kind_of,
+    on_services,
+    service_links,
+)
 
 EXIT_CODES = {"passed": 0, "failed": 1, "aborted": 2, "undecided": 3, "invalid": 4}
 REPORT_VERSION = 1
@@ -134,6 +141,7 @@ class _Run:
                 stack.callback(self.sampler.close)
                 self.actuators = Actuators(config, self.proxies, self.boards)
                 stack.callback(self.actuators.close)
+                self.actuators.prepare(self.plan.faults)
                 self._startup()
                 if self.verdict is None:
                     self._before()
@@ -169,6 +177,8 @@ class _Run:
 
     def _final(self) -> None:
         self.final = dict(self._sample("final")["values"])
+        if self._rollouts():
+            self.final["ota"] = ctl_call(self.config.ota.ctl, "progress", timeout_s=2.0)
         # Lost at the end: what the nodes cannot account for, and what the ledger took but
         # neither finished nor dead-lettered within the drain.
         parts = [self.final.get(k) for k in ("lost_tasks", "in_flight", "pending")]
@@ -210,11 +220,17 @@ class _Run:
             via["mqtt"] = {"shim_broker": f"mqtt://127.0.0.1:{shim_proxy_port}"}
         self.boards = board_ids(w)
         sections: dict[str, Any] = dict(via)
+        if any(kind_of(f) == "ota_rollout" for f in self.s.fault):
+            # A new version on probation confirms itself sooner than a board's default.
+            board_config: dict[str, Any] | None = {"firmware": {"ota_probation_ms": 1500}}
+        else:
+            board_config = None
         cluster = Cluster(
             workdir,
             nodes=w.nodes,
             without=self.opts.without,
             boards=w.boards,
+            board_config=board_config,
             sim={
                 "arrival_rate_hz": w.rate,
                 "task_cost_ms": w.task_cost_ms,
@@ -515,11 +531,22 @@ class _Run:
     def _recover(self) -> None:
         self.history.add("phase", phase="recover")
         n = len(self.nodes)
+
+        def recovered() -> bool:
+            if self.sampler.last.get("alive") != n:
+                return False
+            if not self._rollouts():
+                return True
+            p = ctl_call(self.config.ota.ctl, "progress", timeout_s=1.0)
+            return not isinstance(p, dict) or p.get("state") != "running"  # it has finished
+
         self._sample_for(
-            min(self.s.rollback.recover, max(0.0, self._left())),
-            "recover",
-            until=lambda: self.sampler.last.get("alive") == n,
+            min(self.s.rollback.recover, max(0.0, self._left())), "recover", until=recovered
         )
+
+    def _rollouts(self) -> bool:
+        """Whether an OTA rollout was started in this run."""
+        return any(a.kind == "ota_rollout" and a.applied_at is not None for a in self.applied)
 
     def _drain(self) -> None:
         self.history.add("phase", phase="drain")

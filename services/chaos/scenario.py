@@ -296,6 +296,15 @@ class RadioOff(Fault, tag="radio_off", frozen=True):
     broker is cut; healed: on again (the same boot reconnects and resends)."""
 
 
+class OtaRollout(Fault, tag="ota_rollout", frozen=True):
+    """A rollout of a new firmware version (this install's firmware, built under a version
+    of its own) to the target boards through the OTA service (instant: it is started; it
+    runs on while the other faults hit it). ``bad``: a version that raises at import."""
+
+    bad: bool = False
+    max_unavailable: Annotated[int, Meta(ge=1, le=256)] = 1
+
+
 class Kill(Fault, tag="kill", frozen=True):
     """SIGKILL a service; its supervisor restarts it (instant)."""
 
@@ -323,6 +332,7 @@ AnyFault = (
     | Partition
     | PowerCut
     | RadioOff
+    | OtaRollout
     | Kill
     | Restart
     | Pause
@@ -331,9 +341,11 @@ NODE_KINDS = ("crash", "hang", "reboot", "cpu_hog", "queue_flood", "clock_skew",
 LINK_KINDS = ("drop", "delay", "duplicate", "reorder", "partition")
 # Faults of the emulated boards (services/boards); their targets are boards only, and the
 # other node kinds' are simulated nodes only.
-BOARD_KINDS = ("power_cut", "radio_off")
+BOARD_KINDS = ("power_cut", "radio_off", "ota_rollout")
+# Board kinds that are no fault of the board: its targets still count as untouched.
+UPDATE_KINDS = ("ota_rollout",)
 SERVICE_KINDS = ("kill", "restart", "pause")
-INSTANT_KINDS = ("reboot", "queue_flood", "kill", "restart", "flap")  # no `duration`
+INSTANT_KINDS = ("reboot", "queue_flood", "kill", "restart", "flap", "ota_rollout")  # no `duration`
 # Faults after which a node is expected to be declared failed (expect "detected").
 FAILING_KINDS = ("crash", "hang", "flap", "partition", "power_cut", "radio_off")
 
@@ -445,8 +457,23 @@ class MetricExpect(Expect, _Bounds, tag="metric", kw_only=True, frozen=True):
     range: tuple[float, float] | None = None
 
 
+class OtaExpect(Expect, tag="ota", frozen=True):
+    """The rollout's outcome at the end of the run: ``result`` (succeeded: every board
+    confirmed the new version; halted), and, if given, how many boards rolled back."""
+
+    result: Literal["succeeded", "halted"] = "succeeded"
+    rolled_back: Annotated[int, Meta(ge=0)] | None = None
+
+
 AnyExpect = (
-    Detected | Redelegated | Recovered | LostTasks | DuplicateCommits | NoFalseDead | MetricExpect
+    Detected
+    | Redelegated
+    | Recovered
+    | LostTasks
+    | DuplicateCommits
+    | NoFalseDead
+    | MetricExpect
+    | OtaExpect
 )
 
 

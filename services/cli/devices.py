@@ -1,8 +1,11 @@
-"""`shoal devices list|show|add|remove`: the device registry ([devices] registry).
+"""`shoal devices list|show|add|remove|credentials|export-mosquitto`: the device registry
+([devices] registry) and the boards' MQTT logins ([mqtt] credentials).
 
 The registry is read and written directly (SQLite, WAL: safe beside the registry process
 that keeps it current). A file that is no registry is a configuration error (exit 78), a
 node id that is no node id a usage error (exit 2), an id not in the registry exit 1.
+``add`` makes the board's login (kept, hashed in the password file the brokers read),
+``remove`` revokes it; the embedded broker reads the change at the next connect.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import msgspec
 from .config import CliError, CliUsageError, config_error, config_from, config_option
 
 if TYPE_CHECKING:
+    from shoal.services.broker.credentials import Credentials
     from shoal.services.registry.store import Registry
 
 
@@ -125,11 +129,20 @@ def add_cmd(
 ) -> None:
     """Enter a board by hand (deploy and the registry process enter boards too)."""
     _checked_id(node_id)
+    from shoal.services.broker.credentials import RESERVED_BOARD_IDS
+
+    if node_id in RESERVED_BOARD_IDS:
+        raise CliUsageError(f"node id {node_id!r} is reserved (shoal/v1/{node_id}/ is the shims')")
     if mac is not None and not _is_mac(mac):
         raise CliUsageError(f"Invalid value for --mac: {mac!r} is not aa:bb:cc:dd:ee:ff")
     with open_registry(config_path) as reg:
         reg.add(node_id, chip=chip, mac=mac and mac.lower(), firmware=firmware, source="operator")
-    click.echo(f"added {node_id}")
+    creds = _credentials(config_path)
+    ensure_login(creds, node_id)
+    click.echo(
+        f"added {node_id}; its MQTT login is {node_id} (password in {creds.secrets / node_id}: "
+        f"`shoal firmware deploy` writes it into the board's config.py)"
+    )
 
 
 @devices.command("remove")
@@ -141,7 +154,64 @@ def remove_cmd(config_path: str | None, node_id: str) -> None:
     with open_registry(config_path) as reg:
         if not reg.remove(node_id):
             raise CliError(f"no device {node_id!r} in the registry")
-    click.echo(f"removed {node_id}")
+    revoked = _credentials(config_path).remove(node_id)
+    click.echo(f"removed {node_id}" + ("; its MQTT login is revoked" if revoked else ""))
+
+
+@devices.command("credentials")
+@config_option
+@click.argument("node_id")
+@click.option("--rotate", is_flag=True, help="A new password (the old one stops working).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def credentials_cmd(config_path: str | None, node_id: str, rotate: bool, as_json: bool) -> None:
+    """The board's MQTT username and password (made if it has none), for a board set up by
+    hand: its config.py's mqtt_user and mqtt_password."""
+    _checked_id(node_id)
+    creds = _credentials(config_path)
+    password = creds.make(node_id) if rotate else ensure_login(creds, node_id)
+    if as_json:
+        click.echo(json.dumps({"mqtt_user": node_id, "mqtt_password": password}))
+        return
+    click.echo(f"mqtt_user      {node_id}\nmqtt_password  {password}")
+
+
+@devices.command("export-mosquitto")
+@config_option
+@click.argument("directory", type=click.Path(file_okay=False))
+def export_mosquitto_cmd(config_path: str | None, directory: str) -> None:
+    """Write mosquitto's password file and ACL for every login into DIRECTORY (hashes
+    only), and print the mosquitto.conf lines that use them."""
+    from pathlib import Path
+
+    from shoal.services.broker.credentials import CredentialsError
+
+    creds = _credentials(config_path)
+    try:
+        passwd, acl = creds.export_mosquitto(Path(directory))
+    except CredentialsError as err:
+        raise config_error(err) from None
+    except OSError as err:
+        raise CliError(f"export-mosquitto: {directory}: {err.strerror}") from None
+    users = creds.users()
+    click.echo(f"# {len(users)} login(s); in mosquitto.conf:", err=True)
+    click.echo(f"allow_anonymous false\npassword_file {passwd.resolve()}\nacl_file {acl.resolve()}")
+
+
+def _credentials(config_path: str | None) -> Credentials:
+    from shoal.services.broker.credentials import Credentials
+
+    return Credentials(config_from(config_path).mqtt.credentials)
+
+
+def ensure_login(creds: Credentials, node_id: str) -> str:
+    from shoal.services.broker.credentials import CredentialsError
+
+    try:
+        return creds.ensure(node_id)
+    except CredentialsError as err:
+        raise config_error(err) from None
+    except ValueError as err:  # "shim": reserved
+        raise CliUsageError(str(err)) from None
 
 
 def _is_mac(text: str) -> bool:

@@ -50,8 +50,16 @@ def firmware() -> None:
 @click.option(
     "--heap", default=None, help="The board's free heap, e.g. 110K (default: the target's)."
 )
+@click.option(
+    "--version",
+    "version",
+    default=None,
+    help="The bundle's firmware version (default: FIRMWARE_VERSION in main.py).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest.")
-def build_cmd(out_dir: str, target: str, heap: str | None, as_json: bool) -> None:
+def build_cmd(
+    out_dir: str, target: str, heap: str | None, version: str | None, as_json: bool
+) -> None:
     """firmware/esp32 and the node core as .mpy (main.py, config.py as source) with a
     manifest.json; refused when the heap at boot would not leave room to run."""
     import json
@@ -64,7 +72,7 @@ def build_cmd(out_dir: str, target: str, heap: str | None, as_json: bool) -> Non
     except ValueError as err:
         raise CliUsageError(f"Invalid value for --heap: {err}") from None
     try:
-        manifest = build(Path(out_dir), target_named(target), heap_bytes)
+        manifest = build(Path(out_dir), target_named(target), heap_bytes, version)
     except BuildError as err:
         raise CliError(f"firmware build: {err}") from None
     if as_json:
@@ -190,6 +198,7 @@ def deploy_cmd(
 ) -> None:
     """Copy the bundle and a config for NODE_ID to the board with mpremote, reset it, and
     enter it in the device registry."""
+    from shoal.services.broker.credentials import Credentials
     from shoal.services.firmware.deploy import (
         DeployError,
         board_config,
@@ -205,7 +214,7 @@ def deploy_cmd(
     from shoal.services.registry.store import RegistryError, check_node_id
     from shoal.services.runtime.endpoints import split_host_port
 
-    from .devices import open_registry
+    from .devices import ensure_login, open_registry
 
     try:
         check_node_id(node_id)
@@ -233,8 +242,10 @@ def deploy_cmd(
                 click.echo(shown(command))
             return
         registry = open_registry(config_path)  # a bad registry fails before the board is touched
+        password = ensure_login(Credentials(config.mqtt.credentials), node_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(board_config(node_id, (host, mqtt_port), wifi))
+        target.write_text(board_config(node_id, (host, mqtt_port), wifi, password))
+        target.chmod(0o600)  # it holds the board's MQTT password
         run_commands(commands, lambda line: click.echo(line, err=True))
     except DeployError as err:
         raise (NoPortError if err.no_board else CliError)(f"firmware deploy: {err}") from None
@@ -249,3 +260,156 @@ def deploy_cmd(
     click.echo(
         f"deployed {manifest['firmware']} to {node_id} on {port}; in the registry (shoal devices show {node_id})"
     )
+
+
+EXIT_TIMED_OUT = 6
+DONE_STATES = ("confirmed",)
+
+
+@firmware.command("ota")
+@config_option
+@click.option("--version", "version", required=True, help="The version to roll out.")
+@click.option(
+    "--bundle",
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="The bundle of that version (`shoal firmware build --version V --out DIR`).",
+)
+@click.option("--nodes", default=None, help="Boards to update: node ids, comma-separated.")
+@click.option("--all", "all_boards", is_flag=True, help="Every board in the device registry.")
+@click.option(
+    "--max-unavailable",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Boards updating at once.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(1, 86_400),
+    default=900,
+    show_default=True,
+    help="Stop watching after this many seconds (the rollout goes on in the OTA service).",
+)
+@click.option("--no-wait", is_flag=True, help="Start the rollout and return.")
+def ota_cmd(
+    config_path: str | None,
+    version: str,
+    bundle: str,
+    nodes: str | None,
+    all_boards: bool,
+    max_unavailable: int,
+    timeout_s: float,
+    no_wait: bool,
+) -> None:
+    """Roll VERSION out over MQTT, board by board (at most --max-unavailable at once), gated
+    by the liveness monitor; halted at the first board that fails or rolls back. Prints each
+    board's state, bytes and time. Exit 0: every board confirmed; 1: halted; 6: still
+    running at --timeout."""
+    import os
+    import time
+
+    from shoal.services.registry.store import RegistryError, check_node_id
+    from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+
+    from .devices import open_registry
+
+    if (nodes is None) == (not all_boards):
+        raise CliUsageError("give --nodes IDS or --all")
+    config = config_from(config_path)
+    if all_boards:
+        with open_registry(config_path) as registry:
+            ids = [d.node_id for d in registry.devices()]
+        if not ids:
+            raise CliError("no boards in the device registry")
+    else:
+        ids = [n.strip() for n in (nodes or "").split(",") if n.strip()]
+        try:
+            for n in ids:
+                check_node_id(n)
+        except RegistryError as err:
+            raise CliUsageError(f"Invalid value for --nodes: {err}") from None
+    args = {
+        "bundle": os.path.abspath(bundle),
+        "nodes": ids,
+        "max_unavailable": max_unavailable,
+        "version": version,
+    }
+    try:
+        with CtlClient(config.ota.ctl) as ota:
+            started: dict[str, Any] = ota.call("rollout", args, timeout_s=10.0, retries=0)
+            click.echo(
+                f"rolling out {started['version']} ({started['files']} files, "
+                f"{started['bytes']:,} B) to {len(ids)} board(s), "
+                f"at most {max_unavailable} at once"
+            )
+            if no_wait:
+                return
+            progress = _watch(ota, timeout_s)
+    except CtlUnavailable:
+        raise CliError(
+            f"no OTA service answers at {config.ota.ctl}: is the cluster up (shoal up)?"
+        ) from None
+    except CtlFailed as err:
+        raise CliError(f"firmware ota: {err}") from None
+    _table(progress, time.time())
+    if progress["state"] == "succeeded":
+        click.echo(f"every board runs {progress['version']}")
+        return
+    if progress["state"] == "halted":
+        raise CliError(f"the rollout halted: {progress['detail']}")
+    raise TimedOutError(
+        "still running after --timeout; it goes on in the OTA service "
+        "(boards that are offline get the update when they return)"
+    )
+
+
+class TimedOutError(CliError):
+    exit_code = EXIT_TIMED_OUT
+
+
+def _watch(ota: Any, timeout_s: float) -> dict[str, Any]:
+    """Poll the rollout's progress; one line per board state change, and the bytes of the
+    boards downloading every 2 s. Returns the last progress."""
+    import time
+
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    last_bytes = 0.0
+    while True:
+        progress = ota.call("progress", timeout_s=5.0, retries=2)
+        now = time.monotonic()
+        for row in progress["nodes"]:
+            if seen.get(row["node_id"]) != row["state"]:
+                seen[row["node_id"]] = row["state"]
+                click.echo(_line(row))
+        if now - last_bytes >= 2.0:
+            last_bytes = now
+            for row in progress["nodes"]:
+                if row["state"] == "downloading" and row["total"]:
+                    click.echo(_line(row))
+        if progress["state"] != "running" or now > deadline:
+            return dict(progress)
+        time.sleep(0.25)
+
+
+def _line(row: dict[str, Any]) -> str:
+    parts = [f"{row['node_id']:<16} {row['state']:<12}"]
+    if row["total"]:
+        parts.append(f"{row['done']:>7,}/{row['total']:,} B")
+    if row["seconds"] is not None:
+        parts.append(f"{row['seconds']:.1f} s")
+    if row["bad_chunks"]:
+        parts.append(f"{row['bad_chunks']} bad chunk(s) refused")
+    if row["detail"]:
+        parts.append(row["detail"])
+    return "  ".join(parts)
+
+
+def _table(progress: dict[str, Any], _now: float) -> None:
+    click.echo(f"{'NODE':<16} {'STATE':<12} {'BYTES':>15} {'TIME':>7}  DETAIL")
+    for row in progress["nodes"]:
+        size = f"{row['done']:,}/{row['total']:,}" if row["total"] else "-"
+        took = f"{row['seconds']:.1f}s" if row["seconds"] is not None else "-"
+        click.echo(f"{row['node_id']:<16} {row['state']:<12} {size:>15} {took:>7}  {row['detail']}")

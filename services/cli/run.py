@@ -11,7 +11,7 @@ from shoal.services.runtime.config import with_overrides
 from .config import checked, config_from, config_option
 from .workload import apply_workload, workload_options
 
-SERVICES = ("relay", "liveness", "delegator", "registry", "sim", "broker", "shim", "boards")
+SERVICES = ("relay", "liveness", "delegator", "registry", "sim", "broker", "shim", "ota", "boards")
 
 
 @click.command()
@@ -89,6 +89,10 @@ def service_class(name: str) -> Any:
         from shoal.services.mqtt_shim.service import Shim
 
         return Shim
+    if name == "ota":
+        from shoal.services.ota.service import OtaService
+
+        return OtaService
     if name == "boards":
         from shoal.services.boards.service import BoardEmulator
 

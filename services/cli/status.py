@@ -37,7 +37,9 @@ def shown_nodes(snap: RelaySnapshot, members: MembershipSnapshot | None) -> list
 
 
 def snapshot_as_dict(
-    snap: RelaySnapshot, members: MembershipSnapshot | None = None
+    snap: RelaySnapshot,
+    members: MembershipSnapshot | None = None,
+    broker: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The JSON shape of `shoal status --json` (documented in README)."""
     states = _states(members)
@@ -91,6 +93,9 @@ def snapshot_as_dict(
             "reasons": members.reasons,
             "counters": members.counters,
         },
+        # The embedded broker's counters (refused_<reason>, denied_publish/subscribe,
+        # keepalive_drops); None: no embedded broker, or it did not answer.
+        "broker": None if broker is None else {"counters": broker},
         "nodes": nodes,
     }
 
@@ -109,7 +114,11 @@ def _age(ms: int) -> str:
     return f"{ms / 1000:.1f}s" if ms < 60_000 else f"{ms / 60_000:.0f}m"
 
 
-def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None) -> str:
+def render_table(
+    snap: RelaySnapshot,
+    members: MembershipSnapshot | None = None,
+    broker: dict[str, int] | None = None,
+) -> str:
     states = _states(members)
     rows = [COLUMNS]
     shown = shown_nodes(snap, members)
@@ -153,6 +162,13 @@ def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None)
         f"duplicates={c.get('duplicates', 0)} gaps={c.get('gaps', 0)} rejects: {rejects}"
     )
     lines.append(_liveness_line(members))
+    if broker is not None:
+        refused = ", ".join(
+            f"{k}={v}"
+            for k, v in sorted(broker.items())
+            if v and k.startswith(("refused", "denied"))
+        )
+        lines.append(f"broker: refusals: {refused or 'none'}")
     return "\n".join(lines)
 
 
@@ -164,8 +180,12 @@ def _liveness_line(members: MembershipSnapshot | None) -> str:
     return f"liveness: {counts}; observer {health}"
 
 
-def to_json(snap: RelaySnapshot, members: MembershipSnapshot | None = None) -> str:
-    text = msgspec.json.encode(snapshot_as_dict(snap, members)).decode()
+def to_json(
+    snap: RelaySnapshot,
+    members: MembershipSnapshot | None = None,
+    broker: dict[str, int] | None = None,
+) -> str:
+    text = msgspec.json.encode(snapshot_as_dict(snap, members, broker)).decode()
     return msgspec.json.format(text, indent=2)
 
 
@@ -191,6 +211,7 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
     from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 
     config = config_from(config_path)
+    embedded = config.mqtt.embedded
     with CtlClient(config.relay.ctl) as relay, CtlClient(config.liveness.ctl) as liveness:
         while True:
             try:
@@ -202,7 +223,12 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
                     members = liveness.call(
                         "members", result_type=MembershipSnapshot, timeout_s=timeout, retries=0
                     )
-                text = to_json(snap, members) if as_json else render_table(snap, members)
+                broker = _broker_counters(config.mqtt.broker_ctl, timeout) if embedded else None
+                text = (
+                    to_json(snap, members, broker)
+                    if as_json
+                    else render_table(snap, members, broker)
+                )
                 failed = "" if as_json else _failed_line(config.supervisor.ctl)
                 text += f"\n{failed}" if failed else ""
             except (CtlUnavailable, CtlFailed) as err:
@@ -233,6 +259,21 @@ def watch_header(at: float, every_s: float, as_json: bool = False) -> str:
     if as_json:
         return msgspec.json.encode({"at": round(at, 3), "every_s": every_s}).decode()
     return f"shoal status at {stamp} (every {every_s:g} s; Ctrl-C stops)"
+
+
+def _broker_counters(broker_ctl: str, timeout_s: float) -> dict[str, int] | None:
+    """The embedded broker's status counters; None when it does not answer."""
+    from shoal.protocol.messages import ServiceStatus
+    from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+
+    try:
+        with CtlClient(broker_ctl) as client:
+            status: ServiceStatus = client.call(
+                "status", result_type=ServiceStatus, timeout_s=min(timeout_s, 1.0), retries=0
+            )
+    except (CtlUnavailable, CtlFailed):
+        return None
+    return dict(status.counters)
 
 
 def _failed_line(supervisor_ctl: str) -> str:

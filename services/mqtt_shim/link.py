@@ -29,6 +29,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from shoal.services.broker.credentials import shim_login
 from shoal.services.runtime.config import MqttConfig
 from shoal.services.runtime.log import JsonLog
 
@@ -75,8 +76,9 @@ class MqttLink:
             protocol=mqtt.MQTTv311,
         )
         c.connect_timeout = CONNECT_TIMEOUT_S
-        if cfg.username:
-            c.username_pw_set(cfg.username, cfg.password or None)
+        c.username_pw_set(*shim_login(cfg))
+        if cfg.tls_ca:
+            c.tls_set(ca_certs=cfg.tls_ca)  # the broker's certificate checked, host name too
         c.will_set(self.state_topic, self._state("offline"), qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

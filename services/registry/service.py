@@ -73,9 +73,14 @@ class RegistryService(Service):
             self._seeded = True  # the snapshot's boards, heard before this process started
             now = time.time()
             for node_id, view in self.relay.nodes.items():
-                if self._is_board(node_id) and node_id not in self._pending:
-                    fw = view.hello.fw if view.hello else ""
-                    self._pending[node_id] = (fw or None, now - self.relay.age_ms(node_id) / 1000)
+                if not self._is_board(node_id):
+                    continue
+                fw = (view.hello.fw if view.hello else "") or None
+                heard = self._pending.get(node_id)
+                if heard is None:
+                    self._pending[node_id] = (fw, now - self.relay.age_ms(node_id) / 1000)
+                elif heard[0] is None:  # heard since, but its hello was in the snapshot
+                    self._pending[node_id] = (fw, heard[1])
         if not self._pending:
             return
         batch = [(node_id, fw, at) for node_id, (fw, at) in self._pending.items()]

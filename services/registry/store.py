@@ -6,8 +6,8 @@ added from, first and last seen (wall-clock seconds), and its OTA state. ``ota_h
 one row per OTA state change (from, to, versions, detail), append-only: the table part 5
 (over-the-air updates) writes to; today only ``none`` is ever set.
 
-Like the ledger (services/delegator/ledger.py): a file marked with an application id and a
-schema version; a file that cannot be a registry (not SQLite, someone else's database, a
+Like the ledger (services/delegator/ledger.py), opened by services/runtime/sqlite_file.py:
+a file marked with an application id and a schema version; a file that cannot be a registry (not SQLite, someone else's database, a
 newer schema, a directory that is missing) raises ``RegistryFileError``, a ConfigError
 naming the key (``devices.registry``), which no restart fixes.
 
@@ -21,9 +21,7 @@ Usage::
 
 from __future__ import annotations
 
-import os
 import re
-import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +31,7 @@ from msgspec import Struct
 
 from shoal.protocol import limits
 from shoal.services.runtime.config import ConfigError
+from shoal.services.runtime.sqlite_file import FileKind, open_sqlite_file
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x73686476  # "shdv": marks the file as a shoal device registry
@@ -81,7 +80,14 @@ CREATE INDEX ota_history_by_node ON ota_history (node_id, id);
 CREATE TRIGGER ota_history_append_only BEFORE UPDATE ON ota_history
 BEGIN SELECT RAISE(ABORT, 'ota_history is append-only'); END;
 """
-_TABLES = {"devices", "ota_history"}
+REGISTRY_FILE = FileKind(
+    noun="shoal device registry",
+    application_id=APPLICATION_ID,
+    schema_version=SCHEMA_VERSION,
+    tables={SCHEMA_VERSION: {"devices", "ota_history"}},
+    upgrade=lambda _version: _SCHEMA,  # version 1 is the only one: a new file gets it
+    synchronous="NORMAL",  # WAL: durable at checkpoints, never corrupt
+)
 
 
 class RegistryError(Exception):
@@ -133,65 +139,10 @@ class Registry:
     def __init__(self, path: str | Path, *, key: str = "devices.registry") -> None:
         self.path = Path(path)
         self.key = key
-        self._check_path()
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=2.0)
-        except sqlite3.Error as err:
-            raise self._file_error(f"cannot open: {err}") from None
-        try:
-            self._open()
-        except RegistryError:
-            self._db.close()
-            raise
-        except sqlite3.Error as err:
-            self._db.close()
-            raise self._file_error(_unreadable(err)) from None
+        self._db = open_sqlite_file(self.path, REGISTRY_FILE, self._file_error)
 
     def _file_error(self, reason: str) -> RegistryFileError:
         return RegistryFileError(f"{self.key} '{self.path}': {reason}")
-
-    def _check_path(self) -> None:
-        path, parent = self.path, self.path.parent
-        if path.is_dir():
-            raise self._file_error("is a directory")
-        if not parent.is_dir():
-            what = "is not a directory" if parent.exists() else "does not exist"
-            raise self._file_error(f"directory '{parent}' {what}")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise self._file_error(f"directory '{parent}' is not writable")
-        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-            raise self._file_error("not readable and writable")
-
-    def _open(self) -> None:
-        db = self._db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if app_id not in (0, APPLICATION_ID) or (version and app_id != APPLICATION_ID):
-            raise self._file_error(
-                f"not a shoal device registry (application_id {app_id:#x}, user_version {version})"
-            )
-        if version > SCHEMA_VERSION:
-            raise self._file_error(
-                f"registry schema version {version} is newer than this shoal reads "
-                f"({SCHEMA_VERSION}); upgrade shoal or use another file"
-            )
-        if version == 0 and db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-            raise self._file_error("not a shoal device registry (other tables, no version)")
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise self._file_error(f"cannot use WAL mode (journal_mode is {mode})")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
-        if version == 0:
-            db.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id={APPLICATION_ID}; "
-                f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
-        have = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-        if missing := sorted(_TABLES - have):
-            raise self._file_error(f"not a shoal device registry (no table {', '.join(missing)})")
-        check = db.execute("PRAGMA quick_check").fetchall()
-        if check != [("ok",)]:
-            raise self._file_error(f"the registry is corrupt: {check[0][0]}")
 
     def close(self) -> None:
         self._db.close()
@@ -308,10 +259,3 @@ class Registry:
                 "to_version, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (node_id, now, row[0], state, row[1], target, detail),
             )
-
-
-def _unreadable(err: sqlite3.Error) -> str:
-    text = str(err)
-    if "not a database" in text or "malformed" in text:
-        return f"not a shoal device registry ({text})"
-    return text

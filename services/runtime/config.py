@@ -256,8 +256,23 @@ class MqttConfig(_Section, frozen=True):
     # Where the shim alone reaches the broker, when not at ``broker`` ("": at ``broker``):
     # the fault injector puts a TCP proxy here to cut the broker-to-shim link only.
     shim_broker: OptionalMqttUrl = ""
-    username: str = ""  # "" : connect without a username
+    # The shim's login: "" is its own, svc.shim, from ``credentials`` (made on first use);
+    # set both to use an account of another broker's.
+    username: str = ""
     password: str = ""
+    # Every MQTT login (boards: their node id; services: svc.<name>), hashed in a
+    # mosquitto password file with the ACL beside it, and each password in secrets/ (0600)
+    # for what logs in from this host (services/broker/credentials.py). Relative to the
+    # working directory, like the ledger.
+    credentials: str = "shoal-keys/mqtt"
+    # The embedded broker admits a client without a username only when this is true (and
+    # gives it every topic): for a lab or a test of the broker alone, never for boards.
+    allow_anonymous: bool = False
+    # The embedded broker's status (ping, status: its refusal counters) (ROUTER).
+    broker_ctl: Endpoint = "tcp://127.0.0.1:7715"
+    # A CA certificate (PEM) to verify the broker with: set, the shim connects over TLS
+    # (a mosquitto listener with certfile/keyfile; docs/protocol.md §11).
+    tls_ca: str = ""
     # Forwarding to the relay: a batch leaves at batch_max records or batch_interval_ms
     # after its first record, whichever comes first (0: at the end of each read pass).
     batch_max: Annotated[int, Meta(ge=1, le=limits.MAX_BATCH_RECORDS)] = 64
@@ -318,6 +333,7 @@ class MetricsConfig(_Section, frozen=True):
     sim: OptionalListenAddress = "127.0.0.1:9703"
     shim: OptionalListenAddress = "127.0.0.1:9704"
     boards: OptionalListenAddress = "127.0.0.1:9705"
+    broker: OptionalListenAddress = "127.0.0.1:9706"
 
 
 class DevicesConfig(_Section, frozen=True):
@@ -332,6 +348,22 @@ class DevicesConfig(_Section, frozen=True):
     flush_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1000
 
 
+class OtaConfig(_Section, frozen=True):
+    """Over-the-air updates (``shoal firmware ota``, ``shoal run ota``; services/ota)."""
+
+    ctl: Endpoint = "tcp://127.0.0.1:7716"  # rollout, progress, abort (ROUTER)
+    bus: Endpoint = "tcp://127.0.0.1:7717"  # its heartbeat with counters (PUB)
+    # Where the service keeps the bundles it was given and the rollout (survives restarts).
+    store: str = "shoal-ota"
+    client_id: str = "shoal-ota"  # its MQTT client id
+    # The chunk a board asks for: 1 KB keeps the board's RAM small (one chunk at a time).
+    chunk_bytes: Annotated[int, Meta(ge=64, le=2048)] = 1024
+    # A board that switched must confirm its new boot (and be alive) within this.
+    trial_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 90.0
+    # Boards under way are offered again this often (a board that lost the offer).
+    offer_every_s: Annotated[float, Meta(gt=0, le=600)] = 3.0
+
+
 class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
@@ -343,6 +375,7 @@ class ShoalConfig(_Section, frozen=True):
     boards: BoardsConfig = BoardsConfig()
     metrics: MetricsConfig = MetricsConfig()
     devices: DevicesConfig = DevicesConfig()
+    ota: OtaConfig = OtaConfig()
 
 
 class ConfigError(Exception):
@@ -365,6 +398,7 @@ ENV_ENDPOINTS = {
     "SHOAL_SHIM_CTL": ("mqtt", "shim_ctl"),
     "SHOAL_SHIM_BUS": ("mqtt", "shim_bus"),
     "SHOAL_BOARDS_CTL": ("boards", "ctl"),
+    "SHOAL_OTA_CTL": ("ota", "ctl"),
 }
 
 
