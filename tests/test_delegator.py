@@ -296,6 +296,9 @@ def test_drain_keeps_a_bounded_set(
     with pytest.raises(CtlFailed, match="2 nodes are drained already"):
         ctl_call(delegator, "drain", {"node_id": "n3"})
     assert ctl_call(delegator, "drain", {"node_id": "n1", "drain": False})["all"] == ["n2"]
+    assert ctl_call(delegator, "drained", {}) == {"drained": ["n2"]}
+    with pytest.raises(CtlFailed, match="bad arguments"):
+        ctl_call(delegator, "drained", {"node_id": "n2"})
 
 
 # --- pruning -------------------------------------------------------------------------------

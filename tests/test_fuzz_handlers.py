@@ -140,6 +140,7 @@ OP_ARGS = {
     "task": ["task_id"],
     "drain": ["node_id", "drain"],
     "revoked": ["node_id", "since"],
+    "moved": ["node_id", "since"],
     "members": ["state"],
     "member": ["node_id"],
     "forget": ["node_id"],
@@ -308,7 +309,8 @@ OPS = {
     "relay": ["ping", "status", "chunk", "snapshot"],
     "liveness": ["ping", "status", "chunk", "members", "member", "forget"],
     "delegator": [
-        *("ping", "status", "chunk", "tasks", "task", "audit", "drain", "owned", "revoked")
+        *("ping", "status", "chunk", "tasks", "task", "audit", "drain", "drained", "owned"),
+        *("revoked", "moved"),
     ],
     "sim": ["ping", "status", "chunk", "nodes", "set_rate", "fault"],
     "shim": ["ping", "status", "chunk", "boards"],

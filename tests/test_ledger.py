@@ -858,3 +858,22 @@ def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path: Path) -> No
             )
     assert kills >= 3
     assert len(committed) > 0
+
+
+def test_moved_lists_where_the_tasks_taken_from_a_node_are_now(ledger: Ledger) -> None:
+    ledger.offer("a", tasks(3), 0.0)
+    for i in range(3):
+        running(ledger, f"a.1.{i}", "p1", 1.0)
+    assert sorted(ledger.owner_lost("p1", 5.0, "dead")) == ["a.1.0", "a.1.1", "a.1.2"]
+    running(ledger, "a.1.0", "p2", 6.0)
+    running(ledger, "a.1.1", "p3", 6.0)
+    rows, total = ledger.moved("p1", 5.0, limit=10)
+    assert total == 3
+    assert rows == [
+        ("a.1.0", "running", "p2"),
+        ("a.1.1", "running", "p3"),
+        ("a.1.2", "pending", None),
+    ]
+    assert ledger.moved("p1", 5.0, limit=1) == ([("a.1.0", "running", "p2")], 3)
+    assert ledger.moved("p1", 5.5, limit=10) == ([], 0)  # taken before then
+    assert ledger.moved("p2", 0.0, limit=10) == ([], 0)  # nothing taken from p2

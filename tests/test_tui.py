@@ -29,6 +29,7 @@ from shoal.tui.base import StatusBanner
 from shoal.tui.command import resolve
 from shoal.tui.confirm import ConfirmScreen
 from shoal.tui.detail import NO_TASKS, NodeDetailScreen
+from shoal.tui.detail import tasks as tasks_line
 from shoal.tui.event_log import EventsScreen
 from shoal.tui.fixtures import FIXED_EVENTS, FIXED_NODES, SCENARIO_TICKS, T0, FixedSource
 from shoal.tui.help import HelpScreen
@@ -130,6 +131,35 @@ async def type_filter(pilot: Pilot[None], text: str) -> None:
 def select(app: ShoalConsole, node_id: str) -> None:
     table = table_of(app)
     table.move_cursor(row=table.get_row_index(node_id))
+
+
+def console(source: FixedSource | None = None, **options: Any) -> tuple[Any, ShoalConsole, Notes]:
+    """A console on fixed data (or ``source``), and the notifications it shows."""
+    source = source or FixedSource()
+    app = ShoalConsole(source, **options)
+    return source, app, Notes(app)
+
+
+async def press_on(
+    pilot: Pilot[None], key: str, node_id: str | None = None
+) -> ConfirmScreen | None:
+    """Select ``node_id`` (if given) and press ``key``: the confirmation it opened, or None."""
+    if node_id is not None:
+        select(pilot.app, node_id)  # type: ignore[arg-type]
+    await pilot.press(key)
+    await pilot.pause()
+    screen = pilot.app.screen
+    return screen if isinstance(screen, ConfirmScreen) else None
+
+
+def question(screen: ConfirmScreen) -> str:
+    return str(screen.query_one("#question").render())
+
+
+async def answer(pilot: Pilot[None], key: str = "y") -> None:
+    """Answer the confirmation and let the action's worker finish."""
+    await pilot.press(key)
+    await settle(pilot)
 
 
 # --- pure parts ----------------------------------------------------------------------------
@@ -343,7 +373,9 @@ def test_enter_opens_the_node_detail_and_escape_goes_back() -> None:
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, NodeDetailScreen) and screen.node_id == "sim-004"
-        assert NO_TASKS in str(screen.query_one("#tasks").render())
+        shown = str(screen.query_one("#tasks").render())  # dead: its figures are history
+        assert "tasks: - (dead: the events below say where its tasks went)" in shown
+        assert tasks_line(app.state.nodes["sim-000"]) == NO_TASKS  # alive, no task fields
         events = screen.query_one("#node-events", DataTable)
         assert events.row_count == 2  # its suspect and dead events
         await pilot.press("escape")
@@ -358,18 +390,13 @@ def test_enter_opens_the_node_detail_and_escape_goes_back() -> None:
 
 
 def test_action_runs_after_yes() -> None:
-    source = FixedSource()
-    app = ShoalConsole(source)
-    notes = Notes(app)
+    source, app, notes = console()
 
     async def steps(pilot: Pilot[None]) -> None:
-        select(app, "sim-002")
-        await pilot.press("c")
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
-        assert "crash" in str(app.screen.query_one("#question").render())
-        await pilot.press("y")
-        await settle(pilot)
+        confirm = await press_on(pilot, "c", "sim-002")
+        assert confirm is not None
+        assert "crash" in question(confirm)
+        await answer(pilot)
         assert source.actions == [("crash", "sim-002")]
         assert "crash applied to sim-002" in notes.text()
         assert isinstance(app.screen, NodesScreen)
@@ -378,17 +405,14 @@ def test_action_runs_after_yes() -> None:
 
 
 def test_action_does_not_run_after_no_or_escape() -> None:
-    source = FixedSource()
-    app = ShoalConsole(source)
+    source, app, _ = console()
 
     async def steps(pilot: Pilot[None]) -> None:
-        await pilot.press("b")
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
+        assert await press_on(pilot, "b") is not None
         await pilot.press("n")
         await pilot.pause()
-        await pilot.press("x", "escape")
-        await settle(pilot)
+        await pilot.press("x")
+        await answer(pilot, "escape")
         assert source.actions == []
         assert isinstance(app.screen, NodesScreen)
 
@@ -396,14 +420,13 @@ def test_action_does_not_run_after_no_or_escape() -> None:
 
 
 def test_remove_from_the_detail_view_takes_the_node_off_the_list() -> None:
-    source = FixedSource()
-    app = ShoalConsole(source)
+    source, app, _ = console()
 
     async def steps(pilot: Pilot[None]) -> None:
         app.open_detail("sim-008")
         await pilot.pause()
-        await pilot.press("x", "y")
-        await settle(pilot)
+        await pilot.press("x")
+        await answer(pilot)
         assert source.actions == [("remove", "sim-008")]
         await pilot.press("escape")
         await pilot.pause()
@@ -413,22 +436,17 @@ def test_remove_from_the_detail_view_takes_the_node_off_the_list() -> None:
 
 
 def test_flood_asks_first_then_goes_to_the_source() -> None:
-    source = FixedSource()
-    app = ShoalConsole(source)
-    notes = Notes(app)
+    source, app, notes = console()
 
     async def steps(pilot: Pilot[None]) -> None:
-        select(app, "sim-009")
-        await pilot.press("f")
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
-        assert "flood node sim-009?" in str(app.screen.query_one("#question").render())
-        assert f"{FLOOD_TASKS} tasks" in str(app.screen.query_one("#what").render())
-        await pilot.press("n")
-        await settle(pilot)
+        confirm = await press_on(pilot, "f", "sim-009")
+        assert confirm is not None
+        assert "flood node sim-009?" in question(confirm)
+        assert f"{FLOOD_TASKS} tasks" in str(confirm.query_one("#what").render())
+        await answer(pilot, "n")
         assert source.actions == []
-        await pilot.press("f", "y")
-        await settle(pilot)
+        await pilot.press("f")
+        await answer(pilot)
         assert source.actions == [("flood", "sim-009")]
         assert "flood applied to sim-009" in notes.text()
 
@@ -436,15 +454,11 @@ def test_flood_asks_first_then_goes_to_the_source() -> None:
 
 
 def test_unavailable_action_says_why_and_asks_nothing() -> None:
-    source = FixedSource()
+    source, app, notes = console()
     source.unavailable["drain"] = "no delegator in this cluster"
-    app = ShoalConsole(source)
-    notes = Notes(app)
 
     async def steps(pilot: Pilot[None]) -> None:
-        await pilot.press("d")
-        await pilot.pause()
-        assert not isinstance(app.screen, ConfirmScreen)
+        assert await press_on(pilot, "d") is None
         assert "drain: no delegator in this cluster" in notes.text()
         assert source.actions == []
 
@@ -456,27 +470,22 @@ def test_action_error_is_shown_as_an_error() -> None:
         def act(self, action: str, node_id: str) -> str:
             raise ActionError(f"{action}: no answer from sim")
 
-    app = ShoalConsole(Refusing())
-    notes = Notes(app)
+    _, app, notes = console(Refusing())
 
     async def steps(pilot: Pilot[None]) -> None:
-        await pilot.press("h", "y")
-        await settle(pilot)
+        await pilot.press("h")
+        await answer(pilot)
         assert ("hang: no answer from sim", "error") in notes.seen
 
     drive(app, steps)
 
 
 def test_readonly_refuses_every_action_without_confirmation() -> None:
-    source = FixedSource()
-    app = ShoalConsole(source, readonly=True)
-    notes = Notes(app)
+    source, app, notes = console(readonly=True)
 
     async def steps(pilot: Pilot[None]) -> None:
         for key in ACTION_KEYS.values():
-            await pilot.press(key)
-            await pilot.pause()
-            assert not isinstance(app.screen, ConfirmScreen)
+            assert await press_on(pilot, key) is None
         assert len([m for m, _ in notes.seen if m.startswith("read-only")]) == len(ACTIONS)
         assert source.actions == []
 
@@ -842,14 +851,12 @@ def test_ctrl_k_stops_the_running_scenario_after_yes(scenarios_dir: Path) -> Non
         await pilot.press("ctrl+k")  # none running: said, nothing asked
         await pilot.pause()
         assert "stop scenario: none is running" in notes.text()
-        await pilot.press("enter", "y")
-        await settle(pilot)
-        await pilot.press("ctrl+k")
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
-        assert "stop scenario node-crash?" in str(app.screen.query_one("#question").render())
-        await pilot.press("y")
-        await settle(pilot)
+        await pilot.press("enter")
+        await answer(pilot)
+        confirm = await press_on(pilot, "ctrl+k")
+        assert confirm is not None
+        assert "stop scenario node-crash?" in question(confirm)
+        await answer(pilot)
         assert source.scenario is not None and source.scenario.verdict == "aborted"
         assert "node-crash stopped: aborted" in notes.text()
         assert "node-crash  aborted" in run_panel(app)
@@ -872,10 +879,9 @@ def test_q_in_the_console_shoal_up_opened_asks_first() -> None:
     app = ShoalConsole(FixedSource(), owns_cluster=True)
 
     async def steps(pilot: Pilot[None]) -> None:
-        await pilot.press("q")
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
-        assert "stop the cluster" in str(app.screen.query_one("#question").render())
+        confirm = await press_on(pilot, "q")
+        assert confirm is not None
+        assert "stop the cluster" in question(confirm)
         await pilot.press("n")
         await pilot.pause()
         assert app.is_running and isinstance(app.screen, NodesScreen)
@@ -942,10 +948,10 @@ def test_a_silent_sources_figures_are_marked_stale_not_shown_as_current() -> Non
 
     source = FixedSource()
     fresh = str(summary(source.snapshot()))
-    assert "msgs/s 412.5" in fresh and "stale" not in fresh
+    assert "msgs in/s 412.5" in fresh and "stale" not in fresh
     source.set_silent(relay=12.0, liveness=4.0)
     text = str(summary(source.snapshot()))
-    assert "msgs/s -" in text  # a rate of a silent relay is unknown
+    assert "msgs in/s -" in text  # a rate of a silent relay is unknown
     assert "duplicates 3?" in text and "gaps 11?" in text  # counters: the last known
     assert "observer ?" in text
     assert "stale, silent: liveness 4.0s, relay 12s" in text
@@ -985,15 +991,10 @@ def test_no_red_banner_before_the_feed_has_had_its_first_look() -> None:
 
 @pytest.mark.parametrize("action", ["hang", "flood", "drain", "crash"])
 def test_an_action_on_a_dead_node_says_so_and_asks_nothing(action: str) -> None:
-    source = FixedSource()
-    app = ShoalConsole(source)
-    notes = Notes(app)
+    source, app, notes = console()
 
     async def steps(pilot: Pilot[None]) -> None:
-        select(app, "sim-004")
-        await pilot.press(ACTION_KEYS[action])
-        await pilot.pause()
-        assert not isinstance(app.screen, ConfirmScreen)
+        assert await press_on(pilot, ACTION_KEYS[action], "sim-004") is None
         assert f"{action}: sim-004 is dead: {action} needs a live node" in notes.text()
         assert source.actions == []
 
@@ -1001,40 +1002,102 @@ def test_an_action_on_a_dead_node_says_so_and_asks_nothing(action: str) -> None:
 
 
 def test_remove_is_only_offered_on_a_dead_or_left_node() -> None:
-    source = FixedSource()
-    app = ShoalConsole(source)
-    notes = Notes(app)
+    _, app, notes = console()
 
     async def steps(pilot: Pilot[None]) -> None:
-        select(app, "sim-000")
-        await pilot.press("x")
-        await pilot.pause()
+        await press_on(pilot, "x", "sim-000")
         assert "sim-000 is alive: only a dead or left node can be removed" in notes.text()
-        select(app, "sim-006")  # left
-        await pilot.press("x")
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
+        assert await press_on(pilot, "x", "sim-006") is not None  # left
 
     drive(app, steps)
 
 
 def test_drain_shows_on_the_row_and_d_again_undrains() -> None:
-    source = FixedSource()
-    app = ShoalConsole(source)
+    source, app, _ = console()
 
     async def steps(pilot: Pilot[None]) -> None:
-        select(app, "sim-002")
-        await pilot.press("d", "y")
-        await settle(pilot)
+        await press_on(pilot, "d", "sim-002")
+        await answer(pilot)
         table = table_of(app)
         assert str(table.get_cell("sim-002", "state")) == "alive, drained"
-        await pilot.press("d")
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
-        assert "undrain node sim-002?" in str(app.screen.query_one("#question").render())
-        await pilot.press("y")
-        await settle(pilot)
+        confirm = await press_on(pilot, "d")
+        assert confirm is not None
+        assert "undrain node sim-002?" in question(confirm)
+        await answer(pilot)
         assert source.actions == [("drain", "sim-002"), ("undrain", "sim-002")]
         assert str(table.get_cell("sim-002", "state")) == "alive"
 
     drive(app, steps)
+
+
+# --- the tasks view (issue 14, part 1) -----------------------------------------------------
+
+
+def test_tasks_view_lists_the_ledger_filters_and_opens_a_tasks_history() -> None:
+    from shoal.tui.fixtures import FIXED_TASKS
+    from shoal.tui.tasks import TaskHistoryScreen, TasksScreen
+
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"tasks", "enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, TasksScreen)
+        assert screen.table.row_count == len(FIXED_TASKS)
+        counts = str(screen.query_one("#ledger-counts").render())
+        assert "running 1" in counts and "dead_letter 1" in counts
+        await pilot.press("slash", *"state:running|assigned", "enter")
+        await pilot.pause()
+        assert screen.table.row_count == 2
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("slash", *"node:sim-002", "enter")
+        await pilot.pause()
+        assert screen.table.row_count == 2  # running and done on sim-002
+        await pilot.press("escape", "j", "enter")
+        await settle(pilot)
+        history = app.screen
+        assert isinstance(history, TaskHistoryScreen)
+        assert history.task_id == FIXED_TASKS[1].task_id
+        title = str(history.query_one("#task-title").render())
+        assert "assigned" in title and "why: owner sim-004 dead" in title
+        assert history.query_one("#task-history", DataTable).row_count == 3
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, TasksScreen)
+
+    drive(app, steps)
+
+
+def test_tasks_view_without_a_delegator_says_so() -> None:
+    source = FixedSource()
+    source.unavailable["ledger"] = "no ledger: delegator at tcp://x not answering"
+    app = ShoalConsole(source)
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"tasks", "enter")
+        await settle(pilot)
+        assert "no ledger" in str(app.screen.query_one("#ledger-counts").render())
+
+    drive(app, steps)
+
+
+def test_node_detail_lists_the_nodes_tasks() -> None:
+    app = ShoalConsole(FixedSource())
+
+    async def steps(pilot: Pilot[None]) -> None:
+        app.open_detail("sim-002")
+        await settle(pilot)
+        text = str(app.screen.query_one("#node-ledger").render())
+        assert "1 tasks on this node now" in text and "sim-001-000041 running" in text
+
+    drive(app, steps)
+
+
+def test_snapshot_tasks_view(snap_compare: Any) -> None:
+    async def wait(pilot: Pilot[None]) -> None:
+        await pilot.press("colon", *"tasks", "enter")
+        await settle(pilot)
+
+    assert snap_compare(ShoalConsole(FixedSource()), run_before=wait, terminal_size=(120, 30))

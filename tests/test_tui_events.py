@@ -59,3 +59,29 @@ def test_service_changes_restarts_and_states() -> None:
         "relay restarted (pid 2; restarts 1)",
         "sim running -> failed: exit 78",
     ]
+
+
+def test_where_a_lost_nodes_tasks_went_is_said_by_new_owner() -> None:
+    from shoal.tui import derived
+
+    rows = [
+        {"task_id": "a", "state": "running", "owner": "sim-003"},
+        {"task_id": "b", "state": "assigned", "owner": "sim-003"},
+        {"task_id": "c", "state": "running", "owner": "sim-001"},
+        {"task_id": "d", "state": "delivered", "owner": "board-01"},
+        {"task_id": "e", "state": "pending", "owner": None},
+        {"task_id": "f", "state": "dead_letter", "owner": None},
+    ]
+    assert derived.moved("dead", rows, 7) == (
+        "dead: 7 tasks re-delegated: running on sim-003 2, sim-001 1;"
+        " done on board-01 1; 1 waiting for a peer; 1 dead-lettered; 1 more not listed"
+    )
+    assert derived.moved("dead", [], 0) is None  # not yet: asked again later
+    assert derived.moved("dead", [], 0, last=True) == (
+        "dead: it held no delegated tasks, none re-delegated"
+    )
+    one = [{"task_id": "a", "state": "done", "owner": "sim-002"}]
+    assert derived.moved("rebooted", one, 1) == ("rebooted: 1 task re-delegated: done on sim-002 1")
+    assert (
+        derived.redelegation({"assign_declined": 1}) == "1 task re-delegated: assignment declined 1"
+    )

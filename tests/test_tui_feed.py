@@ -13,7 +13,7 @@ import pytest
 from shoal.services.runtime.ctl_client import CtlClient
 from shoal.services.testing import Cluster, config_on_free_ports, wait_for
 from shoal.tui.feed import LiveFeed
-from shoal.tui.model import FLOOD_TASKS, RUN_SCENARIO, ActionError, ScenarioRun
+from shoal.tui.model import FLOOD_TASKS, RUN_SCENARIO, ActionError, ScenarioRun, ServiceRow
 from shoal.tui.scenario_runner import ScenarioRunner
 
 NODES = 5
@@ -89,8 +89,12 @@ def test_the_feed_shows_every_node_its_state_and_the_services(
     wait_for(lambda: live.snapshot().nodes["sim-000"].cpu_pct is not None, 10)
     assert row.boot_id and row.fw
     wait_for(lambda: {s.name for s in live.snapshot().services} >= {"relay", "liveness", "sim"})
-    services = {s.name: s for s in live.snapshot().services}
-    assert services["relay"].state == "running" and services["relay"].beat_age_ms is not None
+
+    def relay() -> ServiceRow:
+        return next(s for s in live.snapshot().services if s.name == "relay")
+
+    # ps is asked four times a second: it may name the relay before its first heartbeat
+    wait_for(lambda: relay().state == "running" and relay().beat_age_ms is not None, 10)
     assert state.observer_healthy is True
     wait_for(lambda: live.snapshot().msgs_per_s > 0, 10)
     wait_for(lambda: len(live.history("sim-000")) >= 2, 10)
@@ -322,10 +326,22 @@ def test_freshness_and_honest_actions_on_a_real_cluster(feed: tuple[Cluster, Liv
     assert first.connected  # nodes listed: no "disconnected" at start
     wait_for(lambda: alive(live), timeout_s=30)
     wait_for(lambda: live.available("drain") is None, 10)
+    from shoal.tui.model import TASK_STATES
+
+    ledger = live.ledger()  # the tasks view's data (issue 14, part 1)
+    assert set(ledger.counts) == set(TASK_STATES)
+    if ledger.tasks:
+        row, steps = live.task_history(ledger.tasks[0].task_id)
+        assert row.task_id == ledger.tasks[0].task_id and steps
     assert "drained" in live.act("drain", "sim-001")
     wait_for(lambda: live.snapshot().nodes["sim-001"].drained, 2)
     assert "undrained" in live.act("undrain", "sim-001")
     wait_for(lambda: not live.snapshot().nodes["sim-001"].drained, 2)
+    with CtlClient(cluster.config.delegator.ctl) as delegator:  # another console's drain
+        delegator.call("drain", {"node_id": "sim-003"})
+    wait_for(lambda: live.snapshot().nodes["sim-003"].drained, 5)
+    assert "undrained" in live.act("undrain", "sim-003")
+    wait_for(lambda: not live.snapshot().nodes["sim-003"].drained, 5)
 
     live.act("crash", "sim-002")
     wait_for(lambda: live.snapshot().nodes["sim-002"].state == "dead", 10)
@@ -367,3 +383,34 @@ def test_freshness_and_honest_actions_on_a_real_cluster(feed: tuple[Cluster, Liv
         finally:
             supervisor.call("signal", {"name": "relay", "signal": "CONT"}, timeout_s=2.0)
     wait_for(lambda: "relay" not in live.snapshot().silent_s, 10)
+
+
+def test_a_restarted_service_shows_no_heartbeat_until_its_new_process_beats() -> None:
+    """The relay's heartbeat read `<1s` through its restart backoff: ps was asked once a
+    second, so a 0.1-0.8 s backoff passed as "running" with the dead process's last beat.
+    Now ps is asked four times a second, and a beat counts only from the pid ps names."""
+    from shoal.protocol.messages import ServiceBeat
+    from shoal.tui.feed import PS_INTERVAL_S
+    from shoal.tui.header import heartbeat
+
+    assert PS_INTERVAL_S <= 0.25  # shorter than the first backoff's doubling
+    live = LiveFeed(config_on_free_ports())  # not started: its methods are fed by hand
+
+    def beat(pid: int) -> None:
+        live._on_beat(
+            ServiceBeat(service="relay", pid=pid, uptime_s=1.0, interval_ms=500, pub=1, pseq=1)
+        )
+
+    def relay() -> str:
+        row = next(s for s in live._services(time.monotonic()) if s.name == "relay")
+        return heartbeat(row)
+
+    beat(100)
+    live._on_ps([{"name": "relay", "state": "running", "pid": 100}])
+    assert relay() == "<1s"
+    live._on_ps([{"name": "relay", "state": "backoff", "pid": None}])
+    assert relay() == "-"
+    live._on_ps([{"name": "relay", "state": "running", "pid": 101}])  # restarted
+    assert relay() == "-"  # the beat of pid 100 is not the new process's
+    beat(101)
+    assert relay() == "<1s"

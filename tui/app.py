@@ -35,6 +35,7 @@ from .help import HelpScreen
 from .model import RUN_SCENARIO, ActionError, ClusterState, Event, Sample, Source
 from .nodes import NodesScreen
 from .scenarios import ScenariosScreen
+from .tasks import TasksScreen
 
 MIN_REFRESH_S = 0.25  # at most four refreshes a second, whatever the caller asks
 EVENT_LOG_KEPT = 5000
@@ -84,6 +85,7 @@ class ShoalConsole(App[None]):
         self.add_mode("nodes", NodesScreen)
         self.add_mode("events", EventsScreen)
         self.add_mode("scenarios", lambda: ScenariosScreen(self.scenarios_dir))
+        self.add_mode("tasks", TasksScreen)
         self.poll()
         self.switch_mode("nodes")
         self.set_interval(self.refresh_s, self.poll)
@@ -137,7 +139,7 @@ class ShoalConsole(App[None]):
     # --- navigation --------------------------------------------------------------------
 
     def go(self, view: str) -> None:
-        """Show a view: nodes, events, scenarios (their own stacks) or help."""
+        """Show a view: nodes, events, tasks, scenarios (their own stacks) or help."""
         if view == "help":
             self.action_help()
             return

@@ -8,7 +8,7 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Input
 
-VIEWS = ("nodes", "events", "scenarios", "help")
+VIEWS = ("nodes", "events", "tasks", "scenarios", "help")
 QUIT = ("q", "quit")
 FORCE_QUIT = ("q!", "quit!")  # without asking, even when quitting stops the cluster
 COMMANDS = (*VIEWS, "quit")
@@ -36,7 +36,7 @@ class CommandScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         yield Input(
-            placeholder="nodes | events | scenarios | help | quit",
+            placeholder="nodes | events | tasks | scenarios | help | quit",
             suggester=SuggestFromList(COMMANDS, case_sensitive=False),
             id="command",
         )

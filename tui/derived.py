@@ -7,7 +7,7 @@ Every text is what the operator reads in the events view; each says what it coun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Delegator traffic is summed over this long, then said in one event: one line per task
@@ -71,25 +71,78 @@ def delegation_summary(sums: Mapping[str, int], seconds: float) -> str | None:
     return f"last {seconds:.0f} s: " + ", ".join(said)
 
 
+def tasks(n: int) -> str:
+    return f"{n} task" if n == 1 else f"{n} tasks"
+
+
 def redelegation(grown: Mapping[str, int]) -> str | None:
     """Tasks taken away from their node, with why: "3 tasks re-delegated: owner dead 3"."""
     causes = [(grown[k], why) for k, why in REDELEGATION_CAUSES.items() if grown.get(k)]
     if not causes:
         return None
     total = sum(n for n, _ in causes)
-    return f"{total} tasks re-delegated: " + ", ".join(f"{why} {n}" for n, why in causes)
+    return f"{tasks(total)} re-delegated: " + ", ".join(f"{why} {n}" for n, why in causes)
+
+
+# After a node dies, reboots or leaves, the feed asks the delegator's `moved` op where the
+# tasks taken from it are, this long after (placed at once; done a few seconds on).
+MOVED_ASK_AFTER_S = (2.0, 12.0)
+
+
+def _by_owner(counts: dict[str, int]) -> str:
+    return ", ".join(
+        f"{owner} {n}" for owner, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+
+
+def moved(
+    why: str, rows: Sequence[Mapping[str, Any]], total: int, last: bool = False
+) -> str | None:
+    """Where the tasks taken from a lost node are now, by new owner: "dead: 19 tasks
+    re-delegated: running on sim-003 5, sim-001 4; done on board-01 3; 7 waiting
+    for a peer". When it held none: None, or on the ``last`` ask, that it held none (its
+    delegated work may all have finished just before; the detail's list is 2 s old)."""
+    if not total:
+        return f"{why}: it held no delegated tasks, none re-delegated" if last else None
+    on: dict[str, int] = {}
+    done: dict[str, int] = {}
+    waiting = dead = 0
+    for row in rows:
+        state, owner = row.get("state"), row.get("owner") or "?"
+        if state in ("assigned", "running"):
+            on[owner] = on.get(owner, 0) + 1
+        elif state in ("done", "delivered"):
+            done[owner] = done.get(owner, 0) + 1
+        elif state == "dead_letter":
+            dead += 1
+        else:
+            waiting += 1
+    parts = []
+    if on:
+        parts.append("running on " + _by_owner(on))
+    if done:
+        parts.append("done on " + _by_owner(done))
+    if waiting:
+        parts.append(f"{waiting} waiting for a peer")
+    if dead:
+        parts.append(f"{dead} dead-lettered")
+    if total > len(rows):
+        parts.append(f"{total - len(rows)} more not listed")
+    # No node id in the text: the events view's node column and the detail both say it, and
+    # the owners must fit 100 columns.
+    return f"{why}: {tasks(total)} re-delegated: " + "; ".join(parts)
 
 
 def dead_lettered(old: int | None, new: int | None) -> str | None:
     """The delegator's dead-letter count grew: tasks it gave up on."""
     if old is None or new is None or new <= old:
         return None
-    return f"{new - old} tasks dead-lettered (gave up after every retry); {new} in all"
+    return f"{tasks(new - old)} dead-lettered (gave up after every retry); {new} in all"
 
 
 def shed(grown: Mapping[str, int]) -> str | None:
     n = grown.get("tasks_shed", 0)
-    return f"{n} tasks shed by full queues on the fleet's nodes" if n else None
+    return f"{tasks(n)} shed by full queues on the fleet's nodes" if n else None
 
 
 def faults(grown: Mapping[str, int], stopped_before: int | None, stopped: int | None) -> list[str]:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from rich.table import Table
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.coordinate import Coordinate
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Label, Sparkline, Static
 
 from . import format as fmt
 from .actions import NODE_ACTION_BINDINGS
 from .base import ConsoleScreen, StatusBanner
 from .keys import ConsoleTable
-from .model import ClusterState, NodeRow, Sample
+from .model import GONE_STATES, ClusterState, NodeRow, Sample, Source
+from .tasks import LEDGER_REFRESH_S, node_tasks
 
 NO_TASKS = "tasks: this node reports none (firmware without the task fields)"
 EVENT_ROWS = 500  # this node's newest events kept on screen
@@ -49,6 +52,9 @@ def ota(row: NodeRow) -> str:
 
 
 def tasks(row: NodeRow) -> str:
+    if row.state in GONE_STATES:
+        # Its figures are history (the feed blanks them): not "firmware without tasks".
+        return f"tasks: - ({row.state}: the events below say where its tasks went)"
     if row.tasks_running is None:
         return NO_TASKS
     return (
@@ -70,6 +76,7 @@ class NodeDetailScreen(ConsoleScreen):
         self._row: NodeRow | None = None
         self._history: list[Sample] | None = None
         self._events_upto = 0  # app event-log number of the newest event looked at
+        self._ledger_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield StatusBanner(id="banner")
@@ -82,10 +89,32 @@ class NodeDetailScreen(ConsoleScreen):
                     yield Label(name, id=f"{name}-label", classes="spark-label")
                     yield Sparkline([], id=f"{name}-spark")
             yield Static(id="tasks")
+            yield Static(id="node-ledger")
         events = ConsoleTable(id="node-events", cursor_type="row", zebra_stripes=True)
         events.border_title = "events"
         yield events
         yield Footer()
+
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        self.fetch_ledger()
+        if self._ledger_timer is None:
+            self._ledger_timer = self.set_interval(LEDGER_REFRESH_S, self.fetch_ledger)
+
+    def on_screen_suspend(self) -> None:
+        if self._ledger_timer is not None:
+            self._ledger_timer.stop()
+            self._ledger_timer = None
+
+    @work(thread=True, exclusive=True, group="node-ledger")
+    def fetch_ledger(self) -> None:
+        """The ledger's tasks on this node, asked off the UI thread while shown."""
+        source: Source = self.app.source  # type: ignore[attr-defined]
+        try:
+            text = node_tasks(source.ledger(), self.node_id)
+        except Exception as err:  # no delegator: said in the panel, never raised
+            text = Text(f"ledger: {err}", "dim")
+        self.app.call_from_thread(self.query_one("#node-ledger", Static).update, text)
 
     def on_mount(self) -> None:
         table = self.query_one("#node-events", DataTable)

@@ -6,6 +6,8 @@ and every ``BUILD_INTERVAL_S`` builds one immutable ``ClusterState`` that the UI
 picks up (one reference swap: no lock on the UI's path). Operator actions go out on their
 own short-lived control connections. Scenarios run through the fault injector as a
 subprocess (tui/scenario_runner.py), one at a time; ``close`` stops one still running.
+The service itself, its sockets and timers, is tui/feed_link.py; this module keeps the
+state it reports and builds the snapshots.
 
 Usage::
 
@@ -19,55 +21,52 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import itertools
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import zmq
-
-from shoal.protocol import codec
 from shoal.protocol.messages import (
     MemberEvent,
     NodeMessage,
     ObserverHealth,
-    Request,
     ServiceBeat,
     Telemetry,
 )
-from shoal.services.liveness.view import MembershipView
-from shoal.services.relay.view import RelayView
-from shoal.services.runtime.config import ShoalConfig, with_overrides
+from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
-from shoal.services.runtime.service import Service, received
-from shoal.services.runtime.subscriber import BusSubscriber
 
 from . import derived
 from .actions import UNDRAIN, why_not
+from .feed_link import BUILD_INTERVAL_S, PS_INTERVAL_S, FeedLink
 from .model import (
     FLOOD_TASKS,
     GONE_STATES,
     JOINED_SHOW_S,
+    LEDGER_ROWS,
     RUN_SCENARIO,
     STALE_AFTER_S,
     ActionError,
     ClusterState,
     Event,
+    Ledger,
     NodeRow,
     Sample,
     ServiceRow,
+    TaskRow,
+    TaskStep,
 )
 from .scenario_runner import REPORTS_DIR, ScenarioRunner
 
-# How often a new ClusterState is built: the console refreshes at most this often.
-BUILD_INTERVAL_S = 0.25
-# How often the supervisor's process table is asked for.
-PS_INTERVAL_S = 1.0
+__all__ = ["BUILD_INTERVAL_S", "PS_INTERVAL_S", "LiveFeed", "task_row"]
+
+PS_STALE_S = 3.0  # no ps reply for this long: the supervisor's states are unknown ("?")
+# Membership events after which the delegator takes a node's tasks away (delegator OWNER_LOST),
+# and how far before the event the `moved` question looks (clocks: the delegator's and ours).
+LOST_OWNER = frozenset({"dead", "rebooted", "left"})
+MOVED_SINCE_S = 1.0
 # A relay silent (no frame) for longer than this counts as disconnected.
 RELAY_STALE_S = 3.0
 EVENTS_KEPT = 5000
@@ -87,75 +86,19 @@ def forgotten(age_ms: int | None) -> bool:
 SIM_FAULTS = {"crash": "crash", "hang": "hang", "reboot": "reboot", "flood": "flood"}
 
 
-class _Console(Service):
-    name = "console"
-
-    def __init__(self, config: ShoalConfig, feed: LiveFeed) -> None:
-        # Quiet: the console owns the terminal, and a log line would tear its screen.
-        super().__init__(with_overrides(config, "runtime", log_level="error"))
-        self.feed = feed
-
-    def setup(self) -> None:
-        feed = self.feed
-        self.relay = RelayView(self, self.config.relay)
-        self.relay.on_change = feed._on_records
-        self.relay.on_beat = feed._on_relay_beat
-        self.members = MembershipView(self, self.config.liveness)
-        self.members.on_event = feed._on_member_event
-        self.members.on_update = feed._on_membership_frame
-        self.members.on_beat = feed._on_beat
-        self.delegator = BusSubscriber(
-            self,
-            self.config.delegator.bus,
-            topics=(codec.TOPIC_SERVICE_BEAT,),
-            on_frame=lambda _topic, beat: feed._on_delegator_beat(beat),
-            name="delegator",
-        )
-        self.ps_sock = self.sockets.connect(zmq.DEALER, self.config.supervisor.ctl)
-        self.on_readable(self.ps_sock, self._on_ps)
-        self._ps_ids = itertools.count(1)
-        # The fleet's own accounting: tasks its nodes cannot account for (lost on nodes).
-        self.sim_sock = self.sockets.connect(zmq.DEALER, self.config.sim.ctl)
-        self.on_readable(self.sim_sock, self._on_sim_status)
-        # The OTA service's rollout (none without boards): each board's update in its detail.
-        self.ota_sock = self.sockets.connect(zmq.DEALER, self.config.ota.ctl)
-        self.on_readable(self.ota_sock, self._on_ota)
-        self.every(PS_INTERVAL_S, self._ask_ps)
-        self.every(BUILD_INTERVAL_S, feed._build)
-        self._ask_ps()
-
-    def _ask_ps(self) -> None:
-        asks = ((self.ps_sock, "ps"), (self.sim_sock, "status"), (self.ota_sock, "progress"))
-        for sock, op in asks:
-            request = Request(id=next(self._ps_ids), op=op)
-            with contextlib.suppress(zmq.Again):
-                sock.send(codec.encode(request), zmq.NOBLOCK)
-
-    def _on_sim_status(self) -> None:
-        for status in _results(self.sim_sock):
-            if isinstance(status, dict) and isinstance(status.get("counters"), dict):
-                self.feed._on_sim_counters(status["counters"])
-
-    def _on_ota(self) -> None:
-        for progress in _results(self.ota_sock):
-            if isinstance(progress, dict) and isinstance(progress.get("nodes"), list):
-                self.feed._on_ota(progress)
-
-    def _on_ps(self) -> None:
-        for rows in _results(self.ps_sock):
-            if isinstance(rows, list):
-                self.feed._on_ps(rows)
-
-
-def _results(sock: zmq.Socket[Any]) -> Iterator[Any]:
-    """The decoded results of the ctl replies waiting on sock (errors and junk skipped)."""
-    for data in received(sock):
-        try:
-            reply = codec.decode_reply(data)
-            if reply.ok:
-                yield msgspec.msgpack.decode(reply.result)
-        except (codec.Rejected, msgspec.DecodeError):
-            continue
+def task_row(r: dict[str, Any]) -> TaskRow:
+    """A ledger row (a msgpack map) as the console shows it."""
+    return TaskRow(
+        task_id=str(r.get("task_id", "")),
+        state=str(r.get("state", "")),
+        kind=str(r.get("kind") or ""),
+        owner=r.get("owner"),
+        origin=r.get("origin"),
+        epoch=int(r.get("epoch") or 0),
+        redeliveries=int(r.get("redeliveries") or 0),
+        reason=str(r.get("reason") or ""),
+        updated_at=float(r.get("updated_at") or 0.0),
+    )
 
 
 class LiveFeed:
@@ -163,7 +106,7 @@ class LiveFeed:
 
     def __init__(self, config: ShoalConfig, reports_dir: Path = REPORTS_DIR) -> None:
         self.config = config
-        self.service = _Console(config, self)
+        self.service = FeedLink(config, self)
         self.scenarios = ScenarioRunner(
             config, reports_dir, on_event=lambda text: self._add_event("scenario", None, text)
         )
@@ -176,6 +119,9 @@ class LiveFeed:
         self._ps: dict[str, dict[str, Any]] = {}
         self._ps_at = 0.0
         self._beats: dict[str, float] = {}  # service -> monotonic time of its last beat
+        self._lost_owner: dict[str, str] = {}  # node -> dead, rebooted, left: its last loss
+        self._moved_last_ask: dict[str, float] = {}  # node -> when its last `moved` is asked
+        self._beat_pids: dict[str, int] = {}  # service -> the pid its last beat came from
         # source -> monotonic time it was last heard (beats, the sim's and ps's replies)
         self._heard: dict[str, float] = {}
         self._synced_at: float | None = None  # when the relay's snapshot first arrived
@@ -192,7 +138,7 @@ class LiveFeed:
         self._delegator_counters: dict[str, Any] | None = None
         self._sim_counters: dict[str, Any] | None = None
         self._window = derived.Window()  # delegator traffic, said once an interval
-        self._drained: set[str] = set()  # the delegator's drained nodes, as its last reply said
+        self._drained: set[str] = set()  # the delegator's drained nodes (`drained`, each second)
         self._ota: dict[str, str] = {}  # node -> its update, as the OTA service said last
         self._version = 0
 
@@ -306,6 +252,33 @@ class LiveFeed:
         where = f"report {run.report}" if run.report else "no report written"
         return f"{run.name} stopped: {run.verdict} ({run.reason}); {where}"
 
+    def ledger(self, latest: int = LEDGER_ROWS) -> Ledger:
+        try:
+            page = self._call(self.config.delegator.ctl, "tasks", {"latest": latest})
+        except (CtlUnavailable, CtlFailed) as err:
+            raise ActionError(
+                f"no ledger: delegator at {self.config.delegator.ctl}: {err}"
+            ) from None
+        return Ledger(dict(page["counts"]), tuple(task_row(r) for r in page["latest"]))
+
+    def task_history(self, task_id: str) -> tuple[TaskRow, list[TaskStep]]:
+        try:
+            reply = self._call(self.config.delegator.ctl, "task", {"task_id": task_id})
+        except (CtlUnavailable, CtlFailed) as err:
+            raise ActionError(f"task {task_id}: {err}") from None
+        steps = [
+            TaskStep(
+                at=float(e.get("at", 0.0)),
+                from_state=e.get("from_state"),
+                to_state=str(e.get("to_state", "")),
+                epoch=int(e.get("epoch", 0)),
+                node=e.get("node"),
+                detail=str(e.get("detail", "")),
+            )
+            for e in reply["history"]
+        ]
+        return task_row(reply["task"]), steps
+
     def _call(self, endpoint: str, op: str, args: dict[str, Any]) -> Any:
         with CtlClient(endpoint) as client:
             return client.call(op, args, timeout_s=ACTION_TIMEOUT_S, retries=0)
@@ -395,6 +368,7 @@ class LiveFeed:
 
     def _on_beat(self, beat: ServiceBeat) -> None:
         self._beats[beat.service] = self._heard[beat.service] = time.monotonic()
+        self._beat_pids[beat.service] = beat.pid
 
     def _on_member_event(self, event: MemberEvent) -> None:
         node = event.node_id
@@ -406,6 +380,9 @@ class LiveFeed:
         elif event.event == "forgotten":
             with self._lock:
                 self._hidden.add(node)  # removed by any console (or forget_after_s)
+        if event.event in LOST_OWNER and self._tasks_per_s is not None:  # a delegator is heard
+            self._lost_owner[node] = event.event
+            self.service.ask_moved(node, max(0.0, time.time() - MOVED_SINCE_S))
         text = f"{event.event}: {event.reason}"
         if event.downtime_ms is not None:
             text += f" (down {event.downtime_ms / 1000:.1f}s)"
@@ -432,6 +409,20 @@ class LiveFeed:
                 self._add_event("task", None, shed)
         lost = counters.get("tasks_unaccounted")
         self._lost = lost if isinstance(lost, int) else None
+
+    def _on_moved(self, reply: dict[str, Any]) -> None:
+        node = reply["node_id"]
+        rows = [r for r in reply["tasks"] if isinstance(r, dict)]
+        total = reply.get("total")
+        why = self._lost_owner.get(node, "lost")
+        last = time.monotonic() >= self._moved_last_ask.get(node, 0.0) - 0.5  # the last ask's
+        n = total if isinstance(total, int) else len(rows)
+        text = derived.moved(why, rows, n, last)
+        if text is not None:
+            self._add_event("delegation", node, text)
+
+    def _on_drained(self, nodes: list[str]) -> None:
+        self._drained = set(nodes)  # replaced whole: the UI's action reads it on its thread
 
     def _on_ota(self, progress: dict[str, Any]) -> None:
         """The rollout's rows as one line a board: version, state, bytes, seconds."""
@@ -562,12 +553,15 @@ class LiveFeed:
     def _services(self, now: float) -> tuple[ServiceRow, ...]:
         with self._lock:
             ps = dict(self._ps)
-        stale = now - self._ps_at > 3 * PS_INTERVAL_S
+        stale = now - self._ps_at > PS_STALE_S
         names = list(ps) or ["relay", "liveness", "sim"]
         rows = []
         for name in names:
             row = {} if stale else ps.get(name, {})
             beat = self._beats.get(name)
+            pid = row.get("pid")
+            if pid is not None and self._beat_pids.get(name) != pid:
+                beat = None  # a process started since: its first heartbeat is still to come
             rows.append(
                 ServiceRow(
                     name=name,

@@ -17,13 +17,17 @@ from pathlib import Path
 
 from .model import (
     RUN_SCENARIO,
+    TASK_STATES,
     ActionError,
     ClusterState,
     Event,
+    Ledger,
     NodeRow,
     Sample,
     ScenarioRun,
     ServiceRow,
+    TaskRow,
+    TaskStep,
 )
 
 # 2026-01-01 12:00:00 UTC: every time the fixture shows is relative to it.
@@ -108,6 +112,22 @@ FIXED_EVENTS = (
 
 # A scenario run by run_scenario() passes after this many ticks (the demo ticks each second).
 SCENARIO_TICKS = 8
+
+
+# Tasks in the fixture's ledger: (task_id, state, kind, owner, origin, epoch, redeliveries,
+# reason), newest first.
+_TASKS = (
+    ("sim-001-000041", "running", "resize", "sim-002", "sim-001", 1, 0, ""),
+    ("sim-001-000040", "assigned", "resize", "sim-009", "sim-001", 2, 1, "owner sim-004 dead"),
+    ("sim-001-000039", "pending", "hash", None, "sim-001", 0, 0, ""),
+    ("esp32-7c9e-07", "delivered", "hash", "sim-000", "esp32-7c9e", 1, 0, ""),
+    ("sim-001-000038", "dead_letter", "resize", None, "sim-001", 4, 3, "redelivered 3 times"),
+    ("sim-001-000037", "done", "hash", "sim-002", "sim-001", 1, 0, ""),
+)  # fmt: skip
+FIXED_TASKS = tuple(
+    TaskRow(t, state, kind, owner, origin, epoch, redeliveries, reason, T0 - i * 3)
+    for i, (t, state, kind, owner, origin, epoch, redeliveries, reason) in enumerate(_TASKS)
+)
 
 
 def _generated(n: int, seed: int) -> dict[str, NodeRow]:
@@ -320,6 +340,26 @@ class FixedSource:
         self._events.append(Event(T0 + self.ticks, "scenario", None, f"{run.name} stopped"))
         self._state = self._build()
         return f"{run.name} stopped: aborted; report {run.report}"
+
+    def ledger(self, latest: int = 1000) -> Ledger:
+        if "ledger" in self.unavailable:
+            raise ActionError(self.unavailable["ledger"])
+        counts = dict.fromkeys(TASK_STATES, 0)
+        for row in FIXED_TASKS:
+            counts[row.state] += 1
+        return Ledger(counts, FIXED_TASKS[:latest])
+
+    def task_history(self, task_id: str) -> tuple[TaskRow, list[TaskStep]]:
+        row = next((r for r in FIXED_TASKS if r.task_id == task_id), None)
+        if row is None:
+            raise ActionError(f"unknown task '{task_id}'")
+        at = row.updated_at - 10
+        steps = [TaskStep(at, None, "pending", 0, None, "offered")]
+        if row.owner:
+            steps.append(TaskStep(at + 1, "pending", "assigned", row.epoch, row.owner, "placed"))
+        if row.reason:
+            steps.append(TaskStep(at + 2, "assigned", "pending", row.epoch, None, row.reason))
+        return row, steps
 
     def close(self) -> None:
         self.closed = True

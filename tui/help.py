@@ -85,6 +85,7 @@ def help_sections(app_bindings: Iterable[BindingType]) -> list[Table]:
     from .node_table import NodeTable
     from .nodes import NodesScreen
     from .scenarios import ScenariosScreen
+    from .tasks import TasksScreen
 
     actions = tuple((ACTION_KEYS[a], f"{a}: {ACTION_TEXT[a]}") for a in ACTIONS)
     commands = (*((f":{v}", f"the {v} view") for v in VIEWS), (":q", "quit"), *QUIT_HELP)
@@ -103,6 +104,11 @@ def help_sections(app_bindings: Iterable[BindingType]) -> list[Table]:
         section("node detail", NodeDetailScreen.BINDINGS),
         section("actions (nodes view and detail; y/n to confirm)", [], actions),
         section("events", EventsScreen.BINDINGS),
+        section(
+            "tasks",
+            TasksScreen.BINDINGS,
+            (("Enter", "the task's history"), ("filter", "state:running, node:sim-001, kind:hash")),
+        ),
         section("scenarios", ScenariosScreen.BINDINGS, SCENARIO_HELP),
         section("confirmation", ConfirmScreen.BINDINGS),
         section("filter (/)", [], FILTER_HELP),

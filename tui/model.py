@@ -23,11 +23,11 @@ ACTIONS = ("drain", "crash", "hang", "reboot", "flood", "remove")
 STALE_AFTER_S = 3.0
 # Which source each header figure comes from.
 FIGURE_SOURCE = {
-    "msgs/s": "relay",
+    "msgs in/s": "relay",  # node messages the relay accepted, per second
     "duplicates": "relay",
     "gaps": "relay",
     "rejected": "relay",
-    "tasks/s": "delegator",
+    "results/s": "delegator",  # task results the delegator committed, per second
     "dead-lettered": "delegator",
     "lost": "sim",
     "observer": "liveness",
@@ -143,6 +143,45 @@ class ClusterState:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """A task as the delegator's ledger holds it (protocol §7.4 TaskRow, the fields shown)."""
+
+    task_id: str
+    state: str  # pending, assigned, running, done, delivered, dead_letter
+    kind: str = ""
+    owner: str | None = None
+    origin: str | None = None
+    epoch: int = 0
+    redeliveries: int = 0
+    reason: str = ""
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStep:
+    """One state change of a task (protocol §7.4 TaskEvent)."""
+
+    at: float
+    from_state: str | None
+    to_state: str
+    epoch: int
+    node: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """The ledger's counts by state and its latest changed tasks, newest first."""
+
+    counts: dict[str, int]
+    tasks: tuple[TaskRow, ...]
+
+
+TASK_STATES = ("pending", "assigned", "running", "done", "delivered", "dead_letter")
+LEDGER_ROWS = 1000  # the latest changed tasks the tasks view asks for (one page)
+
+
 class ActionError(Exception):
     """An action that could not be carried out; the message says why, for the operator."""
 
@@ -174,6 +213,15 @@ class Source(Protocol):
         """Stop the running scenario as the injector stops on Ctrl-C: it heals its faults
         and writes its report (this waits for that). A line for the operator, or
         ActionError (none is running)."""
+        ...
+
+    def ledger(self, latest: int = LEDGER_ROWS) -> Ledger:
+        """The delegator's ledger (may wait on it: called from a worker thread); raises
+        ActionError when there is no delegator to ask."""
+        ...
+
+    def task_history(self, task_id: str) -> tuple[TaskRow, list[TaskStep]]:
+        """One task and its state changes, oldest first; ActionError if unknown."""
         ...
 
     def close(self) -> None:

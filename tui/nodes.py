@@ -48,6 +48,10 @@ class NodesScreen(ConsoleScreen):
         self.table.show(state.nodes)
         self.query_one(FilterBox).rows = len(state.nodes)
 
+    def on_resize(self) -> None:
+        # The services panel is compact below 100 columns: a new width may change it.
+        self.query_one(ServicesPanel).show(self.console.state)
+
     # --- filter ------------------------------------------------------------------------
 
     def action_filter(self) -> None:

@@ -11,7 +11,7 @@ import click
 
 from shoal.services.runtime.config import ShoalConfig, with_overrides
 
-from .config import checked, config_from, config_option
+from .config import CliError, CliUsageError, checked, config_from, config_option
 from .workload import apply_workload, workload_argv, workload_options
 
 # What ``--only`` chooses from; --without takes the ones a cluster may lack.
@@ -225,9 +225,61 @@ def run_console(config: ShoalConfig, readonly: bool, owns_cluster: bool = False)
 @click.command()
 @config_option
 @click.option("--readonly", is_flag=True, help="Watch only: every action is refused.")
-def tui(config_path: str | None, readonly: bool) -> None:
+@click.option(
+    "--web", is_flag=True, help="Serve the console over HTTP (a browser tab per console)."
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="With --web: the address to serve on (loopback only, unless --allow-remote).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=7780,
+    show_default=True,
+    help="With --web: the HTTP port.",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="With --web: serve on a non-loopback --host (the console has no login).",
+)
+def tui(
+    config_path: str | None,
+    readonly: bool,
+    web: bool,
+    host: str,
+    port: int,
+    allow_remote: bool,
+) -> None:
     """The operator console, attached to a running cluster (keeps retrying until one is up)."""
-    run_console(config_from(config_path), readonly)
+    config = config_from(config_path)
+    if not web:
+        ctx = click.get_current_context()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("host", "port", "allow_remote")
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise CliUsageError(f"{', '.join(given)}: only with --web (the console in a browser)")
+        run_console(config, readonly)
+        return
+    from shoal.tui.web import WebConsoleError, check_host, serve_console
+
+    try:
+        check_host(host, allow_remote)
+    except WebConsoleError as err:
+        raise CliUsageError(str(err)) from None
+    tui_args = ["--readonly"] if readonly else []
+    if config_path:
+        tui_args += ["--config", str(Path(config_path).resolve())]
+    try:
+        serve_console(tui_args, host, port, allow_remote=allow_remote)
+    except WebConsoleError as err:
+        raise CliError(str(err)) from None
 
 
 def check_ports_free(

@@ -845,6 +845,27 @@ class Ledger:
             ).fetchone()
         return (float(first) if first is not None else None, int(n))
 
+    def moved(
+        self, node: str, since: float, limit: int
+    ) -> tuple[list[tuple[str, str, str | None]], int]:
+        """The tasks the ledger took away from ``node`` at or after ``since`` (as
+        ``revoked`` counts them), each with its state and owner now: at most ``limit`` of
+        them, and how many there are. What a console says after a node dies: where its
+        work went."""
+        taken = (
+            "SELECT DISTINCT task_id FROM events WHERE node = ? AND at >= ? "
+            "AND from_state IN ('assigned', 'running') "
+            "AND to_state IN ('pending', 'dead_letter')"
+        )
+        with self._guard():
+            total = self._db.execute(f"SELECT count(*) FROM ({taken})", (node, since)).fetchone()
+            rows = self._db.execute(
+                f"SELECT t.task_id, t.state, t.owner FROM tasks t JOIN ({taken}) m "
+                "ON t.task_id = m.task_id ORDER BY t.task_id LIMIT ?",
+                (node, since, limit),
+            ).fetchall()
+        return [(str(t), str(s), o) for t, s, o in rows], int(total[0])
+
     def commit_count(self, task_id: str) -> int:
         """How many results of the task were committed: 0 or 1 (the schema allows no more)."""
         with self._guard():

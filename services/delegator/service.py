@@ -7,7 +7,7 @@ committed the pass that decided them. So a delegator killed at any moment loses 
 node was told, and a restarted one recovers every task in flight from the file.
 
 Sockets: tasks (ROUTER, nodes and gateways; protocol/tasks.py), bus (PUB: its heartbeat
-with counters), ctl (ROUTER: tasks, task, audit, drain, owned, revoked; every arg bounded,
+with counters), ctl (ROUTER: tasks, task, audit, drain, drained, owned, revoked, moved; every arg bounded,
 every reply well under the clients' 1 MiB, ``tasks`` paged). It follows the relay's view
 (telemetry: room on each node) and the liveness monitor's membership (alive, suspect,
 dead, rebooted, left; observer health).
@@ -128,6 +128,9 @@ class RevokedArgs(msgspec.Struct, forbid_unknown_fields=True):
     since: WallTime = 0.0
 
 
+MAX_MOVED = 1000  # tasks listed by one `moved` reply (~60 bytes each)
+
+
 class DrainArgs(msgspec.Struct, forbid_unknown_fields=True):
     node_id: NodeId
     drain: bool = True  # False: take work again
@@ -150,8 +153,10 @@ class Delegator(Service):
         self.ctl_ops["task"] = self._op_task
         self.ctl_ops["audit"] = self._op_audit
         self.ctl_ops["drain"] = self._op_drain
+        self.ctl_ops["drained"] = self._op_drained
         self.ctl_ops["owned"] = self._op_owned
         self.ctl_ops["revoked"] = self._op_revoked
+        self.ctl_ops["moved"] = self._op_moved
         self.drained: set[str] = set()  # nodes an operator took out of placement
         self.counters["ledger_pruned"] = 0
 
@@ -514,10 +519,22 @@ class Delegator(Service):
         self.log.info("drain", node=req.node_id, drain=req.drain)
         return {"node_id": req.node_id, "drained": req.drain, "all": sorted(self.drained)}
 
+    def _op_drained(self, args: dict[str, Any]) -> dict[str, list[str]]:
+        """Every drained node, sorted: what each console shows on the node's row."""
+        parse_args(args, NoArgs)
+        return {"drained": sorted(self.drained)}
+
     def _op_revoked(self, args: dict[str, Any]) -> dict[str, Any]:
         req = parse_args(args, RevokedArgs)
         first, count = self.ledger.revoked(req.node_id, req.since)
         return {"node_id": req.node_id, "first_at": first, "count": count}
+
+    def _op_moved(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Where the tasks taken from a node since a time are now (owner and state)."""
+        req = parse_args(args, RevokedArgs)
+        rows, total = self.ledger.moved(req.node_id, req.since, MAX_MOVED)
+        tasks = [{"task_id": t, "state": s, "owner": o} for t, s, o in rows]
+        return {"node_id": req.node_id, "tasks": tasks, "total": total}
 
     def _op_task(self, args: dict[str, Any]) -> dict[str, Any]:
         req = parse_args(args, TaskArgs)
