@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoal.bench._util import run_cli
+from shoal.bench._util import run_cli, save, versions
 from shoal.protocol.tasks import Task
 from shoal.services.delegator.ledger import Ledger
 
@@ -101,12 +101,15 @@ def main(quick: bool = False, as_json: bool = False) -> None:
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         d = Path(tmp)  # next to the working directory: the disk a ledger would use
         result: dict[str, Any] = {
+            "bench": "ledger",
+            "quick": quick,
             "baseline_raw_sqlite_insert": raw_commits(d / "raw.db", seconds),
             "batch_1": ledger_commits(d / "b1.db", 1, seconds),
             "batch_64": ledger_commits(d / "b64.db", 64, seconds),
             "open": open_time(d / "open.db", 20_000 if quick else 100_000),
-            "sqlite": sqlite3.sqlite_version,
+            **versions(),
         }
+    save("ledger", result)
     print(json.dumps(result, indent=None if as_json else 2))
     if not as_json:
         b1, b64 = result["batch_1"], result["batch_64"]

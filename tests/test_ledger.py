@@ -858,3 +858,37 @@ def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path: Path) -> No
             )
     assert kills >= 3
     assert len(committed) > 0
+
+
+# --- group commit and checkpoints off the loop (the delegator's settings) ------------------
+
+
+def test_deferred_sync_commits_without_fsync_and_sync_makes_it_durable(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    with Ledger(path, checkpoint_every_s=0.01, deferred_sync=True) as led:
+        assert led._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert led._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000
+        for k in range(50):
+            led.offer("a", tasks(4, start=4 * k), 1.0)
+            led.commit()
+            led.sync()
+        checkpointer = led.checkpointer
+        assert checkpointer is not None
+        wait = time.monotonic() + 10
+        while checkpointer.checkpoints == 0 and time.monotonic() < wait:
+            time.sleep(0.01)  # the thread's interval is 10 ms
+        assert checkpointer.checkpoints > 0
+        assert checkpointer.counters()["checkpoints_failed"] == 0
+    with Ledger(path) as led:
+        assert led.counts()["pending"] == 200
+
+
+def test_sync_before_any_write_and_after_close_reopen(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db", deferred_sync=True) as led:
+        led.sync()  # nothing written yet: nothing to sync, no error
+        led.offer("a", tasks(1), 1.0)
+        led.commit()
+        led.sync()
+    assert not Path(f"{tmp_path / 'l.db'}-wal").exists()  # the last close checkpointed it
+    with Ledger(tmp_path / "l.db", deferred_sync=True) as led:
+        assert led.counts()["pending"] == 1

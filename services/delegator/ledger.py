@@ -69,6 +69,8 @@ from msgspec import Struct
 from shoal.protocol.tasks import Task, TaskKind
 from shoal.services.runtime.config import ConfigError
 
+from .checkpointer import BACKSTOP_PAGES, WAL_SIZE_LIMIT, Checkpointer
+
 State = Literal["pending", "assigned", "running", "done", "delivered", "dead_letter"]
 STATES: tuple[State, ...] = ("pending", "assigned", "running", "done", "delivered", "dead_letter")
 ResultStatus = Literal["committed", "duplicate", "stale_epoch", "wrong_node", "unknown_task"]
@@ -311,6 +313,8 @@ class Ledger:
         max_tasks: int = 100_000,
         max_pruned: int = 500_000,
         key: str = "delegator.ledger",
+        checkpoint_every_s: float | None = None,
+        deferred_sync: bool = False,
     ) -> None:
         self.path = Path(path)
         self.max_redeliveries = max_redeliveries
@@ -318,6 +322,14 @@ class Ledger:
         self.max_tasks = max_tasks
         self.max_pruned = max_pruned
         self.key = key  # the config key that named the file, for error messages
+        # None: SQLite checkpoints the WAL inside the commit that fills it (fine for tests
+        # and tools); a number: a thread does, that often (checkpointer.py: the delegator).
+        self.checkpointer: Checkpointer | None = None
+        # False: commit() fsyncs the WAL (synchronous=FULL). True: commit() only writes it
+        # (synchronous=NORMAL) and sync() makes every commit so far durable; the caller
+        # holds back its acks until then (the delegator's group commit, groupsync.py).
+        self.deferred_sync = deferred_sync
+        self._wal: tuple[int, int] | None = None  # sync()'s (fd, inode) of the WAL file
         self._check_path()
         try:
             # isolation_level=None: the module issues no implicit BEGIN/COMMIT; we do.
@@ -332,6 +344,12 @@ class Ledger:
         except sqlite3.Error as err:
             self._db.close()
             raise self._file_error(_unreadable(err)) from None
+        if deferred_sync:
+            self._db.execute("PRAGMA synchronous=NORMAL")  # checkpoints still sync
+        if checkpoint_every_s is not None:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            self.checkpointer = Checkpointer(self.path, checkpoint_every_s)
 
     def _file_error(self, reason: str) -> LedgerFileError:
         return LedgerFileError(f"{self.key} '{self.path}': {reason}")
@@ -405,10 +423,33 @@ class Ledger:
     # --- transactions --------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Make every change since the last commit durable (fsync). Ack only after this."""
+        """Make every change since the last commit durable (fsync). Ack only after this.
+        With ``deferred_sync``: commit it (other readers see it), durable at ``sync()``."""
         with self._guard():
             if self._db.in_transaction:
                 self._db.execute("COMMIT")
+
+    def sync(self) -> None:
+        """Make every commit() that returned before this call durable: fsync the WAL
+        file, as synchronous=FULL does inside each COMMIT, for all of them at once. Safe
+        from a thread other than the one using the ledger (its own file descriptor; the
+        GIL is released while the disk works). Raises OSError if the disk fails."""
+        wal = f"{self.path}-wal"
+        try:
+            inode = os.stat(wal).st_ino
+        except FileNotFoundError:
+            return  # no WAL: everything committed is in the database file, synced
+        if self._wal is None or self._wal[1] != inode:
+            if self._wal is not None:
+                os.close(self._wal[0])
+            self._wal = (os.open(wal, os.O_RDONLY), inode)
+            # A WAL file that is new: its directory entry must survive a power cut too.
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        os.fsync(self._wal[0])
 
     def rollback(self) -> None:
         """Drop every change since the last commit."""
@@ -418,6 +459,12 @@ class Ledger:
 
     def close(self) -> None:
         """Close the file; changes not committed are dropped."""
+        if self.checkpointer is not None:
+            self.checkpointer.close()  # first: the last connection to close checkpoints
+            self.checkpointer = None
+        if self._wal is not None:
+            os.close(self._wal[0])
+            self._wal = None
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
         self._db.close()
