@@ -219,11 +219,22 @@ def _handoff_runs(data: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, 
     return found
 
 
+def ccdf(ax: Any, values: list[float], label: str, **style: Any) -> None:
+    """1 - CDF on a log scale: the tail, where a p99 or a p99.9 can be read."""
+    xs = sorted(values)
+    if not xs:
+        return
+    ys = [1 - i / len(xs) for i in range(len(xs))]
+    ax.step(xs, ys, where="post", label=label, **style)
+
+
 def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     found = _handoff_runs(data)
     if not found:
         return None
-    fig, ax = _figure()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, axes = _figure(2)
     colors = {
         "delegation_tail": "tab:blue",
         "delegation_tail_hog": "tab:orange",
@@ -233,25 +244,35 @@ def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
         runs = tail.get("per_run", [])
         every = [v for r in runs for v in r.get("samples_ms", [])]
         where = "beside a CPU hog" if name.endswith("_hog") else "idle"
+        color = colors[name]
         for r in runs:
-            cdf(ax, r.get("samples_ms", []), "_", color=colors[name], alpha=0.25, linewidth=0.8)
-        cdf(ax, every, f"{len(runs)} runs, {where}", color=colors[name], linewidth=2)
+            cdf(axes[0], r.get("samples_ms", []), "_", color=color, alpha=0.25, linewidth=0.8)
+        cdf(axes[0], every, f"{len(runs)} runs, {where}", color=color, linewidth=2)
+        ccdf(axes[1], every, f"{len(runs)} runs, {where}", color=color, linewidth=2)
         target = tail.get("target_p99_ms")
         if target:
-            ax.axvline(target, color=colors[name], linestyle="--")
-            ax.annotate(
+            for ax in axes:
+                ax.axvline(target, color=color, linestyle="--")
+            axes[0].annotate(
                 f"p99 target {target:g} ms ({where})",
                 (target, 0.3),
                 rotation=90,
                 fontsize=8,
                 ha="right",
             )
-    ax.axhline(0.99, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xscale("log")
-    ax.set_xlabel("offer taken -> peer accepted (ms, log)")
-    ax.set_ylabel("fraction of hand-offs")
-    ax.set_title("hand-off latency")
-    ax.legend(loc="lower right", fontsize=8)
+    axes[0].axhline(0.99, color="grey", linewidth=0.8, linestyle=":")
+    axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("offer taken -> peer accepted (ms, log)")
+    axes[0].set_ylabel("fraction of hand-offs")
+    axes[1].set_ylabel("fraction slower (log; dotted: p99)")
+    axes[0].set_title("hand-off latency CDF (thin: each run)")
+    axes[1].set_title("its tail")
+    axes[0].legend(loc="lower right", fontsize=8)
     return _save(fig, out, "handoff.png")
 
 

@@ -1,4 +1,5 @@
-"""The delegator's durable task ledger: SQLite in WAL mode, synchronous=FULL.
+"""The delegator's durable task ledger: SQLite in WAL mode, synchronous=FULL (or, with
+``deferred_sync``, NORMAL and an fsync of the WAL at ``sync()``: the delegator's group commit).
 
 Long on purpose: the ledger is one SQLite schema and the transactions over it; every
 state change must be read beside the schema's constraints that make it safe.
@@ -6,8 +7,8 @@ state change must be read beside the schema's constraints that make it safe.
 What makes "no task lost, none committed twice" true by design:
 
 - Every change happens inside the ledger's current transaction and becomes durable at
-  ``commit()``. The caller (the delegator) applies one loop pass of changes, commits once,
-  and only then sends the acks (taken, result_ack, ...). A crash before the commit loses the
+  ``commit()`` (with ``deferred_sync``: at the ``sync()`` after it). The caller (the
+  delegator) applies one loop pass of changes, commits once, and only then sends the acks (taken, result_ack, ...). A crash before the commit loses the
   batch and its acks together, so the senders resend (delivery is at least once, every
   handler here is idempotent); a crash after it loses nothing that was acknowledged.
 - A task is placed under an epoch (+1 at every assignment). Only a result from the owner

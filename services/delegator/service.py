@@ -3,7 +3,9 @@ each result once, and hands it back to the origin.
 
 Every state change goes to the ledger (ledger.py) first; the replies that make a
 node act on it (taken, assign, result_ack, completed) are sent only after the ledger has
-committed the pass that decided them. So a delegator killed at any moment loses nothing a
+committed the pass that decided them and that commit is on disk (groupsync.py: the fsync on
+a thread, one for every pass committed meanwhile; checkpointer.py: the WAL's checkpoints on
+another). So a delegator killed at any moment loses nothing a
 node was told, and a restarted one recovers every task in flight from the file.
 
 Sockets: tasks (ROUTER, nodes and gateways; protocol/tasks.py), bus (PUB: its heartbeat
