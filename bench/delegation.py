@@ -564,6 +564,7 @@ def one_run(quick: bool) -> dict[str, Any]:
         and result["delegator_restart_recovered"]
     )
     result["elapsed_s"] = round(time.monotonic() - t0, 1)
+    result["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)  # how busy the machine was
     result.update(versions())
     return result
 
@@ -596,6 +597,7 @@ def tail(runs: list[dict[str, Any]], hog: int) -> dict[str, Any]:
             "handoff_max_ms": r["details"]["hot_spot"]["handoff_max_ms"],
             "handoffs": r["details"]["hot_spot"]["handoffs"],
             "efficiency": r["efficiency"],
+            "loadavg_1m_at_end": r.get("loadavg_1m_at_end"),
             "samples_ms": r["details"]["hot_spot"]["handoff_samples_ms"],
         }
         for r in runs

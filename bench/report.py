@@ -78,7 +78,9 @@ def cdf(ax: Any, values: list[float], label: str, **style: Any) -> None:
     if not xs:
         return
     ys = [(i + 1) / len(xs) for i in range(len(xs))]
-    ax.step(xs, ys, where="post", label=f"{label} (n={len(xs)})", **style)
+    label = label if label.startswith("_") else f"{label} (n={len(xs)})"
+    ax.step([xs[0], *xs], [0.0, *ys], where="post", label=label, **style)
+    ax.set_ylim(0, 1.02)
 
 
 def _figure(ncols: int = 1, width: float = 7.0) -> tuple[Any, Any]:
@@ -195,7 +197,7 @@ def plot_detection(data: dict[str, dict[str, Any]], out: Path) -> str | None:
         ax.axvline(ms, color=color, linestyle="--")
         ax.annotate(
             f"{name} default {ms / 1000:g} s",
-            (ms, 0.05),
+            (ms, 0.5),
             rotation=90,
             color=color,
             fontsize=8,

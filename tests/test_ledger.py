@@ -860,18 +860,17 @@ def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path: Path) -> No
     assert len(committed) > 0
 
 
-# --- group commit and checkpoints off the loop (the delegator's settings) ------------------
+# --- checkpoints off the loop (the delegator's setting) ------------------------------------
 
 
-def test_deferred_sync_commits_without_fsync_and_sync_makes_it_durable(tmp_path: Path) -> None:
+def test_a_checkpointer_thread_checkpoints_the_wal_and_the_commits_stay(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
-    with Ledger(path, checkpoint_every_s=0.01, deferred_sync=True) as led:
-        assert led._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-        assert led._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000
+    with Ledger(path, checkpoint_every_s=0.01) as led:
+        assert led._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, as ever
+        assert led._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000  # a backstop
         for k in range(50):
             led.offer("a", tasks(4, start=4 * k), 1.0)
             led.commit()
-            led.sync()
         checkpointer = led.checkpointer
         assert checkpointer is not None
         wait = time.monotonic() + 10
@@ -879,16 +878,7 @@ def test_deferred_sync_commits_without_fsync_and_sync_makes_it_durable(tmp_path:
             time.sleep(0.01)  # the thread's interval is 10 ms
         assert checkpointer.checkpoints > 0
         assert checkpointer.counters()["checkpoints_failed"] == 0
+    assert led.checkpointer is None  # stopped at close
+    assert not Path(f"{path}-wal").exists()  # the last close checkpointed and removed it
     with Ledger(path) as led:
         assert led.counts()["pending"] == 200
-
-
-def test_sync_before_any_write_and_after_close_reopen(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db", deferred_sync=True) as led:
-        led.sync()  # nothing written yet: nothing to sync, no error
-        led.offer("a", tasks(1), 1.0)
-        led.commit()
-        led.sync()
-    assert not Path(f"{tmp_path / 'l.db'}-wal").exists()  # the last close checkpointed it
-    with Ledger(tmp_path / "l.db", deferred_sync=True) as led:
-        assert led.counts()["pending"] == 1

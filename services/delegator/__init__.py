@@ -5,7 +5,6 @@ owner).
 
 - ``service``: the Delegator process; ``ledger``: the durable SQLite task ledger;
 - ``placement``: power of two choices among the peers with room;
-- ``groupsync``: the ledger's fsyncs on a thread, each pass's replies sent once durable;
 - ``checkpointer``: the WAL's checkpoints on a thread, never inside a commit of the loop.
 """
 

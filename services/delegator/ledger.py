@@ -1,5 +1,4 @@
-"""The delegator's durable task ledger: SQLite in WAL mode, synchronous=FULL (or, with
-``deferred_sync``, NORMAL and an fsync of the WAL at ``sync()``: the delegator's group commit).
+"""The delegator's durable task ledger: SQLite in WAL mode, synchronous=FULL.
 
 Long on purpose: the ledger is one SQLite schema and the transactions over it; every
 state change must be read beside the schema's constraints that make it safe.
@@ -7,8 +6,8 @@ state change must be read beside the schema's constraints that make it safe.
 What makes "no task lost, none committed twice" true by design:
 
 - Every change happens inside the ledger's current transaction and becomes durable at
-  ``commit()`` (with ``deferred_sync``: at the ``sync()`` after it). The caller (the
-  delegator) applies one loop pass of changes, commits once, and only then sends the acks (taken, result_ack, ...). A crash before the commit loses the
+  ``commit()``. The caller (the delegator) applies one loop pass of changes, commits once,
+  and only then sends the acks (taken, result_ack, ...). A crash before the commit loses the
   batch and its acks together, so the senders resend (delivery is at least once, every
   handler here is idempotent); a crash after it loses nothing that was acknowledged.
 - A task is placed under an epoch (+1 at every assignment). Only a result from the owner
@@ -315,7 +314,6 @@ class Ledger:
         max_pruned: int = 500_000,
         key: str = "delegator.ledger",
         checkpoint_every_s: float | None = None,
-        deferred_sync: bool = False,
     ) -> None:
         self.path = Path(path)
         self.max_redeliveries = max_redeliveries
@@ -326,11 +324,6 @@ class Ledger:
         # None: SQLite checkpoints the WAL inside the commit that fills it (fine for tests
         # and tools); a number: a thread does, that often (checkpointer.py: the delegator).
         self.checkpointer: Checkpointer | None = None
-        # False: commit() fsyncs the WAL (synchronous=FULL). True: commit() only writes it
-        # (synchronous=NORMAL) and sync() makes every commit so far durable; the caller
-        # holds back its acks until then (the delegator's group commit, groupsync.py).
-        self.deferred_sync = deferred_sync
-        self._wal: tuple[int, int] | None = None  # sync()'s (fd, inode) of the WAL file
         self._check_path()
         try:
             # isolation_level=None: the module issues no implicit BEGIN/COMMIT; we do.
@@ -345,8 +338,6 @@ class Ledger:
         except sqlite3.Error as err:
             self._db.close()
             raise self._file_error(_unreadable(err)) from None
-        if deferred_sync:
-            self._db.execute("PRAGMA synchronous=NORMAL")  # checkpoints still sync
         if checkpoint_every_s is not None:
             self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -424,33 +415,10 @@ class Ledger:
     # --- transactions --------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Make every change since the last commit durable (fsync). Ack only after this.
-        With ``deferred_sync``: commit it (other readers see it), durable at ``sync()``."""
+        """Make every change since the last commit durable (fsync). Ack only after this."""
         with self._guard():
             if self._db.in_transaction:
                 self._db.execute("COMMIT")
-
-    def sync(self) -> None:
-        """Make every commit() that returned before this call durable: fsync the WAL
-        file, as synchronous=FULL does inside each COMMIT, for all of them at once. Safe
-        from a thread other than the one using the ledger (its own file descriptor; the
-        GIL is released while the disk works). Raises OSError if the disk fails."""
-        wal = f"{self.path}-wal"
-        try:
-            inode = os.stat(wal).st_ino
-        except FileNotFoundError:
-            return  # no WAL: everything committed is in the database file, synced
-        if self._wal is None or self._wal[1] != inode:
-            if self._wal is not None:
-                os.close(self._wal[0])
-            self._wal = (os.open(wal, os.O_RDONLY), inode)
-            # A WAL file that is new: its directory entry must survive a power cut too.
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        os.fsync(self._wal[0])
 
     def rollback(self) -> None:
         """Drop every change since the last commit."""
@@ -463,9 +431,6 @@ class Ledger:
         if self.checkpointer is not None:
             self.checkpointer.close()  # first: the last connection to close checkpoints
             self.checkpointer = None
-        if self._wal is not None:
-            os.close(self._wal[0])
-            self._wal = None
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
         self._db.close()

@@ -3,10 +3,10 @@ each result once, and hands it back to the origin.
 
 Every state change goes to the ledger (ledger.py) first; the replies that make a
 node act on it (taken, assign, result_ack, completed) are sent only after the ledger has
-committed the pass that decided them and that commit is on disk (groupsync.py: the fsync on
-a thread, one for every pass committed meanwhile; checkpointer.py: the WAL's checkpoints on
-another). So a delegator killed at any moment loses nothing a
-node was told, and a restarted one recovers every task in flight from the file.
+committed the pass that decided them (its fsync; the WAL's checkpoints run on a thread of
+their own, checkpointer.py, never inside one of these commits). So a delegator killed at
+any moment loses nothing a node was told, and a restarted one recovers every task in
+flight from the file.
 
 Sockets: tasks (ROUTER, nodes and gateways; protocol/tasks.py), bus (PUB: its heartbeat
 with counters), ctl (ROUTER: tasks, task, audit, drain, owned, revoked; every arg bounded,
@@ -24,7 +24,6 @@ assignments made since their last telemetry. A task's origin is never its own pe
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections import defaultdict
@@ -57,7 +56,6 @@ from shoal.services.runtime.config import DelegatorConfig, ShoalConfig, liveness
 from shoal.services.runtime.metrics import HANDOFF_BUCKETS
 from shoal.services.runtime.service import CtlError, Service, parse_args, received_multipart
 
-from .groupsync import GroupSync
 from .ledger import Ledger
 from .placement import Peer, choose
 
@@ -75,8 +73,6 @@ PRUNE_CATCH_UP_S = 0.1
 # The ledger's WAL is checkpointed this often by a thread (checkpointer.py), never inside a
 # commit of the loop: that commit used to stall a whole pass's hand-offs by up to 150 ms.
 CHECKPOINT_INTERVAL_S = 0.5
-# The WAL's fsync failed (groupsync.py): EX_SOFTWARE, and the supervisor restarts it.
-EXIT_SYNC_FAILED = 70
 
 # Bounds of the ctl queries. Clients refuse a reply over 1 MiB (ZMQ MAXMSGSIZE): the rows of
 # a ``tasks`` page stop at PAGE_BYTES (a row is ~300 bytes, ~3 KB at every field's limit),
@@ -179,9 +175,7 @@ class Delegator(Service):
             max_tasks=cfg.ledger_max_tasks,
             max_pruned=cfg.ledger_max_pruned,
             checkpoint_every_s=CHECKPOINT_INTERVAL_S,
-            deferred_sync=True,
         )
-        self.group = GroupSync(self.ledger.sync, self._durable, self._sync_failed)
         self.router = self.bind("tasks", zmq.ROUTER, cfg.tasks)
         self.bus = self.bind("bus", zmq.PUB, cfg.bus)
         self.serve_ctl(cfg.ctl)
@@ -198,7 +192,6 @@ class Delegator(Service):
 
     def on_stop(self) -> None:
         self.ledger.commit()
-        self.group.close()  # its last replies are not sent: their senders retry
         self.ledger.close()
 
     def status_counters(self) -> dict[str, int]:
@@ -207,35 +200,14 @@ class Delegator(Service):
         counters.update({f"ledger_{k}": v for k, v in self.ledger.size().items()})
         if self.ledger.checkpointer is not None:
             counters.update(self.ledger.checkpointer.counters())
-        counters.update(self.group.counters())
         counters["assigning"] = len(self.assigning)
         return counters
 
     # --- a pass: decide, commit, then tell ---------------------------------------------
 
     def _commit_and_send(self) -> None:
-        self.ledger.commit()  # written, not synced yet: the group's thread syncs it
+        self.ledger.commit()
         replies, self.replies = self.replies, []
-        if replies:
-            self.group.submit(replies)  # sent by _send once the WAL is synced
-
-    def _durable(self, batches: list[list[tuple[bytes, Any]]]) -> None:
-        """From the sync thread: these passes are durable; send their replies on the loop."""
-        self.call_soon(lambda: self._send(batches))
-
-    def _sync_failed(self, err: BaseException) -> None:
-        """From the sync thread: what is on disk is unknown. Exit unacknowledged; the
-        restart reads the ledger back from the file (every sender retries)."""
-        self.log.error("ledger_sync_failed", error=repr(err))
-        os._exit(EXIT_SYNC_FAILED)
-
-    def _send(self, batches: list[list[tuple[bytes, Any]]]) -> None:
-        try:
-            self._send_now([reply for batch in batches for reply in batch])
-        except Exception as err:  # run from the loop's queue of calls: catch our own
-            self.handler_error("send", err)
-
-    def _send_now(self, replies: list[tuple[bytes, Any]]) -> None:
         for identity, message in replies:
             try:
                 self.router.send_multipart([identity, codec.encode(message)], zmq.NOBLOCK)

@@ -325,13 +325,6 @@ class Service:
             raise box["error"]
         return box["value"]
 
-    def call_soon(self, fn: Callable[[], None]) -> None:
-        """Run fn on the service's loop soon, from any thread, without waiting for it. fn
-        must catch its own errors."""
-        self._calls.append(fn)
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"c")
-
     def _flush_summaries(self) -> None:
         self.rejects.flush()
         self.errors.flush()
