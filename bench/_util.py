@@ -89,7 +89,7 @@ def versions() -> dict[str, Any]:
 
 
 # Where a benchmark also writes its JSON (``--save DIR``, or this variable): `just bench`
-# points it at bench/report/, which bench/report.py builds the report from.
+# points it at bench/report/, which bench/make_report.py builds the report from.
 SAVE_ENV = "SHOAL_BENCH_SAVE"
 
 

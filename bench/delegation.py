@@ -312,7 +312,7 @@ def hot_spot(on: Cluster, off: Cluster, warmup_s: float, window_s: float) -> dic
         "assign_to_accept_p99_ms": pct(h["accept"], 0.99),
         "hot_spot": {"on": eff_on, "off": eff_off},
         "worst_handoffs": sorted(h["worst"], reverse=True)[:12],
-        # For the report (bench/report.py): every hand-off of the window, in ms, and the
+        # For the report (bench/make_report.py): every hand-off of the window, in ms, and the
         # efficiency second by second from the warm-up on (the window starts at warmup_s).
         "handoff_samples_ms": [round(v, 2) for v in h["handoff"]],
         "efficiency_over_time": {**series, "warmup_s": round(warm[-1]["t"], 2)},

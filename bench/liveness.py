@@ -275,7 +275,7 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
         **spend,
         "baseline_anchor_dead_ms": {"memberlist": 5000, "akka": 5500, "zyre_evasive": 5000},
         "targets": TARGETS,
-        # Every latency measured, for the report's CDFs (bench/report.py).
+        # Every latency measured, for the report's CDFs (bench/make_report.py).
         "samples": {
             "crash_to_suspect_ms": rounded(crash["suspect"]),
             "crash_to_dead_ms": rounded(crash["dead"]),

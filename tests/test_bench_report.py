@@ -1,4 +1,4 @@
-"""The benchmark report (bench/report.py) built from small saved JSON files: every plot
+"""The benchmark report (bench/make_report.py) built from small saved JSON files: every plot
 and the chaos table are there, a missing benchmark is named as not run, and nothing runs."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from shoal.bench import report
+from shoal.bench import make_report as report
 
 MACHINE = {
     "python": "3.11.7",
@@ -92,6 +92,15 @@ FIXTURES = {
         "baseline": {"scenario": "control", "verdict": "passed"},
         "versions": MACHINE,
     },
+    "ledger": {
+        "bench": "ledger",
+        "commit_latency": {
+            "samples_ms": {
+                "sqlite_autocheckpoint": [0.3, 0.4, 40.0],
+                "checkpointer_thread": [0.3, 0.4, 4.0],
+            }
+        },
+    },
     "cost": {
         "bench": "cost",
         "sizes": [
@@ -106,7 +115,15 @@ FIXTURES = {
         ],
     },
 }
-PLOTS = ("relay.png", "mqtt.png", "detection.png", "handoff.png", "efficiency.png", "cost.png")
+PLOTS = (
+    "relay.png",
+    "mqtt.png",
+    "detection.png",
+    "handoff.png",
+    "ledger.png",
+    "efficiency.png",
+    "cost.png",
+)
 
 
 def test_the_report_is_built_from_saved_json_alone(tmp_path: Path) -> None:
@@ -121,7 +138,7 @@ def test_the_report_is_built_from_saved_json_alone(tmp_path: Path) -> None:
     assert "pyzmq 26.2.0" in md and "2026-12-03T12:00:00+00:00" in md
     assert "| node-crash | passed |" in md and "control (no fault, baseline)" in md
     assert "[15.0, 8.0, 12.0]" not in md and "[8.0, 12.0, 15.0]" in md  # per run, in order
-    assert "| ledger | - | not run |" in md  # not saved: named, the rest built
+    assert "| tui | - | not run |" in md  # not saved: named, the rest built
     assert "[cost.json](cost.json)" in md
 
 

@@ -58,7 +58,7 @@ def report(directory: str | None) -> None:
     (default bench/report/), running no benchmark."""
     from pathlib import Path
 
-    from shoal.bench import report as builder
+    from shoal.bench import make_report as builder
 
     try:
         path = builder.build(Path(directory) if directory else builder.DEFAULT_DIR)

@@ -5,7 +5,8 @@ owner).
 
 - ``service``: the Delegator process; ``ledger``: the durable SQLite task ledger;
 - ``placement``: power of two choices among the peers with room;
-- ``checkpointer``: the WAL's checkpoints on a thread, never inside a commit of the loop.
+- ``checkpointer``: the WAL's checkpoints on a thread (measured against SQLite's own by
+  bench/ledger.py; the delegator keeps SQLite's, docs/architecture.md says why).
 """
 
 from .service import Delegator

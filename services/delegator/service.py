@@ -3,10 +3,8 @@ each result once, and hands it back to the origin.
 
 Every state change goes to the ledger (ledger.py) first; the replies that make a
 node act on it (taken, assign, result_ack, completed) are sent only after the ledger has
-committed the pass that decided them (its fsync; the WAL's checkpoints run on a thread of
-their own, checkpointer.py, never inside one of these commits). So a delegator killed at
-any moment loses nothing a node was told, and a restarted one recovers every task in
-flight from the file.
+committed the pass that decided them. So a delegator killed at any moment loses nothing a
+node was told, and a restarted one recovers every task in flight from the file.
 
 Sockets: tasks (ROUTER, nodes and gateways; protocol/tasks.py), bus (PUB: its heartbeat
 with counters), ctl (ROUTER: tasks, task, audit, drain, owned, revoked; every arg bounded,
@@ -70,9 +68,6 @@ TIMEOUT_CHECK_S = 0.1
 PRUNE_BATCH = 256
 PRUNE_INTERVAL_S = 1.0
 PRUNE_CATCH_UP_S = 0.1
-# The ledger's WAL is checkpointed this often by a thread (checkpointer.py), never inside a
-# commit of the loop: that commit used to stall a whole pass's hand-offs by up to 150 ms.
-CHECKPOINT_INTERVAL_S = 0.5
 
 # Bounds of the ctl queries. Clients refuse a reply over 1 MiB (ZMQ MAXMSGSIZE): the rows of
 # a ``tasks`` page stop at PAGE_BYTES (a row is ~300 bytes, ~3 KB at every field's limit),
@@ -174,7 +169,6 @@ class Delegator(Service):
             retention_s=cfg.ledger_retention_s,
             max_tasks=cfg.ledger_max_tasks,
             max_pruned=cfg.ledger_max_pruned,
-            checkpoint_every_s=CHECKPOINT_INTERVAL_S,
         )
         self.router = self.bind("tasks", zmq.ROUTER, cfg.tasks)
         self.bus = self.bind("bus", zmq.PUB, cfg.bus)
@@ -198,8 +192,6 @@ class Delegator(Service):
         counters = dict(self.counters)
         counters.update({f"tasks_{k}": v for k, v in self.ledger.counts().items()})
         counters.update({f"ledger_{k}": v for k, v in self.ledger.size().items()})
-        if self.ledger.checkpointer is not None:
-            counters.update(self.ledger.checkpointer.counters())
         counters["assigning"] = len(self.assigning)
         return counters
 

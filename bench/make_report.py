@@ -1,7 +1,7 @@
 """The benchmark report: PNG plots and one report.md, from the JSON the benchmarks saved.
 
 ``just bench`` runs every benchmark with ``--save bench/report`` and then this; ``shoal
-bench report [DIR]`` (or ``python bench/report.py [DIR]``) rebuilds it from the saved
+bench report [DIR]`` (or ``python bench/make_report.py [DIR]``) rebuilds it from the saved
 JSON alone, running nothing. A benchmark whose JSON is missing is named as not run; the
 rest of the report is built all the same.
 
@@ -14,11 +14,13 @@ What it draws, each beside the baseline its benchmark measured in the same run:
   with memberlist's and Akka's default detection times marked;
 - handoff.png: the hand-off latency CDF of every run of the tail (delegation_tail, and
   delegation_tail_hog beside a CPU hog), the target marked;
+- ledger.png: commit latency with SQLite's own checkpoints against the checkpointer thread
+  (ledger);
 - efficiency.png: efficiency second by second with delegation on and off (delegation);
 - cost.png: CPU % and RSS of every service against fleet size (cost);
 - the chaos library as a table (chaos_library): detection, re-delegation and recovery.
 
-    python bench/report.py [DIR]      # default bench/report
+    python bench/make_report.py [DIR]      # default bench/report
 """
 
 from __future__ import annotations
@@ -278,6 +280,36 @@ def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     return _save(fig, out, "handoff.png")
 
 
+def plot_ledger(data: dict[str, dict[str, Any]], out: Path) -> str | None:
+    latency = (data.get("ledger") or {}).get("commit_latency")
+    if not latency:
+        return None
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, axes = _figure(2)
+    styles = {
+        "sqlite_autocheckpoint": ("SQLite checkpoints in the commit (baseline)", "grey"),
+        "checkpointer_thread": ("checkpoints on a thread (the delegator)", "tab:blue"),
+    }
+    for name, values in latency.get("samples_ms", {}).items():
+        label, color = styles.get(name, (name, None))
+        cdf(axes[0], values, label, color=color)
+        ccdf(axes[1], values, label, color=color)
+    axes[1].set_yscale("log")
+    axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("a pass: its changes and commit (ms, log)")
+    axes[0].set_ylabel("fraction of passes")
+    axes[1].set_ylabel("fraction slower (log)")
+    axes[0].set_title("ledger commit latency at the delegator's pace")
+    axes[1].set_title("its tail")
+    axes[0].legend(loc="lower right", fontsize=7)
+    return _save(fig, out, "ledger.png")
+
+
 def plot_efficiency(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     run = data.get("delegation")
     series = (run or {}).get("details", {}).get("hot_spot", {}).get("efficiency_over_time")
@@ -329,6 +361,7 @@ PLOTS = (
     ("The MQTT path", plot_mqtt),
     ("Detection latency", plot_detection),
     ("Hand-off latency", plot_handoff),
+    ("Ledger commit latency: where its checkpoints run", plot_ledger),
     ("Efficiency with and without delegation", plot_efficiency),
     ("Cost against fleet size", plot_cost),
 )
@@ -414,7 +447,12 @@ def build(directory: Path = DEFAULT_DIR) -> Path:
     """Write the PNGs and report.md into directory, from its JSON; report.md's path."""
     directory.mkdir(parents=True, exist_ok=True)
     data = load(directory)
-    md = ["# shoal benchmark report", "", "Built by `bench/report.py` from the JSON beside it.", ""]
+    md = [
+        "# shoal benchmark report",
+        "",
+        "Built by `bench/make_report.py` from the JSON beside it.",
+        "",
+    ]
     md += ["## Machine", "", *machine(data), ""]
     for title, plot in PLOTS:
         md += [f"## {title}", ""]
