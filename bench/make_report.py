@@ -149,7 +149,7 @@ def plot_relay(data: dict[str, dict[str, Any]], out: Path) -> str | None:
             labels = [f"{k}\n(baseline)" if k == "single" else k for k in cases]
             colors = ["grey" if k == "single" else "tab:blue" for k in cases]
             _bars(ax, labels, list(cases.values()), colors)
-        ax.set_title("bus framing, pyzmq PUB/SUB (median of repeats)")
+        ax.set_title("bus framing, pyzmq (median of repeats)")
         ax.set_ylabel("records / s")
     return _save(fig, out, "relay.png")
 
@@ -232,6 +232,17 @@ def ccdf(ax: Any, values: list[float], label: str, **style: Any) -> None:
     ax.step(xs, ys, where="post", label=label, **style)
 
 
+def _where(tail: dict[str, Any]) -> str:
+    """How busy the machine was: the CPU hogs started, and the load averages the runs saw
+    (the "idle" target assumes an idle machine; a shared one is not)."""
+    hogs = tail.get("cpu_hogs")
+    where = f"beside {hogs} CPU hog(s)" if hogs else "no CPU hog"
+    loads = [r["loadavg_1m_at_end"] for r in tail.get("per_run", []) if r.get("loadavg_1m_at_end")]
+    if loads:
+        where += f", load avg {min(loads):g}-{max(loads):g}"
+    return where
+
+
 def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     found = _handoff_runs(data)
     if not found:
@@ -247,7 +258,7 @@ def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     for name, tail in found:
         runs = tail.get("per_run", [])
         every = [v for r in runs for v in r.get("samples_ms", [])]
-        where = "beside a CPU hog" if name.endswith("_hog") else "idle"
+        where = _where(tail)
         color = colors[name]
         for r in runs:
             cdf(axes[0], r.get("samples_ms", []), "_", color=color, alpha=0.25, linewidth=0.8)
@@ -433,7 +444,7 @@ def handoff_lines(data: dict[str, dict[str, Any]]) -> list[str]:
         t = data.get(name)
         if t is None:
             continue
-        where = f"beside {t.get('cpu_hogs')} CPU hog(s)" if t.get("cpu_hogs") else "idle"
+        where = _where(t)
         verdict = "met" if t.get("meets_target") else "MISSED"
         lines.append(
             f"- {t.get('runs')} quick runs, {where}: p99 per run {t.get('handoff_p99_ms_per_run')} ms;"
