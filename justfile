@@ -36,21 +36,41 @@ fmt:
     ruff format .
     ruff check --fix .
 
-# Benchmarks: each prints JSON with its baseline measured in the same run
+# The long benchmarks run --quick here (their full runs alone take over 20 minutes: `just
+# bench-full`). The hand-off tail: 10 quick delegation runs idle, 10 beside a CPU hog.
+# Benchmarks (JSON with a same-run baseline each) into bench/report/, then its report.md
 bench *ARGS:
-    python bench/framing.py --json {{ARGS}}
-    python bench/relay_throughput.py --json {{ARGS}}
-    python bench/relay_restart.py --json {{ARGS}}
-    python bench/liveness.py --json {{ARGS}}
-    python bench/tui.py --json {{ARGS}}
-    python bench/delegation.py --json {{ARGS}}
-    python bench/ledger.py --json {{ARGS}}
-    python bench/chaos_library.py --json {{ARGS}}
-    python bench/mqtt_path.py --json {{ARGS}}
-    python bench/nodecore_heap.py --json
-    python bench/ota.py --json
+    mkdir -p bench/report
+    python bench/framing.py --json --save bench/report {{ARGS}}
+    python bench/relay_throughput.py --json --save bench/report {{ARGS}}
+    python bench/relay_restart.py --json --save bench/report {{ARGS}}
+    python bench/liveness.py --json --quick --save bench/report {{ARGS}}
+    python bench/tui.py --json --save bench/report {{ARGS}}
+    python bench/delegation.py --json --quick --runs 10 --save bench/report {{ARGS}}
+    python bench/delegation.py --json --quick --runs 10 --hog 1 --save bench/report {{ARGS}}
+    python bench/ledger.py --json --save bench/report {{ARGS}}
+    python bench/chaos_library.py --json --quick --save bench/report {{ARGS}}
+    python bench/mqtt_path.py --json --quick --save bench/report {{ARGS}}
+    python bench/cost.py --json --quick --save bench/report {{ARGS}}
+    python bench/nodecore_heap.py --json --save bench/report
+    python bench/ota.py --json --save bench/report
     pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
     SHOAL_CHAOS_SEEDS=1,2,3 pytest -q tests/test_chaos_library.py
+    shoal bench report bench/report
+
+# Every benchmark at full length (about an hour on 2 cores), then the report
+bench-full *ARGS:
+    mkdir -p bench/report
+    python bench/delegation.py --json --quick --runs 10 --save bench/report
+    python bench/delegation.py --json --quick --runs 10 --hog 1 --save bench/report
+    # after the tail, whose first run it replaces as bench/report/delegation.json
+    for b in framing relay_throughput relay_restart liveness tui delegation ledger chaos_library mqtt_path cost; do python bench/$b.py --json --save bench/report {{ARGS}}; done
+    python bench/nodecore_heap.py --json --save bench/report
+    shoal bench report bench/report
+
+# Rebuild bench/report/report.md and its plots from the saved JSON (runs nothing)
+bench-report DIR="bench/report":
+    shoal bench report {{DIR}}
 
 # Run a fault-injection scenario (its own cluster; exit code = verdict; see docs/scenarios.md)
 [continue]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import platform
 import random
 import signal
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -53,18 +55,62 @@ def progress(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def versions() -> dict[str, str]:
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it (else what platform knows)."""
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, Any]:
+    """The machine, the versions and the date: what a figure must be read beside."""
+    import datetime
+    import sqlite3
+    from importlib import metadata
+
+    try:
+        shoal = metadata.version("shoal")
+    except metadata.PackageNotFoundError:
+        shoal = "unknown"
     return {
         "python": platform.python_version(),
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
         "msgspec": msgspec.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "shoal": shoal,
         "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
+# Where a benchmark also writes its JSON (``--save DIR``, or this variable): `just bench`
+# points it at bench/report/, which bench/make_report.py builds the report from.
+SAVE_ENV = "SHOAL_BENCH_SAVE"
+
+
+def save(name: str, result: dict[str, Any]) -> Path | None:
+    """Write result to $SHOAL_BENCH_SAVE/NAME.json, if that is set; the path written."""
+    where = os.environ.get(SAVE_ENV)
+    if not where:
+        return None
+    path = Path(where) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)  # a report built meanwhile never reads half a file
+    progress(f"saved {path}")
+    return path
+
+
 def emit(result: dict[str, Any], as_json: bool, summary: list[str]) -> None:
-    """The JSON object alone on stdout; a human summary on stderr unless as_json."""
+    """The JSON object alone on stdout; a human summary on stderr unless as_json. Saved
+    as well under $SHOAL_BENCH_SAVE (its ``bench`` field names the file)."""
+    save(str(result.get("bench", "bench")), result)
     if not as_json:
         for line in summary:
             print(line, file=sys.stderr)
@@ -88,16 +134,34 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_cli(main: Any, doc: str | None, quick_help: str) -> None:
-    """The command line every benchmark shares: [--quick] [--json]; SIGTERM unwinds it."""
+def cli_parser(doc: str | None, quick_help: str) -> Any:
+    """[--quick] [--json] [--save DIR]: what every benchmark's command line has."""
     import argparse
 
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument(
+        "--save", metavar="DIR", help=f"also write the JSON into DIR (or set ${SAVE_ENV})"
+    )
+    return parser
+
+
+def apply_save(directory: str | None) -> None:
+    if directory:
+        os.environ[SAVE_ENV] = str(Path(directory).resolve())
+
+
+def run_cli(main: Any, doc: str | None, quick_help: str, **extra: Any) -> None:
+    """The command line every benchmark shares: [--quick] [--json] [--save DIR]; SIGTERM
+    unwinds it. ``extra``: more options, name -> argparse keywords, passed to main."""
+    parser = cli_parser(doc, quick_help)
+    for name, kwargs in extra.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, **kwargs)
     args = parser.parse_args()
+    apply_save(args.save)
     with sigterm_as_exit():
-        main(quick=args.quick, as_json=args.json)
+        main(quick=args.quick, as_json=args.json, **{k: getattr(args, k) for k in extra})
 
 
 def rate(count: int, seconds: float) -> float:

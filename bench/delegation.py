@@ -59,11 +59,16 @@ core; their startups overlap); mean task cost 100 ms, so a node's capacity is 10
    which is not flapping. Then overload transitions (in or out) per node per minute over
    300 s (quick: 20 s, where one transition is 0.15 per node per minute).
 
-    python bench/delegation.py [--quick] [--json]
+The hand-off tail: ``--runs N`` runs all of it N times in a row on fresh clusters and
+gives each run's hand-off percentiles and every sample (the report's CDF); ``--hog N``
+beside N processes spinning on a core each (the target then is 50 ms, not 20).
+
+    python bench/delegation.py [--quick] [--json] [--save DIR] [--runs N] [--hog N]
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -76,7 +81,7 @@ from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 from typing import Any
 
-from shoal.bench._util import emit, progress, run_cli, versions
+from shoal.bench._util import emit, progress, run_cli, save, versions
 from shoal.firmware.nodecore.overload import DEFAULTS as OVERLOAD
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from shoal.services.testing import Cluster, wait_for
@@ -98,6 +103,8 @@ TARGETS = {
     "duplicate_commits": 0,
     "overload_flaps_per_node_min": 1.0,
 }
+# Hand-off p99 in every one of the tail's runs (issue 17): idle, and beside a CPU hog.
+TAIL_TARGETS = {"idle": 20.0, "hog": 50.0}
 
 
 def call(endpoint: str, op: str, args: dict[str, Any] | None = None, timeout_s: float = 2.0) -> Any:
@@ -193,12 +200,19 @@ class LedgerFile:
             "FROM events o WHERE o.from_state IS NULL AND o.at >= ? AND o.at < ?",
             (since, until),
         )
-        out: dict[str, list[float]] = {"handoff": [], "placement": [], "accept": [], "never": []}
+        out: dict[str, list[Any]] = {
+            "handoff": [],
+            "placement": [],
+            "accept": [],
+            "never": [],
+            "worst": [],
+        }
         for offered, assigned, running in rows:
             if running is None:
                 out["never"].append(1.0)
                 continue
             out["handoff"].append((running - offered) * 1000)
+            out["worst"].append((round((running - offered) * 1000, 1), round(offered, 4)))
             if assigned is not None and assigned <= running:
                 out["placement"].append((assigned - offered) * 1000)
         # assign -> accepted: the last assignment before the task ran (its round trip).
@@ -242,14 +256,44 @@ def efficiency(before: dict[str, int], after: dict[str, int], nodes: int) -> dic
     }
 
 
+def timeline(
+    on: Cluster, off: Cluster, seconds: float, step_s: float = 1.0
+) -> list[dict[str, Any]]:
+    """Both clusters' counters every step_s for ``seconds``: (elapsed s, on, off)."""
+    t0 = time.monotonic()
+    points = []
+    while True:
+        points.append(
+            {"t": time.monotonic() - t0, "on": sim_counters(on), "off": sim_counters(off)}
+        )
+        left = seconds - (time.monotonic() - t0)
+        if left <= 0:
+            return points
+        time.sleep(min(step_s, left))  # the sampling period
+
+
+def efficiency_series(points: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Efficiency in each interval between two samples, delegation on and off."""
+    out: dict[str, list[float]] = {"t_s": [], "on": [], "off": []}
+    for a, b in itertools.pairwise(points):
+        out["t_s"].append(round(b["t"], 2))
+        for name in ("on", "off"):
+            out[name].append(efficiency(a[name], b[name], NODES)["efficiency"])
+    return out
+
+
 def hot_spot(on: Cluster, off: Cluster, warmup_s: float, window_s: float) -> dict[str, Any]:
     progress(f"hot spot: {HOT_SPOTS} of {NODES} nodes at {HOT_FACTOR:g}x, delegation on and off")
-    time.sleep(warmup_s)  # the hot spots' load averages rise past the threshold
+    # The warm-up (the hot spots' load averages rise past the threshold), sampled each
+    # second for the efficiency-over-time plot; then the measurement window, sampled too.
+    warm = timeline(on, off, warmup_s)
     wall0 = time.time()
-    before = {"on": sim_counters(on), "off": sim_counters(off)}
-    time.sleep(window_s)  # the measurement window
-    after = {"on": sim_counters(on), "off": sim_counters(off)}
+    points = timeline(on, off, window_s)
     wall1 = time.time()
+    before, after = points[0], points[-1]
+    for p in points:
+        p["t"] += warm[-1]["t"]
+    series = efficiency_series(warm + points[1:])
     eff_on = efficiency(before["on"], after["on"], NODES)
     eff_off = efficiency(before["off"], after["off"], NODES)
     time.sleep(0.5)  # the last offers of the window are placed and accepted
@@ -267,6 +311,11 @@ def hot_spot(on: Cluster, off: Cluster, warmup_s: float, window_s: float) -> dic
         "assign_to_accept_p50_ms": pct(h["accept"], 0.5),
         "assign_to_accept_p99_ms": pct(h["accept"], 0.99),
         "hot_spot": {"on": eff_on, "off": eff_off},
+        "worst_handoffs": sorted(h["worst"], reverse=True)[:12],
+        # For the report (bench/make_report.py): every hand-off of the window, in ms, and the
+        # efficiency second by second from the warm-up on (the window starts at warmup_s).
+        "handoff_samples_ms": [round(v, 2) for v in h["handoff"]],
+        "efficiency_over_time": {**series, "warmup_s": round(warm[-1]["t"], 2)},
     }
 
 
@@ -445,7 +494,8 @@ def stop_all(clusters: list[Cluster]) -> None:
         t.join(30)
 
 
-def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
+def one_run(quick: bool) -> dict[str, Any]:
+    """Every phase once, on fresh clusters: the benchmark's result."""
     warmup_s, window_s = (5.0, 10.0) if quick else (10.0, 60.0)
     flap_warmup_s, flap_window_s = (20.0, 20.0) if quick else (30.0, 300.0)
     tasks, crash_every_s = (1000, 5.0) if quick else (10_000, 30.0)
@@ -514,24 +564,106 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
         and result["delegator_restart_recovered"]
     )
     result["elapsed_s"] = round(time.monotonic() - t0, 1)
+    result["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)  # how busy the machine was
     result.update(versions())
-    r = result
+    return result
+
+
+def summary(r: dict[str, Any]) -> list[str]:
+    return [
+        f"hot spot: efficiency {r['efficiency']} (delegation off: {r['baseline_efficiency']};"
+        f" target >= 0.9)",
+        f"hand-off: p50 {r['handoff_p50_ms']} ms, p99 {r['handoff_p99_ms']} ms (target <= 20)",
+        f"chaos: {r['tasks_total']} tasks, lost {r['lost']}, duplicate commits"
+        f" {r['duplicate_commits']}, dead-lettered {r['dead_lettered']}, re-delegated"
+        f" {r['redelegated']}, delegator restart recovered {r['delegator_restart_recovered']}",
+        f"flapping at the threshold: {r['overload_flaps_per_node_min']} transitions per node"
+        " per minute (target <= 1)",
+    ]
+
+
+def spin() -> None:
+    while True:  # a CPU hog: one core's worth of pure Python
+        pass
+
+
+def tail(runs: list[dict[str, Any]], hog: int) -> dict[str, Any]:
+    """The hand-off tail over many runs: each run's percentiles and every sample."""
+    target = TAIL_TARGETS["hog" if hog else "idle"]
+    per_run = [
+        {
+            "handoff_p50_ms": r["handoff_p50_ms"],
+            "handoff_p99_ms": r["handoff_p99_ms"],
+            "handoff_max_ms": r["details"]["hot_spot"]["handoff_max_ms"],
+            "handoffs": r["details"]["hot_spot"]["handoffs"],
+            "efficiency": r["efficiency"],
+            "loadavg_1m_at_end": r.get("loadavg_1m_at_end"),
+            "samples_ms": r["details"]["hot_spot"]["handoff_samples_ms"],
+        }
+        for r in runs
+    ]
+    p99s = [r["handoff_p99_ms"] for r in per_run]
+    every = [v for r in per_run for v in r["samples_ms"]]
+    return {
+        "bench": "delegation_tail_hog" if hog else "delegation_tail",
+        "quick": runs[0]["quick"],
+        "runs": len(runs),
+        "cpu_hogs": hog,
+        "handoff_p99_ms_per_run": p99s,
+        "handoff_p99_ms_worst_run": max(p99s),
+        "handoff_p99_ms_all": pct(every, 0.99),
+        "handoff_p50_ms_all": pct(every, 0.5),
+        "target_p99_ms": target,
+        "meets_target": max(p99s) <= target,
+        "per_run": per_run,
+        **versions(),
+    }
+
+
+def main(quick: bool = False, as_json: bool = False, runs: int = 1, hog: int = 0) -> dict[str, Any]:
+    """One run (its JSON), or ``runs`` runs in a row (the hand-off tail's JSON; the first
+    run's whole result is saved as well), beside ``hog`` CPU-hog processes."""
+    import multiprocessing as mp
+
+    hogs = [mp.get_context("spawn").Process(target=spin, daemon=True) for _ in range(hog)]
+    for h in hogs:
+        h.start()
+    try:
+        results = []
+        for i in range(runs):
+            if runs > 1:
+                progress(f"run {i + 1} of {runs}" + (f", beside {hog} CPU hog(s)" if hog else ""))
+            results.append(one_run(quick))
+            if runs > 1:
+                progress(f"run {i + 1}: hand-off p99 {results[-1]['handoff_p99_ms']} ms")
+    finally:
+        for h in hogs:
+            h.terminate()
+    first = results[0]
+    first["cpu_hogs"] = hog
+    if hog:
+        first["bench"] = "delegation_hog"
+    if runs == 1:
+        emit(first, as_json, summary(first))
+        return first
+    save(first["bench"], first)
+    result = tail(results, hog)
     emit(
         result,
         as_json,
         [
-            f"hot spot: efficiency {r['efficiency']} (delegation off: {r['baseline_efficiency']};"
-            f" target >= 0.9)",
-            f"hand-off: p50 {r['handoff_p50_ms']} ms, p99 {r['handoff_p99_ms']} ms (target <= 20)",
-            f"chaos: {r['tasks_total']} tasks, lost {r['lost']}, duplicate commits"
-            f" {r['duplicate_commits']}, dead-lettered {r['dead_lettered']}, re-delegated"
-            f" {r['redelegated']}, delegator restart recovered {r['delegator_restart_recovered']}",
-            f"flapping at the threshold: {r['overload_flaps_per_node_min']} transitions per node"
-            " per minute (target <= 1)",
+            f"hand-off p99 over {runs} runs: {result['handoff_p99_ms_per_run']} ms (worst"
+            f" {result['handoff_p99_ms_worst_run']}, target <= {result['target_p99_ms']})"
         ],
     )
     return result
 
 
 if __name__ == "__main__":
-    run_cli(main, __doc__, "smaller counts, within 60 s")
+    run_cli(
+        main,
+        __doc__,
+        "smaller counts, within 60 s",
+        runs=dict(type=int, default=1, metavar="N", help="N runs in a row: the hand-off tail"),
+        hog=dict(type=int, default=0, metavar="N", help="beside N CPU-hog processes"),
+    )

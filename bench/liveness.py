@@ -221,6 +221,10 @@ def cost(workdir: Path, nodes: int, window_s: float) -> dict[str, Any]:
         }
 
 
+def rounded(values: list[float]) -> list[float]:
+    return [round(v, 1) for v in values]
+
+
 def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
     trials = 20 if quick else 60
     duration_s = 12.0 if quick else 600.0
@@ -271,6 +275,14 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
         **spend,
         "baseline_anchor_dead_ms": {"memberlist": 5000, "akka": 5500, "zyre_evasive": 5000},
         "targets": TARGETS,
+        # Every latency measured, for the report's CDFs (bench/make_report.py).
+        "samples": {
+            "crash_to_suspect_ms": rounded(crash["suspect"]),
+            "crash_to_dead_ms": rounded(crash["dead"]),
+            "hang_to_suspect_ms": rounded(hang["suspect"]),
+            "hang_to_dead_ms": rounded(hang["dead"]),
+            "goodbye_to_left_ms": rounded(leave["left"]),
+        },
     }
     result["meets_targets"] = (
         result["crash_to_dead_p99_ms"] <= TARGETS["crash_to_dead_p99_ms"]

@@ -457,6 +457,11 @@ def detection(rounds: int) -> dict[str, Any]:
         "will_to_left_p50_ms": _pct(left, 0.5),
         "will_to_left_p99_ms": _pct(left, 0.99),
         "will_missed": rounds * WILL_CLIENTS - len(left),
+        # Every latency measured, for the report's CDFs (bench/make_report.py).
+        "samples": {
+            "power_cut_to_dead_ms": [round(v, 1) for v in dead],
+            "will_to_left_ms": [round(v, 1) for v in left],
+        },
     }
 
 

@@ -20,7 +20,6 @@ delegator is unreachable).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -174,12 +173,14 @@ def measure(rings: list[int]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="accepted for uniformity; same run")
-    args = parser.parse_args()
-    result = measure([8, 32, 64])
+    from shoal.bench._util import apply_save, cli_parser, save, versions
+
+    args = cli_parser(__doc__, "accepted for uniformity; same run").parse_args()
+    apply_save(args.save)
+    result = {"bench": "nodecore_heap", **measure([8, 32, 64])}
     result["tasks"] = measure_tasks()
+    result.update(versions())
+    save("nodecore_heap", result)
     print(json.dumps(result, indent=None if args.json else 2))
     if not args.json:
         print(

@@ -16,7 +16,6 @@ per MQTT message at these sizes), which the radio carries too.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -98,17 +97,18 @@ def run(boards: int, max_unavailable: int, chunk: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true")
+    from shoal.bench._util import apply_save, cli_parser, save, versions
+
+    parser = cli_parser(__doc__, "accepted for uniformity: one rollout either way")
     parser.add_argument("--boards", type=int, default=8)
     parser.add_argument("--max-unavailable", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=1024)
     args = parser.parse_args()
+    apply_save(args.save)
     result = run(args.boards, args.max_unavailable, args.chunk)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(json.dumps(result, indent=2))
+    result.update(versions())
+    save("ota", result)
+    print(json.dumps(result, indent=None if args.json else 2))
     sys.exit(0 if result["state"] == "succeeded" else 1)
 
 

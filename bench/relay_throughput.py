@@ -31,7 +31,6 @@ Progress goes to stderr, the JSON object to stdout.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -43,6 +42,8 @@ from shoal.bench._util import (
     NODES,
     PubSpec,
     SubSpec,
+    apply_save,
+    cli_parser,
     emit,
     progress,
     pub_sub_run,
@@ -259,13 +260,12 @@ def _print_profile(path: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="50,000 records; under 60 s")
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser = cli_parser(__doc__, "50,000 records; under 60 s")
     parser.add_argument(
         "--profile-relay",
         metavar="FILE",
         help="run the relay under cProfile, save its stats to FILE and print the top",
     )
     args = parser.parse_args()
+    apply_save(args.save)
     main(quick=args.quick, as_json=args.json, profile_relay=args.profile_relay)

@@ -877,3 +877,27 @@ def test_moved_lists_where_the_tasks_taken_from_a_node_are_now(ledger: Ledger) -
     assert ledger.moved("p1", 5.0, limit=1) == ([("a.1.0", "running", "p2")], 3)
     assert ledger.moved("p1", 5.5, limit=10) == ([], 0)  # taken before then
     assert ledger.moved("p2", 0.0, limit=10) == ([], 0)  # nothing taken from p2
+
+
+# --- checkpoints off the loop (the delegator's setting) ------------------------------------
+
+
+def test_a_checkpointer_thread_checkpoints_the_wal_and_the_commits_stay(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    with Ledger(path, checkpoint_every_s=0.01) as led:
+        assert led._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, as ever
+        assert led._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000  # a backstop
+        for k in range(50):
+            led.offer("a", tasks(4, start=4 * k), 1.0)
+            led.commit()
+        checkpointer = led.checkpointer
+        assert checkpointer is not None
+        wait = time.monotonic() + 10
+        while checkpointer.checkpoints == 0 and time.monotonic() < wait:
+            time.sleep(0.01)  # the thread's interval is 10 ms
+        assert checkpointer.checkpoints > 0
+        assert checkpointer.counters()["checkpoints_failed"] == 0
+    assert led.checkpointer is None  # stopped at close
+    assert not Path(f"{path}-wal").exists()  # the last close checkpointed and removed it
+    with Ledger(path) as led:
+        assert led.counts()["pending"] == 200

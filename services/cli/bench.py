@@ -29,6 +29,7 @@ BENCHMARKS = {
         "mqtt_path",
         "The device path: throughput against the broker alone, 1,000 clients, detection.",
     ),
+    "cost": ("cost", "CPU % and RSS of every service against fleet size."),
 }
 
 
@@ -36,11 +37,31 @@ def _bench_command(name: str, module: str, doc: str) -> None:
     @bench.command(name, help=doc)
     @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
     @click.option("--quick", is_flag=True, help="Smaller counts; finishes within 60 s.")
-    def command(as_json: bool, quick: bool) -> None:
+    @click.option("--save", metavar="DIR", help="Also write the JSON into DIR.")
+    def command(as_json: bool, quick: bool, save: str | None) -> None:
         import importlib
 
+        from shoal.bench._util import apply_save
+
+        apply_save(save)
         importlib.import_module(f"shoal.bench.{module}").main(quick=quick, as_json=as_json)
 
 
 for _name, (_module, _doc) in BENCHMARKS.items():
     _bench_command(_name, _module, _doc)
+
+
+@bench.command("report")
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+def report(directory: str | None) -> None:
+    """Rebuild the report (PNG plots, report.md) from the JSON saved in DIRECTORY
+    (default bench/report/), running no benchmark."""
+    from pathlib import Path
+
+    from shoal.bench import make_report as builder
+
+    try:
+        path = builder.build(Path(directory) if directory else builder.DEFAULT_DIR)
+    except ImportError as err:
+        raise click.ClickException(f"{err}: the report needs matplotlib (the dev extra)") from None
+    click.echo(str(path))

@@ -4,7 +4,9 @@ ledger file and nothing a node says without checking it against the ledger (orig
 owner).
 
 - ``service``: the Delegator process; ``ledger``: the durable SQLite task ledger;
-- ``placement``: power of two choices among the peers with room.
+- ``placement``: power of two choices among the peers with room;
+- ``checkpointer``: the WAL's checkpoints on a thread (measured against SQLite's own by
+  bench/ledger.py; the delegator keeps SQLite's, docs/architecture.md says why).
 """
 
 from .service import Delegator

@@ -70,6 +70,8 @@ from shoal.protocol.tasks import Task, TaskKind
 from shoal.services.runtime.config import ConfigError
 from shoal.services.runtime.sqlite_file import FileKind, open_sqlite_file
 
+from .checkpointer import BACKSTOP_PAGES, WAL_SIZE_LIMIT, Checkpointer
+
 State = Literal["pending", "assigned", "running", "done", "delivered", "dead_letter"]
 STATES: tuple[State, ...] = ("pending", "assigned", "running", "done", "delivered", "dead_letter")
 ResultStatus = Literal["committed", "duplicate", "stale_epoch", "wrong_node", "unknown_task"]
@@ -325,6 +327,7 @@ class Ledger:
         max_tasks: int = 100_000,
         max_pruned: int = 500_000,
         key: str = "delegator.ledger",
+        checkpoint_every_s: float | None = None,
     ) -> None:
         self.path = Path(path)
         self.max_redeliveries = max_redeliveries
@@ -332,7 +335,14 @@ class Ledger:
         self.max_tasks = max_tasks
         self.max_pruned = max_pruned
         self.key = key  # the config key that named the file, for error messages
+        # None: SQLite checkpoints the WAL inside the commit that fills it (fine for tests
+        # and tools); a number: a thread does, that often (checkpointer.py, off by default).
+        self.checkpointer: Checkpointer | None = None
         self._db = open_sqlite_file(self.path, LEDGER_FILE, self._file_error)
+        if checkpoint_every_s is not None:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            self.checkpointer = Checkpointer(self.path, checkpoint_every_s)
 
     def _file_error(self, reason: str) -> LedgerFileError:
         return LedgerFileError(f"{self.key} '{self.path}': {reason}")
@@ -353,6 +363,9 @@ class Ledger:
 
     def close(self) -> None:
         """Close the file; changes not committed are dropped."""
+        if self.checkpointer is not None:
+            self.checkpointer.close()  # first: the last connection to close checkpoints
+            self.checkpointer = None
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
         self._db.close()
