@@ -2,6 +2,8 @@
 overload flapping, on real clusters (`shoal up --headless`, services/testing.Cluster) on free
 loopback ports. Four clusters of 20 simulated nodes start together (each costs a few % of a
 core; their startups overlap); mean task cost 100 ms, so a node's capacity is 10 tasks/s.
+Long on purpose: the four phases share their clusters and their sampling, and the tail
+runs (--runs, --hog) reuse the hand-off phase; split, each part would need the rest.
 
 1. Hot spot (clusters "on" and "off", side by side, same seed and workload: the sim's
    ``hot_spots = 3``, ``hot_spot_factor = 3.0``, the 17 others at 4 tasks/s): after a
