@@ -44,6 +44,7 @@ from shoal.services.liveness.view import MembershipView
 from shoal.services.relay.view import RelayView
 from shoal.services.runtime.config import ShoalConfig, with_overrides
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
+from shoal.services.runtime.security import Security
 from shoal.services.runtime.service import Service, received
 from shoal.services.runtime.subscriber import BusSubscriber
 
@@ -90,9 +91,11 @@ SIM_FAULTS = {"crash": "crash", "hang": "hang", "reboot": "reboot", "flood": "fl
 class _Console(Service):
     name = "console"
 
-    def __init__(self, config: ShoalConfig, feed: LiveFeed) -> None:
+    def __init__(self, config: ShoalConfig, feed: LiveFeed, key: str) -> None:
         # Quiet: the console owns the terminal, and a log line would tear its screen.
-        super().__init__(with_overrides(config, "runtime", log_level="error"))
+        # Its key: an operator's ("console", or [security] key), a reader's when read-only.
+        config = with_overrides(config, "runtime", log_level="error")
+        super().__init__(config, security=Security.from_config(config, key))
         self.feed = feed
 
     def setup(self) -> None:
@@ -138,6 +141,12 @@ class _Console(Service):
                 self.feed._on_ps(rows)
 
 
+def console_key(config: ShoalConfig, readonly: bool) -> str:
+    """The key a console holds: the reader key only when read-only (it could not act if it
+    tried), else [security] key or ``console``, an operator's."""
+    return "reader" if readonly else config.security.key or "console"
+
+
 def _results(sock: zmq.Socket[Any]) -> Iterator[Any]:
     """The decoded results of the ctl replies waiting on sock (errors and junk skipped)."""
     for data in received(sock):
@@ -152,9 +161,11 @@ def _results(sock: zmq.Socket[Any]) -> Iterator[Any]:
 class LiveFeed:
     """A Source (tui/model.py) reading a running cluster."""
 
-    def __init__(self, config: ShoalConfig, reports_dir: Path = REPORTS_DIR) -> None:
+    def __init__(
+        self, config: ShoalConfig, reports_dir: Path = REPORTS_DIR, readonly: bool = False
+    ) -> None:
         self.config = config
-        self.service = _Console(config, self)
+        self.service = _Console(config, self, console_key(config, readonly))
         self.scenarios = ScenarioRunner(
             config, reports_dir, on_event=lambda text: self._add_event("scenario", None, text)
         )
@@ -297,7 +308,7 @@ class LiveFeed:
         return f"{run.name} stopped: {run.verdict} ({run.reason}); {where}"
 
     def _call(self, endpoint: str, op: str, args: dict[str, Any]) -> Any:
-        with CtlClient(endpoint) as client:
+        with CtlClient(endpoint, security=self.service.security) as client:
             return client.call(op, args, timeout_s=ACTION_TIMEOUT_S, retries=0)
 
     # --- inputs (on the feed thread) ---------------------------------------------------

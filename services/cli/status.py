@@ -9,7 +9,7 @@ import msgspec
 
 from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
 
-from .config import config_from, config_option
+from .config import config_from, config_option, use_keys
 
 LIVENESS_STATES = ("alive", "suspect", "dead", "left")
 SUPERVISOR_TIMEOUT_S = 0.3  # asked only for failed services: no supervisor costs little
@@ -36,8 +36,62 @@ def shown_nodes(snap: RelaySnapshot, members: MembershipSnapshot | None) -> list
     return [n for n in snap.nodes if n.node_id in known or n.age_ms <= FORGOTTEN_SILENT_MS]
 
 
+# What a service counts of the requests it refused for who sent them (docs/protocol.md §13).
+REFUSALS = (
+    "auth_refused_key",
+    "auth_refused_role",
+    "auth_refused_node",
+    "auth_refused_revoked",
+    "reject_forbidden",
+    "reject_impersonation",
+)
+# Asked for their counters beside the relay and the monitor (each at once, one wait).
+OTHER_SERVICES = ("delegator", "sim", "shim", "boards", "registry", "supervisor")
+
+
+def refusals(counters: dict[str, Any]) -> dict[str, int]:
+    return {k: int(counters.get(k, 0)) for k in REFUSALS if k in counters}
+
+
+def security_summary(curve: bool, per_service: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``security`` of `shoal status --json`: Curve on or off, and per service (that
+    answered) what it refused, by reason; ``refused`` is their sum."""
+    services = {name: refusals(c) for name, c in sorted(per_service.items())}
+    total = sum(v for r in services.values() for v in r.values())
+    return {"curve": curve, "refused": total, "services": services}
+
+
+def other_counters(config: Any, timeout_s: float) -> dict[str, dict[str, Any]]:
+    """The status counters of the services beside the relay and the monitor, asked at once."""
+    from shoal.services.runtime.ctl_client import ask_all
+
+    endpoints = {
+        "delegator": config.delegator.ctl,
+        "sim": config.sim.ctl,
+        "shim": config.mqtt.shim_ctl,
+        "boards": config.boards.ctl,
+        "registry": config.devices.ctl,
+        "supervisor": config.supervisor.ctl,
+    }
+    # The supervisor says what runs: a service that is not there costs no wait.
+    ps = ask_all({"supervisor": config.supervisor.ctl}, "ps", timeout_s=timeout_s)
+    rows = ps.get("supervisor")
+    if isinstance(rows, list):
+        running = {r.get("name") for r in rows if isinstance(r, dict) and r.get("pid")}
+        running.add("supervisor")
+        endpoints = {k: v for k, v in endpoints.items() if k in running}
+    answers = ask_all(endpoints, "status", timeout_s=timeout_s)
+    return {
+        name: a["counters"]
+        for name, a in answers.items()
+        if isinstance(a, dict) and isinstance(a.get("counters"), dict)
+    }
+
+
 def snapshot_as_dict(
-    snap: RelaySnapshot, members: MembershipSnapshot | None = None
+    snap: RelaySnapshot,
+    members: MembershipSnapshot | None = None,
+    security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON shape of `shoal status --json` (documented in README)."""
     states = _states(members)
@@ -92,6 +146,7 @@ def snapshot_as_dict(
             "counters": members.counters,
         },
         "nodes": nodes,
+        "security": security,
     }
 
 
@@ -109,7 +164,11 @@ def _age(ms: int) -> str:
     return f"{ms / 1000:.1f}s" if ms < 60_000 else f"{ms / 60_000:.0f}m"
 
 
-def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None) -> str:
+def render_table(
+    snap: RelaySnapshot,
+    members: MembershipSnapshot | None = None,
+    security: dict[str, Any] | None = None,
+) -> str:
     states = _states(members)
     rows = [COLUMNS]
     shown = shown_nodes(snap, members)
@@ -153,7 +212,26 @@ def render_table(snap: RelaySnapshot, members: MembershipSnapshot | None = None)
         f"duplicates={c.get('duplicates', 0)} gaps={c.get('gaps', 0)} rejects: {rejects}"
     )
     lines.append(_liveness_line(members))
+    if security is not None:
+        lines.append(_security_line(security))
     return "\n".join(lines)
+
+
+def _security_line(security: dict[str, Any]) -> str:
+    if not security["curve"]:
+        return "security: Curve OFF (nothing is authenticated; loopback only)"
+    parts = []
+    for name, counts in security["services"].items():
+        said = [
+            f"{k.removeprefix('auth_refused_').removeprefix('reject_')}={v}"
+            for k, v in counts.items()
+            if v
+        ]
+        if said:
+            parts.append(f"{name} {' '.join(said)}")
+    return f"security: Curve on; refused {security['refused']}" + (
+        f" ({'; '.join(parts)})" if parts else ""
+    )
 
 
 def _liveness_line(members: MembershipSnapshot | None) -> str:
@@ -164,8 +242,12 @@ def _liveness_line(members: MembershipSnapshot | None) -> str:
     return f"liveness: {counts}; observer {health}"
 
 
-def to_json(snap: RelaySnapshot, members: MembershipSnapshot | None = None) -> str:
-    text = msgspec.json.encode(snapshot_as_dict(snap, members)).decode()
+def to_json(
+    snap: RelaySnapshot,
+    members: MembershipSnapshot | None = None,
+    security: dict[str, Any] | None = None,
+) -> str:
+    text = msgspec.json.encode(snapshot_as_dict(snap, members, security)).decode()
     return msgspec.json.format(text, indent=2)
 
 
@@ -191,6 +273,7 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
     from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 
     config = config_from(config_path)
+    use_keys(config, "reader")
     with CtlClient(config.relay.ctl) as relay, CtlClient(config.liveness.ctl) as liveness:
         while True:
             try:
@@ -202,7 +285,15 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
                     members = liveness.call(
                         "members", result_type=MembershipSnapshot, timeout_s=timeout, retries=0
                     )
-                text = to_json(snap, members) if as_json else render_table(snap, members)
+                per_service = {"relay": snap.counters, **other_counters(config, 0.5)}
+                if members is not None:
+                    per_service["liveness"] = members.counters
+                security = security_summary(config.security.curve, per_service)
+                text = (
+                    to_json(snap, members, security)
+                    if as_json
+                    else render_table(snap, members, security)
+                )
                 failed = "" if as_json else _failed_line(config.supervisor.ctl)
                 text += f"\n{failed}" if failed else ""
             except (CtlUnavailable, CtlFailed) as err:
