@@ -22,13 +22,19 @@ class RelayProcess:
             relay.status()["counters"]["accepted"]
     """
 
-    def __init__(self, profile_to: str | None = None, **relay_keys: Any) -> None:
+    def __init__(
+        self, profile_to: str | None = None, curve: bool = True, **relay_keys: Any
+    ) -> None:
         from shoal.services.runtime.config import dump_toml
         from shoal.services.testing import config_on_free_ports
 
         self.config = config_on_free_ports(
-            relay=relay_keys, runtime={"log_level": "warning", "heartbeat_interval_ms": 100}
+            relay=relay_keys,
+            runtime={"log_level": "warning", "heartbeat_interval_ms": 100},
+            security={"curve": curve},
         )
+        # Where its clients' keys are (None: plain, Curve off).
+        self.keys: str | None = self.config.security.keys if curve else None
         self._dir = tempfile.TemporaryDirectory(prefix="shoal-bench-")
         self.config_path = Path(self._dir.name) / "relay.toml"
         self.config_path.write_text(dump_toml(self.config))

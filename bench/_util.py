@@ -260,6 +260,9 @@ class PubSpec:
     seq_start: int = 0
     # PUB: send probes until the parent says go, so the subscriber is live (slow joiner).
     probe: bool = False
+    # A keys directory: the DEALER is a Curve client with its key ``key`` (None: plain).
+    keys: str | None = None
+    key: str = "gateway"
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,24 @@ class SubSpec:
     # A multipart stream's first frame is the bare topic, without the separator.
     topic: bytes = b"rec|"
     deadline_s: float = 120.0
+    keys: str | None = None  # as PubSpec's: a Curve client with its key ``key``
+    key: str = "reader"
+
+
+def curve_client(sock: zmq.Socket[Any], keys: str | None, key: str) -> None:
+    """Make sock a Curve client with key of the keys directory (before it connects); the
+    socket keeps every other option it had, so a Curve stream differs from a plain one by
+    the security alone."""
+    if keys is None:
+        return
+    from pathlib import Path
+
+    from shoal.services.runtime.security import Security
+
+    server, public, secret = Security(keys_dir=Path(keys), name=key).client_keys()
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
 
 
 def _build(spec: PubSpec) -> list[Any]:
@@ -303,6 +324,7 @@ def _pub(conn: Connection, spec: PubSpec) -> None:
         sock.bind(spec.endpoint)
     else:
         sock = ctx.socket(zmq.DEALER)
+        curve_client(sock, spec.keys, spec.key)
         sock.connect(spec.endpoint)
     conn.send(("ready", {"frames": len(frames), "bytes": sum(_size(f) for f in frames)}))
     while True:
@@ -408,6 +430,7 @@ def _sub(conn: Connection, spec: SubSpec) -> None:
     sock.setsockopt(zmq.SUBSCRIBE, spec.topic)
     join_topic = PROBE_TOPIC if spec.join == "probe" else codec.TOPIC_SERVICE_BEAT
     sock.setsockopt(zmq.SUBSCRIBE, join_topic)
+    curve_client(sock, spec.keys, spec.key)
     sock.connect(spec.endpoint)
     conn.send(("ready", None))
 
@@ -553,13 +576,14 @@ class BusListener:
     decoded frame with the monotonic time it reached this process."""
 
     def __init__(self, endpoint: str, topic: bytes) -> None:
+        from shoal.services.runtime.sockets import Sockets
+
         self._stop = threading.Event()
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
+        # Through the factory: the keys the cluster registered for its endpoints.
+        self._sockets = Sockets(self._ctx)
+        self._sock = self._sockets.connect(zmq.SUB, endpoint, hwm=0)
         self._sock.setsockopt(zmq.SUBSCRIBE, topic + codec.TOPIC_SEP)
-        self._sock.connect(endpoint)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -577,5 +601,5 @@ class BusListener:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
-        self._sock.close(0)
+        self._sockets.close_all()
         self._ctx.term()

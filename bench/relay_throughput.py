@@ -9,6 +9,13 @@ Streams measured in the same run (publisher and subscriber each in their own pro
 2. relay: a DEALER sends N single Telemetry messages (1,000 nodes, seq rising per node) to
    a relay started as ``shoal run relay``; the SUB counts the records on the relay's bus.
 3. batched: the same, with Batch frames of 64 records.
+4. curve, curve_batched: streams 2 and 3 again, to a second relay with Curve on (the
+   default; the others run with ``[security] curve = false``), publisher and subscriber
+   Curve clients with their keys. ``curve.ratio`` = Curve over plain, in the same run
+   (target >= 0.7). And the cost of 1,000 Curve handshakes: 1,000 DEALERs (100 at a time)
+   connect to each relay's ctl and ping it; the time until every one is answered and the
+   relay's CPU for it, Curve against plain (the difference is the handshakes: the key
+   exchange, and our ZAP handler's look at the allowlist).
 
 Rates are records / (publisher's first send -> subscriber's last receive); the
 subscriber's own first-to-last window is reported too (``sub_window_records_per_s``), but
@@ -31,11 +38,16 @@ Progress goes to stderr, the JSON object to stdout.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+import zmq
 
 from shoal.bench._relay import RelayProcess
 from shoal.bench._util import (
@@ -56,7 +68,9 @@ BATCH = 64
 N_FULL = 300_000
 N_QUICK = 50_000
 REPEATS = 3
-TARGETS = {"ratio_min": 0.5, "lost_max": 0, "relay_rss_mb_max": 80.0}
+TARGETS = {"ratio_min": 0.5, "lost_max": 0, "relay_rss_mb_max": 80.0, "curve_ratio_min": 0.7}
+HANDSHAKES = 1000
+HANDSHAKE_BATCH = 100  # clients at a time (each is two file descriptors here)
 
 
 def _relay_keys() -> dict[str, Any]:
@@ -94,9 +108,10 @@ def measure_relay(relay: RelayProcess, n: int, batch: int, seq_start: int) -> di
             n_records=n,
             batch=batch,
             seq_start=seq_start,
+            keys=relay.keys,
         ),
-        SubSpec(relay.bus, expect_records=n, join="beat"),
-        label=f"relay-b{batch}",
+        SubSpec(relay.bus, expect_records=n, join="beat", keys=relay.keys),
+        label=f"relay-b{batch}{'-curve' if relay.keys else ''}",
     )
     relay_cpu = relay.cpu_s() - cpu0
     after = relay.status()["counters"]
@@ -110,6 +125,51 @@ def measure_relay(relay: RelayProcess, n: int, batch: int, seq_start: int) -> di
     out["relay_rss_mb"] = relay.rss_mb()
     out["relay_peak_rss_mb"] = relay.peak_rss_mb()
     return out
+
+
+def measure_handshakes(relay: RelayProcess, n: int = HANDSHAKES) -> dict[str, Any]:
+    """n clients connect to the relay's ctl (HANDSHAKE_BATCH at a time) and each pings it
+    once: until every one is answered, and the relay's CPU meanwhile."""
+    from shoal.protocol import codec
+    from shoal.protocol.messages import Request
+    from shoal.services.runtime.security import Security
+    from shoal.services.runtime.sockets import Sockets
+
+    security = Security(keys_dir=Path(relay.keys), name="reader") if relay.keys else Security.off()
+    ctx: zmq.Context[Any] = zmq.Context()
+    ping = codec.encode(Request(id=1, op="ping"))
+    cpu0, t0 = relay.cpu_s(), time.monotonic()
+    answered = 0
+    try:
+        for start in range(0, n, HANDSHAKE_BATCH):
+            sockets = Sockets(ctx, security)
+            poller = zmq.Poller()
+            try:
+                for _ in range(min(HANDSHAKE_BATCH, n - start)):
+                    sock = sockets.connect(zmq.DEALER, relay.config.relay.ctl)
+                    sock.send(ping)
+                    poller.register(sock, zmq.POLLIN)
+                waiting = min(HANDSHAKE_BATCH, n - start)
+                deadline = time.monotonic() + 30
+                while waiting and time.monotonic() < deadline:
+                    for sock, _ in poller.poll(1000):
+                        sock.recv()
+                        poller.unregister(sock)
+                        waiting -= 1
+                        answered += 1
+            finally:
+                sockets.close_all()
+    finally:
+        ctx.term()
+    elapsed, cpu = time.monotonic() - t0, relay.cpu_s() - cpu0
+    return {
+        "handshakes": n,
+        "answered": answered,
+        "elapsed_s": round(elapsed, 3),
+        "ms_each": round(elapsed / n * 1000, 3),
+        "relay_cpu_s": round(cpu, 3),
+        "relay_cpu_us_each": round(cpu / n * 1e6, 1),
+    }
 
 
 def _summarize(run: dict[str, Any], n: int) -> dict[str, Any]:
@@ -146,11 +206,16 @@ def main(
     n = N_QUICK if quick else N_FULL
     t0 = time.monotonic()
     runs: dict[str, list[dict[str, Any]]] = {
-        k: [] for k in ("raw", "raw_decoded", "relay", "batched")
+        k: [] for k in ("raw", "raw_decoded", "relay", "batched", "curve", "curve_batched")
     }
     seq_start = 0
-    # SIGTERM unwinds the block, so the relay and the workers are stopped.
-    with sigterm_as_exit(), RelayProcess(profile_to=profile_relay, **_relay_keys()) as relay:
+    # SIGTERM unwinds the block, so the relays and the workers are stopped.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sigterm_as_exit())
+        relay = stack.enter_context(
+            RelayProcess(profile_to=profile_relay, curve=False, **_relay_keys())
+        )
+        secure = stack.enter_context(RelayProcess(curve=True, **_relay_keys()))
         rss_idle = relay.rss_mb()
         progress(f"relay up (RSS {rss_idle} MB); {n} records per stream, {REPEATS} rounds")
         # Interleaved rounds: a slow spell of the machine hits every stream alike.
@@ -163,10 +228,20 @@ def main(
             seq_start += -(-n // NODES)
             runs["batched"].append(measure_relay(relay, n, batch=BATCH, seq_start=seq_start))
             seq_start += -(-n // NODES)
+            runs["curve"].append(measure_relay(secure, n, batch=1, seq_start=seq_start))
+            seq_start += -(-n // NODES)
+            runs["curve_batched"].append(measure_relay(secure, n, batch=BATCH, seq_start=seq_start))
+            seq_start += -(-n // NODES)
             for name, rs in runs.items():
                 progress(
                     f"  {name:12s}{rs[-1]['records_per_s']:>12,.0f} records/s, lost {rs[-1]['lost']}"
                 )
+        progress(f"{HANDSHAKES} handshakes, plain then Curve")
+        handshakes = {
+            "plain": measure_handshakes(relay, HANDSHAKES),
+            "curve": measure_handshakes(secure, HANDSHAKES),
+        }
+        secure_counters = secure.status()["counters"]
         status = relay.status()
         rss = relay.rss_mb()
         rss_peak = relay.peak_rss_mb()
@@ -187,6 +262,33 @@ def main(
     relay_counters["reject_total"] = sum(v for k, v in counters.items() if k.startswith("reject_"))
     raw, raw_decoded = _median(runs["raw"]), _median(runs["raw_decoded"])
     single, batched = _median(runs["relay"]), _median(runs["batched"])
+    curve_single, curve_batched = _median(runs["curve"]), _median(runs["curve_batched"])
+    curve_ratio = curve_single / single if single else 0.0
+    curve_batched_ratio = curve_batched / batched if batched else 0.0
+    hs_plain, hs_curve = handshakes["plain"], handshakes["curve"]
+    curve = {
+        "relay_msgs_per_s": curve_single,
+        "batched_records_per_s": curve_batched,
+        "ratio": round(curve_ratio, 3),  # Curve over plain, one record per frame
+        "batched_ratio": round(curve_batched_ratio, 3),
+        "relay_cpu_us_per_record": statistics.median(
+            r["relay_cpu_us_per_record"] for r in runs["curve"]
+        ),
+        "relay_cpu_us_per_record_batched": statistics.median(
+            r["relay_cpu_us_per_record"] for r in runs["curve_batched"]
+        ),
+        "lost": sum(r["lost"] for r in runs["curve"] + runs["curve_batched"]),
+        "handshakes": handshakes,
+        # What 1,000 handshakes cost beyond 1,000 plain connections doing the same.
+        "handshakes_1000_extra_s": round(
+            (hs_curve["elapsed_s"] - hs_plain["elapsed_s"]) * 1000 / HANDSHAKES, 3
+        ),
+        "handshake_extra_ms_each": round(hs_curve["ms_each"] - hs_plain["ms_each"], 3),
+        "handshake_relay_cpu_extra_us_each": round(
+            hs_curve["relay_cpu_us_each"] - hs_plain["relay_cpu_us_each"], 1
+        ),
+        "auth_counters": {k: v for k, v in secure_counters.items() if k.startswith("auth_")},
+    }
     lost = sum(r["lost"] for r in runs["relay"] + runs["batched"])
     ratio = single / raw if raw else 0.0
     cpu_single = statistics.median(r["relay_cpu_us_per_record"] for r in runs["relay"])
@@ -216,11 +318,14 @@ def main(
         "relay_cpu_us_per_record": cpu_single,
         "relay_cpu_us_per_record_batched": cpu_batched,
         "relay_counters": relay_counters,
+        "curve": curve,
         "relay_config": relay_config,
         "targets": TARGETS,
         "meets_targets": ratio >= TARGETS["ratio_min"]
         and lost <= TARGETS["lost_max"]
-        and rss <= TARGETS["relay_rss_mb_max"],
+        and rss <= TARGETS["relay_rss_mb_max"]
+        and curve_ratio >= TARGETS["curve_ratio_min"]
+        and curve["lost"] <= TARGETS["lost_max"],
         "runs": runs,
         "cpu_count": os.cpu_count(),
         "elapsed_s": round(time.monotonic() - t0, 1),
@@ -242,6 +347,12 @@ def main(
             f" (idle {rss_idle}, peak {rss_peak}; target <= {TARGETS['relay_rss_mb_max']:.0f})",
             f"relay CPU per record: single {cpu_single} us, batched {cpu_batched} us;"
             f" {os.cpu_count()} cores shared by publisher, relay and subscriber",
+            f"Curve: single {curve_single:,.0f} records/s, ratio to plain {curve_ratio:.2f}"
+            f" (target >= {TARGETS['curve_ratio_min']}); batch{BATCH} {curve_batched:,.0f},"
+            f" ratio {curve_batched_ratio:.2f}; lost {curve['lost']}",
+            f"{HANDSHAKES} handshakes: Curve {hs_curve['elapsed_s']} s"
+            f" (relay CPU {hs_curve['relay_cpu_us_each']} us each) against plain"
+            f" {hs_plain['elapsed_s']} s ({hs_plain['relay_cpu_us_each']} us each)",
         ],
     )
     return result

@@ -43,6 +43,9 @@ REJECT_REASONS = (
     # A node id spoken by a connection other than the one that owns it (the relay binds an
     # id to the connection it was last accepted from; docs/protocol.md §5.7)
     "impersonation",
+    # A node id the connection's key may not speak for (Curve on: a node key's ``nodes``
+    # patterns; docs/protocol.md §14)
+    "forbidden",
 )
 
 

@@ -5,12 +5,20 @@ Usage::
     config = config_on_free_ports()
     with running(Relay(config)) as relay:
         wait_for(lambda: relay.counters["accepted"] > 0, timeout_s=5)
+
+Curve is on here as everywhere: ``config_on_free_ports`` points ``[security] keys`` at a
+keys directory made once per process (``session_keys``: the standard keys, plus ``gateway``,
+a node key for every id, which raw test clients speak with), and registers its endpoints
+with it, so a client made through the socket factory (CtlClient, IngestClient, a
+``Sockets`` of the test's own) finds its keys by the endpoint it connects to. ``Cluster``
+makes a keys directory of its own in its workdir.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import shutil
 import tempfile
 import threading
@@ -21,7 +29,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from .runtime import security
 from .runtime.config import ShoalConfig, load_config
+from .runtime.keys import KeysDir
 from .runtime.ports import next_port, tcp
 from .runtime.service import EXIT_BIND_FAILED as BIND_FAILED
 from .runtime.service import Service
@@ -34,11 +44,86 @@ def free_port() -> int:
     return next_port()
 
 
+# SHOAL_TEST_PLAIN=1: test configs and clusters with Curve off (to measure what Curve costs
+# the suite; tests of Curve itself then fail).
+PLAIN_ENV = "SHOAL_TEST_PLAIN"
+# The client key raw test clients use: a node key for every id (a test's own gateway).
+GATEWAY_KEY = "gateway"
+_test_keys: Any = None
+
+
+def make_keys(path: Any, sim_prefix: str = "sim") -> Any:
+    """A keys directory with the standard keys, a ``gateway`` node key for every id, and a
+    ``proxy`` service key (the chaos runner's fault proxies); its Path."""
+    from pathlib import Path
+
+    keys = KeysDir(path)
+    keys.init(sim_prefix)
+    for name, role, nodes in ((GATEWAY_KEY, "node", ("*",)), ("proxy", "service", ())):
+        if not (keys.allowed_dir / f"{name}.key").exists():
+            keys.add(name, role, nodes)
+    return Path(path)
+
+
+def session_keys() -> Any:
+    """The keys directory of this process's tests (made once, removed at exit)."""
+    global _test_keys
+    if _test_keys is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="shoal-test-keys-")
+        atexit.register(shutil.rmtree, path, True)
+        _test_keys = make_keys(path)
+        if security._default is None:
+            # Clients of endpoints no config registered (a test's own): these keys too.
+            security.set_default(security.Security(keys_dir=_test_keys, name="console"))
+    return _test_keys
+
+
+_raw: Any = None
+
+
+def raw_socket(
+    kind: int, endpoint: str, *, bind: bool = False, key: str | None = None, **options: Any
+) -> Any:
+    """A test's own socket on ``zmq.Context.instance()``, through the factory (so with the
+    Curve keys registered for its endpoint): connected with ``key`` (default: the
+    registered one, an operator's; ``GATEWAY_KEY`` for a node), or bound admitting any
+    role (a stand-in for a service). Close it with ``sock.close()``."""
+    global _raw
+    import zmq
+
+    from .runtime.security import ANY_SOCKET
+    from .runtime.sockets import Sockets
+
+    if _raw is None:
+        _raw = Sockets(zmq.Context.instance())
+    if bind:
+        return _raw.bind(kind, endpoint, admit=ANY_SOCKET, **options)
+    return _raw.connect(kind, endpoint, key=key, **options)
+
+
+def register_keys(config: ShoalConfig, client_key: str = "console") -> security.Security:
+    """Clients of this process connecting to config's endpoints use its keys directory
+    with client_key (an operator's, by default: tests act on what they run)."""
+    sec = security.Security.from_config(config, client_key)
+    security.register(security.endpoints_of(config), sec)
+    return sec
+
+
 def config_on_free_ports(
     base: ShoalConfig | None = None, **sections: dict[str, Any]
 ) -> ShoalConfig:
-    """A config whose every endpoint is a free loopback port; extra keys per section."""
+    """A config whose every endpoint is a free loopback port; extra keys per section;
+    keys from ``session_keys`` (unless ``security`` says otherwise), registered."""
     config = base or load_config(env={})
+    own = sections.setdefault("security", {})
+    if os.environ.get(PLAIN_ENV) == "1":
+        own.setdefault("curve", False)
+    if "keys" not in own and config.security.keys == load_config(env={}).security.keys:
+        own["keys"] = str(session_keys())
     mqtt_port = next_port()  # the embedded broker listens where the shim connects
     endpoints = {
         "relay": {"ingest": tcp(), "bus": tcp(), "ctl": tcp()},
@@ -71,6 +156,7 @@ def config_on_free_ports(
         config = msgspec.structs.replace(
             config, **{name: msgspec.structs.replace(getattr(config, name), **values)}
         )
+    register_keys(config)
     return config
 
 
@@ -137,15 +223,17 @@ def running(service: S, timeout_s: float = 10.0) -> Iterator[S]:
 
 
 class IngestClient:
-    """A raw node-side connection to the relay's ingest, for tests and benchmarks."""
+    """A raw node-side connection to the relay's ingest, for tests and benchmarks; with
+    the ``gateway`` key (a node key for every id) unless ``key`` names another."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, key: str = GATEWAY_KEY) -> None:
         import zmq
 
+        from .runtime.sockets import Sockets
+
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        self.sockets = Sockets(self.ctx)
+        self.sock = self.sockets.connect(zmq.DEALER, endpoint, key=key)
         self.acks: dict[tuple[str, int], set[int]] = {}
 
     def send(self, msg: Any) -> None:
@@ -169,23 +257,25 @@ class IngestClient:
         return self.acks
 
     def close(self) -> None:
-        self.sock.close(0)
+        self.sockets.close_all()
         self.ctx.term()
 
 
 class BusListener:
     """Subscribes to a service's bus and collects its frames, by topic."""
 
-    def __init__(self, endpoint: str, topics: tuple[bytes, ...] = (b"",)) -> None:
+    def __init__(
+        self, endpoint: str, topics: tuple[bytes, ...] = (b"",), key: str | None = None
+    ) -> None:
         import zmq
 
+        from .runtime.sockets import Sockets
+
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sockets = Sockets(self.ctx)
+        self.sock = self.sockets.connect(zmq.SUB, endpoint, key=key, hwm=0)
         for topic in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, topic)
-        self.sock.connect(endpoint)
         self.frames: list[Any] = []
         self.records: list[Any] = []
 
@@ -202,7 +292,7 @@ class BusListener:
         return self.records
 
     def close(self) -> None:
-        self.sock.close(0)
+        self.sockets.close_all()
         self.ctx.term()
 
 
@@ -228,6 +318,9 @@ class Cluster:
         with Cluster(tmp_path, nodes=8) as cluster:
             cluster.wait_nodes(8)
             cluster.ps()  # the supervisor's process table
+
+    Its keys are its own (``keys`` in the workdir, the standard ones and ``gateway``); this
+    process's clients of its endpoints use ``client_key`` (an operator's by default).
     """
 
     def __init__(
@@ -238,11 +331,13 @@ class Cluster:
         up_options: dict[str, str] | None = None,
         boards: int = 0,
         board_config: dict[str, Any] | None = None,
+        client_key: str = "console",
         **sections: dict[str, Any],
     ) -> None:
         from pathlib import Path
 
         self.workdir = Path(workdir)
+        self.client_key = client_key
         self.nodes = nodes
         self.boards = boards  # emulated boards (MicroPython processes); none by default
         if board_config:
@@ -254,6 +349,12 @@ class Cluster:
         self.up_options = up_options or {}
         delegator = {"ledger": str(self.workdir / "ledger.db"), **sections.pop("delegator", {})}
         devices = {"registry": str(self.workdir / "devices.db"), **sections.pop("devices", {})}
+        security_keys = {"keys": str(self.workdir / "keys"), **sections.pop("security", {})}
+        if os.environ.get(PLAIN_ENV) == "1":
+            security_keys.setdefault("curve", False)
+        if security_keys.get("curve", True):
+            prefix = sections.get("sim", {}).get("id_prefix", "sim")
+            make_keys(security_keys["keys"], prefix)
         mqtt = {"credentials": str(self.workdir / "mqtt-credentials"), **sections.pop("mqtt", {})}
         ota = {"store": str(self.workdir / "ota"), **sections.pop("ota", {})}
         self._sections = {
@@ -261,6 +362,7 @@ class Cluster:
             "devices": devices,
             "mqtt": mqtt,
             "ota": ota,
+            "security": security_keys,
             **sections,
         }
         self.config_path = self.workdir / "shoal.toml"
@@ -273,6 +375,7 @@ class Cluster:
 
         sections = {k: dict(v) for k, v in self._sections.items()}
         self.config = config_on_free_ports(None, **sections)
+        self.security = register_keys(self.config, self.client_key)
         self.config_path.write_text(dump_toml(self.config))
 
     def __enter__(self) -> Cluster:

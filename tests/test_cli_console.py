@@ -19,6 +19,7 @@ from shoal.services.cli import status as status_module
 from shoal.services.cli.main import main
 from shoal.services.cli.tasks import HEADER, fetch, render, row_filter
 from shoal.services.runtime import ctl_client
+from shoal.services.testing import session_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +82,17 @@ def test_tasks_table_has_a_header_and_says_what_the_filter_kept() -> None:
     assert empty.splitlines()[-1] == "no tasks match"
 
 
-def test_shoal_tasks_node_and_state_options(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def keys_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands load their keys before they ask anything: the tests' keys."""
+    path = tmp_path / "shoal.toml"
+    path.write_text(f'[security]\nkeys = "{session_keys()}"\n')
+    monkeypatch.setenv("SHOAL_CONFIG", str(path))
+
+
+def test_shoal_tasks_node_and_state_options(
+    monkeypatch: pytest.MonkeyPatch, keys_config: None
+) -> None:
     monkeypatch.setattr(ctl_client, "CtlClient", lambda *_a, **_k: FakeDelegator(ROWS))
     run = CliRunner().invoke(main, ["tasks", "--json", "--node", "sim-002", "--state", "done"])
     assert run.exit_code == 0, run.output
@@ -107,10 +118,11 @@ class FakeRelay:
 
 
 def test_status_watch_stamps_each_refresh_and_ctrl_c_exits_0(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, keys_config: None
 ) -> None:
     monkeypatch.setattr(ctl_client, "CtlClient", lambda *_a, **_k: FakeRelay())
     monkeypatch.setattr(status_module, "_failed_line", lambda _ctl: "")
+    monkeypatch.setattr(status_module, "other_counters", lambda *_a: {})
     sleeps = []
 
     def sleep(s: float) -> None:

@@ -27,7 +27,8 @@ from shoal.services.delegator.placement import Peer
 from shoal.services.delegator.service import Delegator
 from shoal.services.runtime.config import ConfigError, dump_toml
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed
-from shoal.services.testing import config_on_free_ports, running, wait_for
+from shoal.services.runtime.sockets import Sockets
+from shoal.services.testing import GATEWAY_KEY, config_on_free_ports, running, wait_for
 
 _decode = msgspec.msgpack.Decoder(DelegatorMessage).decode
 
@@ -37,9 +38,8 @@ class Node:
 
     def __init__(self, endpoint: str) -> None:
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        self.sockets = Sockets(self.ctx)
+        self.sock = self.sockets.connect(zmq.DEALER, endpoint, key=GATEWAY_KEY)
 
     def send(self, msg: Any) -> None:
         self.sock.send(msg if isinstance(msg, bytes) else codec.encode(msg))
@@ -49,7 +49,7 @@ class Node:
         return _decode(self.sock.recv())
 
     def close(self) -> None:
-        self.sock.close(0)
+        self.sockets.close_all()
         self.ctx.term()
 
 

@@ -33,7 +33,7 @@ from shoal.services.runtime.config import (
     with_overrides,
 )
 from shoal.services.runtime.service import EXIT_BIND_FAILED, EXIT_CONFIG
-from shoal.services.testing import config_on_free_ports
+from shoal.services.testing import config_on_free_ports, session_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOAL = [sys.executable, "-m", "shoal.services.cli"]
@@ -305,9 +305,10 @@ def test_the_cli_and_the_runtime_agree_on_exit_codes() -> None:
 # --- a service that cannot start --------------------------------------------------------------
 
 SERVICE = """
+import os
 import sys
 import zmq
-from shoal.services.runtime.config import ConfigError, load_config
+from shoal.services.runtime.config import ConfigError, load_config, with_overrides
 from shoal.services.runtime.service import Service, main_for
 
 class Bad(Service):
@@ -323,14 +324,15 @@ class Bad(Service):
             raise ConfigError("delegator.ledger '/x/y.db': not a SQLite ledger")
         self.bind("ingest", zmq.ROUTER, sys.argv[2])
 
-main_for(Bad, load_config(env={}))
+main_for(Bad, with_overrides(load_config(env={}), "security", keys=os.environ["KEYS"]))
 """
 
 
 def run_service(*args: str) -> Any:
     return subprocess.run(
         [sys.executable, "-c", SERVICE, *args],
-        capture_output=True, text=True, timeout=30, env={**os.environ, "SHOAL_LOG_FORMAT": "json"},
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "SHOAL_LOG_FORMAT": "json", "KEYS": str(session_keys())},
     )  # fmt: skip
 
 

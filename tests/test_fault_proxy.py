@@ -17,7 +17,7 @@ from shoal.services.liveness.service import Liveness
 from shoal.services.relay.service import Relay
 from shoal.services.runtime.config import liveness_for, relay_for
 from shoal.services.runtime.ctl_client import CtlClient, CtlUnavailable
-from shoal.services.runtime.sockets import BindError
+from shoal.services.runtime.sockets import BindError, Sockets
 from shoal.services.testing import config_on_free_ports, running, tcp, wait_for
 
 
@@ -26,32 +26,26 @@ class Link:
 
     def __init__(self, **proxy_args: Any) -> None:
         self.ctx = zmq.Context()
+        # Curve on every socket, as in a cluster: the test's keys (services/testing.py).
+        self.sockets = Sockets(self.ctx)
         self.up_bus, self.up_ctl, self.down_bus, self.down_ctl = tcp(), tcp(), tcp(), tcp()
-        self.pub = self._sock(zmq.PUB)
-        self.pub.bind(self.up_bus)
-        self.service = self._sock(zmq.ROUTER)
-        self.service.bind(self.up_ctl)
+        self.pub = self.sockets.bind(zmq.PUB, self.up_bus)
+        self.service = self.sockets.bind(zmq.ROUTER, self.up_ctl)
         self.proxy = FaultProxy(
             bus=(self.up_bus, self.down_bus), ctl=(self.up_ctl, self.down_ctl), **proxy_args
         ).start()
-        self.sub = self._sock(zmq.SUB)
-        self.sub.connect(self.down_bus)
+        self.sub = self.sockets.connect(zmq.SUB, self.down_bus)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"rec|")
-        self.client = self._sock(zmq.DEALER)
-        self.client.connect(self.down_ctl)
+        self.client = self.sockets.connect(zmq.DEALER, self.down_ctl)
         self.received: list[bytes] = []
         self.requests: list[list[bytes]] = []
         self.replies: list[bytes] = []
         self.n = 0
 
-    def _sock(self, kind: int) -> zmq.Socket[Any]:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        return sock
-
     def close(self) -> None:
         self.proxy.close()
-        self.ctx.destroy(linger=0)
+        self.sockets.close_all()
+        self.ctx.term()
 
     def publish(self, count: int = 1, topic: bytes = b"rec|") -> None:
         for _ in range(count):

@@ -66,9 +66,11 @@ from shoal.services.sim.faults import STOPPING, FaultArgs, fault_args_error
 from shoal.services.sim.fleet import Fleet
 from shoal.services.supervisor.supervisor import SIGNALS, ProcessSpec, Supervisor
 from shoal.services.testing import (
+    GATEWAY_KEY,
     BusListener,
     IngestClient,
     config_on_free_ports,
+    raw_socket,
     running,
     wait_for,
 )
@@ -201,9 +203,7 @@ class RawCtl:
     """A DEALER on a service's ctl socket; one request at a time, its replies counted."""
 
     def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        self.sock = raw_socket(zmq.DEALER, endpoint)
         self.ids = itertools.count(1)
 
     def ask(self, frames: list[bytes]) -> Reply:
@@ -533,9 +533,7 @@ class TaskPeer:
     """A DEALER on the delegator's tasks socket, as a node or a gateway has."""
 
     def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        self.sock = raw_socket(zmq.DEALER, endpoint, key=GATEWAY_KEY)
 
     def send(self, frames: list[bytes]) -> None:
         self.sock.send_multipart(frames)
@@ -639,9 +637,7 @@ class FakeDelegator:
     """A ROUTER at delegator.tasks: learns the fleet's connection from its renews."""
 
     def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(endpoint)
+        self.sock = raw_socket(zmq.ROUTER, endpoint, bind=True)
         self.decoder = msgspec.msgpack.Decoder(NodeTaskMessage)
         self.identity = b""
         self.renews = 0

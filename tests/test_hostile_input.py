@@ -18,6 +18,7 @@ from shoal.services.testing import (
     BusListener,
     IngestClient,
     config_on_free_ports,
+    raw_socket,
     running,
     wait_for,
 )
@@ -113,10 +114,7 @@ def test_a_record_under_an_impossible_id_is_refused_and_not_acked(relay: Any, no
 def test_ctl_requests_nested_deep_get_an_error_reply_and_the_next_is_served(relay: Any) -> None:
     service, _client, _bus = relay
     deep_args = b"\x83\xa2id\x07\xa2op\xa6status\xa4args" + b"\x81\xa1a" * 1000 + b"\x01"
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(service.endpoints["ctl"])
+    sock = raw_socket(zmq.DEALER, service.endpoints["ctl"])
     try:
         for body in (deep_args, DEEP_ARRAY, b"\x92" + DEEP_MAP * 2):
             sock.send(body)

@@ -38,7 +38,7 @@ from hostile import HUGE_HEADERS, IDS, deep_msgpack
 from shoal.protocol import codec, limits
 from shoal.protocol.messages import Membership, NodeRecords, NodeView, RelaySnapshot
 from shoal.services.runtime.ctl_client import CtlClient, CtlUnavailable
-from shoal.services.testing import BusListener, Cluster, wait_for
+from shoal.services.testing import GATEWAY_KEY, BusListener, Cluster, raw_socket, wait_for
 
 NODES = 8
 FLEET = [f"sim-{i:03d}" for i in range(NODES)]
@@ -192,10 +192,7 @@ class HostileClient:
         return sum(self.sent.values())
 
     def _run(self, duration_s: float, rate_hz: float) -> None:
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.connect(self.endpoint)
+        sock = raw_socket(zmq.DEALER, self.endpoint, key=GATEWAY_KEY, hwm=100_000)
         try:
             self._pace(sock, duration_s, rate_hz)
         finally:

@@ -112,6 +112,7 @@ def test_a_killed_relay_marks_no_node_dead(cluster: Cluster) -> None:
 
 class Watcher(Service):
     name = "watcher"
+    key_name = "reader"
 
     def setup(self) -> None:
         self.view = MembershipView(self, self.config.liveness)

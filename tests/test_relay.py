@@ -249,7 +249,7 @@ def test_control_socket_answers_bad_requests_with_errors(cluster: Any) -> None:
         ctl.call("explode")
     status = ctl.call("status", result_type=ServiceStatus)
     assert status.service == "relay" and status.counters["ctl_unknown_op"] == 1
-    raw = IngestClient(relay.endpoints["ctl"])
+    raw = IngestClient(relay.endpoints["ctl"], key="console")
     try:
         raw.sock.send(b"\xc1 not a request")
         reply = codec.decode_reply(raw.sock.recv() if raw.sock.poll(2000) else b"")

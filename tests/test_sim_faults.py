@@ -29,6 +29,7 @@ from shoal.services.testing import (
     BusListener,
     Cluster,
     config_on_free_ports,
+    raw_socket,
     running,
     wait_for,
 )
@@ -642,9 +643,7 @@ class Router:
     """A ROUTER standing in for the delegator's tasks socket."""
 
     def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.sock.bind(endpoint)
+        self.sock = raw_socket(zmq.ROUTER, endpoint, bind=True)
         self.decoder = msgspec.msgpack.Decoder(NodeTaskMessage)
         self.renews: list[tuple[int, str]] = []  # (sim ms at arrival, node_id)
 

@@ -25,7 +25,7 @@ from shoal.protocol.tasks import (
 )
 from shoal.services.runtime.ctl_client import CtlClient
 from shoal.services.sim.fleet import Fleet
-from shoal.services.testing import config_on_free_ports, running, wait_for
+from shoal.services.testing import config_on_free_ports, raw_socket, running, wait_for
 
 
 def test_without_a_delegator_an_overloaded_node_runs_everything_locally() -> None:
@@ -48,9 +48,7 @@ class FakeDelegator:
     """A ROUTER at delegator.tasks that decodes every frame strictly (NodeTaskMessage)."""
 
     def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.sock.bind(endpoint)
+        self.sock = raw_socket(zmq.ROUTER, endpoint, bind=True)
         self.decoder = msgspec.msgpack.Decoder(NodeTaskMessage)
         self.identity = b""
         self.got: list[Any] = []

@@ -27,7 +27,7 @@ from shoal.services.sim.workload import (
     capacity_hz,
     hot_spot_ids,
 )
-from shoal.services.testing import config_on_free_ports, running, wait_for
+from shoal.services.testing import config_on_free_ports, raw_socket, running, wait_for
 
 # --- config ------------------------------------------------------------------------------
 
@@ -247,9 +247,7 @@ class Router:
     """A ROUTER standing in for the delegator's tasks socket."""
 
     def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.sock.bind(endpoint)
+        self.sock = raw_socket(zmq.ROUTER, endpoint, bind=True)
         self.decoder = msgspec.msgpack.Decoder(NodeTaskMessage)
         self.identity = b""
 

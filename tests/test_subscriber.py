@@ -34,6 +34,7 @@ def test_a_new_publisher_instance_is_a_restart_not_a_gap() -> None:
 
 class Watcher(Service):
     name = "watcher"
+    key_name = "reader"
 
     def setup(self) -> None:
         self.records: list[Any] = []

@@ -30,6 +30,7 @@ from shoal.services.runtime.config import SupervisorConfig
 from shoal.services.runtime.log import JsonLog
 from shoal.services.runtime.ports import next_port as free_port
 from shoal.services.supervisor.supervisor import ProcessSpec, Supervisor, supervisor_request
+from shoal.services.testing import raw_socket, session_keys
 
 PY = sys.executable
 SLEEPER = "import time; print('up', flush=True); time.sleep(60)"
@@ -293,10 +294,7 @@ def test_ctl_errors_never_crash_it() -> None:
         with pytest.raises(RuntimeError, match="missing argument 'signal'"):
             h.req("signal", name="relay")
 
-        ctx: zmq.Context[Any] = zmq.Context.instance()
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(h.ctl)
+        dealer = raw_socket(zmq.DEALER, h.ctl)
         try:
             for frames in (
                 [b"\x00garbage\xff"],
@@ -324,9 +322,13 @@ def test_signals_in_a_real_process(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from shoal.services.runtime.config import SupervisorConfig\n"
+        "from pathlib import Path\n"
+        "from shoal.services.runtime.security import Security\n"
         "from shoal.services.supervisor.supervisor import ProcessSpec, run_supervisor\n"
         f"specs = [ProcessSpec('stubborn', [sys.executable, '-c', {stubborn!r}])]\n"
-        f"sys.exit(run_supervisor(specs, SupervisorConfig(ctl={ctl!r}, stop_timeout_s=10)))\n"
+        f"security = Security(keys_dir=Path({str(session_keys())!r}))\n"
+        f"config = SupervisorConfig(ctl={ctl!r}, stop_timeout_s=10)\n"
+        "sys.exit(run_supervisor(specs, config, security=security))\n"
     )
     out_path, err_path = tmp_path / "out", tmp_path / "err"
     with out_path.open("w") as out, err_path.open("w") as err:

@@ -14,7 +14,13 @@ from shoal.protocol.messages import Heartbeat, Hello, RelaySnapshot, Reply
 from shoal.services.relay.service import Relay
 from shoal.services.runtime.chunks import CTL_CHUNK_BYTES
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed
-from shoal.services.testing import IngestClient, config_on_free_ports, running, wait_for
+from shoal.services.testing import (
+    IngestClient,
+    config_on_free_ports,
+    raw_socket,
+    running,
+    wait_for,
+)
 
 
 def batch(node_ids: list[str], seq: int, kind: type[Any] = Heartbeat) -> bytes:
@@ -99,9 +105,7 @@ def test_a_result_larger_than_a_frame_comes_in_chunks_and_frames_stay_small(rela
             ctl.call("chunk", {"blob": 12345, "offset": 0})
         with pytest.raises(CtlFailed, match="bad arguments"):
             ctl.call("chunk", {"blob": -1, "offset": 0})
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(relay.endpoints["ctl"])
+    sock = raw_socket(zmq.DEALER, relay.endpoints["ctl"])
     try:
         sock.send(msgspec.msgpack.encode({"kind": "req", "id": 5, "op": "big", "args": {}}))
         assert sock.poll(5000)

@@ -101,12 +101,20 @@ def task_row(r: dict[str, Any]) -> TaskRow:
     )
 
 
+def console_key(config: ShoalConfig, readonly: bool) -> str:
+    """The key a console holds: the reader key only when read-only (it could not act if it
+    tried), else [security] key or ``console``, an operator's."""
+    return "reader" if readonly else config.security.key or "console"
+
+
 class LiveFeed:
     """A Source (tui/model.py) reading a running cluster."""
 
-    def __init__(self, config: ShoalConfig, reports_dir: Path = REPORTS_DIR) -> None:
+    def __init__(
+        self, config: ShoalConfig, reports_dir: Path = REPORTS_DIR, readonly: bool = False
+    ) -> None:
         self.config = config
-        self.service = FeedLink(config, self)
+        self.service = FeedLink(config, self, console_key(config, readonly))
         self.scenarios = ScenarioRunner(
             config, reports_dir, on_event=lambda text: self._add_event("scenario", None, text)
         )
@@ -280,7 +288,7 @@ class LiveFeed:
         return task_row(reply["task"]), steps
 
     def _call(self, endpoint: str, op: str, args: dict[str, Any]) -> Any:
-        with CtlClient(endpoint) as client:
+        with CtlClient(endpoint, security=self.service.security) as client:
             return client.call(op, args, timeout_s=ACTION_TIMEOUT_S, retries=0)
 
     # --- inputs (on the feed thread) ---------------------------------------------------

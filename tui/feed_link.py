@@ -25,6 +25,7 @@ from shoal.protocol.messages import Request
 from shoal.services.liveness.view import MembershipView
 from shoal.services.relay.view import RelayView
 from shoal.services.runtime.config import ShoalConfig, with_overrides
+from shoal.services.runtime.security import Security
 from shoal.services.runtime.service import Service, received
 from shoal.services.runtime.subscriber import BusSubscriber
 
@@ -45,9 +46,11 @@ COUNTS_INTERVAL_S = 1.0  # the fleet's counters, the delegator's drained set, OT
 class FeedLink(Service):
     name = "console"
 
-    def __init__(self, config: ShoalConfig, feed: LiveFeed) -> None:
+    def __init__(self, config: ShoalConfig, feed: LiveFeed, key: str) -> None:
         # Quiet: the console owns the terminal, and a log line would tear its screen.
-        super().__init__(with_overrides(config, "runtime", log_level="error"))
+        # Its key: an operator's ("console", or [security] key), a reader's when read-only.
+        config = with_overrides(config, "runtime", log_level="error")
+        super().__init__(config, security=Security.from_config(config, key))
         self.feed = feed
 
     def setup(self) -> None:

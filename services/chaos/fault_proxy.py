@@ -54,6 +54,7 @@ from typing import Any, Literal
 
 import zmq
 
+from shoal.services.runtime.security import Security
 from shoal.services.runtime.sockets import Sockets
 
 DIRECTIONS = ("bus_down", "bus_up", "ctl_up", "ctl_down")
@@ -95,10 +96,15 @@ class FaultProxy:
         max_delayed: int = 10_000,
         max_clients: int = 256,
         seed: int | None = None,
+        security: Security | None = None,
     ) -> None:
         if bus is None and ctl is None:
             raise ValueError("a fault proxy needs a bus or a ctl half")
         self.name = name
+        # Curve on both halves: its bound sockets let in the cluster's keys (ZAP), and it
+        # connects upstream with its own (a service key: what it forwards is the views'
+        # reads); None: the keys registered for the endpoints (security.for_endpoint).
+        self.security = security
         self.bus = bus
         self.ctl = ctl
         self.max_delayed = max_delayed
@@ -213,7 +219,7 @@ class FaultProxy:
 
     def _run(self) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self._sockets = Sockets(self._ctx)
+        self._sockets = Sockets(self._ctx, self.security, self._counters)
         try:
             try:
                 self._setup()

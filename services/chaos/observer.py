@@ -54,6 +54,7 @@ class History:
 
 class _WatcherService(Service):
     name = "injector"
+    key_name = "scenarios"  # the fault injector acts as an operator with its own key
 
     def __init__(self, config: ShoalConfig, watcher: Watcher) -> None:
         super().__init__(with_overrides(config, "runtime", log_level="error"))

@@ -235,6 +235,8 @@ class _Run:
             via["mqtt"] = {"shim_broker": f"mqtt://127.0.0.1:{shim_proxy_port}"}
         self.boards = board_ids(w)
         sections: dict[str, Any] = dict(via)
+        # Its own keys (Cluster makes them in the workdir); this process acts with its
+        # scenarios key, the fault proxies with a service key of their own.
         if any(kind_of(f) == "ota_rollout" for f in self.s.fault):
             # A new version on probation confirms itself sooner than a board's default.
             board_config: dict[str, Any] | None = {"firmware": {"ota_probation_ms": 1500}}
@@ -242,6 +244,7 @@ class _Run:
             board_config = None
         cluster = Cluster(
             workdir,
+            client_key="scenarios",
             nodes=w.nodes,
             without=self.opts.without,
             boards=w.boards,
@@ -270,7 +273,10 @@ class _Run:
                 if old is not None:
                     old.close()  # frees its ports for the new one
                 proxy = FaultProxy(
-                    bus=(up.bus, bus), ctl=(up.ctl, ctl), name=f"{consumer}-{service}"
+                    bus=(up.bus, bus),
+                    ctl=(up.ctl, ctl),
+                    name=f"{consumer}-{service}",
+                    security=cluster.security.named("proxy"),
                 )
                 self.proxies[(consumer, service)] = stack.enter_context(proxy)
             if shim_proxy_port is not None:

@@ -156,9 +156,10 @@ def run(
     if hosts and (errors := hosts_errors(s)):
         _invalid(ScenarioError(loaded.path, errors))
     if attach:
-        from .config import config_from
+        from .config import config_from, use_keys
 
         attached = config_from(config_path)
+        use_keys(attached, "scenarios")  # the injector acts as an operator, with its own key
         if errors := attach_errors(s):
             _invalid(ScenarioError(loaded.path, errors))
     if dry_run:

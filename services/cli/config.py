@@ -60,6 +60,23 @@ def checked(config: ShoalConfig) -> ShoalConfig:
         raise click.UsageError(f"bad option: {err}") from None
 
 
+def use_keys(config: ShoalConfig, default_key: str) -> None:
+    """This command's clients connect with [security] key, else default_key (its role's:
+    reader, console, scenarios), from the configured keys directory; a key that is not
+    there is one line and exit 78, before anything is asked."""
+    from shoal.services.runtime import security
+
+    sec = security.Security.from_config(config, config.security.key or default_key)
+    if sec.curve:
+        try:
+            sec.client_keys()
+        except ConfigError as err:
+            raise config_error(err) from None
+    # For this configuration's endpoints (a command's process talks to no other; tests
+    # that run commands in-process keep their own defaults).
+    security.register(security.endpoints_of(config), sec)
+
+
 config_option = click.option(
     "--config",
     "config_path",

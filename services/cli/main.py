@@ -13,6 +13,7 @@ from .chaos import chaos
 from .config import CliError, CliUsageError, show_config
 from .devices import devices
 from .firmware import firmware
+from .keys import keys
 from .run import run, sim
 from .status import status
 from .tasks import tasks
@@ -71,5 +72,6 @@ for command in (
     chaos,
     firmware,
     devices,
+    keys,
 ):
     main.add_command(command)

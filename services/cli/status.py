@@ -9,7 +9,7 @@ import msgspec
 
 from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
 
-from .config import config_from, config_option
+from .config import config_from, config_option, use_keys
 
 LIVENESS_STATES = ("alive", "suspect", "dead", "left")
 SUPERVISOR_TIMEOUT_S = 0.3  # asked only for failed services: no supervisor costs little
@@ -36,10 +36,65 @@ def shown_nodes(snap: RelaySnapshot, members: MembershipSnapshot | None) -> list
     return [n for n in snap.nodes if n.node_id in known or n.age_ms <= FORGOTTEN_SILENT_MS]
 
 
+# What a service counts of the requests it refused for who sent them (docs/protocol.md §14).
+REFUSALS = (
+    "auth_refused_key",
+    "auth_refused_role",
+    "auth_refused_node",
+    "auth_refused_revoked",
+    "reject_forbidden",
+    "reject_impersonation",
+)
+# Asked for their counters beside the relay and the monitor (each at once, one wait).
+OTHER_SERVICES = ("delegator", "sim", "shim", "boards", "registry", "supervisor")
+
+
+def refusals(counters: dict[str, Any]) -> dict[str, int]:
+    """A service's refusals by reason (the embedded broker's: refused_*, denied_*)."""
+    mqtt = {k for k in counters if k.startswith(("refused_", "denied_"))}
+    return {k: int(counters.get(k, 0)) for k in (*REFUSALS, *sorted(mqtt)) if k in counters}
+
+
+def security_summary(curve: bool, per_service: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``security`` of `shoal status --json`: Curve on or off, and per service (that
+    answered) what it refused, by reason; ``refused`` is their sum."""
+    services = {name: refusals(c) for name, c in sorted(per_service.items())}
+    total = sum(v for r in services.values() for v in r.values())
+    return {"curve": curve, "refused": total, "services": services}
+
+
+def other_counters(config: Any, timeout_s: float) -> dict[str, dict[str, Any]]:
+    """The status counters of the services beside the relay and the monitor, asked at once."""
+    from shoal.services.runtime.ctl_client import ask_all
+
+    endpoints = {
+        "delegator": config.delegator.ctl,
+        "sim": config.sim.ctl,
+        "shim": config.mqtt.shim_ctl,
+        "boards": config.boards.ctl,
+        "registry": config.devices.ctl,
+        "supervisor": config.supervisor.ctl,
+    }
+    # The supervisor says what runs: a service that is not there costs no wait.
+    ps = ask_all({"supervisor": config.supervisor.ctl}, "ps", timeout_s=timeout_s)
+    rows = ps.get("supervisor")
+    if isinstance(rows, list):
+        running = {r.get("name") for r in rows if isinstance(r, dict) and r.get("pid")}
+        running.add("supervisor")
+        endpoints = {k: v for k, v in endpoints.items() if k in running}
+    answers = ask_all(endpoints, "status", timeout_s=timeout_s)
+    return {
+        name: a["counters"]
+        for name, a in answers.items()
+        if isinstance(a, dict) and isinstance(a.get("counters"), dict)
+    }
+
+
 def snapshot_as_dict(
     snap: RelaySnapshot,
     members: MembershipSnapshot | None = None,
     broker: dict[str, int] | None = None,
+    security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON shape of `shoal status --json` (documented in README)."""
     states = _states(members)
@@ -97,6 +152,7 @@ def snapshot_as_dict(
         # keepalive_drops); None: no embedded broker, or it did not answer.
         "broker": None if broker is None else {"counters": broker},
         "nodes": nodes,
+        "security": security,
     }
 
 
@@ -118,6 +174,7 @@ def render_table(
     snap: RelaySnapshot,
     members: MembershipSnapshot | None = None,
     broker: dict[str, int] | None = None,
+    security: dict[str, Any] | None = None,
 ) -> str:
     states = _states(members)
     rows = [COLUMNS]
@@ -169,7 +226,26 @@ def render_table(
             if v and k.startswith(("refused", "denied"))
         )
         lines.append(f"broker: refusals: {refused or 'none'}")
+    if security is not None:
+        lines.append(_security_line(security))
     return "\n".join(lines)
+
+
+def _security_line(security: dict[str, Any]) -> str:
+    if not security["curve"]:
+        return "security: Curve OFF (nothing is authenticated; loopback only)"
+    parts = []
+    for name, counts in security["services"].items():
+        said = [
+            f"{k.removeprefix('auth_refused_').removeprefix('reject_')}={v}"
+            for k, v in counts.items()
+            if v
+        ]
+        if said:
+            parts.append(f"{name} {' '.join(said)}")
+    return f"security: Curve on; refused {security['refused']}" + (
+        f" ({'; '.join(parts)})" if parts else ""
+    )
 
 
 def _liveness_line(members: MembershipSnapshot | None) -> str:
@@ -184,8 +260,9 @@ def to_json(
     snap: RelaySnapshot,
     members: MembershipSnapshot | None = None,
     broker: dict[str, int] | None = None,
+    security: dict[str, Any] | None = None,
 ) -> str:
-    text = msgspec.json.encode(snapshot_as_dict(snap, members, broker)).decode()
+    text = msgspec.json.encode(snapshot_as_dict(snap, members, broker, security)).decode()
     return msgspec.json.format(text, indent=2)
 
 
@@ -212,6 +289,7 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
 
     config = config_from(config_path)
     embedded = config.mqtt.embedded
+    use_keys(config, "reader")
     with CtlClient(config.relay.ctl) as relay, CtlClient(config.liveness.ctl) as liveness:
         while True:
             try:
@@ -224,10 +302,16 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
                         "members", result_type=MembershipSnapshot, timeout_s=timeout, retries=0
                     )
                 broker = _broker_counters(config.mqtt.broker_ctl, timeout) if embedded else None
+                per_service = {"relay": snap.counters, **other_counters(config, 0.5)}
+                if members is not None:
+                    per_service["liveness"] = members.counters
+                if broker is not None:
+                    per_service["broker"] = broker
+                security = security_summary(config.security.curve, per_service)
                 text = (
-                    to_json(snap, members, broker)
+                    to_json(snap, members, broker, security)
                     if as_json
-                    else render_table(snap, members, broker)
+                    else render_table(snap, members, broker, security)
                 )
                 failed = "" if as_json else _failed_line(config.supervisor.ctl)
                 text += f"\n{failed}" if failed else ""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import config_from, config_option
+from .config import config_from, config_option, use_keys
 
 if TYPE_CHECKING:
     from shoal.services.runtime.ctl_client import CtlClient
@@ -55,6 +55,7 @@ def tasks(
     from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 
     config = config_from(config_path)
+    use_keys(config, "reader")
     match = row_filter(node, states)
     try:
         with CtlClient(config.delegator.ctl) as delegator:

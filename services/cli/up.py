@@ -11,7 +11,15 @@ import click
 
 from shoal.services.runtime.config import ShoalConfig, with_overrides
 
-from .config import CliError, CliUsageError, checked, config_from, config_option
+from .config import (
+    CliError,
+    CliUsageError,
+    checked,
+    config_error,
+    config_from,
+    config_option,
+    use_keys,
+)
 from .workload import apply_workload, workload_argv, workload_options
 
 # What ``--only`` chooses from; --without takes the ones a cluster may lack.
@@ -100,6 +108,7 @@ def up(
     if boards_n and not _have_micropython():
         boards_n = 0
     check_ports_free(config, without, boards_n > 0)
+    ensure_keys(config)
     sim_args = ["--nodes", str(nodes)] if nodes is not None else []
     sim_args += workload_argv(workload)
     if not headless and sys.stdin.isatty() and sys.stdout.isatty():
@@ -131,7 +140,28 @@ def up(
     if boards_n:
         argv = [*python, "boards", "--count", str(boards_n), *common]
         specs.append(ProcessSpec("boards", argv, env=env))
-    sys.exit(run_supervisor(specs, config.supervisor))
+    from shoal.services.runtime.security import Security
+
+    security = Security.from_config(config, "supervisor")
+    sys.exit(run_supervisor(specs, config.supervisor, security=security))
+
+
+def ensure_keys(config: ShoalConfig) -> None:
+    """With Curve on, the keys directory and its standard keys: what is missing is made
+    (the first ``shoal up`` makes them all), so ``shoal up`` needs no setup."""
+    from shoal.services.runtime.config import ConfigError
+    from shoal.services.runtime.keys import KeysDir, KeysError
+
+    if not config.security.curve:
+        return
+    keys = KeysDir(config.security.keys)
+    try:
+        made = keys.init(config.sim.id_prefix)
+    except (KeysError, OSError) as err:
+        raise config_error(ConfigError(f"[security] keys: {err}")) from None
+    if made:
+        what = "first run: " if "server" in made else ""
+        click.echo(f"shoal up: {what}made keys {', '.join(made)} in {keys.path}/", err=True)
 
 
 def _have_micropython() -> bool:
@@ -213,7 +243,7 @@ def run_console(config: ShoalConfig, readonly: bool, owns_cluster: bool = False)
     from shoal.tui.app import ShoalConsole
     from shoal.tui.feed import LiveFeed
 
-    feed = LiveFeed(config).start()
+    feed = LiveFeed(config, readonly=readonly).start()
     try:
         ShoalConsole(
             feed, readonly=readonly, scenarios_dir=scenarios_dir(), owns_cluster=owns_cluster
@@ -254,7 +284,11 @@ def tui(
     port: int,
     allow_remote: bool,
 ) -> None:
-    """The operator console, attached to a running cluster (keeps retrying until one is up)."""
+    """The operator console, attached to a running cluster (keeps retrying until one is up).
+    It acts with the ``console`` key (an operator's); --readonly holds the reader key only.
+    With --web each browser tab runs a console of its own (with these keys)."""
+    from shoal.tui.feed import console_key
+
     config = config_from(config_path)
     if not web:
         ctx = click.get_current_context()
@@ -265,6 +299,7 @@ def tui(
         ]
         if given:
             raise CliUsageError(f"{', '.join(given)}: only with --web (the console in a browser)")
+        use_keys(config, console_key(config, readonly))
         run_console(config, readonly)
         return
     from shoal.tui.web import WebConsoleError, check_host, serve_console

@@ -18,6 +18,11 @@ Pruning: a timer deletes final tasks past ``ledger_retention_s`` (or beyond
 Placement: power of two choices (placement.py) among peers that are alive (not
 suspect), not overloaded, reachable, and below ``accept_fill`` of their queue, counting
 assignments made since their last telemetry. A task's origin is never its own peer.
+
+Who may speak for a node (docs/protocol.md §8.1, §14): with Curve on, only a node key whose
+patterns match its ``node_id`` (``forbidden`` otherwise), as the allowlist is now; and only
+the connection that owns the node's route (owners.py; ``impersonation`` otherwise), so
+nobody takes over a live node's route with a key that may speak for it too (a gateway's).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Annotated, Any
 import msgspec
 import zmq
 from msgspec import Meta
+from zmq.utils.monitor import parse_monitor_message
 
 from shoal.protocol import codec
 from shoal.protocol.messages import NodeId, NodeMessage, Telemetry
@@ -52,12 +58,21 @@ from shoal.services.liveness.view import MembershipView
 from shoal.services.relay.view import RelayView
 from shoal.services.runtime.config import DelegatorConfig, ShoalConfig, liveness_for, relay_for
 from shoal.services.runtime.metrics import HANDOFF_BUCKETS
-from shoal.services.runtime.service import CtlError, Service, parse_args, received_multipart
+from shoal.services.runtime.security import NODE_SOCKETS
+from shoal.services.runtime.service import (
+    CtlError,
+    Service,
+    parse_args,
+    received_frames,
+    received_multipart,
+)
 
 from .ledger import Ledger
+from .owners import Connections
 from .placement import Peer, choose
 
-# A node's route (the connection it last spoke on) is trusted for this long.
+# A node's route (the connection it last spoke on) is trusted for this long; and another
+# connection may take the node over once the route's own has been silent this long.
 ROUTE_FRESH_S = 10.0
 # Pending tasks looked at per placement pass.
 PLACE_BATCH = 64
@@ -145,6 +160,7 @@ class Delegator(Service):
         super().__init__(config, **kwargs)
         self.cfg: DelegatorConfig = config.delegator
         self.routes: dict[str, tuple[bytes, float]] = {}
+        self.conns = Connections(ROUTE_FRESH_S)  # who may speak for which node (owners.py)
         self.assigning: dict[str, Assignment] = {}
         self.assigned_since_sample: defaultdict[str, int] = defaultdict(int)
         self.replies: list[tuple[bytes, Any]] = []  # sent after the pass's commit
@@ -159,6 +175,9 @@ class Delegator(Service):
         self.ctl_ops["moved"] = self._op_moved
         self.drained: set[str] = set()  # nodes an operator took out of placement
         self.counters["ledger_pruned"] = 0
+        # Refusals for who sent a message (§14): shown from the start, zero or not.
+        self.counters["reject_forbidden"] = 0
+        self.counters["reject_impersonation"] = 0
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -175,7 +194,9 @@ class Delegator(Service):
             max_tasks=cfg.ledger_max_tasks,
             max_pruned=cfg.ledger_max_pruned,
         )
-        self.router = self.bind("tasks", zmq.ROUTER, cfg.tasks)
+        self.router = self.bind("tasks", zmq.ROUTER, cfg.tasks, admit=NODE_SOCKETS)
+        self.router_events = self.sockets.monitor(self.router, zmq.EVENT_DISCONNECTED)
+        self.on_readable(self.router_events, self._drain_disconnects)
         self.bus = self.bind("bus", zmq.PUB, cfg.bus)
         self.serve_ctl(cfg.ctl)
         self.relay = RelayView(self, relay_for(self.config, "delegator"))
@@ -221,20 +242,37 @@ class Delegator(Service):
     def _drain(self) -> None:
         now = time.time()
         taken_before = self.counters["taken"]
-        for frames in received_multipart(self.router):
+        self._drain_disconnects()  # before these messages: a closed owner frees its nodes
+        gate = self.gate
+        for frames in received_frames(self.router):
             if len(frames) != 2:
                 self._refuse("malformed", f"{len(frames)} frames")
                 continue
-            identity, body = frames
+            identity, body = frames[0].bytes, frames[1]
+            user = gate.user(body)
+            key = gate.lookup(user)
+            if key is None:
+                continue  # revoked since its handshake (counted)
+            if key.role not in ("node", "trusted"):
+                gate.refuse("role", f"{key.name} ({key.role}) on tasks")
+                continue
             try:
-                msg = _decoder.decode(body)
+                msg = _decoder.decode(body.buffer)
             except msgspec.ValidationError as err:
                 self._refuse(codec.classify_validation_error(err), str(err))
                 continue
             except codec.MALFORMED as err:
                 self._refuse("malformed", str(err))
                 continue
-            self.routes[msg.node_id] = (identity, time.monotonic())
+            if not key.may_speak(msg.node_id):
+                gate.refuse("node", f"{key.name}: {msg.node_id}")
+                self._refuse("forbidden", f"{msg.node_id}: not a node of key {key.name}")
+                continue
+            mono = time.monotonic()
+            if not self.conns.owns(self.routes.get(msg.node_id), identity, body, user, mono):
+                self._refuse("impersonation", f"{msg.node_id}: owned by another connection")
+                continue
+            self.routes[msg.node_id] = (identity, mono)
             try:
                 self._handle(msg, now)
             except Exception as err:  # one message's failure never costs the pass
@@ -248,6 +286,32 @@ class Delegator(Service):
     def _refuse(self, reason: str, detail: str) -> None:
         self.counters[f"reject_{reason}"] += 1
         self.rejects.add(reason, detail)
+
+    # --- which connection speaks for a node ----------------------------------------------
+
+    def _drain_disconnects(self) -> None:
+        for frames in received_multipart(self.router_events):
+            event = parse_monitor_message(frames)
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.conns.closed(event["value"])
+
+    def on_keys_changed(self) -> None:
+        """A node's route whose connection's key may no longer speak for it is dropped:
+        nothing more is sent there, and the node's next message (with a key for it) takes
+        a route again."""
+        ring = self.gate.ring
+        dropped = 0
+        for node_id, (identity, _at) in list(self.routes.items()):
+            user = self.conns.user_of(identity)
+            if user is None:
+                continue  # a peer in this process (inproc), or a connection long gone
+            key = ring.get(user) if ring is not None else None
+            if key is None or not key.may_speak(node_id):
+                del self.routes[node_id]
+                dropped += 1
+        if dropped:
+            self.counters["keys_dropped_routes"] += dropped
+            self.log.info("routes_dropped", nodes=dropped, why="the allowlist changed")
 
     def _handle(self, msg: Any, now: float) -> None:
         kind = msg.__class__

@@ -12,6 +12,15 @@ Everything read from the network is untrusted: a bad frame or record is counted 
 reason and dropped, and nothing else is lost. A node id belongs to the connection it was last
 accepted from: another connection speaking for it is refused as ``impersonation`` until that
 connection has closed or the node has been silent for ``rebind_after_ms``.
+
+With Curve on (runtime/security.py) ingest admits node keys only, and each of those speaks
+only for the node ids its patterns match: a record for another id is refused as
+``forbidden`` (counted ``auth_refused_node``), checked when a connection takes a node id
+(its first record, or a rebind), and again for every node a connection holds when the
+allowlist changes. Each frame's key is looked up in the allowlist as it is now, so a key
+revoked is refused at its next frame (``auth_refused_revoked``). Reading a frame's User-Id
+costs ~3 us in pyzmq, as much as the relay's whole work on a record: it is read once per
+connection and kept by routing id (see ``_keys_of``).
 """
 
 from __future__ import annotations
@@ -34,7 +43,9 @@ from shoal.protocol.messages import (
     Telemetry,
 )
 from shoal.services.runtime.config import RelayConfig, ShoalConfig
+from shoal.services.runtime.keys import KeyInfo
 from shoal.services.runtime.metrics import node_gauge
+from shoal.services.runtime.security import NODE_SOCKETS
 from shoal.services.runtime.service import DRAIN_BUDGET, Service, received_multipart
 
 from .dedup import DUPLICATE, NEW, SeqWindow
@@ -43,9 +54,11 @@ from .dedup import DUPLICATE, NEW, SeqWindow
 FORGET_AFTER_S = 600.0
 # How often silent nodes and phantoms (relay.phantom_after_s) are looked for.
 SWEEP_S = 5.0
-# Records handled per drain pass before publishing and acking them: bounds the latency a
-# burst of large batches adds to everything else the relay does.
-RECORD_BUDGET = 4096
+# Bytes read per drain pass before handling, publishing and acking them: bounds the
+# latency a burst of large batches adds to everything else the relay does (~4,000 records).
+READ_BUDGET_BYTES = 256 * 1024
+# Connections whose key is kept (by routing id) before the table is emptied and refilled.
+KEYS_KEPT = 65_536
 # How many earlier boot ids of a node are remembered to refuse their late messages.
 PREVIOUS_BOOTS_KEPT = 4
 
@@ -160,15 +173,21 @@ class Relay(Service):
         self.fd_conns: dict[int, bytes] = {}
         # Per connection, the ids it brought in that have sent one message only.
         self.unconfirmed: dict[bytes, int] = {}
+        # Per connection (routing id): the User-Id (public key) its frames come with, and
+        # the descriptor a disconnect names; see _keys_of.
+        self.conn_users: dict[bytes, str | None] = {}
+        self.conn_fds: dict[bytes, int] = {}
         self.ctl_ops["snapshot"] = self._op_snapshot
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.ingest = self.bind("ingest", zmq.ROUTER, cfg.ingest, hwm=cfg.ingest_hwm)
+        self.ingest = self.bind(
+            "ingest", zmq.ROUTER, cfg.ingest, admit=NODE_SOCKETS, hwm=cfg.ingest_hwm
+        )
         # Disconnects release the node ids a connection owned. (ZMQ_ROUTER_NOTIFY would
         # say it in band, but it is a draft option, absent from the libzmq that pyzmq ships.)
         self.ingest_events = self.sockets.monitor(self.ingest, zmq.EVENT_DISCONNECTED)
-        self.on_readable(self.ingest_events, self._drain_disconnects)
+        self.on_readable(self.ingest_events, self._on_disconnects)
         self.bus = self.bind("bus", zmq.PUB, cfg.bus, hwm=cfg.bus_hwm)
         self.serve_ctl(cfg.ctl)
         self.on_readable(self.ingest, self._drain_ingest)
@@ -194,7 +213,8 @@ class Relay(Service):
         recv = self.ingest.recv
         decode = codec.decode_ingest
         admit = self._admit
-        budget = RECORD_BUDGET
+        frames: list[tuple[bytes, zmq.Frame]] = []
+        size = 0
         for _ in range(DRAIN_BUDGET):
             # recv() twice rather than recv_multipart(): pyzmq's RCVMORE check per frame
             # costs a third of the relay's time per message. A ROUTER delivers a
@@ -207,6 +227,14 @@ class Relay(Service):
             if body.more:
                 self._reject("malformed", f"{1 + self._discard_rest()} body frames")
                 continue
+            frames.append((identity, body))
+            size += len(body)
+            if size > READ_BUDGET_BYTES:
+                break  # handle, publish and ack what we have; the loop comes back at once
+        keys = self._keys_of(frames)
+        for (identity, body), key in zip(frames, keys, strict=True):
+            if key is None:
+                continue  # refused: a key revoked, or not a node key (counted)
             conn_acks = acks.get(identity)
             if conn_acks is None:
                 conn_acks = acks[identity] = {}
@@ -215,7 +243,7 @@ class Relay(Service):
                 for bad_record in bad:
                     self._refuse(bad_record, conn_acks)
                 for rec in records:
-                    if admit(rec, now, conn_acks, identity, body):
+                    if admit(rec, now, conn_acks, identity, key):
                         accepted.append(rec)
             except codec.Rejected as rej:
                 self._refuse(rej, conn_acks)
@@ -226,9 +254,6 @@ class Relay(Service):
                 self.counters["frame_errors"] += 1
                 self._reject("malformed", f"internal: {err!r}")
                 continue
-            budget -= len(records) + 1
-            if budget <= 0:
-                break  # publish and ack what we have; the loop comes back at once
         self.counters["accepted"] += len(accepted)
         step = MAX_BATCH_RECORDS
         for start in range(0, len(accepted), step):
@@ -246,6 +271,55 @@ class Relay(Service):
                 except zmq.Again:
                     self.counters["acks_dropped"] += 1
 
+    def _keys_of(self, frames: list[tuple[bytes, zmq.Frame]]) -> list[KeyInfo | None]:
+        """Each frame's key as the allowlist has it now (None: refused, counted).
+
+        The User-Id is read once per connection and kept by routing id. A peer may choose
+        its routing id, so a new connection can take the id of one that has closed; what
+        was kept for that id must then be forgotten before its frames are believed. libzmq
+        queues a connection's disconnect event before it lets the id go, so the events
+        read here, after the frames and before they are handled, name every connection
+        that closed before any of these frames could come from a successor: a frame whose
+        routing id had such an event is looked up again, itself."""
+        gate = self.gate
+        gone = self._drain_disconnects()
+        users = self.conn_users
+        out: list[KeyInfo | None] = []
+        for identity, body in frames:
+            if identity in gone or identity not in users:
+                user = gate.user(body)
+                if identity not in gone:  # a successor's id stays unkept until next pass
+                    if len(users) >= KEYS_KEPT:
+                        self._forget_conn_keys()
+                    users[identity] = user
+                    self._note_fd(identity, body)
+            else:
+                user = users[identity]
+            key = gate.lookup(user)
+            if key is not None and key.role not in ("node", "trusted"):
+                gate.refuse("role", f"{key.name} ({key.role}) on ingest")
+                key = None
+            out.append(key)
+        return out
+
+    def _note_fd(self, identity: bytes, body: zmq.Frame) -> None:
+        """The connection's descriptor: what its disconnect event will name."""
+        try:
+            fd = body.get(zmq.SRCFD)
+        except zmq.ZMQError:  # a transport without descriptors: only silence rebinds
+            return
+        if fd >= 0:
+            self.conn_fds[identity] = fd
+            self.fd_conns[fd] = identity
+
+    def _forget_conn_keys(self) -> None:
+        """The kept keys, forgotten but those of node owners (a few per gateway): each other
+        connection's next frame reads its own again."""
+        owners = set(self.conn_nodes)
+        self.conn_users = {i: u for i, u in self.conn_users.items() if i in owners}
+        self.conn_fds = {i: fd for i, fd in self.conn_fds.items() if i in owners}
+        self.fd_conns = {fd: i for fd, i in self.fd_conns.items() if i in owners}
+
     def _discard_rest(self) -> int:
         """Read and drop the remaining frames of a multi-frame message; how many."""
         n = 0
@@ -260,11 +334,19 @@ class Relay(Service):
         now: float,
         conn_acks: dict[str, list[list[int]]],
         identity: bytes,
-        body: zmq.Frame,
+        key: KeyInfo,
     ) -> bool:
         """Decide one record. Acked whenever the node should not send it again."""
         node_id = rec.node_id
         st = self.nodes.get(node_id)
+        if (st is None or st.conn != identity) and not key.may_speak(node_id):
+            # Before anything else: the node's table entry, tokens and owner stay as they
+            # were. Not acked: a node key does not get to learn what happened.
+            if st is not None:
+                st.rejects += 1
+            self.gate.refuse("node", f"{key.name}: {node_id}")
+            self._reject("forbidden", f"{node_id}: not a node of key {key.name}")
+            return False
         if st is None:
             cfg = self.cfg
             if len(self.nodes) >= cfg.max_nodes:
@@ -281,8 +363,8 @@ class Relay(Service):
             )
             st.origin = identity
             self.unconfirmed[identity] = pending + 1
-            self._bind(st, identity, body)
-        elif st.conn != identity and not self._rebind(st, identity, body, now):
+            self._bind(st, identity)
+        elif st.conn != identity and not self._rebind(st, identity, now):
             # Before the token bucket and the boot: another connection must not spend the
             # node's tokens or replace its boot. Not acked: if this is the node itself on a
             # new connection, it resends, and gets in once the rebind rule lets it.
@@ -346,26 +428,21 @@ class Relay(Service):
 
     # --- which connection owns a node id ----------------------------------------------------
 
-    def _rebind(self, st: NodeState, identity: bytes, body: zmq.Frame, now: float) -> bool:
+    def _rebind(self, st: NodeState, identity: bytes, now: float) -> bool:
         """Move the node to this connection if its owner closed or it has been silent."""
-        if st.conn is not None:
-            self._drain_disconnects()  # the owner's disconnect may be waiting
-            if st.conn is not None and now - st.stamp < self.rebind_s:
-                return False
-        self._bind(st, identity, body)
+        if st.conn is not None and now - st.stamp < self.rebind_s:
+            # The owner's disconnect, if it came before this frame, was read in _keys_of.
+            return False
+        self._bind(st, identity)
         self.counters["rebinds"] += 1
         return True
 
-    def _bind(self, st: NodeState, identity: bytes, body: zmq.Frame) -> None:
+    def _bind(self, st: NodeState, identity: bytes) -> None:
         owned = self.conn_nodes.get(identity)
         if owned is None:
-            # A new owner: note its descriptor, which is what a disconnect event names.
-            # Pending events first: one may name an earlier connection on this descriptor.
-            self._drain_disconnects()
-            try:
-                fd = body.get(zmq.SRCFD)
-            except zmq.ZMQError:  # a transport without descriptors: only silence rebinds
-                fd = -1
+            # A new owner: its descriptor (what a disconnect event names) was noted when
+            # its first frame's key was read (_keys_of).
+            fd = self.conn_fds.get(identity, -1)
             if fd >= 0:
                 self.fd_conns[fd] = identity
             owned = self.conn_nodes[identity] = set()
@@ -382,19 +459,47 @@ class Relay(Service):
                     del self.conn_nodes[st.conn]
             st.conn = None
 
-    def _drain_disconnects(self) -> None:
-        """Release the node ids of connections that closed: the next speaker gets them."""
+    def _on_disconnects(self) -> None:
+        self._drain_disconnects()
+
+    def _drain_disconnects(self) -> set[bytes]:
+        """Release the node ids of connections that closed: the next speaker gets them.
+        The routing ids of those connections (their kept keys forgotten)."""
+        gone: set[bytes] = set()
         for frames in received_multipart(self.ingest_events):
             event = parse_monitor_message(frames)
             if event["event"] != zmq.EVENT_DISCONNECTED:
                 continue
             identity = self.fd_conns.pop(event["value"], None)
             if identity is None:
-                continue  # a connection that owned nothing
+                continue  # a connection never seen (its frames are in no pass yet)
+            gone.add(identity)
+            self.conn_users.pop(identity, None)
+            self.conn_fds.pop(identity, None)
             for node_id in self.conn_nodes.pop(identity, ()):
                 st = self.nodes.get(node_id)
                 if st is not None and st.conn == identity:
                     st.conn = None
+        return gone
+
+    def on_keys_changed(self) -> None:
+        """A changed allowlist: every node held by a connection whose key may no longer
+        speak for it is released (its next record is refused, and another connection
+        with a key for it may take it)."""
+        released = 0
+        for identity, owned in list(self.conn_nodes.items()):
+            key = (
+                self.gate.ring.get(self.conn_users.get(identity) or "") if self.gate.ring else None
+            )
+            for node_id in list(owned):
+                if key is None or not key.may_speak(node_id):
+                    st = self.nodes.get(node_id)
+                    if st is not None:
+                        self._unbind(st)
+                        released += 1
+        if released:
+            self.counters["keys_released_nodes"] += released
+            self.log.info("nodes_released", nodes=released, why="the allowlist changed")
 
     def _refuse(self, rej: codec.Rejected, conn_acks: dict[str, list[list[int]]]) -> None:
         """Count a rejected frame or record; ack it if it says who sent it (no resends)."""

@@ -7,7 +7,10 @@
 - ``ctl_client``: a DEALER client for any service's ctl socket (timeouts, retries);
 - ``subscriber``: a bus subscriber that numbers frames and counts gaps;
 - ``clone``: a state kept in sync by snapshot plus stream (the zguide's Clone pattern);
-- ``ports``: free loopback ports for test and scenario clusters, never handed out twice.
+- ``ports``: free loopback ports for test and scenario clusters, never handed out twice;
+- ``keys``: the keys directory (CurveZMQ certificates with roles; ``shoal keys``);
+- ``security``: Curve on every socket, the ZAP allowlist, each message's key checked;
+- ``roles``: every control op classified (read, operate), what each role may do.
 
 Imports go one way: cli -> the process packages -> runtime -> protocol.
 """

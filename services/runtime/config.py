@@ -19,7 +19,13 @@ from msgspec import Meta, Struct
 
 from shoal.protocol import limits
 
-from .endpoints import endpoint_error, listen_error, mqtt_url_error, split_host_port
+from .endpoints import (
+    endpoint_error,
+    is_local,
+    listen_error,
+    mqtt_url_error,
+    split_host_port,
+)
 
 Positive = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
@@ -368,6 +374,22 @@ class OtaConfig(_Section, frozen=True):
     offer_every_s: Annotated[float, Meta(gt=0, le=600)] = 3.0
 
 
+class SecurityConfig(_Section, frozen=True):
+    """CurveZMQ on every ZMQ socket, and roles (services/runtime/security.py; docs/protocol.md
+    §14). The keys directory is made by ``shoal keys init``, or by the first ``shoal up``."""
+
+    # False: nothing is authenticated, and no socket may bind a non-loopback address.
+    curve: bool = True
+    # The keys directory (certificates; secret files 0600); relative to the working
+    # directory, like the ledger.
+    keys: str = "shoal-keys"
+    # The client key of this machine's commands (shoal status, tui, chaos run): "" for
+    # each command's own (reader; console; scenarios). A service always uses its name.
+    key: Annotated[str, Meta(pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?\Z")] = ""
+    # How often a service looks for a change of the allowlist (a key added or revoked).
+    check_interval_ms: Annotated[int, Meta(ge=50, le=60_000)] = 500
+
+
 class ShoalConfig(_Section, frozen=True):
     runtime: RuntimeConfig = RuntimeConfig()
     relay: RelayConfig = RelayConfig()
@@ -380,6 +402,7 @@ class ShoalConfig(_Section, frozen=True):
     metrics: MetricsConfig = MetricsConfig()
     devices: DevicesConfig = DevicesConfig()
     ota: OtaConfig = OtaConfig()
+    security: SecurityConfig = SecurityConfig()
 
 
 class ConfigError(Exception):
@@ -511,6 +534,24 @@ def _check_relations(config: ShoalConfig) -> None:
                 f"key '{section}.{low}': {a!r} must be {what} {section}.{high} ({b!r})"
             )
     _check_distinct(config)
+    _check_exposed(config)
+
+
+def _check_exposed(config: ShoalConfig) -> None:
+    """With Curve off, every ZMQ endpoint must be loopback: anyone on the network could
+    otherwise drive the cluster."""
+    if config.security.curve:
+        return
+    for section, values in _sections(config):
+        for key, key_check in _checks(type(values)).items():
+            value = getattr(values, key)
+            if key_check.why is not endpoint_error or not value:
+                continue
+            if not is_local(value):
+                raise ConfigError(
+                    f"key '{section}.{key}': {value!r} is not a loopback address, and "
+                    "[security] curve is off: turn Curve on, or bind 127.0.0.1"
+                )
 
 
 def _check_distinct(config: ShoalConfig) -> None:

@@ -20,6 +20,7 @@ from shoal.protocol import codec
 from shoal.protocol.messages import Reply, Request
 
 from .chunks import Reassembly
+from .security import Security
 from .sockets import Sockets
 
 T = TypeVar("T")
@@ -33,22 +34,53 @@ class CtlFailed(Exception):
     """The service answered with an error."""
 
 
+class CtlRefused(CtlFailed):
+    """The service refused this client's key: at the handshake (not in its allowlist, or
+    the wrong role for that socket), or the request (beyond the key's role)."""
+
+
 class CtlClient:
-    def __init__(self, endpoint: str, *, ctx: zmq.Context[Any] | None = None) -> None:
+    """``security``: the keys it connects with; None: those registered for the endpoint,
+    else the process's (runtime/security.py)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        ctx: zmq.Context[Any] | None = None,
+        security: Security | None = None,
+        key: str | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.ctx: zmq.Context[Any] = ctx or zmq.Context.instance()
-        self.sockets = Sockets(self.ctx)
+        self.sockets = Sockets(self.ctx, security)
+        self.key = key
         self._ids = itertools.count(random.randrange(1, 2**31))
         self._sock: zmq.Socket[Any] | None = None
+        self._events: zmq.Socket[Any] | None = None
 
     def _socket(self) -> zmq.Socket[Any]:
         if self._sock is None:
-            self._sock = self.sockets.connect(zmq.DEALER, self.endpoint)
+            self._sock = self.sockets.connect(zmq.DEALER, self.endpoint, key=self.key)
+            # A handshake the server refuses is otherwise only a silence: watch for it.
+            self._events = self.sockets.monitor(self._sock, zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         return self._sock
+
+    def _refused(self) -> bool:
+        """Whether the server refused our handshake (ZAP said no)."""
+        events, refused = self._events, False
+        if events is not None:
+            while events.poll(0):
+                events.recv_multipart()
+                refused = True
+        return refused
 
     def _reset(self) -> None:
         # A fresh socket drops replies to abandoned requests and reconnects at once.
         if self._sock is not None:
+            if self._events is not None:
+                self.sockets.close(self._events)
+                self._events = None
             self.sockets.close(self._sock)
             self._sock = None
 
@@ -89,15 +121,28 @@ class CtlClient:
             sock = self._socket()
             sock.send(codec.encode(Request(id=req_id, op=op, args=args or {})))
             deadline = time.monotonic() + timeout_s
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            if self._events is not None:
+                poller.register(self._events, zmq.POLLIN)
             while (left := deadline - time.monotonic()) > 0:
-                if not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
-                    break
+                ready = dict(poller.poll(int(left * 1000) + 1))
+                if sock not in ready:
+                    break  # nothing, or the handshake was refused: said below
                 reply = codec.decode_reply(sock.recv())
                 if reply.id != req_id:
                     continue  # a late answer to an earlier attempt
                 if not reply.ok:
+                    if reply.error.startswith("refused: "):
+                        raise CtlRefused(reply.error)
                     raise CtlFailed(reply.error)
                 return reply
+            if self._refused():
+                self._reset()
+                raise CtlRefused(
+                    f"refused: {self.endpoint} does not accept this key (not in its "
+                    "allowlist, or not a key of a role that socket takes: shoal keys list)"
+                )
             self._reset()
             if attempt < retries:
                 time.sleep(random.uniform(0, backoff_s * 2**attempt))
@@ -112,3 +157,46 @@ class CtlClient:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def ask_all(
+    endpoints: dict[str, str],
+    op: str,
+    args: dict[str, Any] | None = None,
+    *,
+    timeout_s: float = 0.5,
+    security: Security | None = None,
+) -> dict[str, Any]:
+    """One request to each service at once; {name: result} of those that answered in
+    timeout_s (a service down costs the wait once, not once per service)."""
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    sockets = Sockets(ctx, security)
+    poller = zmq.Poller()
+    pending: dict[zmq.Socket[Any], tuple[str, int]] = {}
+    out: dict[str, Any] = {}
+    try:
+        for n, (name, endpoint) in enumerate(endpoints.items(), start=1):
+            try:
+                sock = sockets.connect(zmq.DEALER, endpoint)
+            except Exception:  # no keys for it, a bad endpoint: no answer
+                continue
+            sock.send(codec.encode(Request(id=n, op=op, args=args or {})))
+            poller.register(sock, zmq.POLLIN)
+            pending[sock] = (name, n)
+        deadline = time.monotonic() + timeout_s
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for sock, _ in poller.poll(int(left * 1000) + 1):
+                name, req_id = pending[sock]
+                try:
+                    reply = codec.decode_reply(sock.recv())
+                except codec.Rejected:
+                    continue
+                if reply.id != req_id:
+                    continue
+                poller.unregister(sock)
+                del pending[sock]
+                if reply.ok:
+                    out[name] = msgspec.msgpack.decode(reply.result)
+    finally:
+        sockets.close_all()
+    return out

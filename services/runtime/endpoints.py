@@ -108,3 +108,20 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
         host, _, tail = text.rpartition(":")
         port = int(tail)
     return host, port
+
+
+def is_local(endpoint: str) -> bool:
+    """Whether endpoint is reachable from this machine only (loopback, ipc, inproc): what
+    a socket may bind with Curve off."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme != "tcp":
+        return True
+    host = rest.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # *, a name, an interface: anyone on the network

@@ -6,8 +6,13 @@ stops it in order: ``on_stop`` first (stop taking new work, flush), then every s
 closed, then the ZeroMQ context is ended.
 
 Every service also gets, for free: a control socket (ROUTER) answering ``ping`` and
-``status`` and whatever ops it adds, a heartbeat of its own on its bus, per-publisher
-sequence numbers, counters, and JSON-lines logs.
+``status`` and whatever ops it adds, each request checked against its key's role
+(roles.py), a heartbeat of its own on its bus, per-publisher sequence numbers, counters,
+JSON-lines logs, and its keys followed as the keys directory changes (security.py).
+
+Long on purpose: a service is one loop (sockets, timers, calls from other threads) and
+what every service answers on it (ctl, heartbeats, keys); split, each part would reach
+into the loop's state.
 
 Usage::
 
@@ -60,6 +65,8 @@ from .chunks import (
 from .config import ConfigError, ShoalConfig
 from .log import JsonLog, Summary
 from .metrics import MetricsEndpoint, counter_families
+from .roles import needed
+from .security import CTL_SOCKETS, Gate, Security, may_role
 from .sockets import BindError, Sockets
 
 # Exit codes of a service that cannot start. The supervisor restarts neither for long:
@@ -106,6 +113,16 @@ def received_multipart(sock: zmq.Socket[Any]) -> Iterator[list[bytes]]:
             return
 
 
+def received_frames(sock: zmq.Socket[Any]) -> Iterator[list[zmq.Frame]]:
+    """received_multipart's messages as zmq.Frames (copy=False): what a frame's ZMTP
+    properties (its sender's User-Id) are read from."""
+    for _ in range(DRAIN_BUDGET):
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+
+
 class _Timer:
     __slots__ = ("callback", "cancelled", "due", "interval")
 
@@ -138,15 +155,26 @@ class Service:
     """Base class of every shoal service."""
 
     name: ClassVar[str] = "service"
+    # The client key it connects with (keys.py); None: its name.
+    key_name: ClassVar[str | None] = None
 
-    def __init__(self, config: ShoalConfig, *, ctx: zmq.Context[Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: ShoalConfig,
+        *,
+        ctx: zmq.Context[Any] | None = None,
+        security: Security | None = None,
+    ) -> None:
         self.config = config
         self.ctx: zmq.Context[Any] = ctx or zmq.Context()
         self._own_ctx = ctx is None
-        self.sockets = Sockets(self.ctx)
         self.log = JsonLog(self.name, config.runtime.log_level)
         self.counters: defaultdict[str, int] = defaultdict(int)
         self.rejects = Summary(self.log, "rejected")
+        # Its own key (its name) and the cluster's server key; who may ask what (gate).
+        self.security = security or Security.from_config(config, self.key_name or self.name)
+        self.sockets = Sockets(self.ctx, self.security, self.counters, self.log)
+        self.gate = Gate(self.security, self.counters, self.rejects)
         self.errors = Summary(self.log, "handler_errors")
         self.pub_id = random.SystemRandom().randrange(1, 2**32)
         self.endpoints: dict[str, str] = {}
@@ -189,10 +217,19 @@ class Service:
         """Prometheus families beyond the status counters (per-node gauges); on the loop."""
         return []
 
+    def on_keys_changed(self) -> None:
+        """The allowlist changed (a key added, revoked, or its role or nodes changed): drop
+        what a key that may no longer hold it holds (a service's node routes)."""
+
     # --- building blocks ----------------------------------------------------------------
 
-    def bind(self, role: str, kind: int, endpoint: str, **options: Any) -> zmq.Socket[Any]:
-        sock = self.sockets.bind(kind, endpoint, **options)
+    def bind(
+        self, role: str, kind: int, endpoint: str, *, admit: str = CTL_SOCKETS, **options: Any
+    ) -> zmq.Socket[Any]:
+        """A socket bound, its endpoint listed under role. ``admit``: the roles of the keys
+        it lets in (security.ADMITS): control sockets and buses by default."""
+        sock = self.sockets.bind(kind, endpoint, admit=admit, **options)
+        self.gate.attach(self.security)
         self.endpoints[role] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return sock
 
@@ -256,6 +293,8 @@ class Service:
                 interval = self.config.runtime.heartbeat_interval_ms / 1000
                 self.every(interval, self._beat)
             self.every(self.config.runtime.log_summary_interval_s, self._flush_summaries)
+            if self.gate.ring is not None:
+                self.every(self.security.check_interval_s, self._check_keys)
             # What exists now lives as long as the service: keep the collector off it.
             gc.freeze()
             self._loop_thread = threading.current_thread()
@@ -328,6 +367,20 @@ class Service:
     def _flush_summaries(self) -> None:
         self.rejects.flush()
         self.errors.flush()
+
+    def _check_keys(self) -> None:
+        """A changed allowlist takes effect now: requests are checked against it from the
+        next one on; keys that lost something lose it here; and if a key left (or was
+        narrowed) the buses cut their subscribers, which must then pass ZAP again."""
+        changed, narrowed = self.gate.changed()
+        if not changed:
+            return
+        self.counters["keys_reloaded"] += 1
+        self.on_keys_changed()
+        cut = self.sockets.cut_subscribers() if narrowed else 0
+        self.log.info(
+            "keys_changed", keys=len(self.gate.ring.keys) if self.gate.ring else 0, buses_cut=cut
+        )
 
     def stop(self) -> None:
         """Ask the loop to stop; safe from any thread and from a signal handler."""
@@ -448,26 +501,34 @@ class Service:
         self.loop_lag_max_ms = 0.0
 
     def _drain_ctl(self) -> None:
-        for frames in received_multipart(self.ctl):
+        for frames in received_frames(self.ctl):
             try:
                 self._answer(frames)
             except Exception as err:  # one request's failure never costs the others
                 self.handler_error("ctl", err)
 
-    def _answer(self, frames: list[bytes]) -> None:
+    def _answer(self, frames: list[zmq.Frame]) -> None:
         if len(frames) != 2:
             self.counters["ctl_malformed"] += 1
             self.rejects.add("ctl_malformed", f"{len(frames)} frames")
             if len(frames) > 2:
-                self._reply(frames[0], Reply(id=0, ok=False, error="malformed: expected one frame"))
+                error = "malformed: expected one frame"
+                self._reply(frames[0].bytes, Reply(id=0, ok=False, error=error))
             return
-        identity, body = frames
+        identity, frame = frames[0].bytes, frames[1]
+        key = self.gate.key(frame)  # None: its key left the allowlist after the handshake
         try:
-            req = codec.decode_request(body)
+            req = codec.decode_request(frame.bytes)
         except codec.Rejected as rej:
+            if key is None:
+                return
             self.counters[f"ctl_reject_{rej.reason}"] += 1
             self.rejects.add(f"ctl_{rej.reason}", rej.detail)
             self._reply(identity, Reply(id=0, ok=False, error=f"{rej.reason}: {rej.detail}"))
+            return
+        if key is None:
+            error = "refused: this key is revoked"
+            self._reply(identity, Reply(id=req.id, ok=False, error=error))
             return
         handler = self.ctl_ops.get(req.op)
         if handler is None:
@@ -477,6 +538,12 @@ class Service:
                 identity,
                 Reply(id=req.id, ok=False, error=f"unknown op '{req.op}' (known: {known})"),
             )
+            return
+        if not may_role(key, self.name, req.op):
+            self.gate.refuse("role", f"{key.name} ({key.role}): {self.name} {req.op}")
+            need = needed(self.name, req.op)
+            error = f"refused: '{req.op}' needs {need} key, not {key.role} key '{key.name}'"
+            self._reply(identity, Reply(id=req.id, ok=False, error=error))
             return
         self.counters["ctl_requests"] += 1
         try:

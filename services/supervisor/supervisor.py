@@ -4,6 +4,9 @@ Why our own rather than supervisord, honcho or circus: we need restart-with-back
 merged and prefixed output stream, an ordered stop, and a ZeroMQ control socket the fault
 injector can drive (``ps``, ``signal``, ``restart``, ``stop``).
 
+Long on purpose: one asyncio state machine per child (spawn, watch, back off, stop) and
+the ctl that drives them share the children's state.
+
 Each child runs in its own session (so a terminal Ctrl-C reaches only the supervisor, which
 then stops the children in reverse order) with ``SHOAL_SUPERVISED=1`` and
 ``SHOAL_SUPERVISOR_PID`` set, which the service runtime uses to die with its parent.
@@ -31,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
@@ -41,8 +45,11 @@ import zmq.asyncio
 
 from shoal.protocol import codec
 from shoal.protocol.messages import Reply, ServiceStatus
+from shoal.services.runtime import security as sec
 from shoal.services.runtime.config import SupervisorConfig
 from shoal.services.runtime.log import JsonLog, humanize, isatty
+from shoal.services.runtime.roles import needed
+from shoal.services.runtime.security import Gate, Security, may_role
 from shoal.services.runtime.service import EXIT_BIND_FAILED, EXIT_CONFIG, start_error_of
 from shoal.services.runtime.sockets import Sockets
 
@@ -156,6 +163,7 @@ class Supervisor:
         *,
         out: TextIO | None = None,
         log: JsonLog | None = None,
+        security: Security | None = None,
     ) -> None:
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
@@ -164,6 +172,11 @@ class Supervisor:
         self.config = config
         self.out = out if out is not None else sys.stdout
         self.log = log or JsonLog("supervisor")
+        # Its ctl is a Curve server like every service's: signal, restart and stop need
+        # an operator's key (roles.py), ps a reader's.
+        self.security = security or sec.for_endpoint(config.ctl)
+        self.counters: defaultdict[str, int] = defaultdict(int)
+        self.gate = Gate(self.security, self.counters)
         self._children: list[_Child] = []
         self._by_name: dict[str, _Child] = {}
         self._stopping = False
@@ -198,11 +211,12 @@ class Supervisor:
             self._stop_event.set()
 
         ctx = zmq.asyncio.Context()
-        sockets = Sockets(ctx)
+        sockets = Sockets(ctx, self.security, self.counters, self.log)
         serve: asyncio.Task[None] | None = None
         try:
             # Bind first: a busy ctl port fails the start before any child is spawned.
             ctl = cast(zmq.asyncio.Socket, sockets.bind(zmq.ROUTER, self.config.ctl))
+            self.gate.attach(self.security)
             if install_signals:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(signum, self._on_signal, signum)
@@ -434,27 +448,39 @@ class Supervisor:
 
     async def _serve_ctl(self, ctl: zmq.asyncio.Socket) -> None:
         while True:
-            frames = await ctl.recv_multipart()
+            frames = await ctl.recv_multipart(copy=False)
             try:
+                self.gate.changed()  # a request is rare: the allowlist is looked at for each
                 reply = self._answer(frames)
             except Exception as err:  # a bad request must never stop the serving loop
                 self.log.error("ctl_error", error=repr(err))
                 reply = Reply(id=0, ok=False, error=f"internal error: {err!r}")
             if reply is not None and len(frames) >= 2:
                 with contextlib.suppress(zmq.ZMQError):
-                    await ctl.send_multipart([frames[0], codec.encode(reply)], zmq.NOBLOCK)
+                    await ctl.send_multipart([frames[0].bytes, codec.encode(reply)], zmq.NOBLOCK)
 
-    def _answer(self, frames: list[bytes]) -> Reply | None:
+    def _answer(self, frames: list[zmq.Frame]) -> Reply | None:
         if len(frames) != 2:
             return Reply(id=0, ok=False, error="malformed: expected one frame")
+        key = self.gate.key(frames[1])  # None: its key left the allowlist
         try:
-            req = codec.decode_request(frames[1])
+            req = codec.decode_request(frames[1].bytes)
         except codec.Rejected as rej:
-            return Reply(id=0, ok=False, error=f"{rej.reason}: {rej.detail}")
+            return (
+                None if key is None else Reply(id=0, ok=False, error=f"{rej.reason}: {rej.detail}")
+            )
+        if key is None:
+            return Reply(id=req.id, ok=False, error="refused: this key is revoked")
         handler = self._ops.get(req.op)
         if handler is None:
             known = ", ".join(sorted(self._ops))
             return Reply(id=req.id, ok=False, error=f"unknown op '{req.op}' (known: {known})")
+        if not may_role(key, "supervisor", req.op):
+            self.gate.refuse("role", f"{key.name} ({key.role}): supervisor {req.op}")
+            self.log.warning("refused", key=key.name, role=key.role, op=req.op)
+            need = needed("supervisor", req.op)
+            error = f"refused: '{req.op}' needs {need} key, not {key.role} key '{key.name}'"
+            return Reply(id=req.id, ok=False, error=error)
         try:
             result = handler(req.args)
         except CtlError as err:
@@ -476,6 +502,7 @@ class Supervisor:
 
     def _op_status(self, _args: dict[str, Any]) -> ServiceStatus:
         counters = {f"restarts_{c.spec.name}": c.restarts for c in self._children}
+        counters.update(self.counters)
         return ServiceStatus(
             service="supervisor",
             pid=os.getpid(),
@@ -563,9 +590,10 @@ def run_supervisor(
     install_signals: bool = True,
     out: TextIO | None = None,
     log: JsonLog | None = None,
+    security: Security | None = None,
 ) -> int:
     """Run a Supervisor in this thread until it is stopped; returns its exit code."""
-    supervisor = Supervisor(specs, config, out=out, log=log)
+    supervisor = Supervisor(specs, config, out=out, log=log, security=security)
     return asyncio.run(supervisor.run(install_signals=install_signals))
 
 
