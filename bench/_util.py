@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: message generation, publisher and subscriber processes,
 a relay run as a real child process, and the JSON-on-stdout / progress-on-stderr output.
+Long on purpose: what every benchmark shares, so that none of them repeats it.
 
 Publishers and subscribers are separate processes (multiprocessing, spawn) so that neither
 steals the GIL of the other nor of the process being measured. Their worker functions live

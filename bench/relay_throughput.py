@@ -38,7 +38,6 @@ Progress goes to stderr, the JSON object to stdout.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import statistics

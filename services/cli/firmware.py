@@ -17,7 +17,7 @@ import click
 
 from shoal.services.firmware.targets import TARGETS
 
-from .config import CliError, CliUsageError, config_from, config_option
+from .config import CliError, CliUsageError, config_from, config_option, use_keys
 
 EXIT_NO_PORT = 3
 EXIT_WRONG_CHIP = 4
@@ -318,6 +318,7 @@ def ota_cmd(
     if (nodes is None) == (not all_boards):
         raise CliUsageError("give --nodes IDS or --all")
     config = config_from(config_path)
+    use_keys(config, "operator")  # a rollout is an operator's act (docs/protocol.md §14.3)
     if all_boards:
         with open_registry(config_path) as registry:
             ids = [d.node_id for d in registry.devices()]

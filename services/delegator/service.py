@@ -19,6 +19,10 @@ Placement: power of two choices (placement.py) among peers that are alive (not
 suspect), not overloaded, reachable, and below ``accept_fill`` of their queue, counting
 assignments made since their last telemetry. A task's origin is never its own peer.
 
+Long on purpose: the tasks socket's handlers, the placement pass and the ctl ops share
+the ledger, the routes and the peers' view; placement.py and ledger.py hold what can stand
+alone. (Next to split out: the ctl ops.)
+
 Who may speak for a node (docs/protocol.md §8.1, §14): with Curve on, only a node key whose
 patterns match its ``node_id`` (``forbidden`` otherwise), as the allowlist is now; and only
 the connection that owns the node's route (owners.py; ``impersonation`` otherwise), so

@@ -4,6 +4,8 @@ Every key and default lives here. A wrong key or type stops the program at start
 message that names the key (msgspec's ``forbid_unknown_fields`` does the naming); so does
 what a type cannot say: an endpoint that is no ZMQ URL, a port out of range, thresholds in
 the wrong order (``validated``). Each error is one line naming the key and its value.
+Long on purpose: every section's keys and defaults in one file, the one place a reader
+looks (docs/protocol.md's table of defaults is checked against it).
 """
 
 from __future__ import annotations

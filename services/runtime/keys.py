@@ -79,10 +79,12 @@ def standard_keys(sim_prefix: str = "sim") -> dict[str, tuple[str, tuple[str, ..
         "liveness": ("service", ()),
         "delegator": ("service", ()),
         "registry": ("service", ()),
+        "ota": ("service", ()),  # the OTA service follows the monitor (its rollout's gate)
         "sim": ("node", (f"{sim_prefix}-*",)),
         "shim": ("node", ("*",)),  # a gateway: it speaks for every board behind the broker
         "console": ("operator", ()),  # shoal tui, and the console shoal up opens
         "scenarios": ("operator", ()),  # shoal chaos run, and the console's scenarios
+        "operator": ("operator", ()),  # the operator's commands: shoal firmware ota
         "reader": ("reader", ()),  # shoal status, shoal tasks, shoal tui --readonly
     }
 

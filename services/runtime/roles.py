@@ -49,6 +49,8 @@ OPS: dict[str, dict[str, OpClass]] = {
         "owned": READ,
         "revoked": READ,
         "drain": OPERATE,
+        "drained": READ,
+        "moved": READ,
     },
     "sim": {"nodes": READ, "set_rate": OPERATE, "fault": OPERATE},
     "shim": {"boards": READ},
@@ -61,6 +63,7 @@ OPS: dict[str, dict[str, OpClass]] = {
         "crash": OPERATE,
     },
     "registry": {"devices": READ},
+    "ota": {"progress": READ, "rollout": OPERATE, "abort": OPERATE},
     "supervisor": {"ps": READ, "signal": OPERATE, "restart": OPERATE, "stop": OPERATE},
     "console": {},  # the console's feed serves the base ops only
 }
