@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal.services.runtime import security
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from shoal.services.runtime.ports import next_port
@@ -313,6 +314,12 @@ class _Run:
                 layout.way,
             )
         self.topology = Topology.of_hosts(layout, kernel)
+        # This process acts with the scenarios key of the hosts' keys directory, on every
+        # endpoint any host's config names (each fleet host has a supervisor of its own).
+        ops = layout.config("ops")
+        acting = security.Security.from_config(ops, "scenarios")
+        for h in layout.hosts:
+            security.register(security.endpoints_of(layout.config(h.name)), acting)
         cluster = HostsCluster(layout)
         stack.callback(self._keep_log, cluster)
         stack.enter_context(cluster)
@@ -323,7 +330,7 @@ class _Run:
         if why is not None:
             raise Unobservable(f"the cluster of hosts did not start: {why}")
         w = self.s.workload
-        return layout.config("ops"), member_ids(w), hot_ids(w)
+        return ops, member_ids(w), hot_ids(w)
 
     def _keep_log(self, cluster: Any) -> None:
         if self.opts.keep_logs is not None and cluster.log_path.exists():

@@ -156,6 +156,9 @@ def host_config(
             "only": list(fleet.nodes),
         },
         "devices": {"registry": str(Path(layout.workdir) / f"{host}-devices.db")},
+        # One keys directory for every host (written once by write_configs): a real
+        # deployment copies each host its own secret and the server key (docs/deploy.md).
+        "security": {"keys": str(keys_dir(layout))},
     }
     config = base
     for name, values in sections.items():
@@ -165,10 +168,17 @@ def host_config(
     return validated(config)
 
 
+def keys_dir(layout: Layout) -> Path:
+    return Path(layout.workdir) / "keys"
+
+
 def write_configs(layout: Layout, sim: dict[str, Any], base: ShoalConfig | None = None) -> None:
-    """Every host's config file, and the layout beside them."""
+    """Every host's config file, the CurveZMQ keys they share, and the layout beside them."""
+    from shoal.services.runtime.keys import KeysDir
+
     folder = Path(layout.workdir) / "hosts"
     folder.mkdir(parents=True, exist_ok=True)
+    KeysDir(keys_dir(layout)).init(str(sim.get("id_prefix", "sim")))
     for h in layout.hosts:
         layout.config_path(h.name).write_text(dump_toml(host_config(layout, h.name, sim, base)))
     layout.save()
