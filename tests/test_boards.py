@@ -161,6 +161,7 @@ def test_a_powered_off_board_has_no_process(cluster: Cluster) -> None:
     wait_for(lambda: alive(cluster, "board-02"), 60)
 
 
+@pytest.mark.slow  # ~37 s; the radio test above and board-radio-loss cover it in just test
 def test_radio_off_takes_the_wifi_down_and_radio_on_gets_the_board_acked_again(
     cluster: Cluster,
 ) -> None:

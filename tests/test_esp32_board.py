@@ -288,7 +288,16 @@ def _run(tmp: Path, interpreter: str, broker: str, **extra: Any) -> Iterator[Run
             shim.close()
 
 
-@pytest.fixture(params=[(i, b) for i in INTERPRETERS for b in ("amqtt", "mosquitto")], ids="-".join)
+# Under CPython the same firmware runs on the same brokers: that pair is slow (just bench),
+# the MicroPython one, what a board runs, is in just test.
+@pytest.fixture(
+    params=[
+        pytest.param((i, b), marks=[pytest.mark.slow] if i == "cpython" else [])
+        for i in INTERPRETERS
+        for b in ("amqtt", "mosquitto")
+    ],
+    ids="-".join,
+)
 def run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Run]:
     interpreter, broker = request.param
     yield from _run(tmp_path, interpreter, broker)
@@ -398,7 +407,10 @@ def test_board_over_a_real_broker(run: Run) -> None:
     assert "Traceback" not in out and "resetting" not in out, board.tail()
 
 
-@pytest.mark.parametrize("interpreter", INTERPRETERS)
+@pytest.mark.parametrize(
+    "interpreter",
+    [pytest.param("micropython"), pytest.param("cpython", marks=pytest.mark.slow)],
+)
 def test_heap_under_load(interpreter: str, tmp_path: Path) -> None:
     """Local tasks at 20/s (the queue fills and offers; nobody takes them), an assign every
     0.2 s (results acked), the shipped heartbeat and will refresh, for LOAD_S: the board
