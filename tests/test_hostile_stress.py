@@ -196,7 +196,10 @@ class HostileClient:
         try:
             self._pace(sock, duration_s, rate_hz)
         finally:
-            sock.close()
+            # What send() took is sent: a close with linger 0 (the factory's default) would
+            # drop what still waits in this socket's queue when the relay lags behind, and
+            # the test would wait for refusals of frames the relay can never see.
+            sock.close(linger=LINGER_MS)
 
     def _pace(self, sock: zmq.Socket[Any], duration_s: float, rate_hz: float) -> None:
         burst = rate_hz / 100  # 10 ms worth of tokens at most
@@ -227,6 +230,9 @@ class HostileClient:
                 self.acks += 1
         except zmq.Again:
             pass
+
+
+LINGER_MS = 30_000
 
 
 def refusals(frames: list[bytes]) -> Counter[str]:

@@ -569,3 +569,14 @@ def test_the_cluster_runs_with_curve_and_the_attacks_cost_it_nothing(cluster: Cl
     }
     audit = ctl(cluster, cluster.config.delegator.ctl, "audit")
     assert audit["committed_twice"] == 0 and audit.get("done", 0) + audit.get("delivered", 0) > 0
+
+
+def test_a_readonly_console_holds_the_reader_key_only():
+    from shoal.tui.feed import LiveFeed, console_key
+
+    config = config_on_free_ports()
+    assert console_key(config, readonly=False) == "console"
+    assert console_key(config, readonly=True) == "reader"
+    assert console_key(with_overrides(config, "security", key="alice"), readonly=True) == "reader"
+    feed = LiveFeed(config, readonly=True)
+    assert feed.service.security.name == "reader"
