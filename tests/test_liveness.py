@@ -51,6 +51,7 @@ class Harness:
         self.turn = 0
         self.checks = 0
         self.next_beat = self.now
+        self.next_shim_beat = self.now
         # Boards: nodes behind the MQTT shim, heard only while the shim and the broker are up.
         self.boards: set[str] = set()
         self.shim_pub = 0  # 0: no shim in this cluster (it never beats)
@@ -95,7 +96,7 @@ class Harness:
             service="shim",
             pid=2,
             uptime_s=1,
-            interval_ms=500,
+            interval_ms=100,
             counters={"broker_connected": int(self.broker_up)},
         )
         self.lv._on_shim_frame(b"svc", frame)
@@ -110,9 +111,10 @@ class Harness:
             self.now += TICK_S / 5
             if self.relay_up and self.now >= self.next_beat:
                 self.beat()
-                if self.shim_pub and self.shim_up:
-                    self.shim_beat()
                 self.next_beat += 0.5
+            if self.shim_pub and self.shim_up and self.now >= self.next_shim_beat:
+                self.shim_beat()  # the shim beats every 100 ms (mqtt_shim/service.py)
+                self.next_shim_beat += 0.1
             if self.now >= self.next_hb:
                 # Nodes speak in turn, spread over the interval, as real boots are.
                 self.next_hb += HB_S / len(self.boot)
@@ -379,3 +381,18 @@ def test_ids_heard_once_are_forgotten_soon_after_they_die_and_real_nodes_are_kep
         assert h.lv.counters["phantoms_forgotten"] == 500
     finally:
         h.close()
+
+
+def test_boards_are_not_suspected_while_the_shims_beat_is_late_before_it_counts_as_silent(
+    h: Harness,
+) -> None:
+    """The shim is killed just after its heartbeat: the boards fall silent with it, and
+    their suspect threshold (~0.85 s) comes before the shim counts as silent (1 s).
+    A late shim beat already holds the boards' verdicts (found in shim-restart, seed 1)."""
+    h.add_boards("n0", "n1", "n2")
+    h.run(3.0)
+    h.run(h.next_shim_beat - h.now + 0.005)  # just after the shim's beat
+    h.shim_up = False
+    h.run(5.0)
+    assert h.events("suspect") == [] and h.events("dead") == []
+    assert h.lv.counters["boards_held"] == 1

@@ -135,8 +135,11 @@ class Liveness(Service):
         self.relay_heard = 0.0  # last frame of any kind from the relay (0: never)
         self.relay_interval_s = config.runtime.heartbeat_interval_ms / 1000
         self.mass_since: float | None = None
-        self.gateway = GatewayHealth(self.cfg.relay_silent_beats, self.cfg.gateway_grace_ms / 1000)
+        self.gateway = GatewayHealth(
+            self.cfg.relay_silent_beats * self.relay_interval_s, self.cfg.gateway_grace_ms / 1000
+        )
         self.boards_suspended = False
+        self.boards_held = False  # the shim's beat is late: verdicts wait (gateway.py)
         self.boards_known = False  # a hello with via "mqtt" was seen
         self.ctl_ops["members"] = self._op_members
         self.ctl_ops["member"] = self._op_member
@@ -319,7 +322,8 @@ class Liveness(Service):
         self._flush()
 
     def _boards_suspended(self, now: float) -> bool:
-        """Whether boards (``via`` mqtt) are exempt from verdicts now (gateway.py)."""
+        """Whether boards (``via`` mqtt) are exempt from verdicts now (gateway.py): the path
+        is down, or the shim's beat is late."""
         suspended, why, recovered = self.gateway.check(now, self.boards_known)
         if suspended and not self.boards_suspended:
             self.counters["gateway_outages"] += 1
@@ -329,7 +333,11 @@ class Liveness(Service):
         elif not suspended and self.boards_suspended:
             self.log.info("boards_judged_again")
         self.boards_suspended = suspended
-        return suspended
+        held = not suspended and self.gateway.late(now)
+        if held and not self.boards_held:
+            self.counters["boards_held"] += 1
+        self.boards_held = held
+        return suspended or held
 
     def _judge(self, node: Node, now: float) -> None:
         detector = node.detector

@@ -58,6 +58,10 @@ ALWAYS = (
     "task_down",
 )
 SWEEP_S = 10.0
+# The shim beats this often (at most): it is the boards' observer, and a monitor must see
+# its beat late well before a board's suspect threshold (~0.85 s at 250 ms heartbeats),
+# or a shim killed just after a beat gets its boards suspected (liveness/gateway.py).
+BEAT_MS = 100
 
 
 class Shim(Service):
@@ -68,6 +72,7 @@ class Shim(Service):
     def __init__(self, config: ShoalConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.cfg = config.mqtt
+        self.heartbeat_ms = min(self.heartbeat_ms, BEAT_MS)
         self.boards = Boards(self.cfg.max_boards, self.cfg.forget_after_s)
         self.reject_counts = dict.fromkeys(REJECT_REASONS, 0)
         self.window = config.relay.dedup_window

@@ -180,6 +180,7 @@ class Service:
         self.endpoints: dict[str, str] = {}
         self.started_monotonic = time.monotonic()
         self.bus: zmq.Socket[Any] | None = None  # set by services that publish
+        self.heartbeat_ms = config.runtime.heartbeat_interval_ms  # a service may beat faster
         self.ctl_ops: dict[str, CtlHandler] = {
             "ping": self._op_ping,
             "status": self._op_status,
@@ -290,8 +291,7 @@ class Service:
         try:
             self.setup()
             if self.bus is not None:
-                interval = self.config.runtime.heartbeat_interval_ms / 1000
-                self.every(interval, self._beat)
+                self.every(self.heartbeat_ms / 1000, self._beat)
             self.every(self.config.runtime.log_summary_interval_s, self._flush_summaries)
             if self.gate.ring is not None:
                 self.every(self.security.check_interval_s, self._check_keys)
@@ -489,7 +489,7 @@ class Service:
             service=self.name,
             pid=os.getpid(),
             uptime_s=round(self.uptime_s(), 3),
-            interval_ms=self.config.runtime.heartbeat_interval_ms,
+            interval_ms=self.heartbeat_ms,
             counters=self.status_counters(),
             loop_lag_ms=round(self.loop_lag_max_ms, 1),
             pseqs={
