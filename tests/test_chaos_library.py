@@ -1,7 +1,8 @@
 """Every scenario in the library passes, with its timeline compressed to the file's
-``test_scale``: at seed 1 in `just test` (the suite stays under 10 minutes on 2 cores), at
-seeds 1, 2 and 3 in `just bench` (``SHOAL_CHAOS_SEEDS=1,2,3``), where the full-length runs
-at more seeds are too (bench/chaos_library.py).
+``test_scale``: at the file's ``test_seeds`` in `just test` (seed 1 for most; the suite
+stays under 10 minutes on 2 cores), at seeds 1, 2 and 3 in `just bench`
+(``SHOAL_CHAOS_SEEDS=1,2,3`` overrides every file), where the full-length runs at more
+seeds are too (bench/chaos_library.py).
 
 A run mostly waits (faults last seconds; the cluster uses a few percent of a core), so the
 runs go through a pool of ``SHOAL_CHAOS_JOBS`` (default 6) at a time, each its own cluster
@@ -22,9 +23,15 @@ import pytest
 from shoal.services.chaos.load import load
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
-SEEDS = tuple(int(s) for s in os.environ.get("SHOAL_CHAOS_SEEDS", "1").split(","))
+FORCED_SEEDS = os.environ.get("SHOAL_CHAOS_SEEDS", "")
 JOBS = int(os.environ.get("SHOAL_CHAOS_JOBS", "6"))
 TIMEOUT_S = 300
+
+
+def seeds_of(path: Path) -> tuple[int, ...]:
+    if FORCED_SEEDS:
+        return tuple(int(s) for s in FORCED_SEEDS.split(","))
+    return tuple(load(path).scenario.test_seeds)
 
 
 def run_one(path: Path, seed: int, out: Path) -> tuple[int, dict[str, Any], str]:
@@ -51,11 +58,13 @@ def library_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         for item in request.session.items
         if getattr(item, "originalname", "") == "test_library_scenario_passes_at_every_seed"
     ]
+    # The longest runs first: the pool's last run should not be one that starts late.
+    selected.sort(key=lambda path: -load(path).scenario.deadline)
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
         futures: dict[tuple[str, int], Future[tuple[int, dict[str, Any], str]]] = {
             (path.stem, seed): pool.submit(run_one, path, seed, out)
             for path in selected
-            for seed in SEEDS
+            for seed in seeds_of(path)
         }
         yield futures
         for future in futures.values():
@@ -64,7 +73,7 @@ def library_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_library_scenario_passes_at_every_seed(path: Path, library_runs) -> None:
-    for seed in SEEDS:
+    for seed in seeds_of(path):
         code, report, output = library_runs[(path.stem, seed)].result(timeout=TIMEOUT_S * 12)
         assert code == 0, f"{path.name} seed {seed}: exit {code}\n{output}"
         assert report["verdict"] == "passed"

@@ -529,6 +529,10 @@ class Scenario(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     # The time scale `just test` runs this scenario at (compress(); the library's files
     # are full length, for `just bench`).
     test_scale: Annotated[float, Meta(gt=0, le=1)] = 0.25
+    # The seeds `just test` runs it at (`just bench` runs every file at seeds 1-3).
+    test_seeds: Annotated[list[Annotated[int, Meta(ge=0)]], Meta(min_length=1, max_length=5)] = (
+        field(default_factory=lambda: [1])
+    )
     workload: Workload
     steady_state: SteadyState = SteadyState()
     fault: list[AnyFault] = []
