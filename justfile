@@ -19,9 +19,11 @@ up *ARGS:
 tui *ARGS:
     shoal tui {{ARGS}}
 
-# Run the test suite (slow soak tests excluded; they run in `just bench`)
+# Run the test suite (slow soak tests excluded; they run in `just bench`): a worker per
+# file on SHOAL_TEST_JOBS processes (2; 0 runs in this process), since a test mostly waits
+# on its cluster; a file stays in one worker, so its module fixtures run once.
 test *ARGS:
-    pytest -q {{ARGS}}
+    pytest -q -n {{env_var_or_default("SHOAL_TEST_JOBS", "2")}} --dist loadfile {{ARGS}}
 
 # ruff (lint and format check) and mypy
 lint:

@@ -104,6 +104,8 @@ def test_a_healthy_link_forwards_data_subscriptions_requests_and_replies() -> No
         assert wait_for(ln.reply, 5) == b"re:ping"
         # The service got the requester's frames as they were sent: identity and request.
         assert len(ln.requests[-1]) == 2 and ln.requests[-1][1] == b"ping"
+        # The proxy's thread counts a message after sending it: the reply can arrive first.
+        wait_for(lambda: ln.proxy.counters()["forwarded_ctl_down"] >= 1, 5)
         c = ln.proxy.counters()
         assert c["forwarded_bus_down"] >= 50 and c["forwarded_bus_up"] >= 1
         assert c["forwarded_ctl_up"] == 1 and c["forwarded_ctl_down"] == 1
