@@ -247,8 +247,6 @@ def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     found = _handoff_runs(data)
     if not found:
         return None
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     fig, axes = _figure(2)
     colors = {
         "delegation_tail": "tab:blue",
@@ -278,11 +276,7 @@ def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     axes[0].axhline(0.99, color="grey", linewidth=0.8, linestyle=":")
     axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
     axes[1].set_yscale("log")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("offer taken -> peer accepted (ms, log)")
+    _log_ms_axes(axes, "offer taken -> peer accepted (ms, log)")
     axes[0].set_ylabel("fraction of hand-offs")
     axes[1].set_ylabel("fraction slower (log; dotted: p99)")
     axes[0].set_title("hand-off latency CDF (thin: each run)")
@@ -291,11 +285,21 @@ def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     return _save(fig, out, "handoff.png")
 
 
+def _log_ms_axes(axes: Any, xlabel: str) -> None:
+    """A CDF panel pair's log x axes, labelled in plain milliseconds."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+
+
 def plot_ledger(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     latency = (data.get("ledger") or {}).get("commit_latency")
     if not latency:
         return None
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, axes = _figure(2)
     styles = {
@@ -308,11 +312,7 @@ def plot_ledger(data: dict[str, dict[str, Any]], out: Path) -> str | None:
         ccdf(axes[1], values, label, color=color)
     axes[1].set_yscale("log")
     axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("a pass: its changes and commit (ms, log)")
+    _log_ms_axes(axes, "a pass: its changes and commit (ms, log)")
     axes[0].set_ylabel("fraction of passes")
     axes[1].set_ylabel("fraction slower (log)")
     axes[0].set_title("ledger commit latency at the delegator's pace")
