@@ -1,13 +1,30 @@
 """The report's scale section (bench/scale.py's JSON): a plot of every process's CPU and
 RSS per scenario, and a table of the operator-facing figures. Kept out of
-bench/make_report.py, which calls ``section`` once."""
+bench/make_report.py, which calls ``section`` once (and which this module does not import:
+no import circle)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from shoal.bench.make_report import _figure, _save
+
+def _figure() -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, 2, figsize=(10.0, 4.2))
+
+
+def _save(fig: Any, out: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -17,7 +34,7 @@ def _label(row: dict[str, Any]) -> str:
 def plot_scale(scale: dict[str, Any], out: Path) -> str:
     rows = scale["scenarios"]
     names = sorted({name for r in rows for name in r["services"]})
-    fig, axes = _figure(2)
+    fig, axes = _figure()
     width = 0.8 / max(1, len(rows))
     for i, row in enumerate(rows):
         xs = [k + i * width for k in range(len(names))]
@@ -46,6 +63,8 @@ def section(data: dict[str, dict[str, Any]], out: Path) -> list[str]:
         ("msg/s", "messages_per_s"),
         ("sims", "sim_processes"),
         ("sims' CPU % (baseline)", "load_generator_cpu_pct"),
+        ("CPU % of all its processes", "cluster_cpu_pct"),
+        ("machine CPU %", "machine_cpu_pct"),
         ("status --json s", "status_json_s"),
         ("snapshot s", "relay_snapshot_s"),
         ("re-sync s", "delegator_resync_s"),
@@ -61,9 +80,11 @@ def section(data: dict[str, dict[str, Any]], out: Path) -> list[str]:
     first = scale.get("first_bottleneck", {})
     md += [
         "",
-        f"First bottleneck: {first.get('service')} at {first.get('cpu_pct')}% of one core"
+        f"Busiest service: {first.get('service')} at {first.get('cpu_pct')}% of one core"
         f" ({'saturated' if first.get('saturated') else 'not saturated'};"
-        f" {first.get('cpu_pct_in_first_scenario')}% in the first scenario).",
+        f" {first.get('cpu_pct_in_first_scenario')}% in the first scenario); the machine"
+        f" {first.get('machine_cpu_pct', '-')}% busy"
+        f" ({'saturated' if first.get('machine_saturated') else 'not saturated'}).",
         "",
     ]
     return md

@@ -49,6 +49,8 @@ QUICK_SCENARIOS = ((200, 4.0), (1000, 1.0))
 # Messages a second one sim process is given at most (telemetry + heartbeats): past this
 # one sim falls behind its own schedule on this machine.
 SIM_MSGS_PER_S = 12_000
+# The machine's busy CPU in the last window, % of one core (all cores: up to 100 x cores).
+machine_pct = [0.0]
 SATURATED_PCT = 90.0  # of one core: a Python process's ceiling is ~100%
 LOAD_GENERATORS = ("sim",)
 HOT_SPOTS = 2
@@ -97,12 +99,20 @@ def members_alive(cluster: Cluster, n: int) -> bool:
     return len(states) == n and all(s == "alive" for s in states)
 
 
+def busy_s() -> float:
+    """CPU seconds the whole machine spent busy (every core, every process, ours or not)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 def cpu_window(procs: dict[str, psutil.Process], window_s: float) -> dict[str, Any]:
     cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
+    busy0 = busy_s()
     t0 = time.monotonic()
     time.sleep(window_s)  # the measurement window
     cpu1 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
     elapsed = time.monotonic() - t0
+    machine_pct[0] = round((busy_s() - busy0) / elapsed * 100, 1)
     return {
         k: {
             "cpu_pct": round((cpu1[k] - cpu0[k]) / elapsed * 100, 1),
@@ -186,15 +196,18 @@ def one_scenario(
                 procs[f"sim-{k}"] = psutil.Process(proc.pid)
             progress(f"scale: {nodes} nodes: CPU window {window_s:.0f} s")
             services = cpu_window(procs, window_s)
+            phases = {"window": liveness_counters(cluster)}
             progress(f"scale: {nodes} nodes: status, snapshot, console")
             seen: list[int] = []
             status_s = timed(lambda: seen.append(status_json(cluster)))
             snapshot_s = timed(lambda: call(cluster.config.relay.ctl, "snapshot", timeout_s=30))
+            phases["status_and_snapshot"] = liveness_counters(cluster)
             feed = console_measure(cluster.config_path, "feed", console_s, console_s)
             console = console_measure(cluster.config_path, "nodes", console_s, console_s)
+            phases["console"] = liveness_counters(cluster)
             progress(f"scale: {nodes} nodes: delegator re-sync")
             resync_s = delegator_resync_s(cluster, 120)
-            verdicts1 = liveness_counters(cluster)
+            verdicts1 = phases["delegator_restart"] = liveness_counters(cluster)
             final_alive = members_alive(cluster, nodes)
         finally:
             for proc in extras:
@@ -215,6 +228,9 @@ def one_scenario(
         "window_s": window_s,
         "services": services,
         "load_generator_cpu_pct": round(sum(v["cpu_pct"] for v in generators.values()), 1),
+        "cluster_cpu_pct": round(sum(v["cpu_pct"] for v in services.values()), 1),  # sims too
+        "machine_cpu_pct": machine_pct[0],  # everyone's: other work on this machine too
+        "false_suspect_by_phase": suspects_by_phase(verdicts0, phases),
         "status_json_s": status_s,
         "status_nodes": seen[0] if seen else None,
         "relay_snapshot_s": snapshot_s,
@@ -227,12 +243,30 @@ def one_scenario(
     }
 
 
+def suspects_by_phase(start: dict[str, int], phases: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Suspect verdicts in each phase (none failed: every one is false)."""
+    out, before = {}, start.get("events_suspect", 0)
+    for name, counters in phases.items():
+        out[name] = counters.get("events_suspect", 0) - before
+        before = counters.get("events_suspect", 0)
+    return out
+
+
 def bottleneck(row: dict[str, Any]) -> dict[str, Any]:
     """The service (not a load generator) with the most CPU: the first to saturate."""
     measured = {k: v for k, v in row["services"].items() if k.split("-")[0] not in LOAD_GENERATORS}
     name = max(measured, key=lambda k: measured[k]["cpu_pct"])
     pct = measured[name]["cpu_pct"]
-    return {"service": name, "cpu_pct": pct, "saturated": pct >= SATURATED_PCT}
+    cores = psutil.cpu_count() or 1
+    machine = row.get("machine_cpu_pct", 0.0)
+    return {
+        "service": name,
+        "cpu_pct": pct,
+        "saturated": pct >= SATURATED_PCT,
+        # Before any one process reaches a core, the machine's cores may all be busy.
+        "machine_cpu_pct": machine,
+        "machine_saturated": machine >= SATURATED_PCT * cores,
+    }
 
 
 def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
@@ -268,8 +302,13 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
             f"        status {r['status_json_s']} s, snapshot {r['relay_snapshot_s']} s,"
             f" console {r['console_nodes_view']['cpu_pct']}%, re-sync {r['delegator_resync_s']} s,"
             f" false suspect/dead {r['false_suspect']}/{r['false_dead']}"
+            f" {r['false_suspect_by_phase']}; machine {r['machine_cpu_pct']}%"
         )
-    lines.append(f"first bottleneck: {first['service']} at {first['cpu_pct']}% of a core")
+    lines.append(
+        f"busiest service: {first['service']} at {first['cpu_pct']}% of a core"
+        f" (saturated: {first['saturated']}); the machine {first['machine_cpu_pct']}%"
+        f" of {psutil.cpu_count()} cores (saturated: {first['machine_saturated']})"
+    )
     emit(result, as_json, lines)
     return result
 

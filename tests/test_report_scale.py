@@ -40,7 +40,7 @@ def test_the_scale_section_is_built_from_its_json(tmp_path: Path) -> None:
     md = report.build(tmp_path).read_text()
     assert (tmp_path / "scale.png").stat().st_size > 1000
     assert "](scale.png)" in md and "| 10,000 @ 1 Hz | 50000 |" in md
-    assert "First bottleneck: relay at 95.0% of one core (saturated" in md
+    assert "Busiest service: relay at 95.0% of one core (saturated" in md
 
 
 def test_without_its_json_the_section_says_not_run(tmp_path: Path) -> None:
