@@ -3,11 +3,13 @@
 For each scenario, a real cluster (`shoal up --headless`, services/testing.Cluster) on free
 ports. The fleet is played by several sim processes (the cluster's own plus `shoal run sim`
 ones, each with its slice of the ids in ``sim.only``) so that one saturated load generator
-is not what is measured. Once every node is alive and the joins have settled:
+is not what is measured; 2% of the fleet are MQTT clients through the broker and the shim
+(bench/_mqtt_fleet.py, as many as a board does on the wire, telemetry at the same rate).
+Once every node is alive and the joins have settled:
 
 - every process's CPU time over a window (user + system, psutil) as % of one core, and its
   RSS at the end of it (as bench/cost.py); the supervisor is ``supervisor``, the sims
-  ``sim``, ``sim-1``, ...;
+  ``sim``, ``sim-1``, ..., the MQTT clients ``mqtt-fleet``;
 - `shoal status --json` wall time (a fresh CLI process, as an operator runs it);
 - the relay's snapshot (ctl op) wall time;
 - the console's CPU on its nodes view and its live feed alone (bench/tui.py's way);
@@ -41,7 +43,7 @@ from shoal.bench._util import emit, progress, run_cli, versions
 from shoal.services.runtime.config import ShoalConfig, dump_toml, load_config, with_overrides
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from shoal.services.runtime.ports import next_port, tcp
-from shoal.services.testing import Cluster, wait_for
+from shoal.services.testing import Cluster, tcp_listening, wait_for
 
 # (nodes, telemetry Hz): the issue's two fleets.
 SCENARIOS = ((1000, 4.0), (10_000, 1.0))
@@ -52,7 +54,10 @@ SIM_MSGS_PER_S = 12_000
 # The machine's busy CPU in the last window, % of one core (all cores: up to 100 x cores).
 machine_pct = [0.0]
 SATURATED_PCT = 90.0  # of one core: a Python process's ceiling is ~100%
-LOAD_GENERATORS = ("sim",)
+LOAD_GENERATORS = ("sim", "mqtt")  # the sims, and mqtt-fleet: the MQTT clients' process
+# The share of the fleet that are MQTT clients (bench/_mqtt_fleet.py: board-like clients
+# through the broker and the shim, telemetry at the scenario's rate and no heartbeats).
+MQTT_SHARE = 0.02
 HOT_SPOTS = 2
 
 
@@ -86,6 +91,27 @@ def sims_running(workdir: Path, extras: list[subprocess.Popen[bytes]]) -> bool:
             log = (workdir / f"sim-{k}.log").read_text(errors="replace")
             raise RuntimeError(f"sim-{k} exited {proc.returncode}: {log[-500:]}")
     return True
+
+
+def mqtt_fleet(cluster: Cluster, ids: list[str], rate_hz: float) -> tuple[Any, Any]:
+    """The MQTT clients' process (bench/_mqtt_fleet.py), connected and publishing."""
+    from shoal.bench.mqtt_path import _fleet_child
+
+    wait_for(lambda: tcp_listening(*cluster.config.mqtt.listen_address()), 30, 0.1)
+    proc, conn = _fleet_child(cluster.config.mqtt.listen_address()[1], ids, rate_hz)
+    conn.send("go")
+    return proc, conn
+
+
+def mqtt_stop(mqtt: tuple[Any, Any] | None) -> dict[str, Any]:
+    """Stop the MQTT clients; their counts (acks received, errors)."""
+    if mqtt is None:
+        return {}
+    proc, conn = mqtt
+    conn.send("stop")
+    report: dict[str, Any] = conn.recv() if conn.poll(30) else {}
+    proc.join(10)
+    return {"acks": report.get("acks"), "errors": report.get("errors")}
 
 
 def liveness_counters(cluster: Cluster) -> dict[str, int]:
@@ -164,22 +190,27 @@ def one_scenario(
 
     telemetry_ms = int(1000 / rate_hz)
     beats_hz = 1000 / load_config(env={}).sim.heartbeat_interval_ms
-    msgs_per_s = nodes * (rate_hz + beats_hz)
+    clients = round(nodes * MQTT_SHARE)
+    msgs_per_s = (nodes - clients) * (rate_hz + beats_hz) + clients * rate_hz
     sims = max(1, math.ceil(msgs_per_s / SIM_MSGS_PER_S))
-    progress(f"scale: {nodes} nodes at {rate_hz} Hz ({msgs_per_s:.0f} msg/s, {sims} sims)")
-    ids = [f"sim-{i:03d}" for i in range(nodes)]
+    progress(f"scale: {nodes} nodes at {rate_hz} Hz ({msgs_per_s:.0f} msg/s, {sims} sims + MQTT)")
+    ids = [f"sim-{i:03d}" for i in range(nodes - clients)]
     parts = slices(ids, sims)
     sim_section = {"telemetry_interval_ms": telemetry_ms, "hot_spots": HOT_SPOTS, "only": parts[0]}
     extras: list[subprocess.Popen[bytes]] = []
+    mqtt: tuple[Any, Any] | None = None
     with Cluster(
         workdir,
-        nodes=nodes,
+        nodes=nodes - clients,
+        mqtt={"allow_anonymous": True},  # the MQTT clients log in without credentials
         relay={"max_nodes": max(20_000, nodes * 2)},
         sim=sim_section,
         supervisor={"stable_after_s": 1.0},
     ) as cluster:
         try:
             extras = [extra_sim(cluster, k, part) for k, part in enumerate(parts[1:], 1)]
+            if clients:
+                mqtt = mqtt_fleet(cluster, [f"mqtt-{i:05d}" for i in range(clients)], rate_hz)
             t_join = time.monotonic()
             wait_for(
                 lambda: sims_running(workdir, extras) and members_alive(cluster, nodes),
@@ -194,6 +225,8 @@ def one_scenario(
             procs["supervisor"] = psutil.Process(cluster.proc.pid)
             for k, proc in enumerate(extras, 1):
                 procs[f"sim-{k}"] = psutil.Process(proc.pid)
+            if mqtt:
+                procs["mqtt-fleet"] = psutil.Process(mqtt[0].pid)
             progress(f"scale: {nodes} nodes: CPU window {window_s:.0f} s")
             services = cpu_window(procs, window_s)
             phases = {"window": liveness_counters(cluster)}
@@ -209,7 +242,10 @@ def one_scenario(
             resync_s = delegator_resync_s(cluster, 120)
             verdicts1 = phases["delegator_restart"] = liveness_counters(cluster)
             final_alive = members_alive(cluster, nodes)
+            mqtt_report = mqtt_stop(mqtt)
         finally:
+            if mqtt and mqtt[0].is_alive():
+                mqtt[0].kill()
             for proc in extras:
                 proc.terminate()
             for proc in extras:
@@ -224,6 +260,9 @@ def one_scenario(
         "heartbeat_hz": beats_hz,
         "messages_per_s": round(msgs_per_s),
         "sim_processes": sims,
+        "mqtt_clients": clients,
+        "mqtt_acks": mqtt_report.get("acks"),
+        "mqtt_errors": mqtt_report.get("errors"),
         "join_s": join_s,
         "window_s": window_s,
         "services": services,
