@@ -474,6 +474,9 @@ def build(directory: Path = DEFAULT_DIR) -> Path:
             md += [*handoff_lines(data), ""]
     md += ["## The chaos library", ""]
     md += [*chaos_table(data["chaos_library"]), ""] if "chaos_library" in data else ["Not run.", ""]
+    from shoal.bench.report_scale import section as scale_section  # its own module
+
+    md += scale_section(data, directory)
     md += ["## Every benchmark", "", "| benchmark | JSON | figures |", "|---|---|---|"]
     for name in [*BENCHES, *sorted(set(data) - set(BENCHES))]:
         if name in data:

@@ -30,6 +30,10 @@ BENCHMARKS = {
         "The device path: throughput against the broker alone, 1,000 clients, detection.",
     ),
     "cost": ("cost", "CPU % and RSS of every service against fleet size."),
+    "scale": (
+        "scale",
+        "1,000 nodes at 4 Hz and 10,000 at 1 Hz: CPU, RSS, status, re-sync, first bottleneck.",
+    ),
 }
 
 

@@ -1,0 +1,48 @@
+"""The report's scale section (bench/report_scale.py) from a small saved scale.json: the
+plot, the table and the bottleneck line are there; without the JSON it says so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from shoal.bench import make_report as report
+
+
+def scenario(nodes: int, hz: float, relay_cpu: float) -> dict:
+    return {
+        "nodes": nodes,
+        "telemetry_hz": hz,
+        "messages_per_s": int(nodes * (hz + 4)),
+        "sim_processes": 1,
+        "services": {"relay": {"cpu_pct": relay_cpu, "rss_mb": 40.0}},
+        "load_generator_cpu_pct": 20.0,
+        "status_json_s": 0.3,
+        "relay_snapshot_s": 0.05,
+        "delegator_resync_s": 1.5,
+        "false_suspect": 0,
+        "false_dead": 0,
+        "console_nodes_view": {"cpu_pct": 17.0, "rss_mb": 70.0},
+    }
+
+
+def test_the_scale_section_is_built_from_its_json(tmp_path: Path) -> None:
+    scale = {
+        "bench": "scale",
+        "scenarios": [scenario(1000, 4.0, 30.0), scenario(10_000, 1.0, 95.0)],
+        "first_bottleneck": {"service": "relay", "cpu_pct": 95.0, "saturated": True},
+    }
+    (tmp_path / "scale.json").write_text(json.dumps(scale))
+    md = report.build(tmp_path).read_text()
+    assert (tmp_path / "scale.png").stat().st_size > 1000
+    assert "](scale.png)" in md and "| 10,000 @ 1 Hz | 50000 |" in md
+    assert "Busiest service: relay at 95.0% of one core (saturated" in md
+
+
+def test_without_its_json_the_section_says_not_run(tmp_path: Path) -> None:
+    md = report.build(tmp_path).read_text()
+    assert "## Scale on one machine\n\nNot run: scale.json is missing." in md
