@@ -61,9 +61,12 @@ class CtlClient:
 
     def _socket(self) -> zmq.Socket[Any]:
         if self._sock is None:
-            self._sock = self.sockets.connect(zmq.DEALER, self.endpoint, key=self.key)
-            # A handshake the server refuses is otherwise only a silence: watch for it.
-            self._events = self.sockets.monitor(self._sock, zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            # A handshake the server refuses is otherwise only a silence: watch for it,
+            # from before the connect (a refusal may be the connection's only event).
+            self._sock = self.sockets.connect(
+                zmq.DEALER, self.endpoint, key=self.key, watch=zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            )
+            self._events = self.sockets.monitor_of(self._sock)
         return self._sock
 
     def _refused(self) -> bool:

@@ -64,7 +64,7 @@ AUTH_COUNTERS = (
     "auth_refused_node",
     "auth_refused_revoked",
 )
-# ZAP retries: a refused client reconnects every 100 ms; one log line per key a minute.
+# A refused key logs one line per key a minute (clients that try again, from a new socket).
 REFUSAL_LOG_EVERY_S = 60.0
 ZAP_REFRESH_S = 0.05  # the ZAP handler's look at the keys directory, at most this often
 

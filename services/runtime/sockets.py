@@ -61,6 +61,7 @@ class Sockets:
         self._open: list[zmq.Socket[Any]] = []
         self._zap_held: set[zmq.Socket[Any]] = set()  # curve servers: each holds the ZAP
         self._bound: dict[zmq.Socket[Any], str] = {}  # PUB / XPUB and where: cut on revoke
+        self._monitors: dict[int, zmq.Socket[Any]] = {}  # by id() of the watched socket
 
     def _security(self, endpoint: str) -> Security:
         return self.security if self.security is not None else sec.for_endpoint(endpoint)
@@ -113,10 +114,17 @@ class Sockets:
         return sock
 
     def connect(
-        self, kind: int, endpoint: str, *, key: str | None = None, **options: Any
+        self,
+        kind: int,
+        endpoint: str,
+        *,
+        key: str | None = None,
+        watch: int = 0,
+        **options: Any,
     ) -> zmq.Socket[Any]:
         """A connected socket; ``key``: another client key of the same keys directory
-        than this process's own (a test's node key)."""
+        than this process's own (a test's node key); ``watch``: connection events to
+        monitor from before the connect (``monitor_of`` gives the monitor socket)."""
         security = self._security(endpoint)
         if key is not None:
             security = security.named(key)
@@ -129,6 +137,10 @@ class Sockets:
                 "curve_secretkey": secret,
             }
         sock = self.make(kind, **_ipv6(endpoint, options))
+        if watch:
+            # Before connecting: a refused handshake may be the connection's only event
+            # (libzmq gives up on it), and a monitor attached after it misses it.
+            self.monitor(sock, watch)
         sock.connect(endpoint)
         return sock
 
@@ -154,6 +166,10 @@ class Sockets:
                     time.sleep(0.005)
         return cut
 
+    def monitor_of(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any] | None:
+        """The monitor ``connect(watch=...)`` attached to sock."""
+        return self._monitors.get(id(sock))
+
     def monitor(self, sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
         """A PAIR socket that receives sock's connection events (zmq_socket_monitor).
 
@@ -167,12 +183,14 @@ class Sockets:
         addr = f"inproc://shoal-monitor-{os.getpid()}-{next(_monitor_ids)}"
         events_sock: zmq.Socket[Any] = sock.get_monitor_socket(events, addr)
         self._open.append(events_sock)
+        self._monitors[id(sock)] = events_sock
         return events_sock
 
     def close(self, sock: zmq.Socket[Any]) -> None:
         if sock in self._open:
             self._open.remove(sock)
         self._bound.pop(sock, None)
+        self._monitors.pop(id(sock), None)
         sock.close(linger=LINGER_MS)
         if sock in self._zap_held:
             self._zap_held.discard(sock)
@@ -183,6 +201,7 @@ class Sockets:
             sock.close(linger=LINGER_MS)
         self._open.clear()
         self._bound.clear()
+        self._monitors.clear()
         for _ in range(len(self._zap_held)):
             sec.release_zap(self.ctx)
         self._zap_held.clear()
