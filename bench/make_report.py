@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shoal.bench import _markdown as markdown
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = ROOT / "bench" / "report"
 # Default time to declare a crashed member dead (docs/architecture.md, "Liveness"), if the
@@ -243,12 +245,31 @@ def _where(tail: dict[str, Any]) -> str:
     return where
 
 
+def _cdf_and_tail(
+    axes: Any, xlabel: str, ylabels: tuple[str, str], title: str, legend_size: int
+) -> None:
+    """Dress a latency figure's two panels: its CDF (left) and its tail (right, a log
+    y axis with a dotted line at 1%), both over a log x axis in plain numbers."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(ylabels[0])
+    axes[1].set_ylabel(ylabels[1])
+    axes[0].set_title(title)
+    axes[1].set_title("its tail")
+    axes[0].legend(loc="lower right", fontsize=legend_size)
+
+
 def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     found = _handoff_runs(data)
     if not found:
         return None
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     fig, axes = _figure(2)
     colors = {
         "delegation_tail": "tab:blue",
@@ -276,18 +297,13 @@ def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
                 ha="right",
             )
     axes[0].axhline(0.99, color="grey", linewidth=0.8, linestyle=":")
-    axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
-    axes[1].set_yscale("log")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("offer taken -> peer accepted (ms, log)")
-    axes[0].set_ylabel("fraction of hand-offs")
-    axes[1].set_ylabel("fraction slower (log; dotted: p99)")
-    axes[0].set_title("hand-off latency CDF (thin: each run)")
-    axes[1].set_title("its tail")
-    axes[0].legend(loc="lower right", fontsize=8)
+    _cdf_and_tail(
+        axes,
+        "offer taken -> peer accepted (ms, log)",
+        ("fraction of hand-offs", "fraction slower (log; dotted: p99)"),
+        "hand-off latency CDF (thin: each run)",
+        legend_size=8,
+    )
     return _save(fig, out, "handoff.png")
 
 
@@ -295,8 +311,6 @@ def plot_ledger(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     latency = (data.get("ledger") or {}).get("commit_latency")
     if not latency:
         return None
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     fig, axes = _figure(2)
     styles = {
         "sqlite_autocheckpoint": ("SQLite checkpoints in the commit (baseline)", "grey"),
@@ -306,18 +320,13 @@ def plot_ledger(data: dict[str, dict[str, Any]], out: Path) -> str | None:
         label, color = styles.get(name, (name, None))
         cdf(axes[0], values, label, color=color)
         ccdf(axes[1], values, label, color=color)
-    axes[1].set_yscale("log")
-    axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("a pass: its changes and commit (ms, log)")
-    axes[0].set_ylabel("fraction of passes")
-    axes[1].set_ylabel("fraction slower (log)")
-    axes[0].set_title("ledger commit latency at the delegator's pace")
-    axes[1].set_title("its tail")
-    axes[0].legend(loc="lower right", fontsize=7)
+    _cdf_and_tail(
+        axes,
+        "a pass: its changes and commit (ms, log)",
+        ("fraction of passes", "fraction slower (log)"),
+        "ledger commit latency at the delegator's pace",
+        legend_size=7,
+    )
     return _save(fig, out, "ledger.png")
 
 
@@ -394,16 +403,11 @@ def chaos_table(chaos: dict[str, Any]) -> list[str]:
         ("lost", "lost_tasks"),
         ("twice", "duplicate_commits"),
     )
-    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
     baseline = chaos.get("baseline")
     rows = list(chaos.get("results", []))
     if baseline:
         rows.append({**baseline, "scenario": "control (no fault, baseline)"})
-    for row in rows:
-        lines.append(
-            "| " + " | ".join("-" if row.get(k) is None else str(row[k]) for _, k in columns) + " |"
-        )
-    return lines
+    return markdown.table(columns, rows)
 
 
 def _headline(name: str, r: dict[str, Any]) -> str:
