@@ -28,6 +28,7 @@ from shoal.protocol.messages import RelaySnapshot
 from shoal.services.broker.credentials import SHIM_USER, Credentials, read_passwd, verify_password
 from shoal.services.cli.main import main
 from shoal.services.mqtt_shim.service import Shim
+from shoal.services.ota.service import OTA_USER, OtaService
 from shoal.services.relay.service import Relay
 from shoal.services.runtime.config import ShoalConfig, dump_toml
 from shoal.services.runtime.ctl_client import CtlClient
@@ -282,3 +283,30 @@ def test_the_shim_and_a_board_reach_mosquitto_over_tls(tmp_path: Path) -> None:
                 assert "tls-01" in _nodes(config)
             finally:
                 b.close()
+
+
+def test_the_ota_service_reaches_mosquitto_over_tls_with_the_shims_options(
+    tmp_path: Path,
+) -> None:
+    """The OTA service's client is the shim's (services/runtime/mqtt_client.py): with
+    ``[mqtt] tls_ca`` it logs in over TLS to a listener that plain MQTT gets no answer from."""
+    ca, cert, key = _certificates(tmp_path)
+    config = mqtt_config(
+        mqtt={"credentials": str(tmp_path / "mqtt"), "tls_ca": str(ca)},
+        ota={"store": str(tmp_path / "ota")},
+        devices={"registry": str(tmp_path / "devices.db")},
+    )
+    creds = Credentials(config.mqtt.credentials)
+    creds.ensure(OTA_USER)
+    tls = [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+    conf = [*tls, "allow_anonymous false", f"password_file {creds.passwd}", f"acl_file {creds.acl}"]
+    with mosquitto_broker(conf=conf) as (_, port):
+        config = msgspec.structs.replace(
+            config,
+            mqtt=msgspec.structs.replace(
+                config.mqtt, broker=f"mqtt://{HOST}:{port}", embedded=False
+            ),
+        )
+        with running(OtaService(config)) as ota:
+            wait_for(lambda: ota.counters["broker_connects"] >= 1, 15)
+            assert ota.counters["connect_refused"] == 0
