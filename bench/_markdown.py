@@ -1,4 +1,5 @@
-"""A Markdown table from rows of figures, as the benchmark reports print them."""
+"""A Markdown table from rows of figures, as the benchmark reports print them, and the
+columns the chaos tables share."""
 
 from __future__ import annotations
 
@@ -6,6 +7,18 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 DASH = "-"  # a figure a row does not have
+
+# What a chaos run's row says of its outcome, in the chaos library's table and the report's:
+# (heading, field of a result row).
+CHAOS_OUTCOME = (
+    ("dead p50 ms", "detect_dead_ms_p50"),
+    ("dead max ms", "detect_dead_ms_max"),
+    ("re-delegated ms", "redelegate_ms_max"),
+    ("recovery s", "recovery_s"),
+    ("tasks", "tasks_total"),
+    ("lost", "lost_tasks"),
+    ("twice", "duplicate_commits"),
+)
 
 
 def table(columns: Sequence[tuple[str, str]], rows: Iterable[dict[str, Any]]) -> list[str]:

@@ -91,13 +91,7 @@ COLUMNS = (
     ("scenario", "scenario"),
     ("verdict", "verdict"),
     ("faults", "faults_applied"),
-    ("dead p50 ms", "detect_dead_ms_p50"),
-    ("dead max ms", "detect_dead_ms_max"),
-    ("re-delegated ms", "redelegate_ms_max"),
-    ("recovery s", "recovery_s"),
-    ("tasks", "tasks_total"),
-    ("lost", "lost_tasks"),
-    ("twice", "duplicate_commits"),
+    *markdown.CHAOS_OUTCOME,
     ("min msg/s", "telemetry_rate_min"),
 )
 

@@ -395,13 +395,7 @@ def chaos_table(chaos: dict[str, Any]) -> list[str]:
         ("scenario", "scenario"),
         ("verdict", "verdict"),
         ("suspect p50 ms", "detect_suspect_ms_p50"),
-        ("dead p50 ms", "detect_dead_ms_p50"),
-        ("dead max ms", "detect_dead_ms_max"),
-        ("re-delegated ms", "redelegate_ms_max"),
-        ("recovery s", "recovery_s"),
-        ("tasks", "tasks_total"),
-        ("lost", "lost_tasks"),
-        ("twice", "duplicate_commits"),
+        *markdown.CHAOS_OUTCOME,
     )
     baseline = chaos.get("baseline")
     rows = list(chaos.get("results", []))
