@@ -245,27 +245,6 @@ def _where(tail: dict[str, Any]) -> str:
     return where
 
 
-def _cdf_and_tail(
-    axes: Any, xlabel: str, ylabels: tuple[str, str], title: str, legend_size: int
-) -> None:
-    """Dress a latency figure's two panels: its CDF (left) and its tail (right, a log
-    y axis with a dotted line at 1%), both over a log x axis in plain numbers."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
-    axes[1].set_yscale("log")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(xlabel)
-    axes[0].set_ylabel(ylabels[0])
-    axes[1].set_ylabel(ylabels[1])
-    axes[0].set_title(title)
-    axes[1].set_title("its tail")
-    axes[0].legend(loc="lower right", fontsize=legend_size)
-
-
 def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     found = _handoff_runs(data)
     if not found:
@@ -297,20 +276,33 @@ def plot_handoff(data: dict[str, dict[str, Any]], out: Path) -> str | None:
                 ha="right",
             )
     axes[0].axhline(0.99, color="grey", linewidth=0.8, linestyle=":")
-    _cdf_and_tail(
-        axes,
-        "offer taken -> peer accepted (ms, log)",
-        ("fraction of hand-offs", "fraction slower (log; dotted: p99)"),
-        "hand-off latency CDF (thin: each run)",
-        legend_size=8,
-    )
+    axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
+    axes[1].set_yscale("log")
+    _log_ms_axes(axes, "offer taken -> peer accepted (ms, log)")
+    axes[0].set_ylabel("fraction of hand-offs")
+    axes[1].set_ylabel("fraction slower (log; dotted: p99)")
+    axes[0].set_title("hand-off latency CDF (thin: each run)")
+    axes[1].set_title("its tail")
+    axes[0].legend(loc="lower right", fontsize=8)
     return _save(fig, out, "handoff.png")
+
+
+def _log_ms_axes(axes: Any, xlabel: str) -> None:
+    """A CDF panel pair's log x axes, labelled in plain milliseconds."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
 
 
 def plot_ledger(data: dict[str, dict[str, Any]], out: Path) -> str | None:
     latency = (data.get("ledger") or {}).get("commit_latency")
     if not latency:
         return None
+
     fig, axes = _figure(2)
     styles = {
         "sqlite_autocheckpoint": ("SQLite checkpoints in the commit (baseline)", "grey"),
@@ -320,13 +312,14 @@ def plot_ledger(data: dict[str, dict[str, Any]], out: Path) -> str | None:
         label, color = styles.get(name, (name, None))
         cdf(axes[0], values, label, color=color)
         ccdf(axes[1], values, label, color=color)
-    _cdf_and_tail(
-        axes,
-        "a pass: its changes and commit (ms, log)",
-        ("fraction of passes", "fraction slower (log)"),
-        "ledger commit latency at the delegator's pace",
-        legend_size=7,
-    )
+    axes[1].set_yscale("log")
+    axes[1].axhline(0.01, color="grey", linewidth=0.8, linestyle=":")
+    _log_ms_axes(axes, "a pass: its changes and commit (ms, log)")
+    axes[0].set_ylabel("fraction of passes")
+    axes[1].set_ylabel("fraction slower (log)")
+    axes[0].set_title("ledger commit latency at the delegator's pace")
+    axes[1].set_title("its tail")
+    axes[0].legend(loc="lower right", fontsize=7)
     return _save(fig, out, "ledger.png")
 
 

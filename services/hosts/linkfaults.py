@@ -133,11 +133,24 @@ def netem_args(params: dict[str, Any], node_side: bool) -> list[str]:
     return args
 
 
-def htb_class_add(netns: str, classid: str) -> list[str]:
-    """The ``tc class add`` argv of one unthrottled HTB class under the root ``1:``: the
-    root's default class and each faulty peer's class are the same but for the id."""
-    class_add = ["class", "add", "dev", DEV, "parent", "1:", "classid", classid]
-    return ["tc", "-n", netns, *class_add, "htb", "rate", "10gbit"]
+def _htb_class(netns: str, classid: str) -> list[str]:
+    """The argv adding an HTB class under the root, fast enough never to shape."""
+    return [
+        "tc",
+        "-n",
+        netns,
+        "class",
+        "add",
+        "dev",
+        DEV,
+        "parent",
+        "1:",
+        "classid",
+        classid,
+        "htb",
+        "rate",
+        "10gbit",
+    ]
 
 
 @dataclass
@@ -155,7 +168,7 @@ class KernelLinks:
         tc = ["tc", "-n", netns]
         if self.way == "netem":
             run([*tc, "qdisc", "add", "dev", DEV, "root", "handle", "1:", "htb", "default", "1"])
-            run(htb_class_add(netns, "1:1"))
+            run(_htb_class(netns, "1:1"))
         else:
             run(
                 [
@@ -256,7 +269,7 @@ class KernelLinks:
         netns, pref = self.hosts[host][0], self._pref(peer)
         classid = f"1:{pref:x}"
         tc = ["tc", "-n", netns]
-        run(htb_class_add(netns, classid))
+        run(_htb_class(netns, classid))
         self.installed[(host, peer)] = [f"class del dev {DEV} classid {classid}"]
         run(
             [
