@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from shoal.bench import _markdown as markdown
 from shoal.bench._util import emit, progress, run_cli, versions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,23 +91,13 @@ COLUMNS = (
     ("scenario", "scenario"),
     ("verdict", "verdict"),
     ("faults", "faults_applied"),
-    ("dead p50 ms", "detect_dead_ms_p50"),
-    ("dead max ms", "detect_dead_ms_max"),
-    ("re-delegated ms", "redelegate_ms_max"),
-    ("recovery s", "recovery_s"),
-    ("tasks", "tasks_total"),
-    ("lost", "lost_tasks"),
-    ("twice", "duplicate_commits"),
+    *markdown.CHAOS_OUTCOME,
     ("min msg/s", "telemetry_rate_min"),
 )
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        cells = ["-" if row.get(k) is None else str(row.get(k)) for _, k in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return markdown.table(COLUMNS, rows)
 
 
 def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:

@@ -28,16 +28,8 @@ import statistics
 import time
 from typing import Any
 
-from shoal.bench._util import (
-    PubSpec,
-    SubSpec,
-    emit,
-    progress,
-    pub_sub_run,
-    rate,
-    run_cli,
-    versions,
-)
+from shoal.bench._pubsub import PubSpec, SubSpec, pub_sub_run
+from shoal.bench._util import emit, progress, rate, run_cli, versions
 
 # Multiples of 64, so that every batch is full.
 N_FULL = 512_000

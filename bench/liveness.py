@@ -31,7 +31,8 @@ from typing import Any
 
 import psutil
 
-from shoal.bench._util import BusListener, emit, progress, run_cli, versions
+from shoal.bench._pubsub import BusListener
+from shoal.bench._util import emit, progress, run_cli, versions
 from shoal.protocol import codec
 from shoal.protocol.messages import Membership, ObserverHealth
 from shoal.services.runtime.ctl_client import CtlClient, CtlUnavailable

@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shoal.bench import _markdown as markdown
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = ROOT / "bench" / "report"
 # Default time to declare a crashed member dead (docs/architecture.md, "Liveness"), if the
@@ -386,24 +388,13 @@ def chaos_table(chaos: dict[str, Any]) -> list[str]:
         ("scenario", "scenario"),
         ("verdict", "verdict"),
         ("suspect p50 ms", "detect_suspect_ms_p50"),
-        ("dead p50 ms", "detect_dead_ms_p50"),
-        ("dead max ms", "detect_dead_ms_max"),
-        ("re-delegated ms", "redelegate_ms_max"),
-        ("recovery s", "recovery_s"),
-        ("tasks", "tasks_total"),
-        ("lost", "lost_tasks"),
-        ("twice", "duplicate_commits"),
+        *markdown.CHAOS_OUTCOME,
     )
-    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
     baseline = chaos.get("baseline")
     rows = list(chaos.get("results", []))
     if baseline:
         rows.append({**baseline, "scenario": "control (no fault, baseline)"})
-    for row in rows:
-        lines.append(
-            "| " + " | ".join("-" if row.get(k) is None else str(row[k]) for _, k in columns) + " |"
-        )
-    return lines
+    return markdown.table(columns, rows)
 
 
 def _headline(name: str, r: dict[str, Any]) -> str:

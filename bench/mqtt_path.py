@@ -36,7 +36,8 @@ from typing import Any
 import psutil
 
 from shoal.bench import _mqtt_fleet
-from shoal.bench._util import BusListener, emit, progress, rate, run_cli, versions
+from shoal.bench._pubsub import BusListener
+from shoal.bench._util import emit, progress, rate, run_cli, versions
 from shoal.protocol import codec
 from shoal.protocol.messages import NodeRecords
 from shoal.services.runtime.config import ShoalConfig, dump_toml

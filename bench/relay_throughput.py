@@ -48,16 +48,14 @@ from typing import Any
 
 import zmq
 
+from shoal.bench._frames import NODES
+from shoal.bench._pubsub import PubSpec, SubSpec, pub_sub_run
 from shoal.bench._relay import RelayProcess
 from shoal.bench._util import (
-    NODES,
-    PubSpec,
-    SubSpec,
     apply_save,
     cli_parser,
     emit,
     progress,
-    pub_sub_run,
     rate,
     sigterm_as_exit,
     versions,
@@ -174,7 +172,7 @@ def measure_handshakes(relay: RelayProcess, n: int = HANDSHAKES) -> dict[str, An
 def _summarize(run: dict[str, Any], n: int) -> dict[str, Any]:
     return {
         "records_per_s": rate(run["records"], run["elapsed_s"]),
-        # The subscriber's first-to-last window only (see _util.pub_sub_run).
+        # The subscriber's first-to-last window only (see _pubsub.pub_sub_run).
         "sub_window_records_per_s": rate(run["records"], run["sub_window_s"]),
         "records": run["records"],
         "lost": n - run["records"],

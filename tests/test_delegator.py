@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from shoal.protocol import codec, limits
 from shoal.protocol.tasks import DelegatorMessage, Offer, Result, ResultAck, Taken, Task
 from shoal.services.cli.tasks import tasks as tasks_command
-from shoal.services.delegator import service
+from shoal.services.delegator import ctl_ops
 from shoal.services.delegator.ledger import Event, Ledger, TaskRow
 from shoal.services.delegator.placement import Peer
 from shoal.services.delegator.service import Delegator
@@ -280,16 +280,16 @@ def test_the_worst_task_query_fits_well_under_a_reply() -> None:
         at=1e11, task_id=row.task_id, from_state="assigned", to_state="dead_letter",
         epoch=limits.SEQ_MAX, node=node, detail=f"declined: {said}",
     )  # fmt: skip
-    reply = {"task": row, "history": [event] * service.MAX_HISTORY, "history_total": 2**53}
+    reply = {"task": row, "history": [event] * ctl_ops.MAX_HISTORY, "history_total": 2**53}
     assert len(codec.encode(reply)) < 512 * 1024
-    assert len(codec.encode(row)) * 100 < service.PAGE_BYTES  # a page holds many rows
+    assert len(codec.encode(row)) * 100 < ctl_ops.PAGE_BYTES  # a page holds many rows
 
 
 def test_drain_keeps_a_bounded_set(
     env: tuple[Delegator, Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     delegator, _ = env
-    monkeypatch.setattr(service, "MAX_DRAINED", 2)
+    monkeypatch.setattr(ctl_ops, "MAX_DRAINED", 2)
     ctl_call(delegator, "drain", {"node_id": "n1"})
     ctl_call(delegator, "drain", {"node_id": "n2"})
     ctl_call(delegator, "drain", {"node_id": "n2"})  # again: no new entry

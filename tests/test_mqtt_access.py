@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from shoal.protocol.messages import RelaySnapshot
 from shoal.services.broker.credentials import SHIM_USER, Credentials, read_passwd, verify_password
 from shoal.services.cli.main import main
 from shoal.services.mqtt_shim.service import Shim
+from shoal.services.ota.service import OTA_USER, OtaService
 from shoal.services.relay.service import Relay
 from shoal.services.runtime.config import ShoalConfig, dump_toml
 from shoal.services.runtime.ctl_client import CtlClient
@@ -256,12 +258,17 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     return files
 
 
-def test_the_shim_and_a_board_reach_mosquitto_over_tls(tmp_path: Path) -> None:
+@contextmanager
+def tls_broker(
+    tmp_path: Path, logins: list[str], **sections: dict[str, Any]
+) -> Iterator[tuple[ShoalConfig, int, dict[str, str], Path]]:
+    """A mosquitto TLS listener that admits ``logins`` only, and a config (``sections``
+    added) pointing at it with ``[mqtt] tls_ca`` set: (config, port, passwords, CA file)."""
     ca, cert, key = _certificates(tmp_path)
-    config = mqtt_config(mqtt={"credentials": str(tmp_path / "mqtt"), "tls_ca": str(ca)})
+    mqtt = {"credentials": str(tmp_path / "mqtt"), "tls_ca": str(ca)}
+    config = mqtt_config(mqtt=mqtt, **sections)
     creds = Credentials(config.mqtt.credentials)
-    board = ("tls-01", creds.ensure("tls-01"))
-    creds.ensure(SHIM_USER)
+    passwords = {user: creds.ensure(user) for user in logins}
     tls = [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
     conf = [*tls, "allow_anonymous false", f"password_file {creds.passwd}", f"acl_file {creds.acl}"]
     with mosquitto_broker(conf=conf) as (_, port):
@@ -271,6 +278,12 @@ def test_the_shim_and_a_board_reach_mosquitto_over_tls(tmp_path: Path) -> None:
                 config.mqtt, broker=f"mqtt://{HOST}:{port}", embedded=False
             ),
         )
+        yield config, port, passwords, ca
+
+
+def test_the_shim_and_a_board_reach_mosquitto_over_tls(tmp_path: Path) -> None:
+    with tls_broker(tmp_path, ["tls-01", SHIM_USER]) as (config, port, passwords, ca):
+        board = ("tls-01", passwords["tls-01"])
         with pytest.raises((AssertionError, OSError)):
             _connack(port, "tls-01", board)  # plain MQTT on the TLS listener: no answer
         with running(Relay(config)), running(Shim(config)) as shim:
@@ -282,3 +295,16 @@ def test_the_shim_and_a_board_reach_mosquitto_over_tls(tmp_path: Path) -> None:
                 assert "tls-01" in _nodes(config)
             finally:
                 b.close()
+
+
+def test_the_ota_service_reaches_mosquitto_over_tls_with_the_shims_options(
+    tmp_path: Path,
+) -> None:
+    """The OTA service's client is the shim's (services/runtime/mqtt_client.py): with
+    ``[mqtt] tls_ca`` it logs in over TLS to a listener that plain MQTT gets no answer from."""
+    ota = {"store": str(tmp_path / "ota")}
+    devices = {"registry": str(tmp_path / "devices.db")}
+    broker = tls_broker(tmp_path, [OTA_USER], ota=ota, devices=devices)
+    with broker as (config, *_), running(OtaService(config)) as service:
+        wait_for(lambda: service.counters["broker_connects"] >= 1, 15)
+        assert service.counters["connect_refused"] == 0

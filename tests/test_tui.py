@@ -156,6 +156,28 @@ def question(screen: ConfirmScreen) -> str:
     return str(screen.query_one("#question").render())
 
 
+async def asks_first(
+    pilot: Pilot[None], asking: str, key: str, node_id: str | None = None
+) -> ConfirmScreen:
+    """Press ``key`` (on ``node_id``): the confirmation it must open, its question saying
+    ``asking``."""
+    confirm = await press_on(pilot, key, node_id)
+    assert confirm is not None
+    assert asking in question(confirm)
+    return confirm
+
+
+def quits_on(app: ShoalConsole, *keys: str) -> None:
+    """Run ``app``, press ``keys``: it must have stopped."""
+
+    async def steps(pilot: Pilot[None]) -> None:
+        await pilot.press(*keys)
+        await pilot.pause()
+        assert not app.is_running
+
+    drive(app, steps)
+
+
 async def answer(pilot: Pilot[None], key: str = "y") -> None:
     """Answer the confirmation and let the action's worker finish."""
     await pilot.press(key)
@@ -393,9 +415,7 @@ def test_action_runs_after_yes() -> None:
     source, app, notes = console()
 
     async def steps(pilot: Pilot[None]) -> None:
-        confirm = await press_on(pilot, "c", "sim-002")
-        assert confirm is not None
-        assert "crash" in question(confirm)
+        await asks_first(pilot, "crash", "c", "sim-002")
         await answer(pilot)
         assert source.actions == [("crash", "sim-002")]
         assert "crash applied to sim-002" in notes.text()
@@ -439,9 +459,7 @@ def test_flood_asks_first_then_goes_to_the_source() -> None:
     source, app, notes = console()
 
     async def steps(pilot: Pilot[None]) -> None:
-        confirm = await press_on(pilot, "f", "sim-009")
-        assert confirm is not None
-        assert "flood node sim-009?" in question(confirm)
+        confirm = await asks_first(pilot, "flood node sim-009?", "f", "sim-009")
         assert f"{FLOOD_TASKS} tasks" in str(confirm.query_one("#what").render())
         await answer(pilot, "n")
         assert source.actions == []
@@ -853,9 +871,7 @@ def test_ctrl_k_stops_the_running_scenario_after_yes(scenarios_dir: Path) -> Non
         assert "stop scenario: none is running" in notes.text()
         await pilot.press("enter")
         await answer(pilot)
-        confirm = await press_on(pilot, "ctrl+k")
-        assert confirm is not None
-        assert "stop scenario node-crash?" in question(confirm)
+        await asks_first(pilot, "stop scenario node-crash?", "ctrl+k")
         await answer(pilot)
         assert source.scenario is not None and source.scenario.verdict == "aborted"
         assert "node-crash stopped: aborted" in notes.text()
@@ -865,23 +881,14 @@ def test_ctrl_k_stops_the_running_scenario_after_yes(scenarios_dir: Path) -> Non
 
 
 def test_q_leaves_a_console_that_does_not_own_the_cluster() -> None:
-    app = ShoalConsole(FixedSource())
-
-    async def steps(pilot: Pilot[None]) -> None:
-        await pilot.press("q")
-        await pilot.pause()
-        assert not app.is_running
-
-    drive(app, steps)
+    quits_on(ShoalConsole(FixedSource()), "q")
 
 
 def test_q_in_the_console_shoal_up_opened_asks_first() -> None:
     app = ShoalConsole(FixedSource(), owns_cluster=True)
 
     async def steps(pilot: Pilot[None]) -> None:
-        confirm = await press_on(pilot, "q")
-        assert confirm is not None
-        assert "stop the cluster" in question(confirm)
+        await asks_first(pilot, "stop the cluster", "q")
         await pilot.press("n")
         await pilot.pause()
         assert app.is_running and isinstance(app.screen, NodesScreen)
@@ -896,14 +903,7 @@ def test_q_in_the_console_shoal_up_opened_asks_first() -> None:
 
 
 def test_colon_q_bang_quits_without_asking() -> None:
-    app = ShoalConsole(FixedSource(), owns_cluster=True)
-
-    async def steps(pilot: Pilot[None]) -> None:
-        await pilot.press("colon", *"q!", "enter")
-        await pilot.pause()
-        assert not app.is_running
-
-    drive(app, steps)
+    quits_on(ShoalConsole(FixedSource(), owns_cluster=True), "colon", *"q!", "enter")
 
 
 def test_help_at_80x24_stacks_its_sections_and_says_there_is_more() -> None:
@@ -1020,9 +1020,7 @@ def test_drain_shows_on_the_row_and_d_again_undrains() -> None:
         await answer(pilot)
         table = table_of(app)
         assert str(table.get_cell("sim-002", "state")) == "alive, drained"
-        confirm = await press_on(pilot, "d")
-        assert confirm is not None
-        assert "undrain node sim-002?" in question(confirm)
+        await asks_first(pilot, "undrain node sim-002?", "d")
         await answer(pilot)
         assert source.actions == [("drain", "sim-002"), ("undrain", "sim-002")]
         assert str(table.get_cell("sim-002", "state")) == "alive"

@@ -6,12 +6,12 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import DataTable, Footer
 
 from . import format as fmt
 from . import query
-from .base import ConsoleScreen, StatusBanner
-from .filter_box import FilterBox
+from .base import StatusBanner
+from .filter_box import FilterBox, FilteredScreen
 from .keys import ConsoleTable
 from .model import ClusterState, Event
 
@@ -28,7 +28,7 @@ def _fields(event: Event) -> dict[str, str]:
     return {"kind": event.kind, "node": event.node_id or ""}
 
 
-class EventsScreen(ConsoleScreen):
+class EventsScreen(FilteredScreen):
     AUTO_FOCUS = "#events"
     BINDINGS = [
         Binding("slash", "filter", "filter"),
@@ -107,10 +107,10 @@ class EventsScreen(ConsoleScreen):
         self._title()
 
     def _title(self) -> None:
-        title = f"events [{self.table.row_count}]  follow: {'on' if self.follow else 'off'}"
-        if self.query_.text:
-            title += f"  filter: {self.query_.text}"
-        self.table.border_title = title
+        follow = "on" if self.follow else "off"
+        self.table.border_title = f"events [{self.table.row_count}]  follow: {follow}" + (
+            self.filter_note()
+        )
 
     # --- keys --------------------------------------------------------------------------
 
@@ -118,24 +118,5 @@ class EventsScreen(ConsoleScreen):
         self.follow = not self.follow
         self._after_change()
 
-    def action_filter(self) -> None:
-        self.query_one(FilterBox).open()
-
-    def action_back(self) -> None:
-        box = self.query_one(FilterBox)
-        if box.active:
-            box.clear_filter()
-            self.table.focus()
-        else:
-            self.console.go("nodes")
-
-    def on_filter_box_applied(self, event: FilterBox.Applied) -> None:
-        self.query_ = event.query
+    def refilter(self) -> None:
         self._rebuild()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if not event.value.strip():
-            self.action_back()
-        else:
-            self.query_one(FilterBox).apply_pending()
-            self.table.focus()

@@ -1,5 +1,6 @@
-"""The `/` prompt that the nodes and events views share: it parses what is typed
+"""The `/` prompt that the nodes, events and tasks views share: it parses what is typed
 (tui/query.py), says on its border what is wrong with a bad regex, and posts ``FilterBox.Applied`` with the new Query.
+``FilteredScreen`` is the keys and handlers the events and tasks views wrap around it.
 
 Over many rows it waits for typing to pause before applying: re-filtering 1,000 rows on
 every keystroke would make the typing lag. Enter applies at once.
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 
 from . import query
+from .base import ConsoleScreen
 
 AT_ONCE_UP_TO = 200  # rows; with more, a change applies once typing pauses
 DEBOUNCE_S = 0.2
@@ -79,3 +82,45 @@ class FilterBox(Input):
         if q != self.current:
             self.current = q
             self.post_message(self.Applied(self, q))
+
+
+class FilteredScreen(ConsoleScreen):
+    """A view of one table behind a FilterBox: `/` opens the box, Esc empties it (or, with
+    no filter, goes back to the nodes view), Enter applies what is typed and returns to the
+    table. A subclass names its ``table`` and shows its rows anew in ``refilter``."""
+
+    query_: query.Query = query.EVERYTHING
+
+    @property
+    def table(self) -> DataTable[Any]:
+        raise NotImplementedError
+
+    def refilter(self) -> None:
+        """Show the rows ``self.query_`` lets through."""
+        raise NotImplementedError
+
+    def filter_note(self) -> str:
+        """What the table's title says of the filter: nothing when there is none."""
+        return f"  filter: {self.query_.text}" if self.query_.text else ""
+
+    def action_filter(self) -> None:
+        self.query_one(FilterBox).open()
+
+    def action_back(self) -> None:
+        box = self.query_one(FilterBox)
+        if box.active:
+            box.clear_filter()
+            self.table.focus()
+        else:
+            self.console.go("nodes")
+
+    def on_filter_box_applied(self, event: FilterBox.Applied) -> None:
+        self.query_ = event.query
+        self.refilter()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if not event.value.strip():
+            self.action_back()
+        else:
+            self.query_one(FilterBox).apply_pending()
+            self.table.focus()

@@ -12,12 +12,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Footer, Static
 
 from . import format as fmt
 from . import query
-from .base import ConsoleScreen, StatusBanner
-from .filter_box import FilterBox
+from .base import StatusBanner
+from .filter_box import FilterBox, FilteredScreen
 from .keys import ConsoleTable
 from .model import TASK_STATES, ActionError, Ledger, Source, TaskRow, TaskStep
 
@@ -84,7 +84,7 @@ def node_tasks(ledger: Ledger, node_id: str) -> Text:
     return text
 
 
-class TasksScreen(ConsoleScreen):
+class TasksScreen(FilteredScreen):
     AUTO_FOCUS = "#tasks-table"
     BINDINGS = [
         Binding("slash", "filter", "filter"),
@@ -184,10 +184,7 @@ class TasksScreen(ConsoleScreen):
                 if where is not None and where != table.cursor_row:
                     table.move_cursor(row=where)  # the cursor stays on its task
         self.query_one("#ledger-counts", Static).update(counts_text(ledger, len(rows)))
-        title = f"tasks [{len(rows)}/{len(ledger.tasks)}]"
-        self.table.border_title = title + (
-            f"  filter: {self.query_.text}" if self.query_.text else ""
-        )
+        self.table.border_title = f"tasks [{len(rows)}/{len(ledger.tasks)}]" + self.filter_note()
         self.query_one(FilterBox).rows = len(ledger.tasks)
 
     @property
@@ -198,28 +195,9 @@ class TasksScreen(ConsoleScreen):
 
     # --- keys --------------------------------------------------------------------------
 
-    def action_filter(self) -> None:
-        self.query_one(FilterBox).open()
-
-    def action_back(self) -> None:
-        box = self.query_one(FilterBox)
-        if box.active:
-            box.clear_filter()
-            self.table.focus()
-        else:
-            self.console.go("nodes")
-
-    def on_filter_box_applied(self, event: FilterBox.Applied) -> None:
-        self.query_ = event.query
+    def refilter(self) -> None:
         if self.ledger is not None:
             self.show_ledger(self.ledger)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if not event.value.strip():
-            self.action_back()
-        else:
-            self.query_one(FilterBox).apply_pending()
-            self.table.focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table is self.table and event.cursor_row < len(self._slots):

@@ -381,19 +381,40 @@ def _words(target: Target) -> list[str]:
     return [target] if isinstance(target, str) else list(target)
 
 
-def attach_errors(s: Scenario) -> list[str]:
-    """What cannot run on a cluster the injector did not start (``--attach``): a partition
-    between services needs fault proxies wired into the cluster's config, and boards are
-    named by the cluster that starts them."""
+def _cannot_run(s: Scenario, services_why: str, boards_error: str) -> list[str]:
+    """The scenario's partitions between services (each said with ``services_why``) and,
+    if it has boards, ``boards_error``: what a cluster unlike the injector's own refuses."""
     errors = [
-        f'fault[{i}] ("{f.name}"): field `target`: a partition between services needs the '
-        "injector's own cluster (its fault proxy is in the cluster's config); not with --attach"
+        f'fault[{i}] ("{f.name}"): field `target`: {services_why}'
         for i, f in enumerate(s.fault)
         if on_services(kind_of(f), f.target)
     ]
     if s.workload.boards:
-        errors.append("[workload]: field `boards`: boards need the injector's own cluster")
+        errors.append(boards_error)
     return errors
+
+
+def attach_errors(s: Scenario) -> list[str]:
+    """What cannot run on a cluster the injector did not start (``--attach``): a partition
+    between services needs fault proxies wired into the cluster's config, and boards are
+    named by the cluster that starts them."""
+    return _cannot_run(
+        s,
+        "a partition between services needs the injector's own cluster (its fault proxy is "
+        "in the cluster's config); not with --attach",
+        "[workload]: field `boards`: boards need the injector's own cluster",
+    )
+
+
+def hosts_errors(s: Scenario) -> list[str]:
+    """What a cluster of hosts cannot run: partitions between services (the services share
+    the bus host) and emulated boards."""
+    return _cannot_run(
+        s,
+        "a partition between services is not made between hosts yet (the services share "
+        "the bus host); not with --hosts",
+        "workload: field `boards`: no emulated boards on hosts; not with --hosts",
+    )
 
 
 # --- expectations --------------------------------------------------------------------------

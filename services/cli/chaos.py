@@ -16,7 +16,7 @@ import msgspec
 
 from shoal.services.chaos.library import library
 from shoal.services.chaos.load import ScenarioError, hot_ids, load, node_ids, parse
-from shoal.services.chaos.scenario import attach_errors, kind_of, on_services
+from shoal.services.chaos.scenario import attach_errors, hosts_errors
 
 INVALID = 4
 EXIT_UNDECIDED = 3
@@ -211,20 +211,6 @@ def run(
         )
     click.echo(f"{s.name}: {result['verdict']} ({result['reason']}); report {out}, summary {md}")
     sys.exit(result["exit_code"])
-
-
-def hosts_errors(s: Any) -> list[str]:
-    """What a cluster of hosts cannot run: partitions between services (the services share
-    the bus host) and emulated boards."""
-    errors = [
-        f'fault[{i}] ("{f.name}"): field `target`: a partition between services is not '
-        "made between hosts yet (the services share the bus host); not with --hosts"
-        for i, f in enumerate(s.fault)
-        if on_services(kind_of(f), f.target)
-    ]
-    if s.workload.boards:
-        errors.append("workload: field `boards`: no emulated boards on hosts; not with --hosts")
-    return errors
 
 
 def _run_on_hosts(loaded: Any, options: Any) -> dict[str, Any]:

@@ -78,13 +78,15 @@ def list_cmd(config_path: str | None, as_json: bool) -> None:
         )
 
 
-def _checked_id(node_id: str) -> str:
+def checked_id(node_id: str, option: str | None = None) -> str:
+    """``node_id`` if the registry takes it, else a usage error (naming ``option``, the
+    command-line option it came from, if given)."""
     from shoal.services.registry.store import RegistryError, check_node_id
 
     try:
         return check_node_id(node_id)
     except RegistryError as err:
-        raise CliUsageError(str(err)) from None
+        raise CliUsageError(f"Invalid value for {option}: {err}" if option else str(err)) from None
 
 
 @devices.command("show")
@@ -93,7 +95,7 @@ def _checked_id(node_id: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show_cmd(config_path: str | None, node_id: str, as_json: bool) -> None:
     """One board: every field and its OTA history."""
-    _checked_id(node_id)
+    checked_id(node_id)
     with open_registry(config_path) as reg:
         device = reg.get(node_id)
         history = reg.ota_history(node_id)
@@ -128,7 +130,7 @@ def add_cmd(
     config_path: str | None, node_id: str, chip: str | None, mac: str | None, firmware: str | None
 ) -> None:
     """Enter a board by hand (deploy and the registry process enter boards too)."""
-    _checked_id(node_id)
+    checked_id(node_id)
     from shoal.services.broker.credentials import RESERVED_BOARD_IDS
 
     if node_id in RESERVED_BOARD_IDS:
@@ -150,7 +152,7 @@ def add_cmd(
 @click.argument("node_id")
 def remove_cmd(config_path: str | None, node_id: str) -> None:
     """Forget a board (it is entered again if it is heard again)."""
-    _checked_id(node_id)
+    checked_id(node_id)
     with open_registry(config_path) as reg:
         if not reg.remove(node_id):
             raise CliError(f"no device {node_id!r} in the registry")
@@ -166,7 +168,7 @@ def remove_cmd(config_path: str | None, node_id: str) -> None:
 def credentials_cmd(config_path: str | None, node_id: str, rotate: bool, as_json: bool) -> None:
     """The board's MQTT username and password (made if it has none), for a board set up by
     hand: its config.py's mqtt_user and mqtt_password."""
-    _checked_id(node_id)
+    checked_id(node_id)
     creds = _credentials(config_path)
     password = creds.make(node_id) if rotate else ensure_login(creds, node_id)
     if as_json:

@@ -120,15 +120,11 @@ def flash_cmd(
     """Write a MicroPython image to the board on PORT with esptool: detect the chip, run the
     stub, erase if asked, write at the chip's offset, verify, hard reset."""
     from shoal.services.firmware.flash import FlashError, flash
-    from shoal.services.registry.store import RegistryError, check_node_id
 
-    from .devices import open_registry
+    from .devices import checked_id, open_registry
 
     if node_id is not None:
-        try:
-            check_node_id(node_id)
-        except RegistryError as err:
-            raise CliUsageError(f"Invalid value for --node-id: {err}") from None
+        checked_id(node_id, "--node-id")
         open_registry(config_path).close()  # a bad registry fails before the board is touched
 
     if port is None:
@@ -211,15 +207,11 @@ def deploy_cmd(
     from shoal.services.firmware.deploy import (
         config_path as config_file,
     )
-    from shoal.services.registry.store import RegistryError, check_node_id
     from shoal.services.runtime.endpoints import split_host_port
 
-    from .devices import ensure_login, open_registry
+    from .devices import checked_id, ensure_login, open_registry
 
-    try:
-        check_node_id(node_id)
-    except RegistryError as err:
-        raise CliUsageError(f"Invalid value for --node-id: {err}") from None
+    checked_id(node_id, "--node-id")
     if (wifi_password is not None) and wifi_ssid is None:
         raise CliUsageError("--wifi-password without --wifi")
     config = config_from(config_path)
@@ -310,10 +302,9 @@ def ota_cmd(
     import os
     import time
 
-    from shoal.services.registry.store import RegistryError, check_node_id
     from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 
-    from .devices import open_registry
+    from .devices import checked_id, open_registry
 
     if (nodes is None) == (not all_boards):
         raise CliUsageError("give --nodes IDS or --all")
@@ -325,12 +316,7 @@ def ota_cmd(
         if not ids:
             raise CliError("no boards in the device registry")
     else:
-        ids = [n.strip() for n in (nodes or "").split(",") if n.strip()]
-        try:
-            for n in ids:
-                check_node_id(n)
-        except RegistryError as err:
-            raise CliUsageError(f"Invalid value for --nodes: {err}") from None
+        ids = [checked_id(n.strip(), "--nodes") for n in (nodes or "").split(",") if n.strip()]
     args = {
         "bundle": os.path.abspath(bundle),
         "nodes": ids,

@@ -19,9 +19,8 @@ Placement: power of two choices (placement.py) among peers that are alive (not
 suspect), not overloaded, reachable, and below ``accept_fill`` of their queue, counting
 assignments made since their last telemetry. A task's origin is never its own peer.
 
-Long on purpose: the tasks socket's handlers, the placement pass and the ctl ops share
-the ledger, the routes and the peers' view; placement.py and ledger.py hold what can stand
-alone. (Next to split out: the ctl ops.)
+The ctl ops (queries of the ledger, drain) are in ctl_ops.py; placement.py and ledger.py
+hold the other parts that stand alone.
 
 Who may speak for a node (docs/protocol.md §8.1, §14): with Curve on, only a node key whose
 patterns match its ``node_id`` (``forbidden`` otherwise), as the allowlist is now; and only
@@ -35,15 +34,14 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 import zmq
-from msgspec import Meta
 from zmq.utils.monitor import parse_monitor_message
 
 from shoal.protocol import codec
-from shoal.protocol.messages import NodeId, NodeMessage, Telemetry
+from shoal.protocol.messages import NodeMessage, Telemetry
 from shoal.protocol.tasks import (
     Assign,
     AssignReply,
@@ -56,7 +54,6 @@ from shoal.protocol.tasks import (
     ResultAck,
     Taken,
     Task,
-    TaskId,
 )
 from shoal.services.liveness.view import MembershipView
 from shoal.services.relay.view import RelayView
@@ -64,13 +61,12 @@ from shoal.services.runtime.config import DelegatorConfig, ShoalConfig, liveness
 from shoal.services.runtime.metrics import HANDOFF_BUCKETS
 from shoal.services.runtime.security import NODE_SOCKETS
 from shoal.services.runtime.service import (
-    CtlError,
     Service,
-    parse_args,
     received_frames,
     received_multipart,
 )
 
+from .ctl_ops import CtlOps
 from .ledger import Ledger
 from .owners import Connections
 from .placement import Peer, choose
@@ -88,15 +84,6 @@ PRUNE_BATCH = 256
 PRUNE_INTERVAL_S = 1.0
 PRUNE_CATCH_UP_S = 0.1
 
-# Bounds of the ctl queries. Clients refuse a reply over 1 MiB (ZMQ MAXMSGSIZE): the rows of
-# a ``tasks`` page stop at PAGE_BYTES (a row is ~300 bytes, ~3 KB at every field's limit),
-# and its ``next`` pages on. A ``task`` history of MAX_HISTORY events at their limit (~750
-# bytes each) stays under it as well.
-MAX_PAGE = 1000
-PAGE_BYTES = 512 * 1024
-MAX_HISTORY = 500
-MAX_DRAINED = 4096  # drain's set, listed whole in every drain reply (~35 bytes a node)
-
 _decoder = msgspec.msgpack.Decoder(NodeTaskMessage)
 
 
@@ -112,24 +99,6 @@ class Assignment:
     taken_at: float = 0.0  # wall time the ledger took the task (0: unknown, recovered)
 
 
-WallTime = Annotated[float, Meta(ge=0, le=1e11)]  # time.time(); nan and inf refused
-Cursor = tuple[WallTime, Annotated[int, Meta(ge=0, le=2**63 - 1)]]
-
-
-class NoArgs(msgspec.Struct, forbid_unknown_fields=True):
-    pass
-
-
-class TaskArgs(msgspec.Struct, forbid_unknown_fields=True):
-    task_id: TaskId
-    history: Annotated[int, Meta(ge=0, le=MAX_HISTORY)] = MAX_HISTORY  # its last events
-
-
-class TasksArgs(msgspec.Struct, forbid_unknown_fields=True):
-    latest: Annotated[int, Meta(ge=0, le=MAX_PAGE)] = 20
-    before: Cursor | None = None  # the ``next`` of the previous page
-
-
 # Membership events after which a node no longer holds what it was assigned: dead; a new
 # boot (its queue died with the old one); left (it said goodbye). Its tasks go back to
 # pending at once rather than when their leases lapse. A task assigned to the new boot in
@@ -142,20 +111,7 @@ OWNER_LOST = {
 }
 
 
-class RevokedArgs(msgspec.Struct, forbid_unknown_fields=True):
-    node_id: NodeId
-    since: WallTime = 0.0
-
-
-MAX_MOVED = 1000  # tasks listed by one `moved` reply (~60 bytes each)
-
-
-class DrainArgs(msgspec.Struct, forbid_unknown_fields=True):
-    node_id: NodeId
-    drain: bool = True  # False: take work again
-
-
-class Delegator(Service):
+class Delegator(CtlOps, Service):
     """Usage: ``Delegator(load_config()).run()``, or ``shoal run delegator``."""
 
     name = "delegator"
@@ -542,79 +498,3 @@ class Delegator(Service):
         self.counters["recovered"] = recovered
         if recovered:
             self.log.info("recovered", in_flight=recovered, counts=self.ledger.counts())
-
-    # --- queries -----------------------------------------------------------------------
-
-    def _op_tasks(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Counts, and a page of the latest changed tasks: at most ``latest`` rows and
-        PAGE_BYTES of them; ``next`` (when more follow) is the ``before`` of the next page."""
-        req = parse_args(args, TasksArgs)
-        page = self.ledger.latest_page(req.latest + 1, req.before)  # one more: is there more?
-        rows: list[Any] = []
-        size = 0
-        last: tuple[float, int] | None = None
-        for cursor, row in page[: req.latest]:
-            data = msgspec.to_builtins(row)
-            size += len(codec.encode(data))
-            if size > PAGE_BYTES:
-                break
-            rows.append(data)
-            last = cursor
-        more = len(rows) < len(page)
-        return {
-            "counts": self.ledger.counts(),
-            "latest": rows,
-            "next": list(last) if more and last is not None else None,
-        }
-
-    def _op_audit(self, args: dict[str, Any]) -> dict[str, int]:
-        parse_args(args, NoArgs)
-        return self.ledger.audit()
-
-    def _op_owned(self, args: dict[str, Any]) -> dict[str, int]:
-        parse_args(args, NoArgs)
-        return self.ledger.owned()
-
-    def _op_drain(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Take a node out of placement (its running work finishes), or put it back."""
-        req = parse_args(args, DrainArgs)
-        if req.drain:
-            if len(self.drained) >= MAX_DRAINED and req.node_id not in self.drained:
-                raise CtlError(f"bad arguments: {MAX_DRAINED} nodes are drained already")
-            self.drained.add(req.node_id)
-        else:
-            self.drained.discard(req.node_id)
-        self.log.info("drain", node=req.node_id, drain=req.drain)
-        return {"node_id": req.node_id, "drained": req.drain, "all": sorted(self.drained)}
-
-    def _op_drained(self, args: dict[str, Any]) -> dict[str, list[str]]:
-        """Every drained node, sorted: what each console shows on the node's row."""
-        parse_args(args, NoArgs)
-        return {"drained": sorted(self.drained)}
-
-    def _op_revoked(self, args: dict[str, Any]) -> dict[str, Any]:
-        req = parse_args(args, RevokedArgs)
-        first, count = self.ledger.revoked(req.node_id, req.since)
-        return {"node_id": req.node_id, "first_at": first, "count": count}
-
-    def _op_moved(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Where the tasks taken from a node since a time are now (owner and state)."""
-        req = parse_args(args, RevokedArgs)
-        rows, total = self.ledger.moved(req.node_id, req.since, MAX_MOVED)
-        tasks = [{"task_id": t, "state": s, "owner": o} for t, s, o in rows]
-        return {"node_id": req.node_id, "tasks": tasks, "total": total}
-
-    def _op_task(self, args: dict[str, Any]) -> dict[str, Any]:
-        req = parse_args(args, TaskArgs)
-        row = self.ledger.task(req.task_id)
-        if row is None:
-            tomb = self.ledger.tombstone(req.task_id)
-            if tomb is not None:
-                raise CtlError(f"task '{req.task_id}' was pruned ({tomb.state}) at {tomb.at:.3f}")
-            raise CtlError(f"unknown task '{req.task_id}'")
-        history = self.ledger.history(req.task_id, req.history)
-        return {
-            "task": msgspec.to_builtins(row),
-            "history": [msgspec.to_builtins(h) for h in history],
-            "history_total": self.ledger.history_length(req.task_id),
-        }

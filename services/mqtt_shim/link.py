@@ -32,6 +32,7 @@ import paho.mqtt.client as mqtt
 from shoal.services.broker.credentials import shim_login
 from shoal.services.runtime.config import MqttConfig
 from shoal.services.runtime.log import JsonLog
+from shoal.services.runtime.mqtt_client import mqtt_client
 
 from . import topics
 
@@ -69,16 +70,8 @@ class MqttLink:
         self._attempts = 0
         self._retry: Any = None
         self._was_up = False
-        c = self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"shoal-{cfg.shim_id}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
+        c = self.client = mqtt_client(cfg, f"shoal-{cfg.shim_id}", shim_login(cfg))
         c.connect_timeout = CONNECT_TIMEOUT_S
-        c.username_pw_set(*shim_login(cfg))
-        if cfg.tls_ca:
-            c.tls_set(ca_certs=cfg.tls_ca)  # the broker's certificate checked, host name too
         c.will_set(self.state_topic, self._state("offline"), qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import paho.mqtt.client as mqtt
 
 from shoal.protocol import codec
 from shoal.services.broker.credentials import service_login
@@ -25,6 +24,7 @@ from shoal.services.firmware.bundle import BundleError
 from shoal.services.liveness.view import MembershipView
 from shoal.services.registry.store import Registry, RegistryError
 from shoal.services.runtime.config import ShoalConfig
+from shoal.services.runtime.mqtt_client import mqtt_client
 from shoal.services.runtime.service import CtlError, Service, parse_args
 
 from . import wire
@@ -102,10 +102,8 @@ class OtaService(Service):
 
     def _connect(self) -> None:
         mq = self.config.mqtt
-        c = self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id, protocol=mqtt.MQTTv311
-        )
-        c.username_pw_set(*service_login(mq, OTA_USER))
+        # TLS as the shim has it, when [mqtt] tls_ca is set.
+        c = self.client = mqtt_client(mq, self.cfg.client_id, service_login(mq, OTA_USER))
         c.reconnect_delay_set(1, max(1, mq.reconnect_max_ms // 1000))
         c.on_connect = self._on_connect
         c.on_message = self._on_message
