@@ -28,9 +28,9 @@ SIZES = (10, 100, 1000, 2000)
 QUICK_SIZES = (10, 100, 500, 1000)
 
 
-def all_alive(cluster: Cluster, n: int) -> bool:
+def all_alive(cluster: Cluster, n: int, timeout_s: float = 2.0) -> bool:
     with CtlClient(cluster.config.liveness.ctl) as lv:
-        snap: dict[str, Any] = lv.call("members", timeout_s=2.0, retries=0)
+        snap: dict[str, Any] = lv.call("members", timeout_s=timeout_s, retries=0)
     states = [m["state"] for m in snap["members"]]
     return len(states) == n and all(s == "alive" for s in states)
 
@@ -43,6 +43,34 @@ def processes(cluster: Cluster) -> dict[str, psutil.Process]:
     return procs
 
 
+def busy_s() -> float:
+    """CPU seconds the whole machine spent busy (every core, every process, ours or not)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def cpu_window(
+    procs: dict[str, psutil.Process], window_s: float
+) -> tuple[dict[str, Any], float, float]:
+    """(each process's CPU % of one core and RSS MB, the whole machine's busy CPU %, the
+    window's length) over a window of ``window_s``."""
+    cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
+    busy0 = busy_s()
+    t0 = time.monotonic()
+    time.sleep(window_s)  # the measurement window
+    cpu1 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
+    elapsed = time.monotonic() - t0
+    machine_pct = round((busy_s() - busy0) / elapsed * 100, 1)
+    services = {
+        k: {
+            "cpu_pct": round((cpu1[k] - cpu0[k]) / elapsed * 100, 1),
+            "rss_mb": round(p.memory_info().rss / 2**20, 1),
+        }
+        for k, p in procs.items()
+    }
+    return services, machine_pct, elapsed
+
+
 def one_size(workdir: Path, nodes: int, window_s: float) -> dict[str, Any]:
     progress(f"cost: {nodes} nodes")
     with Cluster(
@@ -50,19 +78,7 @@ def one_size(workdir: Path, nodes: int, window_s: float) -> dict[str, Any]:
     ) as cluster:
         wait_for(lambda: all_alive(cluster, nodes), 120, 0.5, (CtlUnavailable,))
         time.sleep(2.0)  # past the burst of joins: the steady state is what is measured
-        procs = processes(cluster)
-        cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
-        t0 = time.monotonic()
-        time.sleep(window_s)  # the measurement window
-        cpu1 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
-        elapsed = time.monotonic() - t0
-        services = {
-            k: {
-                "cpu_pct": round((cpu1[k] - cpu0[k]) / elapsed * 100, 1),
-                "rss_mb": round(p.memory_info().rss / 2**20, 1),
-            }
-            for k, p in procs.items()
-        }
+        services, _machine, elapsed = cpu_window(processes(cluster), window_s)
     return {"nodes": nodes, "window_s": round(elapsed, 1), "services": services}
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import psutil
 
 from shoal.bench._util import emit, progress, run_cli, versions
+from shoal.bench.cost import all_alive, cpu_window, processes
 from shoal.services.runtime.config import ShoalConfig, dump_toml, load_config, with_overrides
 from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 from shoal.services.runtime.ports import next_port, tcp
@@ -51,8 +52,6 @@ QUICK_SCENARIOS = ((200, 4.0), (1000, 1.0))
 # Messages a second one sim process is given at most (telemetry + heartbeats): past this
 # one sim falls behind its own schedule on this machine.
 SIM_MSGS_PER_S = 12_000
-# The machine's busy CPU in the last window, % of one core (all cores: up to 100 x cores).
-machine_pct = [0.0]
 SATURATED_PCT = 90.0  # of one core: a Python process's ceiling is ~100%
 LOAD_GENERATORS = ("sim", "mqtt")  # the sims, and mqtt-fleet: the MQTT clients' process
 # The share of the fleet that are MQTT clients (bench/_mqtt_fleet.py: board-like clients
@@ -117,35 +116,6 @@ def mqtt_stop(mqtt: tuple[Any, Any] | None) -> dict[str, Any]:
 def liveness_counters(cluster: Cluster) -> dict[str, int]:
     status: dict[str, Any] = call(cluster.config.liveness.ctl, "status")
     return dict(status["counters"])
-
-
-def members_alive(cluster: Cluster, n: int) -> bool:
-    snap = call(cluster.config.liveness.ctl, "members", timeout_s=10)
-    states = [m["state"] for m in snap["members"]]
-    return len(states) == n and all(s == "alive" for s in states)
-
-
-def busy_s() -> float:
-    """CPU seconds the whole machine spent busy (every core, every process, ours or not)."""
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
-
-
-def cpu_window(procs: dict[str, psutil.Process], window_s: float) -> dict[str, Any]:
-    cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
-    busy0 = busy_s()
-    t0 = time.monotonic()
-    time.sleep(window_s)  # the measurement window
-    cpu1 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
-    elapsed = time.monotonic() - t0
-    machine_pct[0] = round((busy_s() - busy0) / elapsed * 100, 1)
-    return {
-        k: {
-            "cpu_pct": round((cpu1[k] - cpu0[k]) / elapsed * 100, 1),
-            "rss_mb": round(p.memory_info().rss / 2**20, 1),
-        }
-        for k, p in procs.items()
-    }
 
 
 def timed(fn: Any) -> float:
@@ -213,7 +183,7 @@ def one_scenario(
                 mqtt = mqtt_fleet(cluster, [f"mqtt-{i:05d}" for i in range(clients)], rate_hz)
             t_join = time.monotonic()
             wait_for(
-                lambda: sims_running(workdir, extras) and members_alive(cluster, nodes),
+                lambda: sims_running(workdir, extras) and all_alive(cluster, nodes, timeout_s=10),
                 60 + nodes / 50,
                 1.0,
                 (CtlUnavailable,),
@@ -221,14 +191,13 @@ def one_scenario(
             join_s = round(time.monotonic() - t_join, 1)
             time.sleep(5.0)  # past the burst of joins: the steady state is what is measured
             verdicts0 = liveness_counters(cluster)
-            procs = {n: psutil.Process(r["pid"]) for n, r in cluster.ps().items() if r.get("pid")}
-            procs["supervisor"] = psutil.Process(cluster.proc.pid)
+            procs = processes(cluster)
             for k, proc in enumerate(extras, 1):
                 procs[f"sim-{k}"] = psutil.Process(proc.pid)
             if mqtt:
                 procs["mqtt-fleet"] = psutil.Process(mqtt[0].pid)
             progress(f"scale: {nodes} nodes: CPU window {window_s:.0f} s")
-            services = cpu_window(procs, window_s)
+            services, machine_pct, _elapsed = cpu_window(procs, window_s)
             phases = {"window": liveness_counters(cluster)}
             progress(f"scale: {nodes} nodes: status, snapshot, console")
             seen: list[int] = []
@@ -241,7 +210,7 @@ def one_scenario(
             progress(f"scale: {nodes} nodes: delegator re-sync")
             resync_s = delegator_resync_s(cluster, 120)
             verdicts1 = phases["delegator_restart"] = liveness_counters(cluster)
-            final_alive = members_alive(cluster, nodes)
+            final_alive = all_alive(cluster, nodes, timeout_s=10)
             mqtt_report = mqtt_stop(mqtt)
         finally:
             if mqtt and mqtt[0].is_alive():
@@ -268,7 +237,7 @@ def one_scenario(
         "services": services,
         "load_generator_cpu_pct": round(sum(v["cpu_pct"] for v in generators.values()), 1),
         "cluster_cpu_pct": round(sum(v["cpu_pct"] for v in services.values()), 1),  # sims too
-        "machine_cpu_pct": machine_pct[0],  # everyone's: other work on this machine too
+        "machine_cpu_pct": machine_pct,  # everyone's: other work on this machine too
         "false_suspect_by_phase": suspects_by_phase(verdicts0, phases),
         "status_json_s": status_s,
         "status_nodes": seen[0] if seen else None,

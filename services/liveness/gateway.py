@@ -5,9 +5,9 @@ is down every board falls silent at once and that silence says nothing about the
 The shim's heartbeat on its bus (a ServiceBeat with ``broker_connected``, sent at once when
 that changes) tells this monitor which of the two it can trust. The path is down when:
 
-- the shim's heartbeat is missing for ``relay_silent_beats`` of the services' intervals (shim dead,
-  hung, or its bus cut), or it has never been heard while boards are known (without
-  boards, a cluster with no shim is not an outage);
+- the shim's heartbeat is missing for ``relay_silent_beats`` of the services' intervals
+  (shim dead, hung, or its bus cut), or it has never been heard while boards are known
+  (without boards, a cluster with no shim is not an outage);
 - the shim says it is not connected to the broker (broker dead, or the link cut);
 - the shim restarted (a new instance id): it lost its board table and asks every board
   for a rebirth, which takes a moment.

@@ -3,7 +3,8 @@ boards over MQTT (firmware/esp32/ota.py is the board's half; docs/protocol.md se
 
 It binds ctl (ROUTER: ping, status, rollout, progress, abort) and bus (PUB: its heartbeat
 with counters); connects to the MQTT broker (paho, its own network thread; over TLS when
-``[mqtt] tls_ca`` is set, as the shim; subscribes to ``shoal/v1/+/ota/up``) and to the liveness monitor (membership, the rollout's gate).
+``[mqtt] tls_ca`` is set, as the shim; subscribes to ``shoal/v1/+/ota/up``) and to the
+liveness monitor (membership, the rollout's gate).
 
 It trusts the bundles it is given only once they match their manifests, and nothing a
 board sends: each payload is decoded with Structs and limits, its node id must be its

@@ -62,11 +62,11 @@ class CtlClient:
     def _socket(self) -> zmq.Socket[Any]:
         if self._sock is None:
             # A handshake the server refuses is otherwise only a silence: watch for it,
-            # from before the connect (a refusal may be the connection's only event).
-            self._sock = self.sockets.connect(
-                zmq.DEALER, self.endpoint, key=self.key, watch=zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            )
-            self._events = self.sockets.monitor_of(self._sock)
+            # from before the connect (libzmq does not retry it: its one event).
+            sock = self.sockets.client(zmq.DEALER, self.endpoint, key=self.key)
+            self._events = self.sockets.monitor(sock, zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            sock.connect(self.endpoint)
+            self._sock = sock
         return self._sock
 
     def _refused(self) -> bool:

@@ -61,7 +61,6 @@ class Sockets:
         self._open: list[zmq.Socket[Any]] = []
         self._zap_held: set[zmq.Socket[Any]] = set()  # curve servers: each holds the ZAP
         self._bound: dict[zmq.Socket[Any], str] = {}  # PUB / XPUB and where: cut on revoke
-        self._monitors: dict[int, zmq.Socket[Any]] = {}  # by id() of the watched socket
 
     def _security(self, endpoint: str) -> Security:
         return self.security if self.security is not None else sec.for_endpoint(endpoint)
@@ -114,17 +113,20 @@ class Sockets:
         return sock
 
     def connect(
-        self,
-        kind: int,
-        endpoint: str,
-        *,
-        key: str | None = None,
-        watch: int = 0,
-        **options: Any,
+        self, kind: int, endpoint: str, *, key: str | None = None, **options: Any
     ) -> zmq.Socket[Any]:
         """A connected socket; ``key``: another client key of the same keys directory
-        than this process's own (a test's node key); ``watch``: connection events to
-        monitor from before the connect (``monitor_of`` gives the monitor socket)."""
+        than this process's own (a test's node key)."""
+        sock = self.client(kind, endpoint, key=key, **options)
+        sock.connect(endpoint)
+        return sock
+
+    def client(
+        self, kind: int, endpoint: str, *, key: str | None = None, **options: Any
+    ) -> zmq.Socket[Any]:
+        """A socket set up to connect to ``endpoint`` (its Curve keys), not connected yet:
+        for a caller that must monitor it first (a refused handshake is the connection's
+        only event, since libzmq does not reconnect it)."""
         security = self._security(endpoint)
         if key is not None:
             security = security.named(key)
@@ -136,13 +138,7 @@ class Sockets:
                 "curve_publickey": public,
                 "curve_secretkey": secret,
             }
-        sock = self.make(kind, **_ipv6(endpoint, options))
-        if watch:
-            # Before connecting: a refused handshake may be the connection's only event
-            # (libzmq gives up on it), and a monitor attached after it misses it.
-            self.monitor(sock, watch)
-        sock.connect(endpoint)
-        return sock
+        return self.make(kind, **_ipv6(endpoint, options))
 
     def cut_subscribers(self) -> int:
         """Close every connection of the buses bound here (unbind, bind again): their
@@ -166,10 +162,6 @@ class Sockets:
                     time.sleep(0.005)
         return cut
 
-    def monitor_of(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any] | None:
-        """The monitor ``connect(watch=...)`` attached to sock."""
-        return self._monitors.get(id(sock))
-
     def monitor(self, sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
         """A PAIR socket that receives sock's connection events (zmq_socket_monitor).
 
@@ -183,14 +175,12 @@ class Sockets:
         addr = f"inproc://shoal-monitor-{os.getpid()}-{next(_monitor_ids)}"
         events_sock: zmq.Socket[Any] = sock.get_monitor_socket(events, addr)
         self._open.append(events_sock)
-        self._monitors[id(sock)] = events_sock
         return events_sock
 
     def close(self, sock: zmq.Socket[Any]) -> None:
         if sock in self._open:
             self._open.remove(sock)
         self._bound.pop(sock, None)
-        self._monitors.pop(id(sock), None)
         sock.close(linger=LINGER_MS)
         if sock in self._zap_held:
             self._zap_held.discard(sock)
@@ -201,7 +191,6 @@ class Sockets:
             sock.close(linger=LINGER_MS)
         self._open.clear()
         self._bound.clear()
-        self._monitors.clear()
         for _ in range(len(self._zap_held)):
             sec.release_zap(self.ctx)
         self._zap_held.clear()
