@@ -82,8 +82,15 @@ def open_sqlite_file(
 
 
 def _open(db: sqlite3.Connection, kind: FileKind, error: Callable[[str], Exception]) -> None:
-    app_id = db.execute("PRAGMA application_id").fetchone()[0]
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    # The three reads in one read transaction: another process making the file between
+    # them would otherwise show its tables beside the old version 0 ("other tables").
+    db.execute("BEGIN")
+    try:
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+    finally:
+        db.execute("COMMIT")
     if app_id not in (0, kind.application_id) or (version and app_id != kind.application_id):
         raise error(f"not a {kind.noun} (application_id {app_id:#x}, user_version {version})")
     if version > kind.schema_version:
@@ -91,7 +98,7 @@ def _open(db: sqlite3.Connection, kind: FileKind, error: Callable[[str], Excepti
             f"{kind.noun.removeprefix('shoal ')} schema version {version} is newer than this "
             f"shoal reads ({kind.schema_version}); upgrade shoal or use another file"
         )
-    if version == 0 and db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+    if version == 0 and tables:
         raise error(f"not a {kind.noun} (other tables, no version)")
     if version:
         _check_schema(db, kind, version, error)  # someone else's file is never written to
