@@ -259,6 +259,7 @@ class OtaClient:
         want = min(self.plan["chunk"], size - self.off)
         if len(data) != want or sha_hex(hashlib.sha256(data)) != head.get("h"):
             self.stats["bad_chunks"] += 1  # refused: asked for again at once
+            self.status_ms = None  # and said at the next pass, before a power cut loses it
             self._ask(self.now_ms())
             return
         if self.off == 0:
