@@ -46,6 +46,9 @@ REJECT_REASONS = (
     # A node id the connection's key may not speak for (Curve on: a node key's ``nodes``
     # patterns; docs/protocol.md §14)
     "forbidden",
+    # A node id that belongs to another relay shard (crc32(node_id) % relay.shards): the
+    # gateway counts shards otherwise than this relay (docs/protocol.md §5.8)
+    "wrong_shard",
 )
 
 

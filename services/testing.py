@@ -30,7 +30,13 @@ from typing import Any, TypeVar
 import msgspec
 
 from .runtime import security
-from .runtime.config import ShoalConfig, load_config
+from .runtime.config import (
+    ShardEndpoints,
+    ShoalConfig,
+    load_config,
+    relay_shards,
+    with_overrides,
+)
 from .runtime.keys import KeysDir
 from .runtime.ports import next_port, tcp
 from .runtime.service import EXIT_BIND_FAILED as BIND_FAILED
@@ -156,6 +162,12 @@ def config_on_free_ports(
         config = msgspec.structs.replace(
             config, **{name: msgspec.structs.replace(getattr(config, name), **values)}
         )
+    if config.relay.shards > 1 and not config.relay.shard_endpoints:
+        extra = [
+            ShardEndpoints(ingest=tcp(), bus=tcp(), ctl=tcp(), metrics=f"127.0.0.1:{next_port()}")
+            for _ in range(config.relay.shards - 1)
+        ]
+        config = with_overrides(config, "relay", shard_endpoints=extra)
     register_keys(config)
     return config
 
@@ -418,6 +430,8 @@ class Cluster:
             "sim": self.config.sim.ctl,
             "shim": self.config.mqtt.shim_ctl,
         }
+        for k, shard in enumerate(relay_shards(self.config)[1:], start=1):
+            endpoints[f"relay-{k}"] = shard.ctl
         if self.boards:
             endpoints["boards"] = self.config.boards.ctl
             endpoints["ota"] = self.config.ota.ctl
@@ -478,12 +492,10 @@ class Cluster:
         return {row["name"]: row for row in supervisor_request(self.config.supervisor.ctl, "ps")}
 
     def snapshot(self) -> Any:
-        from shoal.protocol.messages import RelaySnapshot
+        from .relay.client import RelayClient
 
-        from .runtime.ctl_client import CtlClient
-
-        with CtlClient(self.config.relay.ctl) as relay:
-            return relay.call("snapshot", result_type=RelaySnapshot, timeout_s=0.5, retries=0)
+        with RelayClient(self.config) as relay:
+            return relay.snapshot(timeout_s=0.5, retries=0)
 
     def sim_counters(self) -> dict[str, int]:
         from shoal.protocol.messages import ServiceStatus

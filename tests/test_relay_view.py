@@ -7,6 +7,7 @@ from typing import Any
 from shoal.protocol.messages import Telemetry
 from shoal.services.relay.service import Relay
 from shoal.services.relay.view import RelayView
+from shoal.services.runtime.config import relay_links
 from shoal.services.runtime.service import Service
 from shoal.services.testing import IngestClient, config_on_free_ports, running, wait_for
 
@@ -27,7 +28,7 @@ class Console(Service):
     name = "console"
 
     def setup(self) -> None:
-        self.view = RelayView(self, self.config.relay)
+        self.view = RelayView(self, relay_links(self.config))
 
 
 def cpu(view: RelayView, node: str) -> Any:
@@ -82,17 +83,18 @@ def test_a_heartbeat_ahead_of_the_view_reveals_lost_records_and_resyncs() -> Non
     try:
         console.setup()  # sockets and handlers, no loop: the view is driven by hand
         view = console.view
-        view._apply_snapshot(RelaySnapshot(pub=9, pseq=4, nodes=[], counters={}, rejects={}))
+        shard = view.shards[0]  # the Clone pattern's state of the one relay
+        shard._apply_snapshot(RelaySnapshot(pub=9, pseq=4, nodes=[], counters={}, rejects={}))
         assert view.synced
         beat = ServiceBeat(
             pub=9, pseq=1, service="relay", pid=1, uptime_s=1.0, interval_ms=500, pseqs={"rec": 4}
         )
-        view._on_frame(b"svc", beat)
+        shard._on_frame(b"svc", beat)
         assert view.synced  # nothing missed: the snapshot covers rec 1..4
-        view._on_frame(b"rec", NodeRecords(pub=9, pseq=5, records=[tel("a", 0)]))
-        assert "a" in view.nodes and view.pseq == 5
+        shard._on_frame(b"rec", NodeRecords(pub=9, pseq=5, records=[tel("a", 0)]))
+        assert "a" in view.nodes and shard.pseq == 5
         resyncs = view.resyncs
-        view._on_frame(
+        shard._on_frame(
             b"svc",
             ServiceBeat(
                 pub=9,
@@ -105,8 +107,8 @@ def test_a_heartbeat_ahead_of_the_view_reveals_lost_records_and_resyncs() -> Non
             ),
         )
         assert not view.synced and view.resyncs == resyncs + 1  # rec 6 never came
-        view._apply_snapshot(RelaySnapshot(pub=9, pseq=6, nodes=[], counters={}, rejects={}))
-        view._on_frame(b"rec", NodeRecords(pub=9, pseq=8, records=[tel("b", 0)]))
+        shard._apply_snapshot(RelaySnapshot(pub=9, pseq=6, nodes=[], counters={}, rejects={}))
+        shard._on_frame(b"rec", NodeRecords(pub=9, pseq=8, records=[tel("b", 0)]))
         assert not view.synced  # 7 is missing: another snapshot
     finally:
         console.sockets.close_all()

@@ -133,8 +133,12 @@ class LiveFeed:
         # source -> monotonic time it was last heard (beats, the sim's and ps's replies)
         self._heard: dict[str, float] = {}
         self._synced_at: float | None = None  # when the relay's snapshot first arrived
+        # Per relay shard (its beat's "shard" counter): its counters at its last beat, the
+        # (time, accepted) then, and its rate; the console shows their sums.
+        self._shard_counters: dict[int, dict[str, int]] = {}
+        self._shard_rate: dict[int, tuple[float, int]] = {}
+        self._shard_msgs_per_s: dict[int, float] = {}
         self._relay_counters: dict[str, int] = {}
-        self._rate: tuple[float, int] | None = None  # (time, accepted) at the last beat
         self._msgs_per_s = 0.0
         self._tasks_rate: tuple[float, int] | None = None  # (time, committed) at a beat
         self._tasks_per_s: float | None = None  # None until a delegator is heard
@@ -326,12 +330,15 @@ class LiveFeed:
     def _on_relay_beat(self, beat: ServiceBeat) -> None:
         self._on_beat(beat)
         counters = beat.counters
+        shard = counters.get("shard", 0)
         now = time.monotonic()
         accepted = counters.get("accepted", 0)
-        if self._rate is not None and now > self._rate[0] and accepted >= self._rate[1]:
-            self._msgs_per_s = (accepted - self._rate[1]) / (now - self._rate[0])
-        self._rate = (now, accepted)
-        old = self._relay_counters
+        rate = self._shard_rate.get(shard)
+        if rate is not None and now > rate[0] and accepted >= rate[1]:
+            self._shard_msgs_per_s[shard] = (accepted - rate[1]) / (now - rate[0])
+            self._msgs_per_s = sum(self._shard_msgs_per_s.values())
+        self._shard_rate[shard] = (now, accepted)
+        old = self._shard_counters.get(shard, {})
         refused = {
             k.removeprefix("reject_"): v - old.get(k, 0)
             for k, v in counters.items()
@@ -340,7 +347,12 @@ class LiveFeed:
         if old and refused:
             text = ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()))
             self._add_event("reject", None, f"relay refused {text}")
-        self._relay_counters = dict(counters)
+        self._shard_counters[shard] = dict(counters)
+        total: dict[str, int] = {}
+        for part in self._shard_counters.values():
+            for key, value in part.items():
+                total[key] = total.get(key, 0) + value
+        self._relay_counters = total
 
     def _on_delegator_beat(self, beat: Any) -> None:
         if not isinstance(beat, ServiceBeat):

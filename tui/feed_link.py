@@ -24,7 +24,7 @@ from shoal.protocol import codec
 from shoal.protocol.messages import Request
 from shoal.services.liveness.view import MembershipView
 from shoal.services.relay.view import RelayView
-from shoal.services.runtime.config import ShoalConfig, with_overrides
+from shoal.services.runtime.config import ShoalConfig, relay_links, with_overrides
 from shoal.services.runtime.security import Security
 from shoal.services.runtime.service import Service, received
 from shoal.services.runtime.subscriber import BusSubscriber
@@ -55,7 +55,7 @@ class FeedLink(Service):
 
     def setup(self) -> None:
         feed = self.feed
-        self.relay = RelayView(self, self.config.relay)
+        self.relay = RelayView(self, relay_links(self.config))
         self.relay.on_change = feed._on_records
         self.relay.on_beat = feed._on_relay_beat
         self.members = MembershipView(self, self.config.liveness)

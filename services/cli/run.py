@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from shoal.services.runtime.config import with_overrides
+from shoal.services.runtime.config import relay_shard, with_overrides
 
 from .config import checked, config_from, config_option
 from .workload import apply_workload, workload_options
@@ -20,13 +20,30 @@ SERVICES = ("relay", "liveness", "delegator", "registry", "sim", "broker", "shim
 @click.option(
     "--nodes", type=click.IntRange(0, 100_000), default=None, help="For sim: how many nodes."
 )
+@click.option(
+    "--shard",
+    type=click.IntRange(0, 15),
+    default=0,
+    show_default=True,
+    help="For relay: which of [relay] shards this process is.",
+)
 @workload_options
-def run(service: str, config_path: str | None, nodes: int | None, **workload: Any) -> None:
+def run(
+    service: str, config_path: str | None, nodes: int | None, shard: int, **workload: Any
+) -> None:
     """Run one service in this process (what the supervisor starts). The workload flags are
     for sim."""
     from shoal.services.runtime.service import main_for
 
     config = config_from(config_path)
+    if service == "relay":
+        if shard >= config.relay.shards:
+            raise click.BadParameter(
+                f"{shard}: [relay] shards is {config.relay.shards}", param_hint="--shard"
+            )
+        # Checked as the file says; the shard's view of it moves its endpoints into [relay].
+        main_for(service_class(service), relay_shard(checked(config), shard), shard=shard)
+        return
     if nodes is not None:
         config = with_overrides(config, "sim", nodes=nodes)
     if service == "sim":

@@ -284,18 +284,17 @@ def status(config_path: str | None, as_json: bool, timeout: float, watch: float 
     import contextlib
     import time
 
-    from shoal.protocol.messages import MembershipSnapshot, RelaySnapshot
+    from shoal.protocol.messages import MembershipSnapshot
+    from shoal.services.relay.client import RelayClient
     from shoal.services.runtime.ctl_client import CtlClient, CtlFailed, CtlUnavailable
 
     config = config_from(config_path)
     embedded = config.mqtt.embedded
     use_keys(config, "reader")
-    with CtlClient(config.relay.ctl) as relay, CtlClient(config.liveness.ctl) as liveness:
+    with RelayClient(config) as relay, CtlClient(config.liveness.ctl) as liveness:
         while True:
             try:
-                snap: RelaySnapshot = relay.call(
-                    "snapshot", result_type=RelaySnapshot, timeout_s=timeout, retries=1
-                )
+                snap = relay.snapshot(timeout_s=timeout, retries=1)
                 members: MembershipSnapshot | None = None
                 with contextlib.suppress(CtlUnavailable, CtlFailed):  # states shown as "?"
                     members = liveness.call(

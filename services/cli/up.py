@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from shoal.services.runtime.config import ShoalConfig, with_overrides
+from shoal.services.runtime.config import ShoalConfig, relay_shards, with_overrides
 
 from .config import (
     CliError,
@@ -135,6 +135,11 @@ def up(
         for name in names
         if name not in without
     ]
+    if "relay" not in without:  # the relay's other shards, right after shard 0
+        specs[1:1] = [
+            ProcessSpec(f"relay-{k}", [*python, "run", "relay", "--shard", str(k), *common])
+            for k in range(1, config.relay.shards)
+        ]
     if "sim" not in without:
         specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
     if boards_n:
@@ -338,6 +343,9 @@ def check_ports_free(
         "sim.ctl": config.sim.ctl,
         "supervisor.ctl": config.supervisor.ctl,
     }
+    for k, shard in enumerate(relay_shards(config)[1:], start=1):
+        name = f"relay.shard_endpoints[{k - 1}]"
+        endpoints.update({f"{name}.{key}": getattr(shard, key) for key in ("ingest", "bus", "ctl")})
     for key in list(endpoints):  # a host of a spread cluster binds only its own
         if key.split(".")[0] in without:
             del endpoints[key]

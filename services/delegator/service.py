@@ -57,7 +57,7 @@ from shoal.protocol.tasks import (
 )
 from shoal.services.liveness.view import MembershipView
 from shoal.services.relay.view import RelayView
-from shoal.services.runtime.config import DelegatorConfig, ShoalConfig, liveness_for, relay_for
+from shoal.services.runtime.config import DelegatorConfig, ShoalConfig, liveness_for, relay_links
 from shoal.services.runtime.metrics import HANDOFF_BUCKETS
 from shoal.services.runtime.security import NODE_SOCKETS
 from shoal.services.runtime.service import (
@@ -159,7 +159,7 @@ class Delegator(CtlOps, Service):
         self.on_readable(self.router_events, self._drain_disconnects)
         self.bus = self.bind("bus", zmq.PUB, cfg.bus)
         self.serve_ctl(cfg.ctl)
-        self.relay = RelayView(self, relay_for(self.config, "delegator"))
+        self.relay = RelayView(self, relay_links(self.config, "delegator"))
         self.relay.on_change = self._on_records
         self.members = MembershipView(self, liveness_for(self.config))
         self.members.on_event = self._on_member_event
@@ -179,6 +179,8 @@ class Delegator(CtlOps, Service):
         counters.update({f"tasks_{k}": v for k, v in self.ledger.counts().items()})
         counters.update({f"ledger_{k}": v for k, v in self.ledger.size().items()})
         counters["assigning"] = len(self.assigning)
+        counters["relay_nodes"] = len(self.relay.nodes)  # every shard's, once synced
+        counters["relay_synced"] = int(self.relay.synced)
         return counters
 
     # --- a pass: decide, commit, then tell ---------------------------------------------

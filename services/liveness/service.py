@@ -46,7 +46,7 @@ from shoal.protocol.messages import (
     ObserverHealth,
     ServiceBeat,
 )
-from shoal.services.runtime.config import LivenessConfig, ShoalConfig, relay_for
+from shoal.services.runtime.config import LivenessConfig, ShoalConfig, relay_links
 from shoal.services.runtime.metrics import DETECTION_BUCKETS
 from shoal.services.runtime.service import CtlError, Service, parse_args
 from shoal.services.runtime.subscriber import BusSubscriber
@@ -131,8 +131,10 @@ class Liveness(Service):
         self.reasons: list[str] = []
         self.degraded_since = 0.0
         self.momentary: set[str] = set()  # reasons that last one check: gaps, restarts
-        self.relay_pub = 0
-        self.relay_heard = 0.0  # last frame of any kind from the relay (0: never)
+        # Per relay shard: its instance, and its last frame of any kind (0: never). The
+        # relay counts as heard as of its stalest shard: a silent shard is a blind spot.
+        self.relay_pubs = [0] * config.relay.shards
+        self.relay_heard_at = [0.0] * config.relay.shards
         self.relay_interval_s = config.runtime.heartbeat_interval_ms / 1000
         self.mass_since: float | None = None
         self.gateway = GatewayHealth(
@@ -149,14 +151,19 @@ class Liveness(Service):
         cfg = self.cfg
         self.bus = self.bind("bus", zmq.PUB, cfg.bus, hwm=100_000)
         self.serve_ctl(cfg.ctl)
-        self.relay = BusSubscriber(
-            self,
-            relay_for(self.config, "liveness").bus,
-            topics=(codec.TOPIC_NODE_RECORDS, codec.TOPIC_SERVICE_BEAT),
-            on_frame=self._on_frame,
-            name="relay",
-        )
-        self.relay.on_gap = lambda missed: self.momentary.add("bus_gap")
+        self.relays = [
+            BusSubscriber(
+                self,
+                bus,
+                topics=(codec.TOPIC_NODE_RECORDS, codec.TOPIC_SERVICE_BEAT),
+                on_frame=lambda topic, frame, k=k: self._on_frame(topic, frame, k),
+                name="relay" if k == 0 else f"relay{k}",
+            )
+            for k, (bus, _ctl) in enumerate(relay_links(self.config, "liveness"))
+        ]
+        for sub in self.relays:
+            sub.on_gap = lambda missed: self.momentary.add("bus_gap")
+        self.relay = self.relays[0]
         # The MQTT shim's heartbeat: whether the boards' path can be trusted (gateway.py).
         self.shim = BusSubscriber(
             self,
@@ -187,13 +194,18 @@ class Liveness(Service):
 
     # --- evidence ----------------------------------------------------------------------
 
-    def _on_frame(self, _topic: bytes, frame: Any) -> None:
+    @property
+    def relay_heard(self) -> float:
+        """When the relay was last heard: its stalest shard's last frame (0: one never)."""
+        return min(self.relay_heard_at)
+
+    def _on_frame(self, _topic: bytes, frame: Any, shard: int = 0) -> None:
         now = self.clock()
-        if frame.pub != self.relay_pub:
-            if self.relay_pub:
+        if frame.pub != self.relay_pubs[shard]:
+            if self.relay_pubs[shard]:
                 self.momentary.add("relay_restarted")
-            self.relay_pub = frame.pub
-        self.relay_heard = now
+            self.relay_pubs[shard] = frame.pub
+        self.relay_heard_at[shard] = now
         if isinstance(frame, NodeRecords):
             heard = self._heard
             for rec in frame.records:

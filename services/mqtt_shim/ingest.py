@@ -1,7 +1,7 @@
 """Node messages to the relay's ingest, and the relay's acks back to the boards they name.
 
-One DEALER for every board (a gateway, like the simulated fleet): records go out as
-msgpack batches, the relay's Ack frames come back on the same connection, and each entry is
+One DEALER per relay shard for every board (a gateway, like the simulated fleet; each
+board's records to its shard, runtime/shards.py): records go out as msgpack batches, the relay's Ack frames come back on the same connection, and each entry is
 routed to the board it names, as that board's ack payload.
 
 Nothing is buffered beyond a batch: a frame that cannot be sent (no relay connected: the
@@ -19,20 +19,25 @@ import zmq
 from shoal.protocol import codec, limits
 from shoal.protocol.messages import Batch, NodeMessage
 from shoal.services.runtime.service import received
+from shoal.services.runtime.shards import IngestShards
 
 from . import topics
+
+
+def _node_of(rec: NodeMessage) -> str:
+    return rec.node_id
 
 
 class IngestBridge:
     def __init__(
         self,
-        dealer: zmq.Socket[Any],
+        shards: IngestShards,
         counters: Any,
         rejects: Any,
         publish_ack: Callable[[str, bytes], None],
         known: Callable[[str], bool],
     ) -> None:
-        self.dealer = dealer
+        self.shards = shards
         self.counters = counters
         self.rejects = rejects
         self.publish_ack = publish_ack  # (node_id, payload) -> the board's ack topic
@@ -49,6 +54,10 @@ class IngestBridge:
         if not self.pending:
             return
         records, self.pending = self.pending, []
+        for dealer, part in self.shards.split(records, _node_of):
+            self._send(dealer, part)
+
+    def _send(self, dealer: zmq.Socket[Any], records: list[NodeMessage]) -> None:
         step = limits.MAX_BATCH_RECORDS
         chunks = [records[i : i + step] for i in range(0, len(records), step)]
         while chunks:
@@ -59,16 +68,16 @@ class IngestBridge:
                 chunks[:0] = [chunk[:half], chunk[half:]]
                 continue
             try:
-                self.dealer.send(frame, zmq.NOBLOCK)
+                dealer.send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 self.counters["forward_failed"] += len(chunk)
                 continue
             self.counters["frames_sent"] += 1
             self.counters["forwarded"] += len(chunk)
 
-    def drain_acks(self) -> None:
-        """Route the relay's acks: one ack payload per board per Ack frame."""
-        for body in received(self.dealer):
+    def drain_acks(self, dealer: zmq.Socket[Any]) -> None:
+        """Route one shard's acks: one ack payload per board per Ack frame."""
+        for body in received(dealer):
             try:
                 ack = codec.decode_ack(body)
             except codec.Rejected as rej:

@@ -29,6 +29,7 @@ from shoal.protocol import codec
 from shoal.protocol.messages import Goodbye, Hello
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.service import Service
+from shoal.services.runtime.shards import IngestShards
 
 from . import tasks, topics
 from .boards import Boards
@@ -83,25 +84,23 @@ class Shim(Service):
         cfg = self.cfg
         # immediate: with no relay (or delegator) connected a send fails at once and is
         # counted; the boards resend from their rings.
-        self.ingest_dealer = self.sockets.connect(
-            zmq.DEALER, self.config.relay.ingest, immediate=1, hwm=10_000
-        )
+        shards = IngestShards(self, self.config, immediate=1, hwm=10_000)
         self.task_dealer = self.sockets.connect(
             zmq.DEALER, self.config.delegator.tasks, immediate=1, hwm=10_000
         )
-        self.endpoints["ingest"] = self.config.relay.ingest
+        for k, endpoint in enumerate(shards.endpoints):
+            self.endpoints["ingest" if k == 0 else f"ingest.{k}"] = endpoint
         self.endpoints["tasks"] = self.config.delegator.tasks
         self.endpoints["broker"] = cfg.broker
         self.bus = self.bind("bus", zmq.PUB, cfg.shim_bus)
         self.serve_ctl(cfg.shim_ctl)
         self.link = MqttLink(self, cfg, self.pub_id, self._on_message, self.counters, self.log)
-        self.ingest = IngestBridge(
-            self.ingest_dealer, self.counters, self.rejects, self._send_ack, self._known
-        )
+        self.ingest = IngestBridge(shards, self.counters, self.rejects, self._send_ack, self._known)
         self.task_bridge = TaskBridge(
             self.task_dealer, self.counters, self.rejects, self.link.publish, self._known
         )
-        self.on_readable(self.ingest_dealer, self._drain_acks)
+        for dealer in shards.dealers:
+            self.on_readable(dealer, lambda d=dealer: self._drain_acks(d))
         self.on_readable(self.task_dealer, self._drain_tasks)
         self.every(SWEEP_S, self._forget_silent)
         self.link.start()
@@ -229,8 +228,8 @@ class Shim(Service):
         if self.cfg.batch_interval_ms == 0:
             self._flush_batch()
 
-    def _drain_acks(self) -> None:
-        self.ingest.drain_acks()
+    def _drain_acks(self, dealer: zmq.Socket[Any]) -> None:
+        self.ingest.drain_acks(dealer)
         self.link.flush()
 
     def _drain_tasks(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from shoal.protocol.messages import Hello, NodeMessage, Telemetry
 from shoal.services.relay.view import RelayView
-from shoal.services.runtime.config import ShoalConfig
+from shoal.services.runtime.config import ShoalConfig, relay_links
 from shoal.services.runtime.service import Service
 
 from .store import Registry
@@ -42,7 +42,7 @@ class RegistryService(Service):
         self.bus = self.bind("bus", 1, self.cfg.bus)  # zmq.PUB
         self.serve_ctl(self.cfg.ctl)
         self.ctl_ops["devices"] = self._op_devices
-        self.relay = RelayView(self, self.config.relay)
+        self.relay = RelayView(self, relay_links(self.config))
         self.relay.on_change = self._on_records
         self.every(self.cfg.flush_interval_ms / 1000, self.flush)
 

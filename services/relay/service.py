@@ -21,6 +21,10 @@ allowlist changes. Each frame's key is looked up in the allowlist as it is now, 
 revoked is refused at its next frame (``auth_refused_revoked``). Reading a frame's User-Id
 costs ~3 us in pyzmq, as much as the relay's whole work on a record: it is read once per
 connection and kept by routing id (see ``_keys_of``).
+
+With ``relay.shards`` > 1 this process is one shard (``shoal run relay --shard K``, at the
+endpoints ``relay_shard`` gives it): it takes only the node ids whose
+``crc32(node_id) % shards`` is K and refuses the others as ``wrong_shard``, unacked.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from shoal.services.runtime.keys import KeyInfo
 from shoal.services.runtime.metrics import node_gauge
 from shoal.services.runtime.security import NODE_SOCKETS
 from shoal.services.runtime.service import DRAIN_BUDGET, Service, received_multipart
+from shoal.services.runtime.shards import shard_of
 
 from .dedup import DUPLICATE, NEW, SeqWindow
 
@@ -158,9 +163,13 @@ class Relay(Service):
 
     name = "relay"
 
-    def __init__(self, config: ShoalConfig, **kwargs: Any) -> None:
+    def __init__(self, config: ShoalConfig, shard: int = 0, **kwargs: Any) -> None:
+        """shard: which of relay.shards this process is; config is as relay_shard() gives
+        it (this shard's endpoints in [relay])."""
         super().__init__(config, **kwargs)
         self.cfg: RelayConfig = config.relay
+        self.shard = shard
+        self.shards = config.relay.shards
         self.nodes: dict[str, NodeState] = {}
         self.rate_hz = self.cfg.rate_per_node_hz  # read per message: plain attributes
         self.rate_burst = float(self.cfg.rate_burst)
@@ -200,6 +209,8 @@ class Relay(Service):
     def status_counters(self) -> dict[str, int]:
         counters = dict(self.counters)
         counters["nodes"] = len(self.nodes)
+        counters["shard"] = self.shard
+        counters["shards"] = self.shards
         counters["gaps"] = sum(st.gaps for st in self.nodes.values())
         counters.update({f"reject_{k}": v for k, v in self.reject_counts.items()})
         return counters
@@ -349,6 +360,11 @@ class Relay(Service):
             return False
         if st is None:
             cfg = self.cfg
+            if self.shards > 1 and shard_of(node_id, self.shards) != self.shard:
+                # Not acked: a gateway routing by another shard count must not believe the
+                # record landed; once it counts right, the node's ring resends it.
+                self._reject("wrong_shard", f"{node_id}: shard {shard_of(node_id, self.shards)}")
+                return False
             if len(self.nodes) >= cfg.max_nodes:
                 self._reject("too_many_nodes", node_id)
                 return False

@@ -68,6 +68,20 @@ class RuntimeConfig(_Section, frozen=True):
     log_summary_interval_s: Positive = 5.0
 
 
+class ShardEndpoints(_Section, frozen=True):
+    """Where one more relay shard binds ([[relay.shard_endpoints]], for shards 1, 2, ...)."""
+
+    ingest: Endpoint
+    bus: Endpoint
+    ctl: Endpoint
+    metrics: OptionalListenAddress = ""
+
+
+# A shard (or shim instance) k > 0 with no endpoints of its own binds its first one's ports
+# plus k x this: shard 1 of the default relay at 7800-7802, its metrics at 9800.
+INSTANCE_PORT_STEP = 100
+
+
 class RelayConfig(_Section, frozen=True):
     ingest: Endpoint = "tcp://127.0.0.1:7700"  # nodes and gateways connect here (ROUTER)
     bus: Endpoint = "tcp://127.0.0.1:7701"  # accepted records republished here (PUB)
@@ -93,6 +107,12 @@ class RelayConfig(_Section, frozen=True):
     # (its link died unnoticed). Three heartbeats of the slowest node (ESP32: 1 s), twelve of
     # a simulated one: a spoofer cannot take over a node that is talking.
     rebind_after_ms: PositiveInt = 3_000
+    # Relay processes (shards); node N's records go to shard crc32(N) % shards, gateways
+    # route by that hash and consumers follow every shard's bus (docs/architecture.md,
+    # "Sharding"). Shard 0 binds ingest, bus and ctl above; shard k binds shard_endpoints[k-1]
+    # when given, else those ports + k x 100.
+    shards: Annotated[int, Meta(ge=1, le=16)] = 1
+    shard_endpoints: list[ShardEndpoints] = []
 
 
 class Burst(_Section, frozen=True):
@@ -504,7 +524,49 @@ def _checks(section_type: type) -> dict[str, _Check]:
 
 
 def _sections(config: ShoalConfig) -> list[tuple[str, Any]]:
-    return [(name, getattr(config, name)) for name in config.__struct_fields__]
+    """Every section, and the endpoints of each relay shard after the first (checked, and
+    kept apart from every other bind, like a section's own)."""
+    sections = [(name, getattr(config, name)) for name in config.__struct_fields__]
+    shards = relay_shards(config)[1:]
+    return sections + [(f"relay.shard_endpoints[{k}]", e) for k, e in enumerate(shards)]
+
+
+def _moved(address: str, k: int) -> str:
+    """An endpoint (tcp://host:port) or listen address (host:port) k instances on."""
+    if not address:
+        return address
+    head, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address  # inproc://, ipc://, or ":*": nothing to move
+    return f"{head}:{int(port) + k * INSTANCE_PORT_STEP}"
+
+
+def relay_shards(config: ShoalConfig) -> list[ShardEndpoints]:
+    """Where each relay shard binds, shard 0 first (docs/architecture.md, "Sharding")."""
+    relay = config.relay
+    first = ShardEndpoints(
+        ingest=relay.ingest, bus=relay.bus, ctl=relay.ctl, metrics=config.metrics.relay
+    )
+    out = [first]
+    for k in range(1, relay.shards):
+        if k - 1 < len(relay.shard_endpoints):
+            out.append(relay.shard_endpoints[k - 1])
+        else:
+            moved = [_moved(getattr(first, key), k) for key in ("ingest", "bus", "ctl", "metrics")]
+            out.append(
+                ShardEndpoints(ingest=moved[0], bus=moved[1], ctl=moved[2], metrics=moved[3])
+            )
+    return out
+
+
+def relay_shard(config: ShoalConfig, k: int) -> ShoalConfig:
+    """config as shard k of the relay sees it: [relay] and [metrics] relay at its endpoints
+    (for the shard's process alone: shard k's endpoints then appear twice, so check the
+    config before, not after)."""
+    e = relay_shards(config)[k]
+    relay = msgspec.structs.replace(config.relay, ingest=e.ingest, bus=e.bus, ctl=e.ctl)
+    metrics = msgspec.structs.replace(config.metrics, relay=e.metrics)
+    return msgspec.structs.replace(config, relay=relay, metrics=metrics)
 
 
 def _check_keys(config: ShoalConfig) -> None:
@@ -609,6 +671,15 @@ def relay_for(config: ShoalConfig, consumer: Literal["liveness", "delegator"]) -
         bus=section.relay_bus or config.relay.bus,
         ctl=section.relay_ctl or config.relay.ctl,
     )
+
+
+def relay_links(
+    config: ShoalConfig, consumer: Literal["liveness", "delegator"] | None = None
+) -> list[tuple[str, str]]:
+    """(bus, ctl) of every relay shard as ``consumer`` reaches them: shard 0 through the
+    consumer's fault-proxy overrides (relay_for), the others at their own endpoints."""
+    first = relay_for(config, consumer) if consumer else config.relay
+    return [(first.bus, first.ctl)] + [(e.bus, e.ctl) for e in relay_shards(config)[1:]]
 
 
 def liveness_for(config: ShoalConfig) -> LivenessConfig:

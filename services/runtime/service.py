@@ -599,13 +599,16 @@ class Service:
         )
 
 
-def main_for(service_cls: type[Service], config: ShoalConfig) -> None:
-    """Run one service as this process, with signals, until it is stopped. One that cannot
-    start logs one line saying why and exits EXIT_CONFIG or EXIT_BIND_FAILED."""
+def main_for(service_cls: type[Service], config: ShoalConfig, **kwargs: Any) -> None:
+    """Run one service as this process, with signals, until it is stopped (kwargs go to
+    its constructor). One that cannot start logs one line saying why and exits EXIT_CONFIG
+    or EXIT_BIND_FAILED."""
     exit_with_parent()
     log = JsonLog(service_cls.name, config.runtime.log_level)
     try:
-        service = service_cls(config)  # may raise ConfigError too (a ledger it cannot open)
+        service = service_cls(
+            config, **kwargs
+        )  # may raise ConfigError too (a ledger it cannot open)
         log = service.log
         service.run()
     except ConfigError as err:

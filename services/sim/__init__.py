@@ -1,5 +1,6 @@
 """The simulated fleet (``shoal sim``, ``shoal run sim``): binds ctl (ROUTER); connects one
-DEALER to the relay's ingest (a gateway for all its nodes) and one to the delegator's
+DEALER to each relay shard's ingest (a gateway for all its nodes, each node's records to
+its shard) and one to the delegator's
 tasks. Its nodes run the firmware's node core unchanged. It trusts what the relay and the
 delegator send only after decoding it with the protocol's types; a bad frame is counted.
 

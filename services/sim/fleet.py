@@ -101,6 +101,7 @@ from shoal.protocol import codec, limits
 from shoal.protocol.tasks import Completed, DelegatorMessage
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.service import CtlError, Service, parse_args, received
+from shoal.services.runtime.shards import IngestShards
 
 from .faults import HEALABLE, LINK_SERVICES, STOPPING, FaultArgs, LinkFault, fault_args_error
 from .links import GatewayLink, TaskLink
@@ -109,6 +110,10 @@ from .workload import SetRateArgs, base_rates, burst_active, node_ids
 
 _encoder = msgspec.msgpack.Encoder()
 _task_decoder = msgspec.msgpack.Decoder(DelegatorMessage)
+
+
+def _node_of(rec: dict[str, Any]) -> str:
+    return rec["node_id"]  # type: ignore[no-any-return]
 
 
 FLEET_COUNTERS = (
@@ -184,10 +189,10 @@ class Fleet(Service):
     def setup(self) -> None:
         # IMMEDIATE: a send with no live connection fails at once instead of queueing
         # silently, so nodes know the link is down and keep their own buffers.
-        self.dealer = self.sockets.connect(
-            zmq.DEALER, self.config.relay.ingest, immediate=1, linger=500, hwm=50_000
-        )
-        self.endpoints["ingest"] = self.config.relay.ingest
+        # One DEALER per relay shard; each node's records go to its shard (runtime/shards.py).
+        self.ingest = IngestShards(self, self.config, immediate=1, linger=500, hwm=50_000)
+        for k, endpoint in enumerate(self.ingest.endpoints):
+            self.endpoints["ingest" if k == 0 else f"ingest.{k}"] = endpoint
         # The delegator: immediate too, so with none there a node's offer fails at once
         # (degraded mode: it runs its tasks locally) instead of waiting in a queue.
         self.task_dealer = self.sockets.connect(
@@ -196,7 +201,8 @@ class Fleet(Service):
         self.task_link.dealer = self.task_dealer
         self.endpoints["tasks"] = self.config.delegator.tasks
         self.serve_ctl(self.cfg.ctl)
-        self.on_readable(self.dealer, self._drain_acks)
+        for dealer in self.ingest.dealers:
+            self.on_readable(dealer, lambda d=dealer: self._drain_acks(d))
         self.on_readable(self.task_dealer, self._drain_tasks)
         self.every(self.cfg.tick_ms / 1000, self._tick)
 
@@ -251,6 +257,10 @@ class Fleet(Service):
         if not outbox:
             return
         self.link.outbox = []
+        for dealer, records in self.ingest.split(outbox, _node_of):
+            self._send_batches(dealer, records)
+
+    def _send_batches(self, dealer: zmq.Socket[Any], outbox: list[dict[str, Any]]) -> None:
         step = limits.MAX_BATCH_RECORDS
         chunks = [outbox[start : start + step] for start in range(0, len(outbox), step)]
         while chunks:
@@ -261,7 +271,7 @@ class Fleet(Service):
                 chunks[:0] = [chunk[:half], chunk[half:]]
                 continue
             try:
-                self.dealer.send(frame, zmq.NOBLOCK)
+                dealer.send(frame, zmq.NOBLOCK)
                 self.counters["frames_sent"] += 1
                 self.counters["records_sent"] += len(chunk)
             except zmq.Again:
@@ -279,9 +289,9 @@ class Fleet(Service):
                         node.core.link_lost(now)
                 return
 
-    def _drain_acks(self) -> None:
+    def _drain_acks(self, dealer: zmq.Socket[Any]) -> None:
         now = self.now_ms()
-        for body in received(self.dealer):
+        for body in received(dealer):
             try:
                 ack = codec.decode_ack(body)
             except codec.Rejected as rej:
