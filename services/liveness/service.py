@@ -24,6 +24,7 @@ service heartbeat), ctl (ROUTER: members, member, forget; Clone-pattern snapshot
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -156,7 +157,7 @@ class Liveness(Service):
                 self,
                 bus,
                 topics=(codec.TOPIC_NODE_RECORDS, codec.TOPIC_SERVICE_BEAT),
-                on_frame=lambda topic, frame, k=k: self._on_frame(topic, frame, k),
+                on_frame=functools.partial(self._on_frame, shard=k),
                 name="relay" if k == 0 else f"relay{k}",
             )
             for k, (bus, _ctl) in enumerate(relay_links(self.config, "liveness"))

@@ -19,6 +19,7 @@ payload costs nothing but itself.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -100,7 +101,7 @@ class Shim(Service):
             self.task_dealer, self.counters, self.rejects, self.link.publish, self._known
         )
         for dealer in shards.dealers:
-            self.on_readable(dealer, lambda d=dealer: self._drain_acks(d))
+            self.on_readable(dealer, functools.partial(self._drain_acks, dealer))
         self.on_readable(self.task_dealer, self._drain_tasks)
         self.every(SWEEP_S, self._forget_silent)
         self.link.start()

@@ -35,7 +35,7 @@ class RelayClient:
             client.close()
 
     def snapshot(self, timeout_s: float = 2.0, retries: int = 1) -> RelaySnapshot:
-        snaps = [
+        snaps: list[RelaySnapshot] = [
             c.call("snapshot", result_type=RelaySnapshot, timeout_s=timeout_s, retries=retries)
             for c in self.clients
         ]
@@ -45,7 +45,7 @@ class RelayClient:
         """Every shard's status counters, summed."""
         total: dict[str, int] = {}
         for client in self.clients:
-            status = client.call("status", timeout_s=timeout_s, retries=retries)
+            status: dict[str, Any] = client.call("status", timeout_s=timeout_s, retries=retries)
             _add(total, status["counters"])
         return total
 

@@ -88,6 +88,7 @@ The workload is described in workload.py, the faults' arguments in faults.py.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import time
 from collections.abc import Collection
@@ -202,7 +203,7 @@ class Fleet(Service):
         self.endpoints["tasks"] = self.config.delegator.tasks
         self.serve_ctl(self.cfg.ctl)
         for dealer in self.ingest.dealers:
-            self.on_readable(dealer, lambda d=dealer: self._drain_acks(d))
+            self.on_readable(dealer, functools.partial(self._drain_acks, dealer))
         self.on_readable(self.task_dealer, self._drain_tasks)
         self.every(self.cfg.tick_ms / 1000, self._tick)
 
