@@ -55,6 +55,7 @@ bench *ARGS:
     python bench/mqtt_path.py --json --quick --save bench/report {{ARGS}}
     python bench/cost.py --json --quick --save bench/report {{ARGS}}
     python bench/scale.py --json --quick --save bench/report {{ARGS}}
+    python bench/shards.py --json --quick --save bench/report {{ARGS}}
     python bench/nodecore_heap.py --json --save bench/report
     python bench/ota.py --json --save bench/report
     pytest -q -m slow || [ $? -eq 5 ]  # 5: no slow test collected yet
@@ -67,7 +68,7 @@ bench-full *ARGS:
     python bench/delegation.py --json --quick --runs 10 --save bench/report
     python bench/delegation.py --json --quick --runs 10 --hog 1 --save bench/report
     # after the tail, whose first run it replaces as bench/report/delegation.json
-    for b in framing relay_throughput relay_restart liveness tui delegation ledger chaos_library mqtt_path cost scale; do python bench/$b.py --json --save bench/report {{ARGS}}; done
+    for b in framing relay_throughput relay_restart liveness tui delegation ledger chaos_library mqtt_path cost scale shards; do python bench/$b.py --json --save bench/report {{ARGS}}; done
     python bench/nodecore_heap.py --json --save bench/report
     shoal bench report bench/report
 

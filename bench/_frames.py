@@ -16,18 +16,32 @@ def node_id(index: int) -> str:
     return f"bench-{index:04d}"
 
 
+def shard_ids(shard: int = 0, shards: int = 1) -> list[str]:
+    """The NODES benchmark ids that belong to relay shard ``shard`` of ``shards``."""
+    from shoal.services.runtime.shards import shard_of
+
+    return [node_id(i) for i in range(NODES) if shard_of(node_id(i), shards) == shard]
+
+
 def telemetry_stream(
-    n: int, *, nodes: int = NODES, seq_start: int = 0, seed: int = 7
+    n: int,
+    *,
+    nodes: int = NODES,
+    seq_start: int = 0,
+    seed: int = 7,
+    ids: list[str] | None = None,
 ) -> Iterator[Any]:
-    """n Telemetry messages, node ids cycling over ``nodes``, seq rising per node.
+    """n Telemetry messages, node ids cycling over ``nodes`` (or ``ids``), seq rising per
+    node.
 
     Values are what a busy ESP32 reports (load near capacity, ~150 KB free heap, weak Wi-Fi).
     """
     from shoal.protocol.messages import Telemetry
 
+    ids = ids or [node_id(i) for i in range(nodes)]
+    nodes = len(ids)
     rng = random.Random(seed)
     boots = [rng.randrange(1, 2**32) for _ in range(nodes)]
-    ids = [node_id(i) for i in range(nodes)]
     ts0 = 1_700_000_000_000
     for i in range(n):
         node = i % nodes
@@ -63,12 +77,14 @@ def bus_frames(n: int, batch: int = 1, *, pub: int = 4242) -> list[bytes]:
     ]
 
 
-def ingest_frames(n: int, batch: int = 1, *, seq_start: int = 0) -> list[bytes]:
+def ingest_frames(
+    n: int, batch: int = 1, *, seq_start: int = 0, ids: list[str] | None = None
+) -> list[bytes]:
     """What nodes send: single node messages (batch=1) or Batch frames of ``batch`` records."""
     from shoal.protocol import codec
     from shoal.protocol.messages import Batch
 
-    stream = telemetry_stream(n, seq_start=seq_start)
+    stream = telemetry_stream(n, seq_start=seq_start, ids=ids)
     if batch == 1:
         return [codec.encode(msg) for msg in stream]
     records = list(stream)

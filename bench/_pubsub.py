@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from shoal.bench._frames import NODES, bus_frames, ingest_frames, multipart_frames, node_id
+from shoal.bench._frames import bus_frames, ingest_frames, multipart_frames, shard_ids
 from shoal.protocol import codec
 
 # The subscriber gives up when no frame came for this long after the first one.
@@ -54,6 +54,9 @@ class PubSpec:
     # A keys directory: the DEALER is a Curve client with its key ``key`` (None: plain).
     keys: str | None = None
     key: str = "gateway"
+    # "ingest" frames: only the nodes of relay shard ``shard`` of ``shards`` (bench/shards.py).
+    shard: int = 0
+    shards: int = 1
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,11 @@ def _build(spec: PubSpec) -> list[Any]:
         return bus_frames(spec.n_records, spec.batch)
     if spec.frames == "multipart":
         return multipart_frames(spec.n_records)
-    return ingest_frames(spec.n_records, spec.batch, seq_start=spec.seq_start)
+    return ingest_frames(spec.n_records, spec.batch, seq_start=spec.seq_start, ids=_ids(spec))
+
+
+def _ids(spec: PubSpec) -> list[str]:
+    return shard_ids(spec.shard, spec.shards)
 
 
 def pub_worker(conn: Connection, spec: PubSpec) -> None:
@@ -154,9 +161,10 @@ def _pub(conn: Connection, spec: PubSpec) -> None:
     conn.recv()
     unacked = None
     if reads_acks:
+        ids = _ids(spec)
         last_seqs = {
-            node_id(k): spec.seq_start + (spec.n_records - 1 - k) // NODES
-            for k in range(min(NODES, spec.n_records))
+            ids[k]: spec.seq_start + (spec.n_records - 1 - k) // len(ids)
+            for k in range(min(len(ids), spec.n_records))
         }
         # The last ack may trail the last bus frame: give it a moment.
         deadline = time.monotonic() + ACK_GRACE_S

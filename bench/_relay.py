@@ -23,18 +23,27 @@ class RelayProcess:
     """
 
     def __init__(
-        self, profile_to: str | None = None, curve: bool = True, **relay_keys: Any
+        self,
+        profile_to: str | None = None,
+        curve: bool = True,
+        config: Any = None,
+        shard: int = 0,
+        **relay_keys: Any,
     ) -> None:
-        from shoal.services.runtime.config import dump_toml
+        """config: a ShoalConfig to run with (several shards share one), else one made on
+        free ports with relay_keys; shard: which of its relay shards this process is."""
+        from shoal.services.runtime.config import dump_toml, relay_shards
         from shoal.services.testing import config_on_free_ports
 
-        self.config = config_on_free_ports(
+        self.config = config or config_on_free_ports(
             relay=relay_keys,
             runtime={"log_level": "warning", "heartbeat_interval_ms": 100},
             security={"curve": curve},
         )
+        self.shard = shard
+        self.endpoints = relay_shards(self.config)[shard]
         # Where its clients' keys are (None: plain, Curve off).
-        self.keys: str | None = self.config.security.keys if curve else None
+        self.keys: str | None = self.config.security.keys if self.config.security.curve else None
         self._dir = tempfile.TemporaryDirectory(prefix="shoal-bench-")
         self.config_path = Path(self._dir.name) / "relay.toml"
         self.config_path.write_text(dump_toml(self.config))
@@ -46,15 +55,16 @@ class RelayProcess:
 
     @property
     def ingest(self) -> str:
-        return self.config.relay.ingest
+        return self.endpoints.ingest
 
     @property
     def bus(self) -> str:
-        return self.config.relay.bus
+        return self.endpoints.bus
 
     def command(self) -> list[str]:
         """What runs the relay, after ``python``: override to measure a variant."""
-        return ["-m", "shoal.services.cli", "run", "relay", "--config", str(self.config_path)]
+        argv = ["-m", "shoal.services.cli", "run", "relay", "--config", str(self.config_path)]
+        return argv + (["--shard", str(self.shard)] if self.shard else [])
 
     def start(self, timeout_s: float = 20.0) -> None:
         import psutil
@@ -73,7 +83,7 @@ class RelayProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         self._ps = psutil.Process(self.proc.pid)
-        self._ctl = CtlClient(self.config.relay.ctl, ctx=zmq.Context())
+        self._ctl = CtlClient(self.endpoints.ctl, ctx=zmq.Context())
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:

@@ -1,5 +1,6 @@
-"""The report's scale section (bench/scale.py's JSON): a plot of every process's CPU and
-RSS per scenario, and a table of the operator-facing figures. Kept out of
+"""The report's scale sections: bench/scale.py's JSON (a plot of every process's CPU and
+RSS per scenario, and a table of the operator-facing figures) and bench/shards.py's (the
+relay's records/s against its shard count, 1 shard the baseline). Kept out of
 bench/make_report.py, which calls ``section`` once (and which this module does not import:
 no import circle)."""
 
@@ -51,8 +52,47 @@ def plot_scale(scale: dict[str, Any], out: Path) -> str:
     return _save(fig, out, "scale.png")
 
 
+def plot_shards(shards: dict[str, Any], out: Path) -> str:
+    fig, axes = _figure()
+    for batch, points in sorted(shards["curve"].items()):
+        xs = [p["shards"] for p in points]
+        axes[0].plot(xs, [p["records_per_s"] for p in points], marker="o", label=batch)
+        axes[1].plot(xs, [p["speedup"] for p in points], marker="o", label=batch)
+    xs = sorted({p["shards"] for points in shards["curve"].values() for p in points})
+    axes[1].plot(xs, [x / xs[0] for x in xs], color="grey", linestyle=":", label="linear")
+    for ax, title in zip(
+        axes, ("records/s through every shard", "speedup over 1 shard"), strict=True
+    ):
+        ax.set_xticks(xs)
+        ax.set_xlabel("relay shards")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    return _save(fig, out, "shards.png")
+
+
+def shards_section(data: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    md = ["## Relay shards", ""]
+    shards = data.get("shards")
+    if not shards or not shards.get("curve"):
+        return [*md, "Not run: shards.json is missing.", ""]
+    md += [f"![Relay shards]({plot_shards(shards, out)})", ""]
+    md += ["| stream | shards | records/s | speedup | relays' CPU % of a core | machine CPU % |"]
+    md += ["|---|---|---|---|---|---|"]
+    for batch, points in sorted(shards["curve"].items()):
+        for p in points:
+            md.append(
+                f"| {batch} | {p['shards']} | {p['records_per_s']:,.0f} | x{p['speedup']}"
+                f" | {p['relay_cpu_pct']} | {p['machine_cpu_pct']} |"
+            )
+    return [*md, "", f"Baseline: {shards.get('baseline')}; lost {shards.get('lost')}.", ""]
+
+
 def section(data: dict[str, dict[str, Any]], out: Path) -> list[str]:
-    """The report.md lines of the scale section (a plot and a table), or "Not run."."""
+    """The report.md lines of the scale sections (plots and tables), or "Not run."."""
+    return _scale_section(data, out) + shards_section(data, out)
+
+
+def _scale_section(data: dict[str, dict[str, Any]], out: Path) -> list[str]:
     md = ["## Scale on one machine", ""]
     scale = data.get("scale")
     if not scale or not scale.get("scenarios"):

@@ -32,9 +32,11 @@ import msgspec
 from .runtime import security
 from .runtime.config import (
     ShardEndpoints,
+    ShimEndpoints,
     ShoalConfig,
     load_config,
     relay_shards,
+    shim_instances,
     with_overrides,
 )
 from .runtime.keys import KeysDir
@@ -168,6 +170,12 @@ def config_on_free_ports(
             for _ in range(config.relay.shards - 1)
         ]
         config = with_overrides(config, "relay", shard_endpoints=extra)
+    if config.mqtt.shims > 1 and not config.mqtt.shim_endpoints:
+        shims = [
+            ShimEndpoints(ctl=tcp(), bus=tcp(), metrics=f"127.0.0.1:{next_port()}")
+            for _ in range(config.mqtt.shims - 1)
+        ]
+        config = with_overrides(config, "mqtt", shim_endpoints=shims)
     register_keys(config)
     return config
 
@@ -432,10 +440,13 @@ class Cluster:
         }
         for k, shard in enumerate(relay_shards(self.config)[1:], start=1):
             endpoints[f"relay-{k}"] = shard.ctl
+        for k, shim in enumerate(shim_instances(self.config)[1:], start=1):
+            endpoints[f"shim-{k}"] = shim.ctl
         if self.boards:
             endpoints["boards"] = self.config.boards.ctl
             endpoints["ota"] = self.config.ota.ctl
-        waiting = {k: v for k, v in endpoints.items() if k not in self.without}
+        # relay-1 and shim-1 are relay and shim too: --without=relay leaves them out.
+        waiting = {k: v for k, v in endpoints.items() if k.split("-")[0] not in self.without}
         mqtt = self.config.mqtt
         external = "--broker" in self.up_options or "broker" in self.without
         broker_waiting = mqtt.embedded and not external

@@ -111,6 +111,9 @@ class FakeRelay:
     def __exit__(self, *_: object) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def call(self, op: str, *_: Any, **__: Any) -> Any:
         if op == "snapshot":
             return RelaySnapshot(pub=1, pseq=1, nodes=[], counters={}, rejects={})

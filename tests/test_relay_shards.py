@@ -194,9 +194,15 @@ def test_each_node_lands_in_its_own_shard_and_every_consumer_sees_them_all(
         view = c.call("status", timeout_s=2.0)["counters"]
     assert view["relay_synced"] == 1 and view["relay_nodes"] == len(everyone(cluster))
     if BOARDS:  # the registry follows both shards: every board is in it
-        runner = CliRunner()
-        out = runner.invoke(main, ["devices", "list", "--config", str(cluster.config_path)])
-        assert out.exit_code == 0 and all(f"board-0{i}" in out.output for i in range(1, BOARDS + 1))
+
+        def listed() -> bool:  # the registry writes once a second (devices.flush_interval_ms)
+            out = CliRunner().invoke(
+                main, ["devices", "list", "--config", str(cluster.config_path)]
+            )
+            assert out.exit_code == 0, out.output
+            return all(f"board-0{i}" in out.output for i in range(1, BOARDS + 1))
+
+        wait_for(listed, timeout_s=15)
 
 
 def test_a_killed_shard_marks_no_node_dead_and_its_nodes_come_back(cluster: Cluster) -> None:

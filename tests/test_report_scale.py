@@ -46,3 +46,27 @@ def test_the_scale_section_is_built_from_its_json(tmp_path: Path) -> None:
 def test_without_its_json_the_section_says_not_run(tmp_path: Path) -> None:
     md = report.build(tmp_path).read_text()
     assert "## Scale on one machine\n\nNot run: scale.json is missing." in md
+
+
+def test_the_shards_section_plots_the_curve_with_its_baseline(tmp_path: Path) -> None:
+    def point(shards: int, rate: float) -> dict:
+        return {
+            "shards": shards,
+            "records_per_s": rate,
+            "speedup": round(rate / 10_000.0, 3),
+            "relay_cpu_pct": [90.0] * shards,
+            "machine_cpu_pct": 190.0,
+        }
+
+    shards = {
+        "bench": "shards",
+        "baseline": "1 shard (same run, interleaved)",
+        "curve": {"batch_1": [point(1, 10_000.0), point(2, 15_000.0)]},
+        "lost": 0,
+    }
+    (tmp_path / "shards.json").write_text(json.dumps(shards))
+    md = report.build(tmp_path).read_text()
+    assert (tmp_path / "shards.png").stat().st_size > 1000
+    assert "](shards.png)" in md and "| batch_1 | 2 | 15,000 | x1.5 |" in md
+    assert "Baseline: 1 shard (same run, interleaved); lost 0." in md
+    assert "## Relay shards" in report.build(tmp_path / "empty").read_text()

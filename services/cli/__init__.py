@@ -5,7 +5,7 @@ shoal tui [--readonly] [--config FILE]              the operator console on a ru
 shoal run SERVICE [--config FILE]                   run one service in this process
 shoal sim [--nodes N] [--config FILE]               run a simulated fleet
 shoal status [--json] [--config FILE]               one row per node with its state
-shoal bench relay|liveness|tui|delegation [--json] [--quick]   benchmarks
+shoal bench relay|liveness|tui|delegation|...|shards [--json] [--quick]   benchmarks
 
 up, run and sim take the fleet's workload flags too: --rate, --hot-spots, --hot-factor,
 --node-rate, --burst (see `shoal sim --help`).

@@ -34,6 +34,7 @@ BENCHMARKS = {
         "scale",
         "1,000 nodes at 4 Hz and 10,000 at 1 Hz: CPU, RSS, status, re-sync, first bottleneck.",
     ),
+    "shards": ("shards", "Relay records/s through 2 shards against 1 (same run)."),
 }
 
 

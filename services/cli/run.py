@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from shoal.services.runtime.config import relay_shard, with_overrides
+from shoal.services.runtime.config import relay_shard, shim_instance, with_overrides
 
 from .config import checked, config_from, config_option
 from .workload import apply_workload, workload_options
@@ -27,9 +27,21 @@ SERVICES = ("relay", "liveness", "delegator", "registry", "sim", "broker", "shim
     show_default=True,
     help="For relay: which of [relay] shards this process is.",
 )
+@click.option(
+    "--instance",
+    type=click.IntRange(0, 15),
+    default=0,
+    show_default=True,
+    help="For shim: which of [mqtt] shims this process is.",
+)
 @workload_options
 def run(
-    service: str, config_path: str | None, nodes: int | None, shard: int, **workload: Any
+    service: str,
+    config_path: str | None,
+    nodes: int | None,
+    shard: int,
+    instance: int,
+    **workload: Any,
 ) -> None:
     """Run one service in this process (what the supervisor starts). The workload flags are
     for sim."""
@@ -43,6 +55,14 @@ def run(
             )
         # Checked as the file says; the shard's view of it moves its endpoints into [relay].
         main_for(service_class(service), relay_shard(checked(config), shard), shard=shard)
+        return
+    if service == "shim":
+        if instance >= config.mqtt.shims:
+            raise click.BadParameter(
+                f"{instance}: [mqtt] shims is {config.mqtt.shims}", param_hint="--instance"
+            )
+        config = shim_instance(checked(config), instance)
+        main_for(service_class(service), config, instance=instance)
         return
     if nodes is not None:
         config = with_overrides(config, "sim", nodes=nodes)

@@ -65,6 +65,7 @@ def security_summary(curve: bool, per_service: dict[str, dict[str, Any]]) -> dic
 
 def other_counters(config: Any, timeout_s: float) -> dict[str, dict[str, Any]]:
     """The status counters of the services beside the relay and the monitor, asked at once."""
+    from shoal.services.runtime.config import shim_instances
     from shoal.services.runtime.ctl_client import ask_all
 
     endpoints = {
@@ -75,6 +76,8 @@ def other_counters(config: Any, timeout_s: float) -> dict[str, dict[str, Any]]:
         "registry": config.devices.ctl,
         "supervisor": config.supervisor.ctl,
     }
+    for k, shim in enumerate(shim_instances(config)[1:], start=1):
+        endpoints[f"shim-{k}"] = shim.ctl  # the supervisor's name for it
     # The supervisor says what runs: a service that is not there costs no wait.
     ps = ask_all({"supervisor": config.supervisor.ctl}, "ps", timeout_s=timeout_s)
     rows = ps.get("supervisor")

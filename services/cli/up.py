@@ -9,7 +9,12 @@ from typing import Any
 
 import click
 
-from shoal.services.runtime.config import ShoalConfig, relay_shards, with_overrides
+from shoal.services.runtime.config import (
+    ShoalConfig,
+    relay_shards,
+    shim_instances,
+    with_overrides,
+)
 
 from .config import (
     CliError,
@@ -139,6 +144,14 @@ def up(
         specs[1:1] = [
             ProcessSpec(f"relay-{k}", [*python, "run", "relay", "--shard", str(k), *common])
             for k in range(1, config.relay.shards)
+        ]
+    if "shim" not in without:  # the shim's other instances, right after instance 0
+        at = next(i for i, spec in enumerate(specs) if spec.name == "shim") + 1
+        specs[at:at] = [
+            ProcessSpec(
+                f"shim-{k}", [*python, "run", "shim", "--instance", str(k), *common], env=env
+            )
+            for k in range(1, config.mqtt.shims)
         ]
     if "sim" not in without:
         specs.append(ProcessSpec("sim", [*python, "run", "sim", *common, *sim_args]))
@@ -358,6 +371,9 @@ def check_ports_free(
     if "shim" not in without:
         endpoints["mqtt.shim_ctl"] = config.mqtt.shim_ctl
         endpoints["mqtt.shim_bus"] = config.mqtt.shim_bus
+        for k, shim in enumerate(shim_instances(config)[1:]):
+            endpoints[f"mqtt.shim_endpoints[{k}].ctl"] = shim.ctl
+            endpoints[f"mqtt.shim_endpoints[{k}].bus"] = shim.bus
     if boards:
         endpoints["boards.ctl"] = config.boards.ctl
         endpoints["boards.bus"] = config.boards.bus

@@ -35,13 +35,16 @@ LATE_BEATS = 2.5
 
 class GatewayHealth:
     __slots__ = (
+        "boards_known",
         "broker_connected",
         "grace_s",
         "heard",
+        "held",
         "interval_s",
         "pub",
         "restarted",
         "silent_after_s",
+        "suspended",
         "suspended_until",
         "was_down",
     )
@@ -56,6 +59,9 @@ class GatewayHealth:
         self.restarted = False  # a new shim instance since the last check
         self.was_down = False
         self.suspended_until = 0.0  # boards get no verdict before this (the grace)
+        self.suspended = False  # as of the last check (the monitor's, for its log lines)
+        self.held = False  # the beat was late at the last check
+        self.boards_known = False  # a hello via "mqtt" of a board this shim carries was seen
 
     def beat(self, frame: ServiceBeat, now: float) -> None:
         if self.pub and frame.pub != self.pub:

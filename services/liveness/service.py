@@ -47,9 +47,15 @@ from shoal.protocol.messages import (
     ObserverHealth,
     ServiceBeat,
 )
-from shoal.services.runtime.config import LivenessConfig, ShoalConfig, relay_links
+from shoal.services.runtime.config import (
+    LivenessConfig,
+    ShoalConfig,
+    relay_links,
+    shim_instances,
+)
 from shoal.services.runtime.metrics import DETECTION_BUCKETS
 from shoal.services.runtime.service import CtlError, Service, parse_args
+from shoal.services.runtime.shards import shard_of
 from shoal.services.runtime.subscriber import BusSubscriber
 
 from .detector import Detector, Thresholds
@@ -81,6 +87,7 @@ class Node:
         "boot_id",
         "boots",
         "detector",
+        "gateway",
         "left_seq",
         "node_id",
         "once",
@@ -103,6 +110,7 @@ class Node:
         self.left_seq = -1
         self.once = True  # heard once only: a phantom if it dies so (liveness.phantom_after_s)
         self.via = "zmq"  # from its hello: "mqtt" nodes are behind the broker and the shim
+        self.gateway = -1  # "mqtt": the shim instance that carries it (by the hash), else -1
 
     def view(self, now: float) -> Member:
         return Member(
@@ -138,12 +146,17 @@ class Liveness(Service):
         self.relay_heard_at = [0.0] * config.relay.shards
         self.relay_interval_s = config.runtime.heartbeat_interval_ms / 1000
         self.mass_since: float | None = None
-        self.gateway = GatewayHealth(
-            self.cfg.relay_silent_beats * self.relay_interval_s, self.cfg.gateway_grace_ms / 1000
-        )
+        # One per shim instance: each carries its own boards (mqtt.shims).
+        self.gateways = [
+            GatewayHealth(
+                self.cfg.relay_silent_beats * self.relay_interval_s,
+                self.cfg.gateway_grace_ms / 1000,
+            )
+            for _ in shim_instances(config)
+        ]
+        self.boards_paused = [False] * len(self.gateways)  # per instance, this check
         self.boards_suspended = False
         self.boards_held = False  # the shim's beat is late: verdicts wait (gateway.py)
-        self.boards_known = False  # a hello with via "mqtt" was seen
         self.ctl_ops["members"] = self._op_members
         self.ctl_ops["member"] = self._op_member
         self.ctl_ops["forget"] = self._op_forget
@@ -165,14 +178,17 @@ class Liveness(Service):
         for sub in self.relays:
             sub.on_gap = lambda missed: self.momentary.add("bus_gap")
         self.relay = self.relays[0]
-        # The MQTT shim's heartbeat: whether the boards' path can be trusted (gateway.py).
-        self.shim = BusSubscriber(
-            self,
-            self.config.mqtt.shim_bus,
-            topics=(codec.TOPIC_SERVICE_BEAT,),
-            on_frame=self._on_shim_frame,
-            name="shim",
-        )
+        # Each MQTT shim's heartbeat: whether its boards' path can be trusted (gateway.py).
+        self.shims = [
+            BusSubscriber(
+                self,
+                shim.bus,
+                topics=(codec.TOPIC_SERVICE_BEAT,),
+                on_frame=functools.partial(self._on_shim_frame, instance=k),
+                name="shim" if k == 0 else f"shim{k}",
+            )
+            for k, shim in enumerate(shim_instances(self.config))
+        ]
         self.detection = self.metrics.histogram(
             "detection_latency_seconds",
             "silence of a node when it was declared dead (by heartbeats)",
@@ -216,9 +232,9 @@ class Liveness(Service):
         elif isinstance(frame, ServiceBeat) and frame.service == "relay":
             self.relay_interval_s = frame.interval_ms / 1000
 
-    def _on_shim_frame(self, _topic: bytes, frame: Any) -> None:
+    def _on_shim_frame(self, _topic: bytes, frame: Any, instance: int = 0) -> None:
         if isinstance(frame, ServiceBeat) and frame.service == "shim":
-            self.gateway.beat(frame, self.clock())
+            self.gateways[instance].beat(frame, self.clock())
 
     def _heard(self, rec: NodeMessage, now: float) -> None:
         node = self.nodes.get(rec.node_id)
@@ -269,7 +285,8 @@ class Liveness(Service):
     def _learn_via(self, node: Node, hello: Hello) -> None:
         node.via = hello.via
         if hello.via == "mqtt":
-            self.boards_known = True
+            node.gateway = shard_of(node.node_id, len(self.gateways))
+            self.gateways[node.gateway].boards_known = True
 
     def _reboot(self, node: Node, rec: NodeMessage, now: float) -> None:
         downtime_ms = int((now - node.detector.last) * 1000)
@@ -295,12 +312,12 @@ class Liveness(Service):
         silent_for = now - self.relay_heard
         if not self.relay_heard or silent_for > cfg.relay_silent_beats * self.relay_interval_s:
             reasons.add("relay_silent")
-        suspended = self._boards_suspended(now)
+        paused = self._boards_paused(now)
         live = overdue = 0
         candidates: list[Node] = []
         for node in self.nodes.values():
             state = node.state
-            if suspended and node.via == "mqtt":
+            if node.gateway >= 0 and paused[node.gateway]:
                 if state == "alive" or state == "suspect":
                     node.detector.restart_clock(now)  # silence counts from the recovery
                 continue
@@ -334,23 +351,30 @@ class Liveness(Service):
                 self._judge(node, now)
         self._flush()
 
-    def _boards_suspended(self, now: float) -> bool:
-        """Whether boards (``via`` mqtt) are exempt from verdicts now (gateway.py): the path
-        is down, or the shim's beat is late."""
-        suspended, why, recovered = self.gateway.check(now, self.boards_known)
-        if suspended and not self.boards_suspended:
-            self.counters["gateway_outages"] += 1
-            self.log.warning("boards_suspended", reason=why)
-        elif recovered:
-            self.log.info("boards_path_back", grace_ms=self.cfg.gateway_grace_ms)
-        elif not suspended and self.boards_suspended:
-            self.log.info("boards_judged_again")
-        self.boards_suspended = suspended
-        held = not suspended and self.gateway.late(now)
-        if held and not self.boards_held:
-            self.counters["boards_held"] += 1
-        self.boards_held = held
-        return suspended or held
+    def _boards_paused(self, now: float) -> list[bool]:
+        """Per shim instance, whether its boards are exempt from verdicts now (gateway.py):
+        its path is down, or its beat is late."""
+        any_suspended = any_held = False
+        for k, gateway in enumerate(self.gateways):
+            suspended, why, recovered = gateway.check(now, gateway.boards_known)
+            shim = "shim" if k == 0 else f"shim-{k}"
+            if suspended and not gateway.suspended:
+                self.counters["gateway_outages"] += 1
+                self.log.warning("boards_suspended", reason=why, shim=shim)
+            elif recovered:
+                self.log.info("boards_path_back", grace_ms=self.cfg.gateway_grace_ms, shim=shim)
+            elif not suspended and gateway.suspended:
+                self.log.info("boards_judged_again", shim=shim)
+            gateway.suspended = suspended
+            held = not suspended and gateway.late(now)
+            if held and not gateway.held:
+                self.counters["boards_held"] += 1
+            gateway.held = held
+            self.boards_paused[k] = suspended or held
+            any_suspended |= suspended
+            any_held |= held
+        self.boards_suspended, self.boards_held = any_suspended, any_held
+        return self.boards_paused
 
     def _judge(self, node: Node, now: float) -> None:
         detector = node.detector

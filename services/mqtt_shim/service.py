@@ -15,6 +15,12 @@ ZeroMQ sockets (link.py). Per payload (topics.py names the topics):
 
 Every refusal is counted by reason (``reject_<reason>``) and summed in the log; a bad
 payload costs nothing but itself.
+
+With ``mqtt.shims`` > 1 this process is one instance (``shoal run shim --instance K``, at
+the endpoints and id ``shim_instance`` gives it): every instance subscribes to every
+board's topics and keeps only the boards whose ``crc32(node_id) % shims`` is K; the others'
+payloads are dropped unread and counted as ``not_mine``. A board's every message (up, will,
+task) thus reaches one instance, which holds its state and alone answers it.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from shoal.protocol import codec
 from shoal.protocol.messages import Goodbye, Hello
 from shoal.services.runtime.config import ShoalConfig
 from shoal.services.runtime.service import Service
-from shoal.services.runtime.shards import IngestShards
+from shoal.services.runtime.shards import IngestShards, shard_of
 
 from . import tasks, topics
 from .boards import Boards
@@ -71,9 +77,13 @@ class Shim(Service):
 
     name = "shim"
 
-    def __init__(self, config: ShoalConfig, **kwargs: Any) -> None:
+    def __init__(self, config: ShoalConfig, instance: int = 0, **kwargs: Any) -> None:
+        """instance: which of mqtt.shims this process is; config is as shim_instance()
+        gives it (this instance's endpoints and id in [mqtt])."""
         super().__init__(config, **kwargs)
         self.cfg = config.mqtt
+        self.instance = instance
+        self.instances = config.mqtt.shims
         self.heartbeat_ms = min(self.heartbeat_ms, BEAT_MS)
         self.boards = Boards(self.cfg.max_boards, self.cfg.forget_after_s)
         self.reject_counts = dict.fromkeys(REJECT_REASONS, 0)
@@ -114,6 +124,8 @@ class Shim(Service):
         counters = {key: 0 for key in ALWAYS}
         counters.update(self.counters)
         counters["boards"] = len(self.boards)
+        counters["instance"] = self.instance
+        counters["instances"] = self.instances
         counters.update({f"reject_{k}": v for k, v in self.reject_counts.items()})
         return counters
 
@@ -125,6 +137,9 @@ class Shim(Service):
             self._reject("bad_topic", topic[:120])
             return
         node_id, channel = parsed
+        if self.instances > 1 and shard_of(node_id, self.instances) != self.instance:
+            self.counters["not_mine"] += 1  # another instance's board
+            return
         if channel == topics.UP:
             self._up(node_id, payload)
         elif channel == topics.WILL:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.protocol.messages import RelaySnapshot
+from shoal.services.runtime import ctl_client
 from shoal.services.runtime.config import ShoalConfig, relay_shards
-from shoal.services.runtime.ctl_client import CtlClient
 
 
 class RelayClient:
@@ -22,7 +22,8 @@ class RelayClient:
 
     def __init__(self, config: ShoalConfig, **options: Any) -> None:
         self.ctls = [e.ctl for e in relay_shards(config)]
-        self.clients = [CtlClient(ctl, **options) for ctl in self.ctls]
+        # Looked up at call time: a test's stand-in for ctl_client.CtlClient applies here.
+        self.clients = [ctl_client.CtlClient(ctl, **options) for ctl in self.ctls]
 
     def __enter__(self) -> RelayClient:
         return self

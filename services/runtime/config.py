@@ -77,6 +77,14 @@ class ShardEndpoints(_Section, frozen=True):
     metrics: OptionalListenAddress = ""
 
 
+class ShimEndpoints(_Section, frozen=True):
+    """Where one more MQTT shim instance binds ([[mqtt.shim_endpoints]], for 1, 2, ...)."""
+
+    ctl: Endpoint
+    bus: Endpoint
+    metrics: OptionalListenAddress = ""
+
+
 # A shard (or shim instance) k > 0 with no endpoints of its own binds its first one's ports
 # plus k x this: shard 1 of the default relay at 7800-7802, its metrics at 9800.
 INSTANCE_PORT_STEP = 100
@@ -312,6 +320,13 @@ class MqttConfig(_Section, frozen=True):
     # Reconnecting to the broker: full-jitter exponential backoff between these.
     reconnect_min_ms: PositiveInt = 100
     reconnect_max_ms: PositiveInt = 5000
+    # Shim instances sharing the boards: instance k carries the boards whose
+    # crc32(node_id) % shims is k and drops the others' messages (docs/architecture.md,
+    # "Several shims"). Instance 0 binds shim_ctl and shim_bus above and is shim_id;
+    # instance k binds shim_endpoints[k-1] when given, else those ports + k x 100, and is
+    # "<shim_id>-<k>".
+    shims: Annotated[int, Meta(ge=1, le=16)] = 1
+    shim_endpoints: list[ShimEndpoints] = []
     # Boards the shim keeps track of; a board silent this long is forgotten.
     max_boards: PositiveInt = 10_000
     forget_after_s: Positive = 600.0
@@ -528,7 +543,12 @@ def _sections(config: ShoalConfig) -> list[tuple[str, Any]]:
     kept apart from every other bind, like a section's own)."""
     sections = [(name, getattr(config, name)) for name in config.__struct_fields__]
     shards = relay_shards(config)[1:]
-    return sections + [(f"relay.shard_endpoints[{k}]", e) for k, e in enumerate(shards)]
+    shims = shim_instances(config)[1:]
+    return (
+        sections
+        + [(f"relay.shard_endpoints[{k}]", e) for k, e in enumerate(shards)]
+        + [(f"mqtt.shim_endpoints[{k}]", e) for k, e in enumerate(shims)]
+    )
 
 
 def _moved(address: str, k: int) -> str:
@@ -567,6 +587,36 @@ def relay_shard(config: ShoalConfig, k: int) -> ShoalConfig:
     relay = msgspec.structs.replace(config.relay, ingest=e.ingest, bus=e.bus, ctl=e.ctl)
     metrics = msgspec.structs.replace(config.metrics, relay=e.metrics)
     return msgspec.structs.replace(config, relay=relay, metrics=metrics)
+
+
+def shim_instances(config: ShoalConfig) -> list[ShimEndpoints]:
+    """Where each MQTT shim instance binds, instance 0 first."""
+    mqtt = config.mqtt
+    first = ShimEndpoints(ctl=mqtt.shim_ctl, bus=mqtt.shim_bus, metrics=config.metrics.shim)
+    out = [first]
+    for k in range(1, mqtt.shims):
+        if k - 1 < len(mqtt.shim_endpoints):
+            out.append(mqtt.shim_endpoints[k - 1])
+        else:
+            moved = [_moved(getattr(first, key), k) for key in ("ctl", "bus", "metrics")]
+            out.append(ShimEndpoints(ctl=moved[0], bus=moved[1], metrics=moved[2]))
+    return out
+
+
+def shim_name(config: ShoalConfig, k: int) -> str:
+    """Instance k's shim id: its MQTT client id and state topic say it."""
+    return config.mqtt.shim_id if k == 0 else f"{config.mqtt.shim_id}-{k}"
+
+
+def shim_instance(config: ShoalConfig, k: int) -> ShoalConfig:
+    """config as shim instance k sees it: its endpoints and id in [mqtt] (for its process
+    alone; check the config before, as for relay_shard)."""
+    e = shim_instances(config)[k]
+    mqtt = msgspec.structs.replace(
+        config.mqtt, shim_ctl=e.ctl, shim_bus=e.bus, shim_id=shim_name(config, k)
+    )
+    metrics = msgspec.structs.replace(config.metrics, shim=e.metrics)
+    return msgspec.structs.replace(config, mqtt=mqtt, metrics=metrics)
 
 
 def _check_keys(config: ShoalConfig) -> None:
