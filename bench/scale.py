@@ -21,7 +21,11 @@ first scenario as the reference of the second. ``first_bottleneck`` names the se
 (load generators and the console excluded) with the most CPU at the largest fleet: a
 single Python process saturates at about 100% of one core (the GIL).
 
-    python bench/scale.py [--quick] [--json] [--save DIR]
+With ``--shards N`` the cluster runs N relay shards and N shim instances (``[relay]
+shards``, ``[mqtt] shims``), saved as ``scale_shards{N}``: the same fleet, to set beside
+the unsharded run (what sharding buys where the machine, not a process, is the limit).
+
+    python bench/scale.py [--quick] [--json] [--save DIR] [--shards N]
 """
 
 from __future__ import annotations
@@ -154,7 +158,7 @@ def delegator_resync_s(cluster: Cluster, timeout_s: float) -> float | None:
 
 
 def one_scenario(
-    workdir: Path, nodes: int, rate_hz: float, window_s: float, console_s: float
+    workdir: Path, nodes: int, rate_hz: float, window_s: float, console_s: float, shards: int = 1
 ) -> dict[str, Any]:
     from shoal.bench.tui import measure as console_measure
 
@@ -172,8 +176,8 @@ def one_scenario(
     with Cluster(
         workdir,
         nodes=nodes - clients,
-        mqtt={"allow_anonymous": True},  # the MQTT clients log in without credentials
-        relay={"max_nodes": max(20_000, nodes * 2)},
+        mqtt={"allow_anonymous": True, "shims": shards},  # the clients log in without credentials
+        relay={"max_nodes": max(20_000, nodes * 2), "shards": shards},
         sim=sim_section,
         supervisor={"stable_after_s": 1.0},
     ) as cluster:
@@ -277,7 +281,7 @@ def bottleneck(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
+def main(quick: bool = False, as_json: bool = False, shards: int = 1) -> dict[str, Any]:
     scenarios, window_s, console_s = (QUICK_SCENARIOS, 5.0, 4.0) if quick else (SCENARIOS, 15, 8)
     t0 = time.monotonic()
     rows = []
@@ -285,12 +289,13 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
         for nodes, rate_hz in scenarios:
             workdir = Path(tmp) / str(nodes)
             workdir.mkdir()
-            rows.append(one_scenario(workdir, nodes, rate_hz, window_s, console_s))
+            rows.append(one_scenario(workdir, nodes, rate_hz, window_s, console_s, shards))
     first = bottleneck(rows[-1])
     reference = rows[0]["services"].get(first["service"], {}).get("cpu_pct")
     result: dict[str, Any] = {
-        "bench": "scale",
+        "bench": "scale" if shards == 1 else f"scale_shards{shards}",
         "quick": quick,
+        "shards": shards,
         "cores": psutil.cpu_count(),
         "baseline": "the sims' own CPU (load_generator_cpu_pct); the first scenario",
         "scenarios": rows,
@@ -322,4 +327,9 @@ def main(quick: bool = False, as_json: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_cli(main, __doc__, "200 nodes at 4 Hz and 1,000 at 1 Hz, 5 s windows")
+    run_cli(
+        main,
+        __doc__,
+        "200 nodes at 4 Hz and 1,000 at 1 Hz, 5 s windows",
+        shards={"type": int, "default": 1, "help": "relay shards and shim instances (1..16)"},
+    )
