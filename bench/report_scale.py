@@ -32,7 +32,7 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['nodes']:,} @ {row['telemetry_hz']:g} Hz"
 
 
-def plot_scale(scale: dict[str, Any], out: Path) -> str:
+def plot_scale(scale: dict[str, Any], out: Path, name: str = "scale") -> str:
     rows = scale["scenarios"]
     names = sorted({name for r in rows for name in r["services"]})
     fig, axes = _figure()
@@ -49,7 +49,7 @@ def plot_scale(scale: dict[str, Any], out: Path) -> str:
         ax.set_title(title)
     axes[0].axhline(100, color="grey", linestyle=":", linewidth=1)  # one core: a GIL's ceiling
     axes[0].legend(fontsize=7)
-    return _save(fig, out, "scale.png")
+    return _save(fig, out, f"{name}.png")
 
 
 def plot_shards(shards: dict[str, Any], out: Path) -> str:
@@ -89,15 +89,24 @@ def shards_section(data: dict[str, dict[str, Any]], out: Path) -> list[str]:
 
 def section(data: dict[str, dict[str, Any]], out: Path) -> list[str]:
     """The report.md lines of the scale sections (plots and tables), or "Not run."."""
-    return _scale_section(data, out) + shards_section(data, out)
+    md = _scale_section(data, out)
+    for key in sorted(k for k in data if k.startswith("scale_shards")):  # bench/scale.py --shards
+        n = data[key].get("shards")
+        md += _scale_section(data, out, key, f"Scale on one machine, {n} relay shards and shims")
+    return md + shards_section(data, out)
 
 
-def _scale_section(data: dict[str, dict[str, Any]], out: Path) -> list[str]:
-    md = ["## Scale on one machine", ""]
-    scale = data.get("scale")
+def _scale_section(
+    data: dict[str, dict[str, Any]],
+    out: Path,
+    key: str = "scale",
+    title: str = "Scale on one machine",
+) -> list[str]:
+    md = [f"## {title}", ""]
+    scale = data.get(key)
     if not scale or not scale.get("scenarios"):
-        return [*md, "Not run: scale.json is missing.", ""]
-    md += [f"![Scale on one machine]({plot_scale(scale, out)})", ""]
+        return [*md, f"Not run: {key}.json is missing.", ""]
+    md += [f"![{title}]({plot_scale(scale, out, key)})", ""]
     columns = (
         ("fleet", None),
         ("msg/s", "messages_per_s"),

@@ -55,3 +55,14 @@ def test_the_deploy_guide_ports_are_the_config_defaults() -> None:
     for row in re.findall(r"^\| (\d+) \| `(\w+)\.(\w+)` \|", guide, re.M):
         port, section, key = row
         assert getattr(getattr(config, section), key).endswith(f":{port}"), row
+
+
+def test_the_shard_and_instance_units_pass_their_number_to_an_option_run_takes() -> None:
+    from shoal.services.cli.run import run
+
+    options = {opt for param in run.params for opt in getattr(param, "opts", [])}
+    for unit, flag in (("shoal-relay@.service", "--shard"), ("shoal-shim@.service", "--instance")):
+        text = (DEPLOY / "systemd" / unit).read_text()
+        service = unit.split("-")[1].split("@")[0]
+        assert f"ExecStart=/opt/shoal/bin/shoal run {service} {flag} %i\n" in text
+        assert flag in options and "RestartPreventExitStatus=78" in text

@@ -41,6 +41,11 @@ def test_the_scale_section_is_built_from_its_json(tmp_path: Path) -> None:
     assert (tmp_path / "scale.png").stat().st_size > 1000
     assert "](scale.png)" in md and "| 10,000 @ 1 Hz | 50000 |" in md
     assert "Busiest service: relay at 95.0% of one core (saturated" in md
+    # A sharded run (bench/scale.py --shards 2) gets its own section beside it.
+    (tmp_path / "scale_shards2.json").write_text(json.dumps({**scale, "shards": 2}))
+    md = report.build(tmp_path).read_text()
+    assert "## Scale on one machine, 2 relay shards and shims" in md
+    assert (tmp_path / "scale_shards2.png").stat().st_size > 1000
 
 
 def test_without_its_json_the_section_says_not_run(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Several MQTT shim instances sharing the boards (docs/architecture.md, "Several shims"):
+"""Several MQTT shim instances sharing the boards (docs/architecture.md, "Scaling out"):
 the endpoints and ids, an instance dropping another's boards, the liveness monitor judging
 each instance's boards by that instance's health, and a real cluster of two shims with
 emulated boards in MicroPython, one shim SIGKILLed: its boards are held, not dead, and come

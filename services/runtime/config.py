@@ -117,7 +117,7 @@ class RelayConfig(_Section, frozen=True):
     rebind_after_ms: PositiveInt = 3_000
     # Relay processes (shards); node N's records go to shard crc32(N) % shards, gateways
     # route by that hash and consumers follow every shard's bus (docs/architecture.md,
-    # "Sharding"). Shard 0 binds ingest, bus and ctl above; shard k binds shard_endpoints[k-1]
+    # "Scaling out"). Shard 0 binds ingest, bus and ctl above; shard k binds shard_endpoints[k-1]
     # when given, else those ports + k x 100.
     shards: Annotated[int, Meta(ge=1, le=16)] = 1
     shard_endpoints: list[ShardEndpoints] = []
@@ -322,7 +322,7 @@ class MqttConfig(_Section, frozen=True):
     reconnect_max_ms: PositiveInt = 5000
     # Shim instances sharing the boards: instance k carries the boards whose
     # crc32(node_id) % shims is k and drops the others' messages (docs/architecture.md,
-    # "Several shims"). Instance 0 binds shim_ctl and shim_bus above and is shim_id;
+    # "Scaling out"). Instance 0 binds shim_ctl and shim_bus above and is shim_id;
     # instance k binds shim_endpoints[k-1] when given, else those ports + k x 100, and is
     # "<shim_id>-<k>".
     shims: Annotated[int, Meta(ge=1, le=16)] = 1
@@ -562,7 +562,7 @@ def _moved(address: str, k: int) -> str:
 
 
 def relay_shards(config: ShoalConfig) -> list[ShardEndpoints]:
-    """Where each relay shard binds, shard 0 first (docs/architecture.md, "Sharding")."""
+    """Where each relay shard binds, shard 0 first (docs/architecture.md, "Scaling out")."""
     relay = config.relay
     first = ShardEndpoints(
         ingest=relay.ingest, bus=relay.bus, ctl=relay.ctl, metrics=config.metrics.relay

@@ -1,7 +1,7 @@
 """Which relay shard a node belongs to, and a gateway's connections to every shard.
 
 A node's records all go to one relay process, shard ``crc32(node_id) % relay.shards``
-(docs/architecture.md, "Sharding"): its de-duplication window, token bucket and owning
+(docs/architecture.md, "Scaling out"): its de-duplication window, token bucket and owning
 connection live in that shard alone. Gateways (the simulated fleet, the MQTT shim) route
 by the hash; consumers follow every shard's bus (relay/view.py, the liveness monitor).
 CRC-32 because firmware and other gateways can compute it anywhere (``binascii.crc32`` in
