@@ -64,6 +64,13 @@ def test_an_instance_endpoint_that_clashes_is_refused() -> None:
         validated(config)
 
 
+def test_a_shim_id_too_long_for_its_instances_ids_is_refused() -> None:
+    config = with_overrides(ShoalConfig(), "mqtt", shims=12, shim_id="g" * 30)
+    with pytest.raises(ConfigError, match=r"mqtt.shim_id.*'g{30}-11'"):
+        validated(config)
+    validated(with_overrides(config, "mqtt", shims=9))  # 'g...g-8' is 32 characters
+
+
 def test_run_shim_refuses_an_instance_beyond_the_count(tmp_path: Path) -> None:
     path = tmp_path / "shoal.toml"
     path.write_text("[mqtt]\nshims = 2\n")

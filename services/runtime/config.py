@@ -649,6 +649,13 @@ def _check_relations(config: ShoalConfig) -> None:
             )
     _check_distinct(config)
     _check_exposed(config)
+    last = shim_name(config, config.mqtt.shims - 1)
+    if len(last) > limits.NODE_ID_MAX_LEN:  # an instance's id is in its topic and client id
+        raise ConfigError(
+            f"key 'mqtt.shim_id': {config.mqtt.shim_id!r} is too long for {config.mqtt.shims}"
+            f" shims: instance ids such as {last!r} must be at most {limits.NODE_ID_MAX_LEN}"
+            " characters"
+        )
 
 
 def _check_exposed(config: ShoalConfig) -> None:
