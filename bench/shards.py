@@ -33,9 +33,9 @@ from shoal.bench._pubsub import Child, PubSpec, SubSpec, pub_worker, sub_worker
 from shoal.bench._relay import RelayProcess
 from shoal.bench._util import emit, progress, rate, run_cli, sigterm_as_exit, versions
 
-N_FULL = 300_000
-N_QUICK = 60_000
-REPEATS = 3
+N_FULL = 1_000_000
+N_QUICK = 300_000
+REPEATS = 5
 BATCH = 64
 SHARD_COUNTS = (1, 2)
 
