@@ -156,6 +156,14 @@ def main(quick: bool = False, as_json: bool = False, shard_counts: str = "1,2") 
                 "speedup": round(median(f"{shards}_{batch}") / median(f"{counts[0]}_{batch}"), 3)
                 if median(f"{counts[0]}_{batch}")
                 else 0.0,
+                # Each round's N-shard stream against the baseline's in the same round (they
+                # ran seconds apart): steadier than a ratio of medians on a shared machine.
+                "speedup_per_round": [
+                    round(r["records_per_s"] / b["records_per_s"], 3) if b["records_per_s"] else 0.0
+                    for r, b in zip(
+                        runs[f"{shards}_{batch}"], runs[f"{counts[0]}_{batch}"], strict=True
+                    )
+                ],
                 "relay_cpu_pct": [
                     statistics.median(r["relay_cpu_pct"][k] for r in runs[f"{shards}_{batch}"])
                     for k in range(shards)
