@@ -407,6 +407,23 @@ def test_owned_and_revoked_say_what_a_node_held_and_when_it_was_taken_away(
     assert ledger.revoked("p2", 0.0) == (None, 0)
 
 
+def test_held_then_says_what_a_node_held_at_a_time_and_what_it_finished_itself(
+    ledger: Ledger,
+) -> None:
+    """A fault's judge asks it: a task the node committed after the fault was not lost."""
+    ledger.offer("a", tasks(3), 0.0)
+    epoch = running(ledger, "a.1.0", "p1")
+    ledger.assign("a.1.1", "p1", 1.0)
+    running(ledger, "a.1.2", "p2")
+    assert ledger.result("a.1.0", epoch, "p1", True, "42", "", 3.0) == "committed"
+    ledger.owner_lost("p1", 5.0, "rebooted")
+    ledger.commit()
+    assert ledger.held_then("p1", 2.0) == (2, 1)  # a.1.0 it finished, a.1.1 taken away
+    assert ledger.held_then("p1", 4.0) == (1, 0)
+    assert ledger.held_then("p1", 6.0) == (0, 0)
+    assert ledger.held_then("p2", 2.0) == (1, 0) and ledger.held_then("p9", 2.0) == (0, 0)
+
+
 # --- results -------------------------------------------------------------------------------
 
 

@@ -643,6 +643,14 @@ class _Run:
                     {"node_id": node, "since": applied.applied_wall - 0.001},
                 )
                 first = answer.get("first_at") if isinstance(answer, dict) else None
+                if first is None and isinstance(answer, dict):
+                    # `owned` was asked just before the fault: a task the node committed in
+                    # between, or whose result was already on its way, was not lost and is
+                    # not to be taken away. The ledger says what it held at the fault.
+                    left = int(answer.get("held", 1)) - int(answer.get("finished", 0))
+                    if left <= 0:
+                        applied.held[node] = 0
+                        continue
                 self.revoked[(applied.id, node)] = (
                     round(first - applied.applied_wall, 3) if first is not None else None
                 )

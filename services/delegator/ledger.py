@@ -858,6 +858,25 @@ class Ledger:
             ).fetchone()
         return (float(first) if first is not None else None, int(n))
 
+    def held_then(self, node: str, at: float) -> tuple[int, int]:
+        """(tasks ``node`` held at wall time ``at``, how many of those it then finished
+        itself): a task whose last event at or before ``at`` left it assigned or running on
+        the node, and whose next event is its commit by the node. A fault's judge needs the
+        difference: work the node did not finish is what must be taken away from it."""
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT t.task_id, "
+                "(SELECT to_state || '|' || coalesce(node, '') FROM events "
+                " WHERE task_id = t.task_id AND at <= ? ORDER BY id DESC LIMIT 1), "
+                "(SELECT to_state || '|' || coalesce(node, '') FROM events "
+                " WHERE task_id = t.task_id AND at > ? ORDER BY id LIMIT 1) "
+                "FROM (SELECT DISTINCT task_id FROM events WHERE node = ? AND at <= ?) t",
+                (at, at, node, at),
+            ).fetchall()
+        mine = {f"assigned|{node}", f"running|{node}"}
+        held = [after for _task, before, after in rows if before in mine]
+        return len(held), sum(after == f"done|{node}" for after in held)
+
     def moved(
         self, node: str, since: float, limit: int
     ) -> tuple[list[tuple[str, str, str | None]], int]:
