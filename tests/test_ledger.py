@@ -418,10 +418,11 @@ def test_held_then_says_what_a_node_held_at_a_time_and_what_it_finished_itself(
     assert ledger.result("a.1.0", epoch, "p1", True, "42", "", 3.0) == "committed"
     ledger.owner_lost("p1", 5.0, "rebooted")
     ledger.commit()
-    assert ledger.held_then("p1", 2.0) == (2, 1)  # a.1.0 it finished, a.1.1 taken away
-    assert ledger.held_then("p1", 4.0) == (1, 0)
-    assert ledger.held_then("p1", 6.0) == (0, 0)
-    assert ledger.held_then("p2", 2.0) == (1, 0) and ledger.held_then("p9", 2.0) == (0, 0)
+    assert ledger.held_then("p1", 2.0) == (2, 1, 5.0)  # a.1.0 it finished, a.1.1 taken at 5
+    assert ledger.held_then("p1", 4.0) == (1, 0, 5.0)
+    assert ledger.held_then("p1", 6.0) == (0, 0, None)
+    assert ledger.held_then("p2", 2.0) == (1, 0, None)  # still running there
+    assert ledger.held_then("p9", 2.0) == (0, 0, None)
 
 
 # --- results -------------------------------------------------------------------------------

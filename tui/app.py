@@ -15,6 +15,7 @@ the "disconnected ... retrying" banner.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 
 from .actions import verb_for, why_not
@@ -118,7 +120,10 @@ class ShoalConsole(App[None]):
         self.state = state
         for screen in self.screen_stack:
             if isinstance(screen, ConsoleScreen) and screen.is_mounted:
-                screen.show_state(state)
+                # Mounted, its widgets may still be composing (seen on a busy machine): it
+                # shows the next state instead, a poll later.
+                with contextlib.suppress(NoMatches):
+                    screen.show_state(state)
 
     def events_after(self, n: int) -> list[tuple[int, Event]]:
         """The logged events numbered after ``n``, oldest first."""

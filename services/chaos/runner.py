@@ -637,20 +637,26 @@ class _Run:
             for node in applied.targets:
                 if applied.held.get(node, 0) == 0:
                     continue
-                answer = ctl_call(
+                answer = ctl_call(  # evidence read after the run: worth a wait and a retry
                     self.config.delegator.ctl,
                     "revoked",
                     {"node_id": node, "since": applied.applied_wall - 0.001},
+                    timeout_s=3.0,
+                    retries=2,
                 )
-                first = answer.get("first_at") if isinstance(answer, dict) else None
-                if first is None and isinstance(answer, dict):
+                first = None
+                if isinstance(answer, dict):
                     # `owned` was asked just before the fault: a task the node committed in
                     # between, or whose result was already on its way, was not lost and is
-                    # not to be taken away. The ledger says what it held at the fault.
-                    left = int(answer.get("held", 1)) - int(answer.get("finished", 0))
+                    # not to be taken away, and a task assigned to its new boot after the
+                    # fault is not one it held. The ledger says what it held at the fault
+                    # and when the first of those it did not finish was taken away.
+                    left = int(answer.get("held", 0)) - int(answer.get("finished", 0))
                     if left <= 0:
                         applied.held[node] = 0
                         continue
+                    applied.held[node] = left
+                    first = answer.get("held_taken_at")
                 self.revoked[(applied.id, node)] = (
                     round(first - applied.applied_wall, 3) if first is not None else None
                 )
@@ -853,11 +859,15 @@ def _all_alive_spans(history: History, nodes: list[str]) -> list[tuple[float, fl
 
 
 def ctl_call(
-    endpoint: str, op: str, args: dict[str, Any] | None = None, timeout_s: float = 1.0
+    endpoint: str,
+    op: str,
+    args: dict[str, Any] | None = None,
+    timeout_s: float = 1.0,
+    retries: int = 0,
 ) -> Any:
     try:
         with CtlClient(endpoint) as client:
-            return client.call(op, args, timeout_s=timeout_s, retries=0)
+            return client.call(op, args, timeout_s=timeout_s, retries=retries)
     except (CtlFailed, CtlUnavailable):
         return None
 

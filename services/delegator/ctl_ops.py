@@ -118,13 +118,14 @@ class CtlOps:
     def _op_revoked(self, args: dict[str, Any]) -> dict[str, Any]:
         req = parse_args(args, RevokedArgs)
         first, count = self.ledger.revoked(req.node_id, req.since)
-        held, finished = self.ledger.held_then(req.node_id, req.since)
+        held, finished, held_taken_at = self.ledger.held_then(req.node_id, req.since)
         return {
             "node_id": req.node_id,
             "first_at": first,
             "count": count,
             "held": held,  # what the node held at `since`
             "finished": finished,  # of those, committed by the node itself afterwards
+            "held_taken_at": held_taken_at,  # the first of the others taken away
         }
 
     def _op_moved(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -858,24 +858,33 @@ class Ledger:
             ).fetchone()
         return (float(first) if first is not None else None, int(n))
 
-    def held_then(self, node: str, at: float) -> tuple[int, int]:
-        """(tasks ``node`` held at wall time ``at``, how many of those it then finished
-        itself): a task whose last event at or before ``at`` left it assigned or running on
-        the node, and whose next event is its commit by the node. A fault's judge needs the
-        difference: work the node did not finish is what must be taken away from it."""
+    def held_then(self, node: str, at: float) -> tuple[int, int, float | None]:
+        """What ``node`` held at wall time ``at`` (tasks whose last event at or before it
+        left them assigned or running there), how many of those it then committed itself,
+        and when the first of the others was taken away from it (None: not yet). A fault's
+        judge needs exactly this: the work the node did not finish, and when it moved."""
         with self._guard():
             rows = self._db.execute(
                 "SELECT t.task_id, "
                 "(SELECT to_state || '|' || coalesce(node, '') FROM events "
-                " WHERE task_id = t.task_id AND at <= ? ORDER BY id DESC LIMIT 1), "
-                "(SELECT to_state || '|' || coalesce(node, '') FROM events "
-                " WHERE task_id = t.task_id AND at > ? ORDER BY id LIMIT 1) "
+                " WHERE task_id = t.task_id AND at <= ? ORDER BY id DESC LIMIT 1) "
                 "FROM (SELECT DISTINCT task_id FROM events WHERE node = ? AND at <= ?) t",
-                (at, at, node, at),
+                (at, node, at),
             ).fetchall()
-        mine = {f"assigned|{node}", f"running|{node}"}
-        held = [after for _task, before, after in rows if before in mine]
-        return len(held), sum(after == f"done|{node}" for after in held)
+            mine = {f"assigned|{node}", f"running|{node}"}
+            held = [task for task, before in rows if before in mine]
+            finished, taken = 0, []
+            for task in held:
+                then = self._db.execute(
+                    "SELECT at, to_state FROM events WHERE task_id = ? AND at > ? "
+                    "AND to_state IN ('done', 'pending', 'dead_letter') ORDER BY id LIMIT 1",
+                    (task, at),
+                ).fetchone()
+                if then is not None and then[1] == "done":
+                    finished += 1
+                elif then is not None:
+                    taken.append(float(then[0]))
+        return len(held), finished, min(taken) if taken else None
 
     def moved(
         self, node: str, since: float, limit: int
