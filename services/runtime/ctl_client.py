@@ -122,8 +122,10 @@ class CtlClient:
         for attempt in range(retries + 1):
             req_id = next(self._ids)
             sock = self._socket()
-            sock.send(codec.encode(Request(id=req_id, op=op, args=args or {})))
             deadline = time.monotonic() + timeout_s
+            frame = codec.encode(Request(id=req_id, op=op, args=args or {}))
+            if not self._send(sock, frame, deadline):
+                deadline = 0.0  # never sent: the refusal check below says why
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             if self._events is not None:
@@ -150,6 +152,28 @@ class CtlClient:
             if attempt < retries:
                 time.sleep(random.uniform(0, backoff_s * 2**attempt))
         raise CtlUnavailable(f"no reply from {self.endpoint} to '{op}'")
+
+    def _send(self, sock: zmq.Socket[Any], frame: bytes, deadline: float) -> bool:
+        """Send without blocking past the deadline. A DEALER whose only connection was
+        refused at the handshake has no peer left (libzmq does not reconnect it), and a
+        blocking send would then wait for ever (seen beside a CPU hog: the refusal came
+        between the connect and the send)."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLOUT)
+        if self._events is not None:
+            poller.register(self._events, zmq.POLLIN)
+        while True:
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready = dict(poller.poll(int(left * 1000) + 1))
+            if self._events is not None and self._events in ready:
+                return False  # refused: no peer will come
 
     def close(self) -> None:
         self.sockets.close_all()
