@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+# How long a file another process holds locked is waited for at open (then: an error).
+LOCKED_RETRY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,19 +70,30 @@ def open_sqlite_file(
     raised (the connection closed). The connection has no implicit transactions
     (``isolation_level=None``): its user issues BEGIN / COMMIT."""
     check_path(path, error)
-    try:
-        db = sqlite3.connect(path, isolation_level=None, timeout=2.0)
-    except sqlite3.Error as err:
-        raise error(f"cannot open: {err}") from None
-    try:
-        _open(db, kind, error)
-    except sqlite3.Error as err:
-        db.close()
-        raise error(_unreadable(err, kind.noun)) from None
-    except BaseException:
-        db.close()
-        raise
-    return db
+    # The registry and the OTA service open one file at once when a cluster starts; on a
+    # busy machine one may hold it past the busy timeout while it makes the schema
+    # ("database is locked", seen beside a CPU hog): that is a wait, not a bad file.
+    deadline = time.monotonic() + LOCKED_RETRY_S
+    while True:
+        try:
+            db = sqlite3.connect(path, isolation_level=None, timeout=2.0)
+        except sqlite3.Error as err:
+            raise error(f"cannot open: {err}") from None
+        try:
+            _open(db, kind, error)
+            return db
+        except sqlite3.OperationalError as err:
+            db.close()
+            if "locked" in str(err) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            raise error(_unreadable(err, kind.noun)) from None
+        except sqlite3.Error as err:
+            db.close()
+            raise error(_unreadable(err, kind.noun)) from None
+        except BaseException:
+            db.close()
+            raise
 
 
 def _open(db: sqlite3.Connection, kind: FileKind, error: Callable[[str], Exception]) -> None:
