@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from test_liveness_cluster import Events, members
 
 from shoal.protocol.messages import Hello, RelaySnapshot, ServiceBeat
-from shoal.services.boards.layout import NoMicroPython, micropython
+from shoal.services.boards.layout import have_micropython
 from shoal.services.cli.main import main
 from shoal.services.liveness.service import Liveness
 from shoal.services.relay.service import Relay
@@ -137,15 +137,7 @@ def test_the_liveness_monitor_holds_verdicts_while_any_shard_is_silent() -> None
 NODES = 12
 
 
-def _have_micropython() -> bool:
-    try:
-        micropython()
-    except NoMicroPython:
-        return False
-    return True
-
-
-BOARDS = 2 if _have_micropython() else 0
+BOARDS = 2 if have_micropython() else 0
 
 
 def shard_snapshot(ctl: str) -> RelaySnapshot:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from test_liveness_cluster import Events, members
 
 from shoal.protocol.messages import Heartbeat, Hello, NodeRecords, ServiceBeat
-from shoal.services.boards.layout import NoMicroPython, micropython
+from shoal.services.boards.layout import have_micropython
 from shoal.services.cli.main import main
 from shoal.services.liveness.service import Liveness
 from shoal.services.mqtt_shim.service import Shim
@@ -164,15 +164,7 @@ def test_the_monitor_holds_one_instance_s_boards_and_judges_the_other_s() -> Non
 NODES = 4
 
 
-def _have_micropython() -> bool:
-    try:
-        micropython()
-    except NoMicroPython:
-        return False
-    return True
-
-
-BOARDS = 4 if _have_micropython() else 0
+BOARDS = 4 if have_micropython() else 0
 
 
 def everyone() -> set[str]:

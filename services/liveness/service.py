@@ -154,7 +154,6 @@ class Liveness(Service):
             )
             for _ in shim_instances(config)
         ]
-        self.boards_paused = [False] * len(self.gateways)  # per instance, this check
         self.boards_suspended = False
         self.boards_held = False  # the shim's beat is late: verdicts wait (gateway.py)
         self.ctl_ops["members"] = self._op_members
@@ -354,7 +353,7 @@ class Liveness(Service):
     def _boards_paused(self, now: float) -> list[bool]:
         """Per shim instance, whether its boards are exempt from verdicts now (gateway.py):
         its path is down, or its beat is late."""
-        any_suspended = any_held = False
+        paused = []
         for k, gateway in enumerate(self.gateways):
             suspended, why, recovered = gateway.check(now, gateway.boards_known)
             shim = "shim" if k == 0 else f"shim-{k}"
@@ -370,11 +369,10 @@ class Liveness(Service):
             if held and not gateway.held:
                 self.counters["boards_held"] += 1
             gateway.held = held
-            self.boards_paused[k] = suspended or held
-            any_suspended |= suspended
-            any_held |= held
-        self.boards_suspended, self.boards_held = any_suspended, any_held
-        return self.boards_paused
+            paused.append(suspended or held)
+        self.boards_suspended = any(g.suspended for g in self.gateways)
+        self.boards_held = any(g.held for g in self.gateways)
+        return paused
 
     def _judge(self, node: Node, now: float) -> None:
         detector = node.detector

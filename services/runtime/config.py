@@ -14,7 +14,7 @@ import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -88,6 +88,7 @@ class ShimEndpoints(_Section, frozen=True):
 # A shard (or shim instance) k > 0 with no endpoints of its own binds its first one's ports
 # plus k x this: shard 1 of the default relay at 7800-7802, its metrics at 9800.
 INSTANCE_PORT_STEP = 100
+_T = TypeVar("_T", ShardEndpoints, ShimEndpoints)
 
 
 class RelayConfig(_Section, frozen=True):
@@ -561,22 +562,25 @@ def _moved(address: str, k: int) -> str:
     return f"{head}:{int(port) + k * INSTANCE_PORT_STEP}"
 
 
+def _instances(first: _T, listed: list[_T], count: int) -> list[_T]:
+    """Instance 0 at ``first``, instance k at ``listed[k-1]`` or, past the list, at
+    ``first``'s ports + k x INSTANCE_PORT_STEP (relay shards, shim instances)."""
+    keys = first.__struct_fields__
+    return [first] + [
+        listed[k - 1]
+        if k - 1 < len(listed)
+        else type(first)(**{key: _moved(getattr(first, key), k) for key in keys})
+        for k in range(1, count)
+    ]
+
+
 def relay_shards(config: ShoalConfig) -> list[ShardEndpoints]:
     """Where each relay shard binds, shard 0 first (docs/architecture.md, "Scaling out")."""
     relay = config.relay
     first = ShardEndpoints(
         ingest=relay.ingest, bus=relay.bus, ctl=relay.ctl, metrics=config.metrics.relay
     )
-    out = [first]
-    for k in range(1, relay.shards):
-        if k - 1 < len(relay.shard_endpoints):
-            out.append(relay.shard_endpoints[k - 1])
-        else:
-            moved = [_moved(getattr(first, key), k) for key in ("ingest", "bus", "ctl", "metrics")]
-            out.append(
-                ShardEndpoints(ingest=moved[0], bus=moved[1], ctl=moved[2], metrics=moved[3])
-            )
-    return out
+    return _instances(first, relay.shard_endpoints, relay.shards)
 
 
 def relay_shard(config: ShoalConfig, k: int) -> ShoalConfig:
@@ -593,14 +597,7 @@ def shim_instances(config: ShoalConfig) -> list[ShimEndpoints]:
     """Where each MQTT shim instance binds, instance 0 first."""
     mqtt = config.mqtt
     first = ShimEndpoints(ctl=mqtt.shim_ctl, bus=mqtt.shim_bus, metrics=config.metrics.shim)
-    out = [first]
-    for k in range(1, mqtt.shims):
-        if k - 1 < len(mqtt.shim_endpoints):
-            out.append(mqtt.shim_endpoints[k - 1])
-        else:
-            moved = [_moved(getattr(first, key), k) for key in ("ctl", "bus", "metrics")]
-            out.append(ShimEndpoints(ctl=moved[0], bus=moved[1], metrics=moved[2]))
-    return out
+    return _instances(first, mqtt.shim_endpoints, mqtt.shims)
 
 
 def shim_name(config: ShoalConfig, k: int) -> str:
